@@ -1,0 +1,39 @@
+# The two front-door commands: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+CONFIG ?=
+
+.PHONY: run test lint fmt typecheck bench clean
+
+$(BIN)/rpcbalancer: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.dev: $(BIN)/rpcbalancer
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+run: $(BIN)/rpcbalancer
+	$(BIN)/rpcbalancer serve --host $(HOST) --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(VENV)/.dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

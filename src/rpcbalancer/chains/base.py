@@ -1,0 +1,103 @@
+"""What a chain preset is: its probe calls and how to read their answers.
+
+Reading is sans-IO: a preset turns the raw answers of its probe calls into a
+:class:`Reading`; the probe loop does the I/O and the timing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCall:
+    """One call a probe makes: ``GET /`` when ``body`` is None, else a JSON-RPC POST."""
+
+    name: str
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one probe call got back, or why it got nothing."""
+
+    status: int = 0
+    body: bytes = b""
+    error: str | None = None
+    latency: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a node's probe answers say about it."""
+
+    ok: bool
+    error: str | None = None
+    head_block: int | None = None
+    head_time: float | None = None
+    """Unix time of the head block, when the chain reports it."""
+    irreversible_block: int | None = None
+    version: str | None = None
+    version_doc: Any = None
+    """The version call's whole answer (the original design's ``__version__``)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Chain(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def block_interval(self) -> float: ...
+
+    def probe_calls(self) -> tuple[ProbeCall, ...]: ...
+
+    def read(self, answers: dict[str, Answer]) -> Reading: ...
+
+    def is_broadcast(self, method: str) -> bool: ...
+
+    def is_node_fault(self, error: dict[str, Any]) -> bool: ...
+
+
+# Errors that mean the node is unwell, whatever the chain: retrying elsewhere may succeed.
+_SICK = re.compile(
+    r"unable to acquire|lock timeout|database lock|timed? ?out|upstream|internal server error"
+    r"|bad gateway|service unavailable|too many requests|rate limit|not yet synced|syncing",
+    re.IGNORECASE,
+)
+
+
+def sick_message(error: dict[str, Any]) -> bool:
+    message = error.get("message")
+    data = error.get("data")
+    text = message if isinstance(message, str) else ""
+    if isinstance(data, str):
+        text += " " + data
+    elif isinstance(data, dict) and isinstance(data.get("message"), str):
+        text += " " + data["message"]
+    return bool(_SICK.search(text))
+
+
+def json_of(answer: Answer | None) -> Any:
+    """The parsed body of a successful answer, or None."""
+    if answer is None or answer.error is not None or not 200 <= answer.status < 300:
+        return None
+    try:
+        return orjson.loads(answer.body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def failure(answer: Answer | None, what: str) -> str:
+    """Why a probe call did not give a usable answer, for people."""
+    if answer is None:
+        return f"{what}: not asked"
+    if answer.error is not None:
+        return f"{what}: {answer.error}"
+    if not 200 <= answer.status < 300:
+        return f"{what}: HTTP {answer.status}"
+    return f"{what}: answer is not JSON-RPC"

@@ -1,0 +1,152 @@
+"""Read the ``config.yaml`` of DoctorLai/steem-load-balancer unchanged.
+
+That project (the Node.js successor of the original Lambda design) races health checks on
+every request and then applies a strategy among the answers. Its keys map onto ours; keys
+with no counterpart here are listed in one warning, so a user switching over sees exactly
+what is not carried across.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Keys that exist only in DoctorLai's format; one of them marks a file as theirs.
+_MARKERS = frozenset(
+    {
+        "timeout",
+        "retry_count",
+        "max_jussi_number_diff",
+        "min_blockchain_version",
+        "port",
+        "rateLimit",
+        "circuitBreaker",
+        "cache",
+        "weights",
+        "sticky",
+        "user_agent",
+        "rejectUnauthorized",
+        "sslCertPath",
+        "sslKeyPath",
+        "plimit",
+        "firstK",
+        "max_age",
+        "logging",
+        "max_payload_size",
+        "logging_max_body_len",
+        "loggging_max_body_len",
+        "version",
+    }
+)
+
+_STRATEGIES = {
+    "first": "first",
+    "random": "random",
+    "max_jussi_number": "max_block",
+    "latest_version": "latest_version",
+    "lowest_latency": "fastest",
+    "weighted": "weighted",
+}
+
+# Accepted and deliberately not carried over, with the reason a user is told.
+_IGNORED = {
+    "version": "the balancer reports its own version",
+    "max_age": "answers are not cached",
+    "logging": "use log_level",
+    "logging_max_body_len": "bodies are never logged",
+    "loggging_max_body_len": "bodies are never logged",
+    "max_payload_size": "not enforced yet",
+    "sslCertPath": "TLS termination is not supported yet",
+    "sslKeyPath": "TLS termination is not supported yet",
+    "plimit": "probes run in the background with their own concurrency (probe.concurrency)",
+    "firstK": "probes run in the background, not per request",
+    "sticky": "nodes are chosen from background probes, so no per-client choice is cached",
+}
+
+
+def is_doctorlai(data: dict[str, Any]) -> bool:
+    return bool(_MARKERS & data.keys())
+
+
+def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Translate a DoctorLai configuration mapping into ours (our own keys pass through)."""
+    out = {k: v for k, v in data.items() if k not in _MARKERS and k != "headers"}
+    ignored: list[str] = []
+
+    weights = data.get("weights") or {}
+    headers = data.get("headers") or {}
+    verify = data.get("rejectUnauthorized", True) is not False
+    if isinstance(data.get("nodes"), list):
+        nodes = []
+        for entry in data["nodes"]:
+            node = {"url": entry} if isinstance(entry, str) else dict(entry)
+            url = node.get("url")
+            if isinstance(weights, dict) and url in weights:
+                node.setdefault("weight", weights[url])
+            if headers and isinstance(headers, dict):
+                own = node.get("headers")
+                node["headers"] = {**headers, **(own if isinstance(own, dict) else {})}
+            if not verify:
+                node.setdefault("verify_tls", False)
+            nodes.append(node)
+        out["nodes"] = nodes
+    if not verify:
+        log.warning(
+            "%s: rejectUnauthorized is false: TLS certificates of nodes are NOT verified", source
+        )
+
+    timeouts = dict(out.get("timeouts") or {})
+    if isinstance(data.get("timeout"), int | float) and data["timeout"] > 0:
+        per_try = data["timeout"] / 1000.0
+        timeouts.setdefault("per_try", per_try)
+        timeouts.setdefault("connect", min(per_try, 2.0))
+    if isinstance(data.get("retry_count"), int):
+        # Theirs counts tries, ours counts re-tries after the first.
+        out.setdefault("retries", max(0, min(10, data["retry_count"] - 1)))
+    if timeouts:
+        tries = 1 + int(out.get("retries", 2))
+        per_try = float(timeouts.get("per_try", 5.0))
+        timeouts.setdefault("total", max(per_try, min(per_try * tries, 30.0)))
+        out["timeouts"] = timeouts
+
+    strategy = data.get("strategy")
+    if isinstance(strategy, str):
+        out["strategy"] = {"name": _STRATEGIES.get(strategy, strategy)}
+    cache = data.get("cache")
+    if isinstance(cache, dict) and cache.get("enabled") is True:
+        if out.get("strategy", {}).get("name") == "race":
+            out["strategy"]["race_ttl"] = float(cache.get("ttl") or 3)
+        else:
+            ignored.append("cache (answers are not cached; the node choice comes from probes)")
+
+    if "max_jussi_number_diff" in data:
+        out.setdefault("max_block_lag", data["max_jussi_number_diff"])
+    if data.get("min_blockchain_version"):
+        out.setdefault("min_version", str(data["min_blockchain_version"]))
+    if "port" in data:
+        out["listen"] = {**(out.get("listen") or {}), "port": data["port"]}
+    if isinstance(data.get("user_agent"), str):
+        out.setdefault("user_agent", data["user_agent"])
+    rate = data.get("rateLimit")
+    if isinstance(rate, dict):
+        out["rate_limit"] = {
+            k2: rate[k1]
+            for k1, k2 in (("windowMs", "window_ms"), ("maxRequests", "max_requests"))
+            if k1 in rate
+        }
+        ignored.append("rateLimit (read, but rate limiting is not enforced yet)")
+    breaker = data.get("circuitBreaker")
+    if isinstance(breaker, dict) and breaker.get("enabled", True) is not False:
+        mapped: dict[str, Any] = {}
+        if "failureThreshold" in breaker:
+            mapped["failures"] = breaker["failureThreshold"]
+        if "cooldownMs" in breaker:
+            mapped["cooldown"] = breaker["cooldownMs"] / 1000.0
+        out["circuit_breaker"] = mapped
+
+    ignored += [f"{key} ({why})" for key, why in _IGNORED.items() if key in data]
+    if ignored:
+        log.warning("%s: DoctorLai config keys not carried over: %s", source, "; ".join(ignored))
+    return out

@@ -1,0 +1,331 @@
+"""Configuration: frozen, typed, validated once.
+
+YAML files, environment variables and CLI flags all produce the same :class:`Config`.
+``${VAR}`` (and ``${VAR:-default}``) is substituted inside string values after the YAML is
+parsed, so a value can never change the document's structure; a string that is exactly one
+placeholder takes the type its value reads as in YAML (``enabled: ${CACHE}`` -> ``true``).
+Substituted values are remembered in :attr:`Config.secrets` so that they can be redacted.
+
+A file written for DoctorLai/steem-load-balancer is recognised and mapped (see ``compat``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NODES = (
+    "https://api.steemit.com",
+    "https://api.justyy.com",
+    "https://api.steemitdev.com",
+    "https://api2.justyy.com",
+    "https://api.pennsif.net",
+    "https://api.moecki.online",
+    "https://api.botsteem.com",
+    "https://steemapi.boylikegirl.club",
+)
+
+STRATEGIES = (
+    "fastest",
+    "race",
+    "round_robin",
+    "weighted",
+    "random",
+    "least_conn",
+    "ip_hash",
+    "first",
+    "max_block",
+    "latest_version",
+)
+Strategy = Literal[
+    "fastest",
+    "race",
+    "round_robin",
+    "weighted",
+    "random",
+    "least_conn",
+    "ip_hash",
+    "first",
+    "max_block",
+    "latest_version",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NodeConfig(_Model):
+    """One upstream node."""
+
+    url: str
+    name: str = ""
+    """Shown in headers, logs and status; defaults to the URL without credentials or query."""
+    weight: float = Field(1.0, ge=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+    verify_tls: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        url = url.strip()
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        try:
+            parts.port  # noqa: B018 - reading it validates the port
+        except ValueError as exc:
+            raise ValueError(f"has an invalid port ({exc})") from None
+        return url
+
+    @model_validator(mode="after")
+    def _default_name(self) -> NodeConfig:
+        if not self.name:
+            object.__setattr__(self, "name", display_url(self.url))
+        return self
+
+
+class StrategyConfig(_Model):
+    """The node-selection policy and its parameters."""
+
+    name: Strategy = "fastest"
+    race_ttl: float = Field(0.0, ge=0)
+    """race: reuse the winner of a race for this many seconds (0: race every request)."""
+    decay: float = Field(10.0, gt=0)
+    """fastest: seconds over which an unused node's latency estimate fades."""
+
+
+class Timeouts(_Model):
+    connect: float = Field(2.0, gt=0)
+    per_try: float = Field(5.0, gt=0)
+    total: float = Field(12.0, gt=0)
+    """Deadline for a whole client request, retries included."""
+
+
+class ProbeConfig(_Model):
+    interval: float = Field(10.0, gt=0)
+    timeout: float = Field(3.0, gt=0)
+    concurrency: int = Field(16, ge=1)
+
+
+class CircuitBreaker(_Model):
+    failures: int = Field(5, ge=1)
+    """Consecutive failed tries that eject a node."""
+    cooldown: float = Field(10.0, gt=0)
+    """Seconds an ejected node sits out before one trial request."""
+
+
+class Listen(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class RateLimit(_Model):
+    window_ms: int = Field(60000, gt=0)
+    max_requests: int = Field(600, gt=0)
+
+
+class Config(_Model):
+    """The whole configuration of one balancer."""
+
+    chain: str = "steem"
+    nodes: tuple[NodeConfig, ...] = Field(min_length=1)
+    strategy: StrategyConfig = StrategyConfig()
+    timeouts: Timeouts = Timeouts()
+    retries: int = Field(2, ge=0, le=10)
+    max_block_lag: int = Field(10, ge=0)
+    max_head_age: float = Field(90.0, gt=0)
+    min_version: str | None = None
+    annotate: Literal["headers", "body", "none"] = "headers"
+    listen: Listen = Listen()
+    store: str = "sqlite:///rpcbalancer-health.db"
+    probe: ProbeConfig = ProbeConfig()
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    trusted_proxies: tuple[str, ...] = ()
+    forward_paths: bool = False
+    resolve_dns: bool = False
+    dns_refresh: float = Field(60.0, gt=0)
+    user_agent: str = "rpcbalancer"
+    rate_limit: RateLimit | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    secrets: frozenset[str] = frozenset()
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _nodes_from_strings(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [{"url": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("min_version", mode="before")
+    @classmethod
+    def _version_string(cls, value: Any) -> Any:
+        if value in ("", None):
+            return None
+        if not isinstance(value, str) or not re.fullmatch(r"\d+(\.\d+)*", value.strip()):
+            raise ValueError("must be a dotted version such as 0.23.0")
+        return value.strip()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Config:
+        seen: set[str] = set()
+        for node in self.nodes:
+            if node.url in seen:
+                raise ValueError(f"nodes: {display_url(node.url)} is listed twice")
+            seen.add(node.url)
+        from .chains import CHAINS  # late: chains imports nothing of config at import
+
+        if self.chain not in CHAINS:
+            raise ValueError(f"chain: unknown preset {self.chain!r} (known: {', '.join(CHAINS)})")
+        return self
+
+
+def display_url(url: str) -> str:
+    """A URL fit to show: no credentials, no query string."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    path = parts.path.rstrip("/")
+    return f"{parts.scheme}://{netloc}{path}"
+
+
+# --- loading -------------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _substitute(value: Any, env: Mapping[str, str], found: set[str], missing: set[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, env, found, missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, env, found, missing) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            if env[name]:
+                found.add(env[name])
+            return env[name]
+        if default is None:
+            missing.add(name)
+            return ""
+        return default
+
+    whole = _PLACEHOLDER.fullmatch(value)
+    result = _PLACEHOLDER.sub(replace, value)
+    if whole and result and "\n" not in result:
+        try:
+            typed = yaml.safe_load(result)
+        except yaml.YAMLError:
+            return result
+        if isinstance(typed, bool | int | float):
+            return typed
+    return result if result or not whole else None
+
+
+def load(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration from a YAML file (or the built-in default), env and overrides.
+
+    ``RPCBALANCER_NODES`` (comma-separated URLs) replaces the file's node list and
+    ``RPCBALANCER_STORE`` its store URL; ``overrides`` (from CLI flags) win over both.
+    """
+    env = os.environ if env is None else env
+    raw: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, not a list or text")
+    return from_mapping(raw, env=env, overrides=overrides, source=str(path or "defaults"))
+
+
+def from_mapping(
+    raw: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    source: str = "config",
+) -> Config:
+    from . import compat
+
+    env = os.environ if env is None else env
+    found: set[str] = set()
+    missing: set[str] = set()
+    data = _substitute(dict(raw), env, found, missing)
+    if missing:
+        log.warning(
+            "%s: environment variables not set, replaced by empty values: %s",
+            source,
+            ", ".join(sorted(missing)),
+        )
+    if compat.is_doctorlai(data):
+        data = compat.from_doctorlai(data, source)
+    data.setdefault("nodes", list(DEFAULT_NODES))
+    if env.get("RPCBALANCER_NODES"):
+        data["nodes"] = [u.strip() for u in env["RPCBALANCER_NODES"].split(",") if u.strip()]
+    if env.get("RPCBALANCER_STORE"):
+        data["store"] = env["RPCBALANCER_STORE"]
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in ("host", "port"):
+            data["listen"] = {**(data.get("listen") or {}), key: value}
+        else:
+            data[key] = value
+    data["secrets"] = frozenset(found)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + _describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+        lines.append(f"{key}: {message}{shown}")
+    return "; ".join(lines)

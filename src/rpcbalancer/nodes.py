@@ -1,0 +1,296 @@
+"""Node state: what the balancer knows of each node, and which nodes may serve now.
+
+Theory of operation
+-------------------
+Every node carries two kinds of knowledge, and both decide where a request goes:
+
+* **Passive** measurements, from every request forwarded to it: a *peak EWMA* of its
+  latency (a sample above the average replaces it at once, a sample below pulls it down
+  slowly, so a node that turns slow is noticed on its first slow answer and forgiven only
+  gradually), the number of requests in flight, a window of recent outcomes and a count of
+  consecutive failures. A failed try is recorded with a latency of at least the try's
+  timeout, so a node that fails fast never looks fast.
+* **Active** results, from the probes (and, later, the shared canary): whether the node is
+  up, its head block and head time, its version.
+
+From these, :class:`Fleet` says which nodes are *usable* now, and why the others are not:
+down, lagging the best head block by more than ``max_block_lag``, a head older than
+``max_head_age``, a version under ``min_version``, or ejected by the circuit breaker after
+consecutive failures (for a cooldown that doubles with each repeated ejection). When no
+node is usable the fleet fails open: it offers every node, least bad first, because a
+possibly-wrong answer beats a certain error.
+
+Nothing here does I/O or reads a clock: ``now`` (monotonic seconds) is passed in, so the
+same code decides in the server, in Lambda and in tests.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .config import NodeConfig
+
+_OUTCOME_WINDOW = 64  # recent outcomes kept per node for the error rate
+_LATENCY_WINDOW = 512  # recent successful latencies kept per node for percentiles
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe of one node."""
+
+    at: float
+    """Monotonic time the probe finished."""
+    ok: bool
+    latency: float
+    error: str | None = None
+    head_block: int | None = None
+    head_age: float | None = None
+    """Age of the head block (seconds) when probed."""
+    irreversible_block: int | None = None
+    version: str | None = None
+    version_doc: Any = None
+    jussi_num: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The thresholds that decide whether a probed node may serve."""
+
+    max_block_lag: int = 10
+    max_head_age: float = 90.0
+    min_version: tuple[int, ...] | None = None
+    breaker_failures: int = 5
+    breaker_cooldown: float = 10.0
+
+
+def parse_version(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    numbers = re.findall(r"\d+", text)
+    return tuple(int(n) for n in numbers) if numbers else None
+
+
+class Node:
+    """The live state of one node (a backend address)."""
+
+    __slots__ = (
+        "_ewma",
+        "_ewma_at",
+        "consecutive_failures",
+        "ejected_until",
+        "ejections",
+        "failures",
+        "headers",
+        "index",
+        "inflight",
+        "last_error",
+        "latencies",
+        "name",
+        "probe",
+        "recent",
+        "requests",
+        "spec",
+        "url",
+        "verify_tls",
+        "weight",
+    )
+
+    def __init__(self, index: int, spec: NodeConfig) -> None:
+        self.index = index
+        self.spec = spec
+        self.url = spec.url
+        self.name = spec.name
+        self.weight = spec.weight
+        self.headers = spec.headers
+        self.verify_tls = spec.verify_tls
+        self._ewma: float | None = None
+        self._ewma_at = 0.0
+        self.inflight = 0
+        self.recent: deque[bool] = deque(maxlen=_OUTCOME_WINDOW)
+        self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self.consecutive_failures = 0
+        self.ejected_until = 0.0
+        self.ejections = 0
+        self.requests = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self.probe: ProbeResult | None = None
+
+    def __repr__(self) -> str:
+        ewma = f"{self._ewma * 1000:.1f}ms" if self._ewma is not None else "?"
+        head = self.probe.head_block if self.probe else None
+        return (
+            f"<Node {self.name} ewma={ewma} inflight={self.inflight} head={head} "
+            f"fails={self.consecutive_failures}>"
+        )
+
+    # -- passive measurement ------------------------------------------------------------
+
+    def begin(self) -> None:
+        self.inflight += 1
+        self.requests += 1
+
+    def end(
+        self,
+        now: float,
+        latency: float,
+        ok: bool,
+        *,
+        error: str | None = None,
+        penalty: float = 0.0,
+        health: Health | None = None,
+    ) -> None:
+        """Record the outcome of a try begun with :meth:`begin`."""
+        self.inflight = max(0, self.inflight - 1)
+        self.record(now, latency, ok, error=error, penalty=penalty, health=health)
+
+    def record(
+        self,
+        now: float,
+        latency: float,
+        ok: bool,
+        *,
+        error: str | None = None,
+        penalty: float = 0.0,
+        health: Health | None = None,
+    ) -> None:
+        self.observe_latency(now, latency if ok else max(latency, penalty))
+        self.recent.append(ok)
+        if ok:
+            self.latencies.append(latency)
+            self.consecutive_failures = 0
+            self.ejections = 0
+            return
+        self.failures += 1
+        self.consecutive_failures += 1
+        self.last_error = error
+        if (
+            health is not None
+            and self.consecutive_failures >= health.breaker_failures
+            and now >= self.ejected_until
+        ):
+            cooldown = health.breaker_cooldown * (2 ** min(self.ejections, 3))
+            self.ejected_until = now + cooldown
+            self.ejections += 1
+            # After the cooldown the node gets one trial try before the next ejection.
+            self.consecutive_failures = health.breaker_failures - 1
+
+    def observe_latency(self, now: float, sample: float, tau: float = 10.0) -> None:
+        if self._ewma is None or sample >= self._ewma:
+            self._ewma = sample
+        else:
+            weight = math.exp(-max(0.0, now - self._ewma_at) / tau)
+            self._ewma = self._ewma * weight + sample * (1.0 - weight)
+        self._ewma_at = now
+
+    def latency(self, now: float, decay: float = 10.0) -> float | None:
+        """The latency estimate (seconds), fading toward zero while the node is not used,
+        so an idle node is tried again rather than judged forever on old news."""
+        if self._ewma is None:
+            return None
+        return self._ewma * math.exp(-max(0.0, now - self._ewma_at) / decay)
+
+    @property
+    def ewma(self) -> float | None:
+        return self._ewma
+
+    def percentile(self, q: float) -> float | None:
+        """A percentile (0..1) of recent successful latencies, for status views."""
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def error_rate(self) -> float:
+        return self.recent.count(False) / len(self.recent) if self.recent else 0.0
+
+    # -- active probing -----------------------------------------------------------------
+
+    def apply_probe(self, result: ProbeResult) -> None:
+        self.probe = result
+        if result.ok:
+            self.observe_latency(result.at, result.latency)
+        else:
+            self.last_error = result.error
+
+
+class Fleet:
+    """The nodes of one balancer and the rules for which of them may serve."""
+
+    def __init__(self, nodes: list[Node], health: Health) -> None:
+        if not nodes:
+            raise ValueError("a fleet needs at least one node")
+        self.nodes = nodes
+        self.health = health
+        self.by_url = {node.url: node for node in nodes}
+
+    def __repr__(self) -> str:
+        return f"<Fleet {self.nodes!r}>"
+
+    def best_head(self) -> int | None:
+        heads = [
+            n.probe.head_block
+            for n in self.nodes
+            if n.probe is not None and n.probe.ok and n.probe.head_block is not None
+        ]
+        return max(heads) if heads else None
+
+    def lag(self, node: Node, best: int | None = None) -> int | None:
+        best = self.best_head() if best is None else best
+        if best is None or node.probe is None or node.probe.head_block is None:
+            return None
+        return max(0, best - node.probe.head_block)
+
+    def exclusion(self, node: Node, now: float, best: int | None = None) -> str | None:
+        """Why ``node`` may not serve now, or None when it may."""
+        if now < node.ejected_until:
+            return (
+                f"ejected after {self.health.breaker_failures} consecutive failures "
+                f"(back in {node.ejected_until - now:.0f}s; last: {node.last_error})"
+            )
+        probe = node.probe
+        if probe is None:
+            return None
+        if not probe.ok:
+            return f"down: {probe.error}"
+        lag = self.lag(node, best)
+        if lag is not None and lag > self.health.max_block_lag:
+            return f"{lag} blocks behind the best node (max {self.health.max_block_lag})"
+        if probe.head_age is not None:
+            age = probe.head_age + max(0.0, now - probe.at)
+            if age > self.health.max_head_age:
+                return f"head block is {age:.0f}s old (max {self.health.max_head_age:.0f}s)"
+        minimum = self.health.min_version
+        if minimum is not None:
+            version = parse_version(probe.version)
+            if version is None:
+                return "version unknown (min_version is set)"
+            if version < minimum:
+                wanted = ".".join(map(str, minimum))
+                return f"version {probe.version} is below min_version {wanted}"
+        return None
+
+    def candidates(self, now: float) -> tuple[list[Node], bool]:
+        """The nodes that may serve now, and whether that is a fail-open fallback."""
+        best = self.best_head()
+        usable = [n for n in self.nodes if self.exclusion(n, now, best) is None]
+        if usable:
+            return usable, False
+        return sorted(self.nodes, key=lambda n: self._badness(n, now, best)), True
+
+    def _badness(self, node: Node, now: float, best: int | None) -> tuple[float, ...]:
+        probe = node.probe
+        down = 1.0 if probe is not None and not probe.ok else 0.0
+        lag = self.lag(node, best) or 0
+        ejected = 1.0 if now < node.ejected_until else 0.0
+        return (
+            down,
+            ejected,
+            float(lag),
+            float(node.consecutive_failures),
+            node.latency(now) or 0.0,
+        )

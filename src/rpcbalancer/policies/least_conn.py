@@ -1,0 +1,20 @@
+"""``least_conn``: the node with the fewest requests in flight (weight-adjusted)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..nodes import Node
+from .base import BasePolicy, PickContext
+
+
+class LeastConn(BasePolicy):
+    name = "least_conn"
+
+    def pick(self, nodes: Sequence[Node], ctx: PickContext) -> Node:
+        def load(node: Node) -> float:
+            return (node.inflight + 1) / node.weight if node.weight > 0 else float("inf")
+
+        lowest = min(load(n) for n in nodes)
+        tied = [n for n in nodes if load(n) == lowest]
+        return tied[self.rng.randrange(len(tied))] if len(tied) > 1 else tied[0]

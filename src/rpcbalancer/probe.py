@@ -1,0 +1,139 @@
+"""Active health probes: ask every node the chain preset's questions, in the background.
+
+:func:`probe_node` does one node (its calls run concurrently, each with a timeout) and
+returns a :class:`~rpcbalancer.nodes.ProbeResult`; :class:`Prober` runs rounds over the
+whole fleet at an interval with bounded concurrency. The hot path never waits on a probe
+(only the ``race`` strategy pings per request, through the router).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from .chains import Answer, Chain, ProbeCall
+from .errors import UpstreamError
+from .nodes import Fleet, Node, ProbeResult
+from .upstream import Transport
+
+log = logging.getLogger(__name__)
+
+PROBE_HEADERS = {"content-type": "application/json", "accept": "application/json"}
+
+
+async def _ask(
+    transport: Transport, node: Node, call: ProbeCall, timeout: float, clock: Callable[[], float]
+) -> Answer:
+    start = clock()
+    try:
+        if call.body is None:
+            resp = await transport.send(node, "GET", None, PROBE_HEADERS, None, timeout)
+        else:
+            resp = await transport.send(node, "POST", None, PROBE_HEADERS, call.body, timeout)
+    except UpstreamError as exc:
+        return Answer(error=exc.reason, latency=clock() - start)
+    return Answer(status=resp.status, body=resp.body, latency=clock() - start)
+
+
+async def probe_node(
+    transport: Transport,
+    chain: Chain,
+    node: Node,
+    timeout: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+) -> ProbeResult:
+    calls = chain.probe_calls()
+    answers = await asyncio.gather(*(_ask(transport, node, c, timeout, clock) for c in calls))
+    by_name = dict(zip((c.name for c in calls), answers, strict=True))
+    reading = chain.read(by_name)
+    # The latency that ranks nodes is that of the head call: a real JSON-RPC call.
+    head = by_name.get("head") or answers[0]
+    head_age = wall() - reading.head_time if reading.head_time is not None else None
+    jussi = reading.extra.get("jussi_num")
+    return ProbeResult(
+        at=clock(),
+        ok=reading.ok,
+        latency=head.latency,
+        error=reading.error,
+        head_block=reading.head_block,
+        head_age=head_age,
+        irreversible_block=reading.irreversible_block,
+        version=reading.version,
+        version_doc=reading.version_doc,
+        jussi_num=jussi if isinstance(jussi, int) else None,
+    )
+
+
+class Prober:
+    """Probes the fleet every ``interval`` seconds while open (an async context manager)."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        chain: Chain,
+        transport: Transport,
+        *,
+        interval: float,
+        timeout: float,
+        concurrency: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fleet = fleet
+        self.chain = chain
+        self.transport = transport
+        self.interval = interval
+        self.timeout = timeout
+        self.clock = clock
+        self._limit = asyncio.Semaphore(concurrency)
+        self._task: asyncio.Task[None] | None = None
+        self.rounds = 0
+
+    async def round(self) -> list[ProbeResult]:
+        """Probe every node once and apply the results; returns them in fleet order."""
+
+        async def one(node: Node) -> ProbeResult:
+            async with self._limit:
+                result = await probe_node(
+                    self.transport, self.chain, node, self.timeout, clock=self.clock
+                )
+            was_ok = node.probe.ok if node.probe else None
+            node.apply_probe(result)
+            if was_ok is not False and not result.ok:
+                log.warning("node %s failed its probe: %s", node.name, result.error)
+            elif was_ok is False and result.ok:
+                log.info("node %s passes its probe again", node.name)
+            return result
+
+        results = await asyncio.gather(*(one(n) for n in self.fleet.nodes))
+        self.rounds += 1
+        return list(results)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.round()
+            except Exception:  # a probe bug must not stop probing
+                log.exception("probe round failed")
+
+    async def __aenter__(self) -> Prober:
+        self._task = asyncio.create_task(self._run(), name="rpcbalancer-prober")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

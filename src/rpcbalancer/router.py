@@ -1,0 +1,277 @@
+"""The router: which node, how many tries. The only place that decides either.
+
+Theory of operation
+-------------------
+A request arrives with a deadline (``timeouts.total``) and a budget of tries
+(``1 + retries``). For each try the router
+
+1. asks the fleet for the nodes that may serve now (fail-open when none may) and removes
+   the ones this request already tried: a retry always goes to a different node;
+2. lets the policy pick one of them (``race`` first pings them all and takes the first
+   healthy answer, unless it remembers a recent winner);
+3. sends the request through the transport with a timeout of ``min(per_try, time left)``;
+4. judges the answer: a connection failure, a timeout, a 5xx or 429, a body that is not
+   JSON, or a JSON-RPC error that means the node is unwell (a lock timeout, say) is the
+   node's fault; anything else, client errors included, is the answer;
+5. records the outcome on the node (latency, in flight, failures): passive health.
+
+A node's fault leads to another try while tries and time remain, with one exception:
+a broadcast (a transaction) is never sent twice. Once its bytes may have reached a node,
+that node's answer, whatever it is, is the only one; it is re-sent only when the
+connection failed before anything was written.
+
+The router raises nothing for upstream trouble: it returns an :class:`Outcome` that holds
+either the answer or the error that ended the request, plus what was tried, and the
+gateway turns that into a response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from .chains import Answer, Chain
+from .errors import (
+    NoHealthyNode,
+    RpcBalancerError,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from .jsonrpc import RpcCall, looks_like_json, response_errors
+from .nodes import Fleet, Node
+from .policies import BasePolicy, PickContext, Race
+from .probe import PROBE_HEADERS
+from .upstream import Transport, UpstreamResponse
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRequest:
+    """A request to forward, as the router sees it."""
+
+    method: str
+    path: str | None
+    headers: Mapping[str, str]
+    body: bytes | None
+    call: RpcCall | None = None
+    broadcast: bool = False
+    client_ip: str = ""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a forwarded request ended."""
+
+    response: UpstreamResponse | None = None
+    error: RpcBalancerError | None = None
+    node: Node | None = None
+    tried: list[Node] = field(default_factory=list)
+    failopen: bool = False
+
+    @property
+    def attempts(self) -> int:
+        return len(self.tried)
+
+
+def judge(resp: UpstreamResponse, chain: Chain) -> str | None:
+    """Why a node's answer is the node's fault, or None when it is a proper answer."""
+    if resp.status >= 500 or resp.status == 429:
+        return f"answered HTTP {resp.status}"
+    if resp.status >= 400:
+        return None  # the client asked for something wrong; another node would agree
+    errors = response_errors(resp.body)
+    if errors is None:
+        return "answered with a body that is not JSON"
+    for error in errors:
+        if chain.is_node_fault(error):
+            return f"answered a node error: {error.get('message')}"
+    return None
+
+
+def ping_ok(answer: Answer) -> bool:
+    """A race ping's verdict: a JSON answer that does not say the node is unwell."""
+    if answer.error is not None or not 200 <= answer.status < 300:
+        return False
+    try:
+        doc = orjson.loads(answer.body)
+    except orjson.JSONDecodeError:
+        return False
+    if isinstance(doc, dict):
+        if "error" in doc:
+            return False
+        if "status" in doc and doc["status"] != "OK":
+            return False
+    return True
+
+
+class Router:
+    def __init__(
+        self,
+        fleet: Fleet,
+        policy: BasePolicy,
+        transport: Transport,
+        chain: Chain,
+        *,
+        per_try: float,
+        total: float,
+        retries: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fleet = fleet
+        self.policy = policy
+        self.transport = transport
+        self.chain = chain
+        self.per_try = per_try
+        self.total = total
+        self.retries = retries
+        self.clock = clock
+
+    async def forward(self, req: ProxyRequest) -> Outcome:
+        start = self.clock()
+        deadline = start + self.total
+        outcome = Outcome()
+        last_error: RpcBalancerError | None = None
+        for _ in range(1 + self.retries):
+            now = self.clock()
+            if now >= deadline:
+                last_error = UpstreamTimeout(
+                    outcome.tried[-1].name if outcome.tried else "balancer",
+                    f"the {self.total:g}s deadline passed after {len(outcome.tried)} tries",
+                )
+                break
+            candidates, failopen = self.fleet.candidates(now)
+            left = [n for n in candidates if n not in outcome.tried]
+            if not left:
+                break
+            outcome.failopen = outcome.failopen or failopen
+            node = await self._choose(left, req, now, deadline, failopen)
+            if node is None:
+                last_error = NoHealthyNode("no node answered the race ping in time")
+                break
+            outcome.tried.append(node)
+            error = await self._try(node, req, deadline, outcome)
+            if error is None:
+                return outcome
+            last_error = error
+            if req.broadcast and (outcome.response is not None or error.sent):
+                break  # the node may have the transaction: never send it twice
+        if outcome.response is not None and (req.broadcast or last_error is None):
+            return outcome  # the node's own answer, even if poor, is the only one
+        outcome.response = None
+        outcome.error = last_error or NoHealthyNode(self._why_none())
+        return outcome
+
+    async def _try(
+        self, node: Node, req: ProxyRequest, deadline: float, outcome: Outcome
+    ) -> UpstreamError | None:
+        """One try; fills ``outcome`` on success, returns the error on failure."""
+        timeout = max(0.001, min(self.per_try, deadline - self.clock()))
+        health = self.fleet.health
+        started = self.clock()
+        node.begin()
+        try:
+            resp = await self.transport.send(
+                node, req.method, req.path, req.headers, req.body, timeout
+            )
+        except UpstreamError as exc:
+            node.end(
+                self.clock(),
+                self.clock() - started,
+                False,
+                error=exc.reason,
+                penalty=self.per_try,
+                health=health,
+            )
+            return exc
+        except BaseException:
+            node.end(self.clock(), self.clock() - started, False, error="cancelled")
+            raise
+        finished = self.clock()
+        fault = judge(resp, self.chain)
+        node.end(
+            finished,
+            finished - started,
+            fault is None,
+            error=fault,
+            penalty=self.per_try,
+            health=health,
+        )
+        if fault is None:
+            outcome.response, outcome.node = resp, node
+            return None
+        if req.broadcast and looks_like_json(resp.body):
+            outcome.response, outcome.node = resp, node
+        return UpstreamBadResponse(node.name, fault, resp.status)
+
+    async def _choose(
+        self,
+        nodes: Sequence[Node],
+        req: ProxyRequest,
+        now: float,
+        deadline: float,
+        failopen: bool,
+    ) -> Node | None:
+        if failopen:
+            return nodes[0]  # least bad first
+        policy = self.policy
+        if isinstance(policy, Race):
+            winner = policy.remembered(nodes, now)
+            if winner is None:
+                winner = await self._race(nodes, deadline)
+                if winner is not None:
+                    policy.remember(winner, self.clock())
+            return winner
+        return policy.pick(nodes, PickContext(now=now, client_ip=req.client_ip))
+
+    async def _race(self, nodes: Sequence[Node], deadline: float) -> Node | None:
+        """Ping every node at once; the first healthy answer wins, the rest are cancelled."""
+        call = self.chain.probe_calls()[0]
+        method = "GET" if call.body is None else "POST"
+        timeout = max(0.001, min(self.per_try, deadline - self.clock()))
+
+        async def ping(node: Node) -> Node | None:
+            started = self.clock()
+            try:
+                resp = await self.transport.send(
+                    node, method, None, PROBE_HEADERS, call.body, timeout
+                )
+            except UpstreamError as exc:
+                node.record(
+                    self.clock(),
+                    self.clock() - started,
+                    False,
+                    error=exc.reason,
+                    penalty=self.per_try,
+                )
+                return None
+            answer = Answer(status=resp.status, body=resp.body)
+            ok = ping_ok(answer)
+            node.observe_latency(self.clock(), self.clock() - started)
+            return node if ok else None
+
+        tasks = [asyncio.create_task(ping(n)) for n in nodes]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                winner = await next_done
+                if winner is not None:
+                    return winner
+            return None
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _why_none(self) -> str:
+        now = self.clock()
+        best = self.fleet.best_head()
+        reasons = [
+            f"{n.name}: {self.fleet.exclusion(n, now, best) or 'tried'}" for n in self.fleet.nodes
+        ]
+        return "no node can serve this request (" + "; ".join(reasons) + ")"

@@ -1,0 +1,8 @@
+"""The simulated node fleet used by the tests, the benchmark and the demo."""
+
+from __future__ import annotations
+
+from .fleet import FleetThread
+from .node import Behaviour, FakeNode, chain_head, running
+
+__all__ = ["Behaviour", "FakeNode", "FleetThread", "chain_head", "running"]

@@ -1,0 +1,308 @@
+"""A fake API node that answers like a Steem node behind jussi (or an EVM node).
+
+It serves ``GET /`` (jussi status with ``jussi_num``), JSON-RPC calls and batches
+(``condenser_api.*``, ``database_api.*``, ``block_api.get_block``, ``call`` wrapping,
+broadcasts), and misbehaves on demand: slow, heavy-tailed, failing with 503 HTML, hanging,
+answering with a lock-timeout error, lagging the chain head, or dead (not listening).
+
+The chain head advances in real time (one block per ``block_interval``), identical on every
+fake node of a run, so a node's staleness is exactly its ``lag``. Behaviour can be changed
+while the node runs; every node counts the requests it got, per method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+GENESIS_BLOCK = 90_000_000
+_EPOCH = 1_760_000_000.0  # a fixed origin so every fake node agrees on the head
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    latency: float = 0.002
+    """Median answer time, seconds."""
+    jitter: float = 0.0
+    """Sigma of a log-normal spread around the median (0: always the median)."""
+    tail_rate: float = 0.0
+    tail_latency: float = 0.8
+    fail_rate: float = 0.0
+    """Share of requests answered 503 with an HTML page."""
+    sick_rate: float = 0.0
+    """Share of JSON-RPC requests answered with a lock-timeout error."""
+    hang_rate: float = 0.0
+    """Share of requests never answered."""
+    lag: int = 0
+    """Blocks behind the chain head."""
+    version: str = "0.23.1"
+    status: str = "OK"
+    block_interval: float = 3.0
+
+
+def chain_head(now: float, block_interval: float = 3.0) -> int:
+    return GENESIS_BLOCK + int((now - _EPOCH) / block_interval)
+
+
+def block_time(number: int, block_interval: float = 3.0) -> float:
+    return _EPOCH + (number - GENESIS_BLOCK) * block_interval
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class FakeNode:
+    """One fake node on 127.0.0.1; start with :meth:`start`, stop with :meth:`stop`."""
+
+    def __init__(
+        self,
+        name: str,
+        behaviour: Behaviour | None = None,
+        *,
+        chain: str = "steem",
+        seed: int | None = None,
+    ) -> None:
+        self.name = name
+        self.behaviour = behaviour or Behaviour()
+        self.chain = chain
+        self.rng = random.Random(seed)
+        self.port = 0
+        self.counts: Counter[str] = Counter()
+        self.broadcasts: list[Any] = []
+        self._runner: web.AppRunner | None = None
+
+    def __repr__(self) -> str:
+        state = "up" if self._runner else "down"
+        return f"<FakeNode {self.name} :{self.port} {state} {self.behaviour}>"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self._runner is not None
+
+    def set(self, **changes: Any) -> None:
+        """Change the behaviour while running (any :class:`Behaviour` field)."""
+        self.behaviour = replace(self.behaviour, **changes)
+
+    def head(self) -> int:
+        b = self.behaviour
+        return chain_head(time.time(), b.block_interval) - b.lag
+
+    async def start(self, port: int | None = None) -> None:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("GET", "/{tail:.*}", self._get)
+        app.router.add_route("POST", "/{tail:.*}", self._post)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(
+            runner,
+            "127.0.0.1",
+            port if port is not None else self.port,
+            reuse_address=True,
+            shutdown_timeout=0.1,
+        )
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = list(getattr(server, "sockets", None) or [])
+        self.port = int(sockets[0].getsockname()[1])
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Die: stop listening and drop every connection (clients see refused/reset)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def revive(self) -> None:
+        if self._runner is None:
+            await self.start(self.port)
+
+    # -- behaviour ----------------------------------------------------------------------
+
+    async def _misbehave(self) -> web.Response | None:
+        b = self.behaviour
+        roll = self.rng.random()
+        if roll < b.hang_rate:
+            await asyncio.sleep(3600)
+        delay = b.latency * (math.exp(b.jitter * self.rng.gauss(0, 1)) if b.jitter else 1.0)
+        if self.rng.random() < b.tail_rate:
+            delay = b.tail_latency
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self.rng.random() < b.fail_rate:
+            return web.Response(
+                status=503,
+                content_type="text/html",
+                text="<html><body><h1>503 Service Unavailable</h1></body></html>",
+            )
+        return None
+
+    async def _get(self, request: web.Request) -> web.Response:
+        self.counts["GET " + request.path] += 1
+        failed = await self._misbehave()
+        if failed is not None:
+            return failed
+        if request.path != "/":
+            return web.json_response({"error": "not found", "path": request.path_qs}, status=404)
+        now = time.time()
+        return web.json_response(
+            {
+                "status": self.behaviour.status,
+                "datetime": _iso(now),
+                "source_commit": "0" * 40,
+                "docker_tag": "latest",
+                "jussi_num": self.head(),
+            }
+        )
+
+    async def _post(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self.counts["<parse error>"] += 1
+            return _json(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse Error"}}
+            )
+        members = doc if isinstance(doc, list) else [doc]
+        for member in members:
+            self.counts[_method(member)] += 1
+            if _method(member).startswith(("condenser_api.broadcast", "network_broadcast_api")):
+                self.broadcasts.append(member)
+        failed = await self._misbehave()
+        if failed is not None:
+            return failed
+        answers = [self._answer(m) for m in members]
+        return _json(answers if isinstance(doc, list) else answers[0])
+
+    def _answer(self, member: Any) -> dict[str, Any]:
+        ident = member.get("id") if isinstance(member, dict) else None
+        method = _method(member)
+        if self.behaviour.sick_rate and self.rng.random() < self.behaviour.sick_rate:
+            return {
+                "jsonrpc": "2.0",
+                "id": ident,
+                "error": {"code": -32003, "message": "Unable to acquire database lock"},
+            }
+        params = member.get("params") if isinstance(member, dict) else None
+        if member.get("method") == "call" and isinstance(params, list):
+            params = params[2] if len(params) > 2 else []
+        result = self._result(method, params)
+        if result is _MISSING:
+            return {
+                "jsonrpc": "2.0",
+                "id": ident,
+                "error": {"code": -32601, "message": f"Method not found: {method}"},
+            }
+        return {"jsonrpc": "2.0", "id": ident, "result": result}
+
+    def _result(self, method: str, params: Any) -> Any:
+        b = self.behaviour
+        head = self.head()
+        api, _, name = method.rpartition(".")
+        if self.chain == "evm":
+            return self._evm(method, params, head)
+        if name == "get_dynamic_global_properties":
+            return {
+                "head_block_number": head,
+                "head_block_id": f"{head:08x}" + "0" * 32,
+                "time": _iso(block_time(head, b.block_interval)),
+                "last_irreversible_block_num": head - 15,
+                "current_witness": self.name,
+            }
+        if name == "get_version":
+            return {
+                "blockchain_version": b.version,
+                "steem_revision": "f" * 40,
+                "fc_revision": "f" * 40,
+            }
+        if name == "get_block":
+            number = (
+                params[0]
+                if isinstance(params, list) and params
+                else (params.get("block_num") if isinstance(params, dict) else None)
+            )
+            if not isinstance(number, int) or number > head:
+                return None if api == "condenser_api" else {}
+            block = {
+                "block_id": f"{number:08x}" + "0" * 32,
+                "previous": f"{number - 1:08x}",
+                "timestamp": _iso(block_time(number, b.block_interval)),
+                "witness": self.name,
+                "transactions": [],
+            }
+            return block if api == "condenser_api" else {"block": block}
+        if name.startswith("broadcast_transaction") or api == "network_broadcast_api":
+            return (
+                {}
+                if not name.endswith("synchronous")
+                else {"id": "0" * 40, "block_num": head + 1, "trx_num": 0, "expired": False}
+            )
+        if name == "get_accounts":
+            names = params[0] if isinstance(params, list) and params else []
+            return [{"name": n, "balance": "1.000 STEEM"} for n in names if isinstance(n, str)]
+        return _MISSING
+
+    def _evm(self, method: str, params: Any, head: int) -> Any:
+        b = self.behaviour
+        if method == "eth_blockNumber":
+            return hex(head)
+        if method == "eth_getBlockByNumber":
+            return {
+                "number": hex(head),
+                "timestamp": hex(int(block_time(head, b.block_interval))),
+                "hash": "0x" + f"{head:064x}",
+            }
+        if method == "web3_clientVersion":
+            return f"Geth/v{b.version}"
+        if method == "eth_chainId":
+            return "0x1"
+        if method in ("eth_sendRawTransaction",):
+            return "0x" + "ab" * 32
+        return _MISSING
+
+
+_MISSING = object()
+
+
+def _method(member: Any) -> str:
+    if not isinstance(member, dict):
+        return "<invalid>"
+    method = member.get("method")
+    if not isinstance(method, str):
+        return "<invalid>"
+    params = member.get("params")
+    if method == "call" and isinstance(params, list) and len(params) >= 2:
+        return f"{params[0]}.{params[1]}"
+    return method
+
+
+def _json(doc: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(doc), content_type="application/json")
+
+
+@contextlib.asynccontextmanager
+async def running(*nodes: FakeNode) -> Any:
+    """Start nodes for the duration of a block; always stop them."""
+    try:
+        for node in nodes:
+            await node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
