@@ -315,10 +315,10 @@ def from_mapping(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: " + _describe(exc)) from None
+        raise ConfigError(f"{source}: " + _describe(exc, found)) from None
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, secrets: set[str]) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -326,6 +326,11 @@ def _describe(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         value = err.get("input")
-        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+        if isinstance(value, dict | list) or value is None:
+            shown = ""
+        elif any(secret in str(value) for secret in secrets):
+            shown = " (got a value from the environment, not shown)"
+        else:
+            shown = f" (got {value!r})"
         lines.append(f"{key}: {message}{shown}")
     return "; ".join(lines)

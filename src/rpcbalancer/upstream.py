@@ -98,22 +98,14 @@ class AiohttpTransport:
         )
         merged = {**headers, **node.headers} if node.headers else headers
         try:
-            async with self._client().request(
-                method,
-                url,
-                data=body,
-                headers=merged,
-                timeout=limits,
-                allow_redirects=False,
-                ssl=node.verify_tls,
-            ) as resp:
-                if resp.content_length is not None and resp.content_length > MAX_BODY:
-                    raise UpstreamBadResponse(node.name, "answer too large", resp.status)
-                data = await resp.read()
-                kept = tuple(
-                    (name, resp.headers[name]) for name in _KEPT_HEADERS if name in resp.headers
-                )
-                return UpstreamResponse(resp.status, kept, data)
+            try:
+                return await self._request(node, method, url, merged, body, limits)
+            except aiohttp.ClientOSError as exc:
+                if not _unwritten(exc):
+                    raise
+                # A pooled connection the node closed while it sat idle: nothing was
+                # written, so the request goes once more, on a fresh connection.
+                return await self._request(node, method, url, merged, body, limits)
         except UpstreamError:
             raise
         except aiohttp.ConnectionTimeoutError:
@@ -126,6 +118,10 @@ class AiohttpTransport:
             code = getattr(exc.os_error, "errno", None)
             why = os.strerror(code).lower() if code else str(exc)
             raise UpstreamConnectError(node.name, f"cannot connect ({why})") from None
+        except aiohttp.ClientOSError as exc:
+            if _unwritten(exc):
+                raise UpstreamConnectError(node.name, "connection lost before sending") from None
+            raise UpstreamError(node.name, f"connection error ({exc})") from None
         except aiohttp.ServerDisconnectedError:
             raise UpstreamError(node.name, "connection closed before the answer") from None
         except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
@@ -133,7 +129,38 @@ class AiohttpTransport:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise UpstreamError(node.name, f"{type(exc).__name__}: {exc}") from None
 
+    async def _request(
+        self,
+        node: Node,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        limits: aiohttp.ClientTimeout,
+    ) -> UpstreamResponse:
+        async with self._client().request(
+            method,
+            url,
+            data=body,
+            headers=headers,
+            timeout=limits,
+            allow_redirects=False,
+            ssl=node.verify_tls,
+        ) as resp:
+            if resp.content_length is not None and resp.content_length > MAX_BODY:
+                raise UpstreamBadResponse(node.name, "answer too large", resp.status)
+            data = await resp.read()
+            kept = tuple(
+                (name, resp.headers[name]) for name in _KEPT_HEADERS if name in resp.headers
+            )
+            return UpstreamResponse(resp.status, kept, data)
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _unwritten(exc: aiohttp.ClientOSError) -> bool:
+    """Whether aiohttp failed while writing the request, so the node cannot have it."""
+    return "Can not write request body" in str(exc)

@@ -106,14 +106,15 @@ class FakeNode:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("GET", "/{tail:.*}", self._get)
         app.router.add_route("POST", "/{tail:.*}", self._post)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.1
+        )
         await runner.setup()
         site = web.TCPSite(
             runner,
             "127.0.0.1",
             port if port is not None else self.port,
             reuse_address=True,
-            shutdown_timeout=0.1,
         )
         await site.start()
         server = site._server

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+
+from rpcbalancer.balancer import Balancer
+from rpcbalancer.config import from_mapping
+from rpcbalancer.gateway import Gateway, HttpRequest, HttpResponse
+from rpcbalancer.sim import Behaviour, FakeNode
+
+
+class Harness:
+    """A balancer (in this loop) in front of fake nodes (in this loop too)."""
+
+    def __init__(self, stack: AsyncExitStack) -> None:
+        self.stack = stack
+        self.nodes: dict[str, FakeNode] = {}
+        self.balancer: Balancer | None = None
+        self.gateway: Gateway | None = None
+
+    async def start(self, behaviours: dict[str, Behaviour], **config: Any) -> Harness:
+        for i, (name, behaviour) in enumerate(behaviours.items()):
+            node = FakeNode(name, behaviour, seed=i, chain=config.get("chain", "steem"))
+            await node.start()
+            self.stack.push_async_callback(node.stop)
+            self.nodes[name] = node
+        data = {"nodes": [n.url for n in self.nodes.values()], **config}
+        balancer = Balancer(from_mapping(data, env={}), rng=random.Random(3))
+        self.balancer = await self.stack.enter_async_context(balancer)
+        self.gateway = Gateway(balancer)
+        return self
+
+    def name_of(self, response: HttpResponse) -> str:
+        served = dict(response.headers)["x-rpc-node"]
+        return next(n for n, node in self.nodes.items() if node.url == served)
+
+    async def post(self, body: bytes, peer: str = "127.0.0.1",
+                   headers: dict[str, str] | None = None) -> HttpResponse:
+        assert self.gateway is not None
+        return await self.gateway.handle(HttpRequest("POST", "/", body=body, peer=peer,
+                                                     headers=headers or {}))
+
+    async def call(self, method: str, params: Any = None, ident: Any = 1) -> HttpResponse:
+        import orjson
+
+        return await self.post(orjson.dumps(
+            {"jsonrpc": "2.0", "method": method, "params": params or [], "id": ident}))
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Callable[..., Any]]:
+    async with AsyncExitStack() as stack:
+        async def make(behaviours: dict[str, Behaviour], **config: Any) -> Harness:
+            return await Harness(stack).start(behaviours, **config)
+
+        yield make

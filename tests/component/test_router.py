@@ -1,0 +1,232 @@
+"""The router and gateway against real fake nodes on loopback, in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from rpcbalancer.sim import Behaviour
+
+DGP = "condenser_api.get_dynamic_global_properties"
+BROADCAST = "condenser_api.broadcast_transaction"
+
+
+async def test_forwards_and_names_the_node(harness: Any) -> None:
+    h = await harness({"a": Behaviour()})
+    resp = await h.call(DGP, ident=9)
+    headers = dict(resp.headers)
+    assert resp.status == 200
+    assert headers["x-rpc-node"] == h.nodes["a"].url
+    assert headers["x-rpc-attempts"] == "1"
+    assert headers["x-rpc-node-version"] == "0.23.1"
+    doc = orjson.loads(resp.body)
+    assert doc["id"] == 9 and doc["result"]["head_block_number"] == h.nodes["a"].head()
+
+
+async def test_failover_when_a_node_dies(harness: Any) -> None:
+    h = await harness({"a": Behaviour(), "b": Behaviour()}, strategy="round_robin")
+    await h.nodes["a"].stop()
+    served = Counter()
+    for i in range(20):
+        resp = await h.call(DGP, ident=i)
+        assert resp.status == 200, resp.body
+        served[h.name_of(resp)] += 1
+    assert served == {"b": 20}
+
+
+async def test_a_dead_node_is_ejected_after_consecutive_failures(harness: Any) -> None:
+    h = await harness({"a": Behaviour(), "b": Behaviour()}, strategy="round_robin",
+                      circuit_breaker={"failures": 2, "cooldown": 30})
+    await h.nodes["a"].stop()
+    attempts = []
+    for i in range(10):
+        resp = await h.call(DGP, ident=i)
+        attempts.append(dict(resp.headers)["x-rpc-attempts"])
+    assert attempts.count("2") == 2  # two failed tries eject it; then no more detours
+    assert "ejected" in (h.balancer.fleet.exclusion(h.balancer.fleet.nodes[0], time.monotonic()) or "")
+
+
+async def test_html_503_is_retried_elsewhere(harness: Any) -> None:
+    h = await harness({"bad": Behaviour(), "good": Behaviour(latency=0.01)}, strategy="first")
+    h.nodes["bad"].set(fail_rate=1.0)  # after the probe found it well
+    resp = await h.call(DGP)
+    assert resp.status == 200 and h.name_of(resp) == "good"
+    assert dict(resp.headers)["x-rpc-attempts"] == "2"
+
+
+async def test_sick_node_errors_are_retried_but_client_errors_are_not(harness: Any) -> None:
+    h = await harness({"sick": Behaviour(), "ok": Behaviour()}, strategy="first")
+    h.nodes["sick"].set(sick_rate=1.0)
+    resp = await h.call(DGP)
+    assert h.name_of(resp) == "ok"
+    sick = h.balancer.fleet.nodes[0]
+    assert sick.failures == 1
+    # A method the nodes do not know: the answer goes back, no node is blamed.
+    h2 = await harness({"x": Behaviour()}, strategy="first")
+    resp = await h2.call("nosuch_api.nothing")
+    assert resp.status == 200
+    assert orjson.loads(resp.body)["error"]["code"] == -32601
+    assert h2.balancer.fleet.nodes[0].failures == 0
+
+
+async def test_broadcast_is_never_sent_twice(harness: Any) -> None:
+    h = await harness({"a": Behaviour(), "b": Behaviour()}, strategy="first")
+    h.nodes["a"].set(fail_rate=1.0)
+    resp = await h.call(BROADCAST, [{"ref_block_num": 1}])
+    received = {name: len(node.broadcasts) for name, node in h.nodes.items()}
+    assert received == {"a": 1, "b": 0}
+    assert resp.status == 502
+    error = orjson.loads(resp.body)["error"]
+    assert "not JSON" in error["message"] or "503" in error["message"]
+
+
+async def test_broadcast_that_timed_out_is_not_resent(harness: Any) -> None:
+    h = await harness({"a": Behaviour(), "b": Behaviour()}, strategy="first",
+                      timeouts={"per_try": 0.3, "total": 3})
+    h.nodes["a"].set(hang_rate=1.0)
+    resp = await h.call("call", ["condenser_api", "broadcast_transaction", [{}]])
+    assert resp.status == 504
+    assert h.nodes["b"].broadcasts == []
+    assert len(h.nodes["a"].broadcasts) == 1
+
+
+async def test_broadcast_is_resent_when_it_never_reached_a_node(harness: Any) -> None:
+    h = await harness({"a": Behaviour(), "b": Behaviour()}, strategy="first")
+    await h.nodes["a"].stop()
+    resp = await h.call(BROADCAST, [{}])
+    assert resp.status == 200 and h.name_of(resp) == "b"
+    assert len(h.nodes["b"].broadcasts) == 1
+
+
+async def test_reads_stay_off_a_lagging_node(harness: Any) -> None:
+    h = await harness({"stale": Behaviour(lag=200, latency=0.0), "fresh": Behaviour(latency=0.01)})
+    for i in range(30):
+        resp = await h.call(DGP, ident=i)
+        assert h.name_of(resp) == "fresh"
+    assert h.nodes["stale"].counts[DGP] == 1  # the probe only
+
+
+async def test_fail_open_when_every_node_is_excluded(harness: Any) -> None:
+    h = await harness({"a": Behaviour(version="0.20.0")}, min_version="0.23.0")
+    resp = await h.call(DGP)
+    assert resp.status == 200
+    assert h.balancer.fleet.candidates(time.monotonic())[1] is True
+
+
+async def test_deadline_bounds_a_request_to_hanging_nodes(harness: Any) -> None:
+    h = await harness({"a": Behaviour(), "b": Behaviour()},
+                      timeouts={"per_try": 0.4, "total": 0.6}, retries=5)
+    for node in h.nodes.values():
+        node.set(hang_rate=1.0)
+    started = time.monotonic()
+    resp = await h.call(DGP, ident="q")
+    elapsed = time.monotonic() - started
+    assert resp.status == 504
+    doc = orjson.loads(resp.body)
+    assert doc["id"] == "q" and doc["error"]["code"] == -32002
+    assert elapsed < 1.5
+
+
+async def test_no_node_at_all_gives_503(harness: Any) -> None:
+    h = await harness({"a": Behaviour()}, retries=0)
+    await h.nodes["a"].stop()
+    resp = await h.call(DGP, ident=4)
+    assert resp.status == 502
+    doc = orjson.loads(resp.body)
+    assert "cannot connect" in doc["error"]["message"] and doc["id"] == 4
+
+
+async def test_fastest_moves_traffic_off_a_node_that_turns_slow(harness: Any) -> None:
+    h = await harness({"a": Behaviour(latency=0.002), "b": Behaviour(latency=0.004)})
+    first = Counter()
+    for i in range(40):
+        first[h.name_of(await h.call(DGP, ident=i))] += 1
+    assert first["a"] > first["b"]
+    h.nodes["a"].set(latency=0.08)
+    later = Counter()
+    for i in range(60):
+        later[h.name_of(await h.call(DGP, ident=i))] += 1
+    assert later["b"] > 50, later
+
+
+async def test_race_forwards_to_the_first_node_to_answer(harness: Any) -> None:
+    h = await harness({"slow": Behaviour(latency=0.15), "quick": Behaviour(latency=0.005)},
+                      strategy="race")
+    before = {n: node.counts["GET /"] for n, node in h.nodes.items()}
+    resp = await h.call(DGP)
+    assert h.name_of(resp) == "quick"
+    pings = {n: node.counts["GET /"] - before[n] for n, node in h.nodes.items()}
+    assert pings["quick"] == 1  # each node pinged once for this request
+    assert pings["slow"] in (0, 1)  # cancelled, or arrived just before
+
+
+async def test_race_ttl_reuses_the_winner(harness: Any) -> None:
+    h = await harness({"a": Behaviour(), "b": Behaviour(latency=0.05)},
+                      strategy={"name": "race", "race_ttl": 30})
+    await h.call(DGP)
+    pings = sum(node.counts["GET /"] for node in h.nodes.values())
+    for i in range(5):
+        await h.call(DGP, ident=i)
+    assert sum(node.counts["GET /"] for node in h.nodes.values()) == pings
+
+
+async def test_batches_pass_through_untouched(harness: Any) -> None:
+    h = await harness({"a": Behaviour()}, annotate="body")
+    body = orjson.dumps([
+        {"jsonrpc": "2.0", "method": "condenser_api.get_version", "params": [], "id": 1},
+        {"jsonrpc": "2.0", "method": "call", "params": ["condenser_api", "get_accounts", [["x"]]], "id": 2},
+    ])
+    resp = await h.post(body)
+    doc = orjson.loads(resp.body)
+    assert [m["id"] for m in doc] == [1, 2]
+    assert all("__server__" not in m for m in doc)
+    assert doc[1]["result"] == [{"name": "x", "balance": "1.000 STEEM"}]
+
+
+async def test_annotate_body_adds_server_and_version(harness: Any) -> None:
+    h = await harness({"a": Behaviour(version="0.23.1")}, annotate="body")
+    doc = orjson.loads((await h.call(DGP, ident=5)).body)
+    assert doc["__server__"] == h.nodes["a"].url
+    assert doc["__version__"] == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "result": {"blockchain_version": "0.23.1", "steem_revision": "f" * 40,
+                   "fc_revision": "f" * 40},
+    }
+    assert doc["id"] == 5 and "head_block_number" in doc["result"]
+
+
+async def test_probes_cost_nothing_on_the_hot_path(harness: Any) -> None:
+    h = await harness({"a": Behaviour()}, annotate="body", probe={"interval": 3600})
+    before = h.nodes["a"].counts["condenser_api.get_version"]
+    for i in range(10):
+        await h.call(DGP, ident=i)
+    assert h.nodes["a"].counts["condenser_api.get_version"] == before
+
+
+async def test_concurrent_load_is_spread_by_in_flight_count(harness: Any) -> None:
+    h = await harness({"a": Behaviour(latency=0.02), "b": Behaviour(latency=0.02)},
+                      strategy="least_conn")
+    results = await asyncio.gather(*(h.call(DGP, ident=i) for i in range(40)))
+    served = Counter(h.name_of(r) for r in results)
+    assert all(r.status == 200 for r in results)
+    assert 10 <= served["a"] <= 30, served
+
+
+async def test_ip_hash_uses_forwarded_for_only_from_trusted_proxies(harness: Any) -> None:
+    h = await harness({f"n{i}": Behaviour() for i in range(4)}, strategy="ip_hash",
+                      trusted_proxies=["10.0.0.0/8"])
+    body = orjson.dumps({"jsonrpc": "2.0", "method": DGP, "params": [], "id": 1})
+
+    async def served(peer: str, xff: str) -> str:
+        resp = await h.post(body, peer=peer, headers={"x-forwarded-for": xff})
+        return h.name_of(resp)
+
+    via_proxy = {await served("10.1.1.1", f"198.51.100.{i}") for i in range(40)}
+    assert len(via_proxy) > 1  # clients behind the proxy are told apart
+    spoofed = {await served("203.0.113.7", f"198.51.100.{i}") for i in range(40)}
+    assert len(spoofed) == 1  # an untrusted peer cannot pick its own identity

@@ -1,0 +1,96 @@
+"""Shared fixtures: free ports, the fake fleet, and real balancer processes.
+
+Every process a fixture starts is stopped by its PID at teardown, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BalancerProcess:
+    """``rpcbalancer serve`` in a child process, on a free loopback port."""
+
+    def __init__(self, config: dict[str, Any] | None, tmp: Path, *, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None, config_path: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"balancer-{self.port}.log"
+        if config_path is None and config is not None:
+            config_path = tmp / f"balancer-{self.port}.yaml"
+            config_path.write_text(yaml.safe_dump(config))
+        cmd = [sys.executable, "-m", "rpcbalancer", "serve", "--port", str(self.port)]
+        if config_path is not None:
+            cmd += ["--config", str(config_path)]
+        self.cmd = cmd + list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> BalancerProcess:
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=self.log_path.parent)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"balancer exited with {self.proc.returncode}:\n{self.log}")
+            try:
+                requests.get(self.url + "/version", timeout=0.5)
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"balancer did not start within {timeout}s:\n{self.log}")
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if hasattr(self, "_log"):
+            self._log.close()
+
+    def rpc(self, method: str, params: Any = None, ident: Any = 1, **kw: Any) -> requests.Response:
+        body = {"jsonrpc": "2.0", "method": method, "params": params or [], "id": ident}
+        return requests.post(self.url + "/", json=body, timeout=kw.pop("timeout", 15), **kw)
+
+
+@pytest.fixture
+def balancer_process(tmp_path: Path) -> Iterator[Any]:
+    """A factory: ``balancer_process(config_dict)`` starts a server; all stop at teardown."""
+    started: list[BalancerProcess] = []
+
+    def start(config: dict[str, Any] | None = None, **kw: Any) -> BalancerProcess:
+        proc = BalancerProcess(config, tmp_path, **kw)
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import orjson
+
+from rpcbalancer.chains import CHAINS, Answer
+from rpcbalancer.router import judge, ping_ok
+from rpcbalancer.upstream import UpstreamResponse
+
+STEEM = CHAINS["steem"]
+
+
+def ok(doc: object) -> Answer:
+    return Answer(status=200, body=orjson.dumps(doc), latency=0.01)
+
+
+def rpc(result: object) -> Answer:
+    return ok({"jsonrpc": "2.0", "id": 1, "result": result})
+
+
+def steem_answers(**overrides: Answer) -> dict[str, Answer]:
+    answers = {
+        "status": ok({"status": "OK", "jussi_num": 500}),
+        "head": rpc({"head_block_number": 500, "time": "2026-01-01T00:00:00",
+                     "last_irreversible_block_num": 480}),
+        "version": rpc({"blockchain_version": "0.23.1"}),
+    }
+    answers.update(overrides)
+    return answers
+
+
+def test_steem_reading_of_a_healthy_node() -> None:
+    reading = STEEM.read(steem_answers())
+    assert reading.ok and reading.head_block == 500 and reading.irreversible_block == 480
+    assert reading.version == "0.23.1"
+    assert reading.version_doc == {"jsonrpc": "2.0", "id": 1,
+                                   "result": {"blockchain_version": "0.23.1"}}
+    assert reading.head_time == 1767225600.0
+    assert reading.extra["jussi_num"] == 500
+
+
+def test_steem_status_other_than_ok_is_down() -> None:
+    reading = STEEM.read(steem_answers(status=ok({"status": "SYNCING"})))
+    assert not reading.ok and "SYNCING" in (reading.error or "")
+
+
+def test_steem_without_a_status_page_is_judged_by_its_rpc() -> None:
+    reading = STEEM.read(steem_answers(status=Answer(status=404, body=b"not found")))
+    assert reading.ok
+
+
+def test_steem_head_errors_are_explained() -> None:
+    error = ok({"jsonrpc": "2.0", "id": 1, "error": {"code": -32003, "message": "lock"}})
+    assert STEEM.read(steem_answers(head=error)).error == "head: lock"
+    refused = Answer(error="cannot connect (connection refused)")
+    assert STEEM.read(steem_answers(head=refused)).error == "head: cannot connect (connection refused)"
+    html = Answer(status=502, body=b"<html>")
+    assert STEEM.read(steem_answers(head=html)).error == "head: HTTP 502"
+
+
+def test_steem_broadcast_methods() -> None:
+    for method in ("condenser_api.broadcast_transaction",
+                   "condenser_api.broadcast_transaction_synchronous",
+                   "network_broadcast_api.broadcast_transaction"):
+        assert STEEM.is_broadcast(method)
+    assert not STEEM.is_broadcast("condenser_api.get_block")
+
+
+def test_evm_reading() -> None:
+    evm = CHAINS["evm"]
+    reading = evm.read({
+        "head": rpc({"number": "0x10", "timestamp": "0x5"}),
+        "version": rpc("Geth/v1.14"),
+    })
+    assert reading.ok and reading.head_block == 16 and reading.head_time == 5
+    assert reading.version == "Geth/v1.14"
+    assert evm.is_broadcast("eth_sendRawTransaction") and not evm.is_broadcast("eth_call")
+    assert evm.is_node_fault({"code": -32005, "message": "limit exceeded"})
+
+
+def response(status: int, body: bytes) -> UpstreamResponse:
+    return UpstreamResponse(status, (), body)
+
+
+def test_judge_tells_node_faults_from_client_faults() -> None:
+    assert judge(response(200, b'{"result":1}'), STEEM) is None
+    assert judge(response(503, b"<html>"), STEEM) == "answered HTTP 503"
+    assert judge(response(429, b"{}"), STEEM) == "answered HTTP 429"
+    assert judge(response(200, b"<html>oops"), STEEM) == "answered with a body that is not JSON"
+    sick = b'{"error":{"code":-32003,"message":"Unable to acquire database lock"}}'
+    assert "Unable to acquire" in (judge(response(200, sick), STEEM) or "")
+    client = b'{"error":{"code":-32602,"message":"Invalid parameters"}}'
+    assert judge(response(200, client), STEEM) is None
+    assert judge(response(404, b"<html>"), STEEM) is None
+
+
+def test_ping_verdicts() -> None:
+    assert ping_ok(ok({"status": "OK", "jussi_num": 1}))
+    assert not ping_ok(ok({"status": "NOPE"}))
+    assert not ping_ok(ok({"error": {"code": 1}}))
+    assert not ping_ok(Answer(status=503, body=b"{}"))
+    assert not ping_ok(Answer(status=200, body=b"<html>"))
+    assert not ping_ok(Answer(error="refused"))

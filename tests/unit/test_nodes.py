@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import pytest
+
+from rpcbalancer.nodes import Health, parse_version
+
+from .helpers import fleet, make_nodes, probed
+
+
+def test_peak_ewma_jumps_up_and_decays_down() -> None:
+    (node,) = make_nodes(1)
+    node.observe_latency(0.0, 0.010)
+    node.observe_latency(0.1, 0.200)
+    assert node.ewma == pytest.approx(0.200)  # a slow answer is believed at once
+    node.observe_latency(0.2, 0.010)
+    assert 0.190 < node.ewma < 0.200  # a fast one only slowly
+    for t in range(1, 60):
+        node.observe_latency(0.2 + t, 0.010)
+    assert node.ewma == pytest.approx(0.010, rel=0.1)
+
+
+def test_an_unused_node_estimate_fades() -> None:
+    (node,) = make_nodes(1)
+    node.observe_latency(0.0, 0.100)
+    assert node.latency(0.0) == pytest.approx(0.100)
+    assert node.latency(10.0, decay=10.0) == pytest.approx(0.100 / 2.718281828, rel=1e-3)
+    assert node.latency(100.0) < 0.0001
+
+
+def test_fast_failures_do_not_look_fast() -> None:
+    (node,) = make_nodes(1)
+    node.begin()
+    node.end(1.0, 0.001, False, error="reset", penalty=5.0)
+    assert node.ewma == pytest.approx(5.0)
+    assert node.inflight == 0 and node.failures == 1 and node.last_error == "reset"
+    assert node.percentile(0.5) is None  # failures do not enter the latency percentiles
+
+
+def test_breaker_ejects_after_consecutive_failures_with_growing_cooldown() -> None:
+    f = fleet(2, breaker_failures=3, breaker_cooldown=10.0)
+    node = f.nodes[0]
+    for _ in range(2):
+        node.record(0.0, 0.01, False, health=f.health)
+    assert f.exclusion(node, 0.0) is None
+    node.record(0.0, 0.01, False, error="timeout", health=f.health)
+    reason = f.exclusion(node, 1.0)
+    assert reason is not None and "ejected after 3 consecutive failures" in reason
+    assert f.exclusion(node, 10.5) is None  # cooldown over: a trial
+    node.record(10.5, 0.01, False, health=f.health)  # the trial fails: ejected again, longer
+    assert f.exclusion(node, 10.5 + 15) is not None
+    assert f.exclusion(node, 10.5 + 20.5) is None
+    node.record(31.0, 0.01, True, health=f.health)
+    assert node.consecutive_failures == 0 and node.ejections == 0
+
+
+@pytest.mark.parametrize(
+    ("probe", "health", "expected"),
+    [
+        ({"ok": False, "error": "head: connection refused"}, {}, "down: head: connection refused"),
+        ({"head": 880}, {"max_block_lag": 100}, "120 blocks behind the best node (max 100)"),
+        ({"head_age": 500.0}, {}, "head block is 500s old"),
+        ({"version": "0.22.5"}, {"min_version": (0, 23, 0)}, "version 0.22.5 is below min_version 0.23.0"),
+        ({"version": None}, {"min_version": (0, 23, 0)}, "version unknown"),
+    ],
+)
+def test_exclusion_reasons(probe: dict[str, object], health: dict[str, object],
+                           expected: str) -> None:
+    f = fleet(2, **health)
+    probed(f.nodes[0])
+    probed(f.nodes[1], **probe)  # type: ignore[arg-type]
+    reason = f.exclusion(f.nodes[1], 0.0)
+    assert reason is not None and expected in reason
+    assert f.exclusion(f.nodes[0], 0.0) is None
+
+
+def test_head_age_grows_with_time_since_the_probe() -> None:
+    f = fleet(1, max_head_age=30.0)
+    probed(f.nodes[0], at=0.0, head_age=5.0)
+    assert f.exclusion(f.nodes[0], 20.0) is None
+    assert "old" in (f.exclusion(f.nodes[0], 40.0) or "")
+
+
+def test_unprobed_nodes_may_serve() -> None:
+    f = fleet(2)
+    nodes, failopen = f.candidates(0.0)
+    assert nodes == f.nodes and not failopen
+
+
+def test_fail_open_offers_the_least_bad_first() -> None:
+    f = fleet(3, max_block_lag=5)
+    probed(f.nodes[0], ok=False, error="down")
+    probed(f.nodes[1], head=900)
+    probed(f.nodes[2], head=1000)
+    # Make node 2 unusable as well: ejected by failures.
+    for _ in range(f.health.breaker_failures):
+        f.nodes[2].record(0.0, 0.01, False, health=f.health)
+    nodes, failopen = f.candidates(0.0)
+    assert failopen
+    assert nodes[0] is f.nodes[1]  # lagging but up beats ejected, and ejected beats down
+    assert nodes[-1] is f.nodes[0]
+
+
+def test_versions_compare_numerically() -> None:
+    assert parse_version("0.23.10") > parse_version("0.23.9")  # type: ignore[operator]
+    assert parse_version("v1.27.5-rc1") == (1, 27, 5, 1)
+    assert parse_version("") is None
+
+
+def test_repr_explains_the_node() -> None:
+    (node,) = make_nodes(1)
+    node.observe_latency(0.0, 0.0123)
+    assert "ewma=12.3ms" in repr(node) and "n0.test" in repr(node)
+
+
+def test_health_defaults_match_the_documented_ones() -> None:
+    assert Health().max_block_lag == 10
