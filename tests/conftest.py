@@ -30,8 +30,15 @@ def free_port() -> int:
 class BalancerProcess:
     """``rpcbalancer serve`` in a child process, on a free loopback port."""
 
-    def __init__(self, config: dict[str, Any] | None, tmp: Path, *, args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any] | None,
+        tmp: Path,
+        *,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"balancer-{self.port}.log"
@@ -47,8 +54,13 @@ class BalancerProcess:
 
     def start(self, timeout: float = 15.0) -> BalancerProcess:
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=self.log_path.parent)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.log_path.parent,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -19,6 +19,7 @@ from types import TracebackType
 from .chains import CHAINS, Chain
 from .clientip import parse_networks
 from .config import Config
+from .dns import DnsExpander, Resolver, system_resolver
 from .nodes import Fleet, Health, Node, parse_version
 from .policies import make_policy
 from .probe import Prober
@@ -36,6 +37,7 @@ class Balancer:
         transport: Transport | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        resolver: Resolver = system_resolver,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -72,6 +74,11 @@ class Balancer:
             concurrency=config.probe.concurrency,
             clock=clock,
         )
+        self.dns = (
+            DnsExpander(config.nodes, self.fleet, resolver=resolver, refresh=config.dns_refresh)
+            if config.resolve_dns
+            else None
+        )
         self.started_at = time.time()
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -81,6 +88,9 @@ class Balancer:
     async def __aenter__(self) -> Balancer:
         stack = contextlib.AsyncExitStack()
         stack.push_async_callback(self.transport.aclose)
+        if self.dns is not None:
+            await self.dns.refresh()
+            await stack.enter_async_context(self.dns)
         try:
             async with asyncio.timeout(self.config.probe.timeout + 1.0):
                 await self.prober.round()

@@ -148,7 +148,8 @@ class Config(_Model):
     max_block_lag: int = Field(10, ge=0)
     max_head_age: float = Field(90.0, gt=0)
     min_version: str | None = None
-    annotate: Literal["headers", "body", "none"] = "headers"
+    annotate: Literal["headers", "body"] = "headers"
+    """Headers always name the node; ``body`` also adds the original design's fields."""
     listen: Listen = Listen()
     store: str = "sqlite:///rpcbalancer-health.db"
     probe: ProbeConfig = ProbeConfig()

@@ -31,6 +31,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .config import NodeConfig
 
@@ -85,6 +86,7 @@ class Node:
         "ejections",
         "failures",
         "headers",
+        "host_header",
         "index",
         "inflight",
         "last_error",
@@ -93,17 +95,36 @@ class Node:
         "probe",
         "recent",
         "requests",
+        "sni",
         "spec",
         "url",
         "verify_tls",
         "weight",
     )
 
-    def __init__(self, index: int, spec: NodeConfig) -> None:
+    def __init__(
+        self,
+        index: int,
+        spec: NodeConfig,
+        *,
+        address: str | None = None,
+    ) -> None:
+        """``address`` pins the node to one IP address of its host name (DNS expansion):
+        it connects there, and still sends the name as Host header and TLS SNI."""
         self.index = index
         self.spec = spec
         self.url = spec.url
         self.name = spec.name
+        self.host_header: str | None = None
+        self.sni: str | None = None
+        if address is not None:
+            parts = urlsplit(spec.url)
+            literal = f"[{address}]" if ":" in address else address
+            netloc = f"{literal}:{parts.port}" if parts.port else literal
+            self.url = urlunsplit(parts._replace(netloc=netloc))
+            self.name = f"{spec.name} [{address}]"
+            self.host_header = parts.netloc.rpartition("@")[2]
+            self.sni = parts.hostname if parts.scheme == "https" else None
         self.weight = spec.weight
         self.headers = spec.headers
         self.verify_tls = spec.verify_tls
@@ -226,7 +247,12 @@ class Fleet:
             raise ValueError("a fleet needs at least one node")
         self.nodes = nodes
         self.health = health
-        self.by_url = {node.url: node for node in nodes}
+
+    def replace(self, nodes: list[Node]) -> None:
+        """Change the membership (DNS re-resolution): the caller keeps the state of nodes
+        that stay by passing the same objects again."""
+        if nodes:
+            self.nodes = nodes
 
     def __repr__(self) -> str:
         return f"<Fleet {self.nodes!r}>"

@@ -97,6 +97,8 @@ class AiohttpTransport:
             total=timeout, sock_connect=min(self.connect_timeout, timeout)
         )
         merged = {**headers, **node.headers} if node.headers else headers
+        if node.host_header is not None:
+            merged = {**merged, "host": node.host_header}
         try:
             try:
                 return await self._request(node, method, url, merged, body, limits)
@@ -146,6 +148,7 @@ class AiohttpTransport:
             timeout=limits,
             allow_redirects=False,
             ssl=node.verify_tls,
+            server_hostname=node.sni,
         ) as resp:
             if resp.content_length is not None and resp.content_length > MAX_BODY:
                 raise UpstreamBadResponse(node.name, "answer too large", resp.status)

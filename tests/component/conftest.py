@@ -38,22 +38,26 @@ class Harness:
         served = dict(response.headers)["x-rpc-node"]
         return next(n for n, node in self.nodes.items() if node.url == served)
 
-    async def post(self, body: bytes, peer: str = "127.0.0.1",
-                   headers: dict[str, str] | None = None) -> HttpResponse:
+    async def post(
+        self, body: bytes, peer: str = "127.0.0.1", headers: dict[str, str] | None = None
+    ) -> HttpResponse:
         assert self.gateway is not None
-        return await self.gateway.handle(HttpRequest("POST", "/", body=body, peer=peer,
-                                                     headers=headers or {}))
+        return await self.gateway.handle(
+            HttpRequest("POST", "/", body=body, peer=peer, headers=headers or {})
+        )
 
     async def call(self, method: str, params: Any = None, ident: Any = 1) -> HttpResponse:
         import orjson
 
-        return await self.post(orjson.dumps(
-            {"jsonrpc": "2.0", "method": method, "params": params or [], "id": ident}))
+        return await self.post(
+            orjson.dumps({"jsonrpc": "2.0", "method": method, "params": params or [], "id": ident})
+        )
 
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Callable[..., Any]]:
     async with AsyncExitStack() as stack:
+
         async def make(behaviours: dict[str, Behaviour], **config: Any) -> Harness:
             return await Harness(stack).start(behaviours, **config)
 

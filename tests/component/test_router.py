@@ -9,6 +9,9 @@ from typing import Any
 
 import orjson
 
+from rpcbalancer.balancer import Balancer
+from rpcbalancer.config import from_mapping
+from rpcbalancer.gateway import Gateway, HttpRequest
 from rpcbalancer.sim import Behaviour
 
 DGP = "condenser_api.get_dynamic_global_properties"
@@ -24,7 +27,8 @@ async def test_forwards_and_names_the_node(harness: Any) -> None:
     assert headers["x-rpc-attempts"] == "1"
     assert headers["x-rpc-node-version"] == "0.23.1"
     doc = orjson.loads(resp.body)
-    assert doc["id"] == 9 and doc["result"]["head_block_number"] == h.nodes["a"].head()
+    assert doc["id"] == 9
+    assert doc["result"]["head_block_number"] == h.nodes["a"].head()
 
 
 async def test_failover_when_a_node_dies(harness: Any) -> None:
@@ -39,22 +43,28 @@ async def test_failover_when_a_node_dies(harness: Any) -> None:
 
 
 async def test_a_dead_node_is_ejected_after_consecutive_failures(harness: Any) -> None:
-    h = await harness({"a": Behaviour(), "b": Behaviour()}, strategy="round_robin",
-                      circuit_breaker={"failures": 2, "cooldown": 30})
+    h = await harness(
+        {"a": Behaviour(), "b": Behaviour()},
+        strategy="round_robin",
+        circuit_breaker={"failures": 2, "cooldown": 30},
+    )
     await h.nodes["a"].stop()
     attempts = []
     for i in range(10):
         resp = await h.call(DGP, ident=i)
         attempts.append(dict(resp.headers)["x-rpc-attempts"])
     assert attempts.count("2") == 2  # two failed tries eject it; then no more detours
-    assert "ejected" in (h.balancer.fleet.exclusion(h.balancer.fleet.nodes[0], time.monotonic()) or "")
+    assert "ejected" in (
+        h.balancer.fleet.exclusion(h.balancer.fleet.nodes[0], time.monotonic()) or ""
+    )
 
 
 async def test_html_503_is_retried_elsewhere(harness: Any) -> None:
     h = await harness({"bad": Behaviour(), "good": Behaviour(latency=0.01)}, strategy="first")
     h.nodes["bad"].set(fail_rate=1.0)  # after the probe found it well
     resp = await h.call(DGP)
-    assert resp.status == 200 and h.name_of(resp) == "good"
+    assert resp.status == 200
+    assert h.name_of(resp) == "good"
     assert dict(resp.headers)["x-rpc-attempts"] == "2"
 
 
@@ -85,8 +95,11 @@ async def test_broadcast_is_never_sent_twice(harness: Any) -> None:
 
 
 async def test_broadcast_that_timed_out_is_not_resent(harness: Any) -> None:
-    h = await harness({"a": Behaviour(), "b": Behaviour()}, strategy="first",
-                      timeouts={"per_try": 0.3, "total": 3})
+    h = await harness(
+        {"a": Behaviour(), "b": Behaviour()},
+        strategy="first",
+        timeouts={"per_try": 0.3, "total": 3},
+    )
     h.nodes["a"].set(hang_rate=1.0)
     resp = await h.call("call", ["condenser_api", "broadcast_transaction", [{}]])
     assert resp.status == 504
@@ -98,7 +111,8 @@ async def test_broadcast_is_resent_when_it_never_reached_a_node(harness: Any) ->
     h = await harness({"a": Behaviour(), "b": Behaviour()}, strategy="first")
     await h.nodes["a"].stop()
     resp = await h.call(BROADCAST, [{}])
-    assert resp.status == 200 and h.name_of(resp) == "b"
+    assert resp.status == 200
+    assert h.name_of(resp) == "b"
     assert len(h.nodes["b"].broadcasts) == 1
 
 
@@ -118,8 +132,9 @@ async def test_fail_open_when_every_node_is_excluded(harness: Any) -> None:
 
 
 async def test_deadline_bounds_a_request_to_hanging_nodes(harness: Any) -> None:
-    h = await harness({"a": Behaviour(), "b": Behaviour()},
-                      timeouts={"per_try": 0.4, "total": 0.6}, retries=5)
+    h = await harness(
+        {"a": Behaviour(), "b": Behaviour()}, timeouts={"per_try": 0.4, "total": 0.6}, retries=5
+    )
     for node in h.nodes.values():
         node.set(hang_rate=1.0)
     started = time.monotonic()
@@ -127,7 +142,8 @@ async def test_deadline_bounds_a_request_to_hanging_nodes(harness: Any) -> None:
     elapsed = time.monotonic() - started
     assert resp.status == 504
     doc = orjson.loads(resp.body)
-    assert doc["id"] == "q" and doc["error"]["code"] == -32002
+    assert doc["id"] == "q"
+    assert doc["error"]["code"] == -32002
     assert elapsed < 1.5
 
 
@@ -137,7 +153,8 @@ async def test_no_node_at_all_gives_503(harness: Any) -> None:
     resp = await h.call(DGP, ident=4)
     assert resp.status == 502
     doc = orjson.loads(resp.body)
-    assert "cannot connect" in doc["error"]["message"] and doc["id"] == 4
+    assert "cannot connect" in doc["error"]["message"]
+    assert doc["id"] == 4
 
 
 async def test_fastest_moves_traffic_off_a_node_that_turns_slow(harness: Any) -> None:
@@ -154,8 +171,9 @@ async def test_fastest_moves_traffic_off_a_node_that_turns_slow(harness: Any) ->
 
 
 async def test_race_forwards_to_the_first_node_to_answer(harness: Any) -> None:
-    h = await harness({"slow": Behaviour(latency=0.15), "quick": Behaviour(latency=0.005)},
-                      strategy="race")
+    h = await harness(
+        {"slow": Behaviour(latency=0.15), "quick": Behaviour(latency=0.005)}, strategy="race"
+    )
     before = {n: node.counts["GET /"] for n, node in h.nodes.items()}
     resp = await h.call(DGP)
     assert h.name_of(resp) == "quick"
@@ -165,8 +183,9 @@ async def test_race_forwards_to_the_first_node_to_answer(harness: Any) -> None:
 
 
 async def test_race_ttl_reuses_the_winner(harness: Any) -> None:
-    h = await harness({"a": Behaviour(), "b": Behaviour(latency=0.05)},
-                      strategy={"name": "race", "race_ttl": 30})
+    h = await harness(
+        {"a": Behaviour(), "b": Behaviour(latency=0.05)}, strategy={"name": "race", "race_ttl": 30}
+    )
     await h.call(DGP)
     pings = sum(node.counts["GET /"] for node in h.nodes.values())
     for i in range(5):
@@ -176,10 +195,17 @@ async def test_race_ttl_reuses_the_winner(harness: Any) -> None:
 
 async def test_batches_pass_through_untouched(harness: Any) -> None:
     h = await harness({"a": Behaviour()}, annotate="body")
-    body = orjson.dumps([
-        {"jsonrpc": "2.0", "method": "condenser_api.get_version", "params": [], "id": 1},
-        {"jsonrpc": "2.0", "method": "call", "params": ["condenser_api", "get_accounts", [["x"]]], "id": 2},
-    ])
+    body = orjson.dumps(
+        [
+            {"jsonrpc": "2.0", "method": "condenser_api.get_version", "params": [], "id": 1},
+            {
+                "jsonrpc": "2.0",
+                "method": "call",
+                "params": ["condenser_api", "get_accounts", [["x"]]],
+                "id": 2,
+            },
+        ]
+    )
     resp = await h.post(body)
     doc = orjson.loads(resp.body)
     assert [m["id"] for m in doc] == [1, 2]
@@ -194,10 +220,14 @@ async def test_annotate_body_adds_server_and_version(harness: Any) -> None:
     assert doc["__version__"] == {
         "jsonrpc": "2.0",
         "id": 1,
-        "result": {"blockchain_version": "0.23.1", "steem_revision": "f" * 40,
-                   "fc_revision": "f" * 40},
+        "result": {
+            "blockchain_version": "0.23.1",
+            "steem_revision": "f" * 40,
+            "fc_revision": "f" * 40,
+        },
     }
-    assert doc["id"] == 5 and "head_block_number" in doc["result"]
+    assert doc["id"] == 5
+    assert "head_block_number" in doc["result"]
 
 
 async def test_probes_cost_nothing_on_the_hot_path(harness: Any) -> None:
@@ -209,8 +239,9 @@ async def test_probes_cost_nothing_on_the_hot_path(harness: Any) -> None:
 
 
 async def test_concurrent_load_is_spread_by_in_flight_count(harness: Any) -> None:
-    h = await harness({"a": Behaviour(latency=0.02), "b": Behaviour(latency=0.02)},
-                      strategy="least_conn")
+    h = await harness(
+        {"a": Behaviour(latency=0.02), "b": Behaviour(latency=0.02)}, strategy="least_conn"
+    )
     results = await asyncio.gather(*(h.call(DGP, ident=i) for i in range(40)))
     served = Counter(h.name_of(r) for r in results)
     assert all(r.status == 200 for r in results)
@@ -218,8 +249,9 @@ async def test_concurrent_load_is_spread_by_in_flight_count(harness: Any) -> Non
 
 
 async def test_ip_hash_uses_forwarded_for_only_from_trusted_proxies(harness: Any) -> None:
-    h = await harness({f"n{i}": Behaviour() for i in range(4)}, strategy="ip_hash",
-                      trusted_proxies=["10.0.0.0/8"])
+    h = await harness(
+        {f"n{i}": Behaviour() for i in range(4)}, strategy="ip_hash", trusted_proxies=["10.0.0.0/8"]
+    )
     body = orjson.dumps({"jsonrpc": "2.0", "method": DGP, "params": [], "id": 1})
 
     async def served(peer: str, xff: str) -> str:
@@ -230,3 +262,86 @@ async def test_ip_hash_uses_forwarded_for_only_from_trusted_proxies(harness: Any
     assert len(via_proxy) > 1  # clients behind the proxy are told apart
     spoofed = {await served("203.0.113.7", f"198.51.100.{i}") for i in range(40)}
     assert len(spoofed) == 1  # an untrusted peer cannot pick its own identity
+
+
+async def test_per_node_headers_reach_the_node(harness: Any) -> None:
+    from rpcbalancer.sim import FakeNode
+
+    node = FakeNode("edge")
+    await node.start()
+    try:
+        config = from_mapping(
+            {"nodes": [{"url": node.url, "headers": {"X-Edge-Key": "k1"}}]}, env={}
+        )
+        async with Balancer(config) as balancer:
+            resp = await Gateway(balancer).handle(
+                HttpRequest(
+                    "POST", "/", body=b'{"jsonrpc":"2.0","method":"a.b","id":1}', peer="192.0.2.1"
+                )
+            )
+        assert resp.status == 200
+        assert node.last_headers["X-Edge-Key"] == "k1"
+        assert node.last_headers["X-Forwarded-For"] == "192.0.2.1"
+    finally:
+        await node.stop()
+
+
+async def test_dns_names_become_one_node_per_address() -> None:
+    from rpcbalancer.sim import FakeNode
+
+    first = FakeNode("one", host="127.0.0.1")
+    await first.start()
+    second = FakeNode("two", host="127.0.0.2")
+    await second.start(first.port)  # same port, another address: one DNS name for both
+    answers = {"nodes.test": ["127.0.0.1", "127.0.0.2"]}
+    asked: list[tuple[str, int]] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        return answers[host]
+
+    try:
+        config = from_mapping(
+            {
+                "nodes": [f"http://nodes.test:{first.port}"],
+                "resolve_dns": True,
+                "strategy": "round_robin",
+            },
+            env={},
+        )
+        async with Balancer(config, resolver=resolver) as balancer:
+            gateway = Gateway(balancer)
+            assert len(balancer.fleet.nodes) == 2
+            served = Counter()
+            for i in range(10):
+                resp = await gateway.handle(
+                    HttpRequest(
+                        "POST",
+                        "/",
+                        body=orjson.dumps({"jsonrpc": "2.0", "method": DGP, "id": i}),
+                        peer="127.0.0.1",
+                    )
+                )
+                assert resp.status == 200
+                served[dict(resp.headers)["x-rpc-node"]] += 1
+            assert sorted(served.values()) == [5, 5]
+            assert all("nodes.test" in name for name in served)
+            assert first.last_headers["Host"] == f"nodes.test:{first.port}"
+            assert second.last_headers["Host"] == f"nodes.test:{first.port}"
+            # One address goes away: its node leaves, the other keeps its state.
+            kept = next(n for n in balancer.fleet.nodes if "127.0.0.1" in n.url)
+            answers["nodes.test"] = ["127.0.0.1"]
+            assert balancer.dns is not None
+            await balancer.dns.refresh()
+            assert balancer.fleet.nodes == [kept]
+            assert kept.requests >= 5
+        assert asked[0] == ("nodes.test", first.port)
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_the_system_resolver_resolves_localhost() -> None:
+    from rpcbalancer.dns import system_resolver
+
+    assert "127.0.0.1" in await system_resolver("localhost", 80)

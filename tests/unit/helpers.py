@@ -11,11 +11,28 @@ def make_nodes(count: int, weights: list[float] | None = None) -> list[Node]:
     return [Node(i, NodeConfig(url=f"http://n{i}.test", weight=weights[i])) for i in range(count)]
 
 
-def probed(node: Node, *, at: float = 0.0, ok: bool = True, head: int | None = 1000,
-           latency: float = 0.01, version: str | None = "0.23.1", head_age: float | None = 1.0,
-           error: str | None = None) -> Node:
-    node.apply_probe(ProbeResult(at=at, ok=ok, latency=latency, error=error, head_block=head,
-                                 head_age=head_age, version=version))
+def probed(
+    node: Node,
+    *,
+    at: float = 0.0,
+    ok: bool = True,
+    head: int | None = 1000,
+    latency: float = 0.01,
+    version: str | None = "0.23.1",
+    head_age: float | None = 1.0,
+    error: str | None = None,
+) -> Node:
+    node.apply_probe(
+        ProbeResult(
+            at=at,
+            ok=ok,
+            latency=latency,
+            error=error,
+            head_block=head,
+            head_age=head_age,
+            version=version,
+        )
+    )
     return node
 
 

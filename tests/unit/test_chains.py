@@ -20,8 +20,13 @@ def rpc(result: object) -> Answer:
 def steem_answers(**overrides: Answer) -> dict[str, Answer]:
     answers = {
         "status": ok({"status": "OK", "jussi_num": 500}),
-        "head": rpc({"head_block_number": 500, "time": "2026-01-01T00:00:00",
-                     "last_irreversible_block_num": 480}),
+        "head": rpc(
+            {
+                "head_block_number": 500,
+                "time": "2026-01-01T00:00:00",
+                "last_irreversible_block_num": 480,
+            }
+        ),
         "version": rpc({"blockchain_version": "0.23.1"}),
     }
     answers.update(overrides)
@@ -30,17 +35,23 @@ def steem_answers(**overrides: Answer) -> dict[str, Answer]:
 
 def test_steem_reading_of_a_healthy_node() -> None:
     reading = STEEM.read(steem_answers())
-    assert reading.ok and reading.head_block == 500 and reading.irreversible_block == 480
+    assert reading.ok
+    assert reading.head_block == 500
+    assert reading.irreversible_block == 480
     assert reading.version == "0.23.1"
-    assert reading.version_doc == {"jsonrpc": "2.0", "id": 1,
-                                   "result": {"blockchain_version": "0.23.1"}}
+    assert reading.version_doc == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "result": {"blockchain_version": "0.23.1"},
+    }
     assert reading.head_time == 1767225600.0
     assert reading.extra["jussi_num"] == 500
 
 
 def test_steem_status_other_than_ok_is_down() -> None:
     reading = STEEM.read(steem_answers(status=ok({"status": "SYNCING"})))
-    assert not reading.ok and "SYNCING" in (reading.error or "")
+    assert not reading.ok
+    assert "SYNCING" in (reading.error or "")
 
 
 def test_steem_without_a_status_page_is_judged_by_its_rpc() -> None:
@@ -52,28 +63,37 @@ def test_steem_head_errors_are_explained() -> None:
     error = ok({"jsonrpc": "2.0", "id": 1, "error": {"code": -32003, "message": "lock"}})
     assert STEEM.read(steem_answers(head=error)).error == "head: lock"
     refused = Answer(error="cannot connect (connection refused)")
-    assert STEEM.read(steem_answers(head=refused)).error == "head: cannot connect (connection refused)"
+    assert (
+        STEEM.read(steem_answers(head=refused)).error == "head: cannot connect (connection refused)"
+    )
     html = Answer(status=502, body=b"<html>")
     assert STEEM.read(steem_answers(head=html)).error == "head: HTTP 502"
 
 
 def test_steem_broadcast_methods() -> None:
-    for method in ("condenser_api.broadcast_transaction",
-                   "condenser_api.broadcast_transaction_synchronous",
-                   "network_broadcast_api.broadcast_transaction"):
+    for method in (
+        "condenser_api.broadcast_transaction",
+        "condenser_api.broadcast_transaction_synchronous",
+        "network_broadcast_api.broadcast_transaction",
+    ):
         assert STEEM.is_broadcast(method)
     assert not STEEM.is_broadcast("condenser_api.get_block")
 
 
 def test_evm_reading() -> None:
     evm = CHAINS["evm"]
-    reading = evm.read({
-        "head": rpc({"number": "0x10", "timestamp": "0x5"}),
-        "version": rpc("Geth/v1.14"),
-    })
-    assert reading.ok and reading.head_block == 16 and reading.head_time == 5
+    reading = evm.read(
+        {
+            "head": rpc({"number": "0x10", "timestamp": "0x5"}),
+            "version": rpc("Geth/v1.14"),
+        }
+    )
+    assert reading.ok
+    assert reading.head_block == 16
+    assert reading.head_time == 5
     assert reading.version == "Geth/v1.14"
-    assert evm.is_broadcast("eth_sendRawTransaction") and not evm.is_broadcast("eth_call")
+    assert evm.is_broadcast("eth_sendRawTransaction")
+    assert not evm.is_broadcast("eth_call")
     assert evm.is_node_fault({"code": -32005, "message": "limit exceeded"})
 
 

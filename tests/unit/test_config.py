@@ -50,7 +50,8 @@ def test_defaults_serve_the_public_steem_nodes() -> None:
     config = load(None, env={})
     assert [n.url for n in config.nodes] == list(DEFAULT_NODES)
     assert config.strategy.name == "fastest"
-    assert config.listen.host == "127.0.0.1" and config.listen.port == 8080
+    assert config.listen.host == "127.0.0.1"
+    assert config.listen.port == 8080
     assert config.store.startswith("sqlite:///")
     assert config.max_block_lag == 10
 
@@ -67,10 +68,13 @@ def test_nodes_as_strings_or_mappings(tmp_path: Path) -> None:
     )
     config = load(path, env={"EDGE": "s3cret"})
     a, b = config.nodes
-    assert a.weight == 1.0 and a.name == "http://a.example:8090"
-    assert b.weight == 3 and b.headers == {"X-Edge-Key": "s3cret"}
+    assert a.weight == 1.0
+    assert a.name == "http://a.example:8090"
+    assert b.weight == 3
+    assert b.headers == {"X-Edge-Key": "s3cret"}
     assert b.name == "https://b.example/rpc"  # no credentials, no query
-    assert config.strategy.name == "race" and config.strategy.race_ttl == 2
+    assert config.strategy.name == "race"
+    assert config.strategy.race_ttl == 2
     assert "s3cret" in config.secrets
 
 
@@ -79,7 +83,8 @@ def test_a_whole_placeholder_takes_its_yaml_type() -> None:
         {"nodes": ["http://a"], "retries": "${R}", "forward_paths": "${F}"},
         env={"R": "4", "F": "true"},
     )
-    assert config.retries == 4 and config.forward_paths is True
+    assert config.retries == 4
+    assert config.forward_paths is True
 
 
 def test_defaults_inside_placeholders() -> None:
@@ -94,10 +99,14 @@ def test_missing_variables_are_warned_about_by_name(caplog: pytest.LogCaptureFix
 
 
 def test_environment_overrides_the_node_list_and_flags_the_listen_address() -> None:
-    config = load(None, env={"RPCBALANCER_NODES": "http://x:1, http://y:2"},
-                  overrides={"port": 9999, "host": "0.0.0.0"})
+    config = load(
+        None,
+        env={"RPCBALANCER_NODES": "http://x:1, http://y:2"},
+        overrides={"port": 9999, "host": "0.0.0.0"},
+    )
     assert [n.url for n in config.nodes] == ["http://x:1", "http://y:2"]
-    assert config.listen.port == 9999 and config.listen.host == "0.0.0.0"
+    assert config.listen.port == 9999
+    assert config.listen.host == "0.0.0.0"
 
 
 @pytest.mark.parametrize(
@@ -141,14 +150,18 @@ def test_file_errors_are_clear(tmp_path: Path) -> None:
         load(listy, env={})
 
 
-def test_doctorlai_config_is_read_unchanged(tmp_path: Path,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_doctorlai_config_is_read_unchanged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(DOCTORLAI_CONFIG)
     with caplog.at_level(logging.WARNING):
         config = load(path, env={})
     assert isinstance(config, Config)
-    assert [n.url for n in config.nodes][:2] == ["https://api2.justyy.com", "https://api.justyy.com"]
+    assert [n.url for n in config.nodes][:2] == [
+        "https://api2.justyy.com",
+        "https://api.justyy.com",
+    ]
     assert config.nodes[1].weight == 3
     assert all(not n.verify_tls for n in config.nodes)
     assert config.strategy.name == "max_block"
@@ -158,8 +171,10 @@ def test_doctorlai_config_is_read_unchanged(tmp_path: Path,
     assert config.retries == 2  # their retry_count counts tries
     assert config.listen.port == 9091
     assert config.user_agent.startswith("Mozilla/5.0")
-    assert config.circuit_breaker.failures == 4 and config.circuit_breaker.cooldown == 20
-    assert config.rate_limit is not None and config.rate_limit.max_requests == 600
+    assert config.circuit_breaker.failures == 4
+    assert config.circuit_breaker.cooldown == 20
+    assert config.rate_limit is not None
+    assert config.rate_limit.max_requests == 600
     # Every key not carried over is named in one warning, and so is the TLS downgrade.
     for key in ("sticky", "plimit", "max_age", "sslCertPath", "rateLimit"):
         assert key in caplog.text
@@ -168,9 +183,14 @@ def test_doctorlai_config_is_read_unchanged(tmp_path: Path,
 
 @pytest.mark.parametrize(
     ("theirs", "ours"),
-    [("first", "first"), ("random", "random"), ("max_jussi_number", "max_block"),
-     ("latest_version", "latest_version"), ("lowest_latency", "fastest"),
-     ("weighted", "weighted")],
+    [
+        ("first", "first"),
+        ("random", "random"),
+        ("max_jussi_number", "max_block"),
+        ("latest_version", "latest_version"),
+        ("lowest_latency", "fastest"),
+        ("weighted", "weighted"),
+    ],
 )
 def test_doctorlai_strategy_names(theirs: str, ours: str) -> None:
     config = from_mapping({"nodes": ["http://a"], "strategy": theirs, "timeout": 1000}, env={})

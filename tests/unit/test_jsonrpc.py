@@ -23,10 +23,12 @@ def test_call_is_unwrapped_to_api_dot_method() -> None:
 
 
 def test_batch_keeps_every_member_in_order() -> None:
-    body = orjson.dumps([
-        {"jsonrpc": "2.0", "method": "a.b", "id": 1},
-        {"jsonrpc": "2.0", "method": "c.d", "id": None},
-    ])
+    body = orjson.dumps(
+        [
+            {"jsonrpc": "2.0", "method": "a.b", "id": 1},
+            {"jsonrpc": "2.0", "method": "c.d", "id": None},
+        ]
+    )
     call = jsonrpc.parse(body)
     assert call == RpcCall(methods=("a.b", "c.d"), ids=(1, None), batch=True)
 
@@ -36,7 +38,8 @@ def test_invalid_json_is_a_parse_error() -> None:
     assert isinstance(problem, RpcProblem)
     assert problem.code == jsonrpc.PARSE_ERROR
     doc = orjson.loads(problem.body())
-    assert doc["error"]["code"] == -32700 and doc["id"] is None
+    assert doc["error"]["code"] == -32700
+    assert doc["id"] is None
 
 
 def test_empty_batch_and_scalars_are_invalid_requests() -> None:
@@ -79,7 +82,9 @@ def test_parse_never_raises_on_bytes(body: bytes) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -89,6 +94,7 @@ def test_parse_answers_every_json_document(doc: object) -> None:
     result = jsonrpc.parse(json.dumps(doc).encode())
     if isinstance(result, RpcProblem):
         error = orjson.loads(result.body())
-        assert error["jsonrpc"] == "2.0" and isinstance(error["error"]["message"], str)
+        assert error["jsonrpc"] == "2.0"
+        assert isinstance(error["error"]["message"], str)
     else:
         assert len(result.methods) == len(result.ids) >= 1

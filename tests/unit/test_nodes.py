@@ -32,7 +32,9 @@ def test_fast_failures_do_not_look_fast() -> None:
     node.begin()
     node.end(1.0, 0.001, False, error="reset", penalty=5.0)
     assert node.ewma == pytest.approx(5.0)
-    assert node.inflight == 0 and node.failures == 1 and node.last_error == "reset"
+    assert node.inflight == 0
+    assert node.failures == 1
+    assert node.last_error == "reset"
     assert node.percentile(0.5) is None  # failures do not enter the latency percentiles
 
 
@@ -44,13 +46,15 @@ def test_breaker_ejects_after_consecutive_failures_with_growing_cooldown() -> No
     assert f.exclusion(node, 0.0) is None
     node.record(0.0, 0.01, False, error="timeout", health=f.health)
     reason = f.exclusion(node, 1.0)
-    assert reason is not None and "ejected after 3 consecutive failures" in reason
+    assert reason is not None
+    assert "ejected after 3 consecutive failures" in reason
     assert f.exclusion(node, 10.5) is None  # cooldown over: a trial
     node.record(10.5, 0.01, False, health=f.health)  # the trial fails: ejected again, longer
     assert f.exclusion(node, 10.5 + 15) is not None
     assert f.exclusion(node, 10.5 + 20.5) is None
     node.record(31.0, 0.01, True, health=f.health)
-    assert node.consecutive_failures == 0 and node.ejections == 0
+    assert node.consecutive_failures == 0
+    assert node.ejections == 0
 
 
 @pytest.mark.parametrize(
@@ -59,17 +63,23 @@ def test_breaker_ejects_after_consecutive_failures_with_growing_cooldown() -> No
         ({"ok": False, "error": "head: connection refused"}, {}, "down: head: connection refused"),
         ({"head": 880}, {"max_block_lag": 100}, "120 blocks behind the best node (max 100)"),
         ({"head_age": 500.0}, {}, "head block is 500s old"),
-        ({"version": "0.22.5"}, {"min_version": (0, 23, 0)}, "version 0.22.5 is below min_version 0.23.0"),
+        (
+            {"version": "0.22.5"},
+            {"min_version": (0, 23, 0)},
+            "version 0.22.5 is below min_version 0.23.0",
+        ),
         ({"version": None}, {"min_version": (0, 23, 0)}, "version unknown"),
     ],
 )
-def test_exclusion_reasons(probe: dict[str, object], health: dict[str, object],
-                           expected: str) -> None:
+def test_exclusion_reasons(
+    probe: dict[str, object], health: dict[str, object], expected: str
+) -> None:
     f = fleet(2, **health)
     probed(f.nodes[0])
     probed(f.nodes[1], **probe)  # type: ignore[arg-type]
     reason = f.exclusion(f.nodes[1], 0.0)
-    assert reason is not None and expected in reason
+    assert reason is not None
+    assert expected in reason
     assert f.exclusion(f.nodes[0], 0.0) is None
 
 
@@ -83,7 +93,8 @@ def test_head_age_grows_with_time_since_the_probe() -> None:
 def test_unprobed_nodes_may_serve() -> None:
     f = fleet(2)
     nodes, failopen = f.candidates(0.0)
-    assert nodes == f.nodes and not failopen
+    assert nodes == f.nodes
+    assert not failopen
 
 
 def test_fail_open_offers_the_least_bad_first() -> None:
@@ -109,7 +120,8 @@ def test_versions_compare_numerically() -> None:
 def test_repr_explains_the_node() -> None:
     (node,) = make_nodes(1)
     node.observe_latency(0.0, 0.0123)
-    assert "ewma=12.3ms" in repr(node) and "n0.test" in repr(node)
+    assert "ewma=12.3ms" in repr(node)
+    assert "n0.test" in repr(node)
 
 
 def test_health_defaults_match_the_documented_ones() -> None:

@@ -46,7 +46,7 @@ def test_weighted_follows_the_weights_smoothly() -> None:
     counts = Counter(sequence)
     assert counts == {0: 5000, 1: 3000, 2: 1000}  # exact over whole cycles
     # Smooth: the heavy node never serves more than 2 in a row with weights 5:3:1.
-    longest = max(len(run) for run in "".join(map(str, sequence)).split("1") + ["0"])
+    longest = max(len(run) for run in [*"".join(map(str, sequence)).split("1"), "0"])
     assert longest <= 4
     assert "00000" not in "".join(map(str, sequence))
 
@@ -93,7 +93,8 @@ def test_ip_hash_moves_only_the_clients_of_a_node_that_leaves() -> None:
     remaining = [n for n in nodes if n.index != 2]
     after = {c: p.pick(remaining, PickContext(0.0, c)).index for c in clients}
     moved = [c for c in clients if before[c] != after[c]]
-    assert moved and all(before[c] == 2 for c in moved)
+    assert moved
+    assert all(before[c] == 2 for c in moved)
     assert len(moved) == sum(1 for c in clients if before[c] == 2)
 
 
@@ -127,7 +128,8 @@ def test_fastest_sends_most_traffic_to_the_fast_node() -> None:
     counts = picks("fastest", nodes, 3000)
     # Power of two choices: the slowest node only wins a draw against itself, never.
     assert counts[2] == 0
-    assert counts[0] > 1900 and counts[0] > 2 * counts[1]
+    assert counts[0] > 1900
+    assert counts[0] > 2 * counts[1]
 
 
 def test_fastest_accounts_for_load_in_flight() -> None:
@@ -180,4 +182,5 @@ def test_every_policy_picks_from_the_nodes_given(name: str) -> None:
     for node in nodes:
         probed(node)
     got = picks(name, nodes, 200)
-    assert set(got) <= {1, 2, 3} and sum(got.values()) == 200
+    assert set(got) <= {1, 2, 3}
+    assert sum(got.values()) == 200

@@ -63,7 +63,7 @@ def _iso(ts: float) -> str:
 
 
 class FakeNode:
-    """One fake node on 127.0.0.1; start with :meth:`start`, stop with :meth:`stop`."""
+    """One fake node on a loopback address; start with :meth:`start`, stop with :meth:`stop`."""
 
     def __init__(
         self,
@@ -72,8 +72,11 @@ class FakeNode:
         *,
         chain: str = "steem",
         seed: int | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.name = name
+        self.host = host
+        self.last_headers: dict[str, str] = {}
         self.behaviour = behaviour or Behaviour()
         self.chain = chain
         self.rng = random.Random(seed)
@@ -88,7 +91,7 @@ class FakeNode:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def alive(self) -> bool:
@@ -112,7 +115,7 @@ class FakeNode:
         await runner.setup()
         site = web.TCPSite(
             runner,
-            "127.0.0.1",
+            self.host,
             port if port is not None else self.port,
             reuse_address=True,
         )
@@ -172,6 +175,7 @@ class FakeNode:
         )
 
     async def _post(self, request: web.Request) -> web.Response:
+        self.last_headers = dict(request.headers)
         raw = await request.read()
         try:
             doc = orjson.loads(raw)

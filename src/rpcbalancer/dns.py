@@ -1,0 +1,114 @@
+"""DNS-based balancing: a node host name with several addresses becomes one node per address.
+
+With ``resolve_dns: true`` each configured node whose host is a name is resolved at start
+and every ``dns_refresh`` seconds. Every address becomes a node of its own (connecting to
+that address, sending the name as Host header and TLS SNI), so the policies, health checks
+and ejection see each server behind a round-robin DNS name separately. Addresses that stay
+keep their state across refreshes; a failed lookup keeps the previous addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from urllib.parse import urlsplit
+
+from .config import NodeConfig
+from .nodes import Fleet, Node
+
+log = logging.getLogger(__name__)
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class DnsExpander:
+    """Keeps the fleet's membership in line with what the node names resolve to."""
+
+    def __init__(
+        self,
+        specs: Sequence[NodeConfig],
+        fleet: Fleet,
+        *,
+        resolver: Resolver = system_resolver,
+        refresh: float = 60.0,
+    ) -> None:
+        self.specs = specs
+        self.fleet = fleet
+        self.resolver = resolver
+        self.refresh_every = refresh
+        self._by_key: dict[tuple[str, str | None], Node] = {}
+        self._next_index = max((n.index for n in fleet.nodes), default=-1) + 1
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        previous: dict[str, list[Node]] = {}
+        for node in self.fleet.nodes:
+            previous.setdefault(node.spec.url, []).append(node)
+        nodes: list[Node] = []
+        for spec in self.specs:
+            parts = urlsplit(spec.url)
+            host = parts.hostname or ""
+            if _is_literal(host):
+                nodes.extend(previous.get(spec.url) or [self._node(spec, None)])
+                continue
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                addresses = await self.resolver(host, port)
+            except (OSError, UnicodeError) as exc:
+                log.warning("cannot resolve %s (%s); keeping its previous addresses", host, exc)
+                addresses = []
+            if not addresses:
+                nodes.extend(previous.get(spec.url) or [self._node(spec, None)])
+                continue
+            nodes.extend(self._node(spec, address) for address in addresses)
+        self.fleet.replace(nodes)
+
+    def _node(self, spec: NodeConfig, address: str | None) -> Node:
+        key = (spec.url, address)
+        node = self._by_key.get(key)
+        if node is None:
+            node = Node(self._next_index, spec, address=address)
+            self._next_index += 1
+            self._by_key[key] = node
+        return node
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_every)
+            try:
+                await self.refresh()
+            except Exception:  # a resolver bug must not stop re-resolution
+                log.exception("DNS refresh failed")
+
+    async def __aenter__(self) -> DnsExpander:
+        self._task = asyncio.create_task(self._run(), name="rpcbalancer-dns")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
