@@ -155,6 +155,10 @@ class Node:
         self.inflight += 1
         self.requests += 1
 
+    def cancel(self) -> None:
+        """A try begun with :meth:`begin` was abandoned: no outcome to record."""
+        self.inflight = max(0, self.inflight - 1)
+
     def end(
         self,
         now: float,

@@ -92,6 +92,7 @@ class Prober:
         self.clock = clock
         self._limit = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
+        self._usable: dict[int, bool] = {}
         self.rounds = 0
 
     async def round(self) -> list[ProbeResult]:
@@ -102,17 +103,26 @@ class Prober:
                 result = await probe_node(
                     self.transport, self.chain, node, self.timeout, clock=self.clock
                 )
-            was_ok = node.probe.ok if node.probe else None
             node.apply_probe(result)
-            if was_ok is not False and not result.ok:
-                log.warning("node %s failed its probe: %s", node.name, result.error)
-            elif was_ok is False and result.ok:
-                log.info("node %s passes its probe again", node.name)
             return result
 
         results = await asyncio.gather(*(one(n) for n in self.fleet.nodes))
         self.rounds += 1
+        self._log_changes()
         return list(results)
+
+    def _log_changes(self) -> None:
+        """Log each node that became excluded (with the reason) or usable again, once."""
+        now = self.clock()
+        best = self.fleet.best_head()
+        for node in self.fleet.nodes:
+            reason = self.fleet.exclusion(node, now, best)
+            was = self._usable.get(node.index)
+            self._usable[node.index] = reason is None
+            if reason is not None and was is not False:
+                log.warning("node %s excluded: %s", node.name, reason)
+            elif reason is None and was is False:
+                log.info("node %s is usable again", node.name)
 
     async def _run(self) -> None:
         while True:

@@ -71,7 +71,6 @@ class Outcome:
     error: RpcBalancerError | None = None
     node: Node | None = None
     tried: list[Node] = field(default_factory=list)
-    failopen: bool = False
 
     @property
     def attempts(self) -> int:
@@ -148,7 +147,6 @@ class Router:
             left = [n for n in candidates if n not in outcome.tried]
             if not left:
                 break
-            outcome.failopen = outcome.failopen or failopen
             node = await self._choose(left, req, now, deadline, failopen)
             if node is None:
                 last_error = NoHealthyNode("no node answered the race ping in time")
@@ -189,7 +187,7 @@ class Router:
             )
             return exc
         except BaseException:
-            node.end(self.clock(), self.clock() - started, False, error="cancelled")
+            node.cancel()  # abandoned by us, not failed by the node
             raise
         finished = self.clock()
         fault = judge(resp, self.chain)

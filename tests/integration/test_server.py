@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -122,13 +123,13 @@ def test_control_routes(fleet: FleetThread, balancer_process: Any) -> None:
     assert doc["usable"] == 3
     stale = next(n for n in doc["nodes"] if n["name"] == fleet["stale"].url)
     assert not stale["usable"]
-    assert "200 blocks behind" in stale["reason"]
+    assert re.match(r"(199|200|201) blocks behind", stale["reason"])
     version = requests.get(lb.url + "/version", timeout=5).json()
     assert version["name"] == "rpcbalancer"
     assert version["strategy"] == "fastest"
     status = requests.get(lb.url + "/status.json", timeout=5).json()
     by_name = {n["name"]: n for n in status["nodes"]}
-    assert by_name[fleet["stale"].url]["lag"] == 200
+    assert by_name[fleet["stale"].url]["lag"] in (199, 200, 201)
     assert by_name[fleet["fast"].url]["state"] == "usable"
     assert (
         status["balancer"]["best_head_block"] == fleet["fast"].head()
@@ -256,7 +257,8 @@ def test_probe_prints_a_table(fleet: FleetThread) -> None:
     assert result.returncode == 0, result.stderr
     for name in ("fast", "stale"):
         assert fleet[name].url in result.stdout
-    assert "200 blocks behind" in result.stdout
+    # The fake chain advances every 3 s: a probe may straddle a new block.
+    assert re.search(r"\b(199|200|201) blocks behind", result.stdout)
     assert "0.23.1" in result.stdout
 
 

@@ -1,0 +1,56 @@
+"""Run a fake fleet until interrupted: ``python -m rpcbalancer.sim --node fast:latency=0.002``.
+
+Each ``--node NAME[:field=value,...]`` takes :class:`Behaviour` fields. The node URLs are
+printed as one JSON object (name -> URL) on the first line of standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from dataclasses import fields
+
+import orjson
+
+from .node import Behaviour, FakeNode
+
+_TYPES = {f.name: f.type for f in fields(Behaviour)}
+
+
+def parse_node(text: str) -> tuple[str, Behaviour]:
+    name, _, spec = text.partition(":")
+    values: dict[str, object] = {}
+    for item in filter(None, spec.split(",")):
+        key, _, raw = item.partition("=")
+        kind = _TYPES.get(key)
+        if kind is None:
+            raise argparse.ArgumentTypeError(f"unknown behaviour field {key!r}")
+        values[key] = int(raw) if kind == "int" else raw if kind == "str" else float(raw)
+    return name, Behaviour(**values)  # type: ignore[arg-type]
+
+
+async def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rpcbalancer.sim")
+    parser.add_argument("--node", action="append", type=parse_node, required=True)
+    parser.add_argument("--chain", default="steem")
+    args = parser.parse_args(argv)
+    nodes = [FakeNode(name, b, chain=args.chain, seed=i) for i, (name, b) in enumerate(args.node)]
+    for node in nodes:
+        await node.start()
+    sys.stdout.write(orjson.dumps({n.name: n.url for n in nodes}).decode() + "\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for node in nodes:
+        with contextlib.suppress(Exception):
+            await node.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))
