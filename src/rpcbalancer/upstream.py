@@ -13,6 +13,7 @@ body is then handed on as plain bytes), and every foreign exception is translate
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -117,9 +118,7 @@ class AiohttpTransport:
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout(node.name, f"no answer within {timeout:.2f}s") from None
         except aiohttp.ClientConnectorError as exc:
-            code = getattr(exc.os_error, "errno", None)
-            why = os.strerror(code).lower() if code else str(exc)
-            raise UpstreamConnectError(node.name, f"cannot connect ({why})") from None
+            raise UpstreamConnectError(node.name, _connect_failure(exc)) from None
         except aiohttp.ClientOSError as exc:
             if _unwritten(exc):
                 raise UpstreamConnectError(node.name, "connection lost before sending") from None
@@ -162,6 +161,14 @@ class AiohttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _connect_failure(exc: aiohttp.ClientConnectorError) -> str:
+    cause = exc.os_error
+    if isinstance(cause, socket.gaierror):
+        return f"cannot resolve {exc.host} ({cause.strerror or cause})"
+    code = getattr(cause, "errno", None)
+    return f"cannot connect ({os.strerror(code).lower() if code else exc})"
 
 
 def _unwritten(exc: aiohttp.ClientOSError) -> bool:
