@@ -21,6 +21,7 @@ from .clientip import parse_networks
 from .config import Config
 from .dns import DnsExpander, Resolver, system_resolver
 from .nodes import Fleet, Health, Node, parse_version
+from .periodic import Periodic
 from .policies import make_policy
 from .probe import Prober
 from .router import Router
@@ -69,7 +70,6 @@ class Balancer:
             self.fleet,
             self.chain,
             self.transport,
-            interval=config.probe.interval,
             timeout=config.probe.timeout,
             concurrency=config.probe.concurrency,
             clock=clock,
@@ -90,13 +90,17 @@ class Balancer:
         stack.push_async_callback(self.transport.aclose)
         if self.dns is not None:
             await self.dns.refresh()
-            await stack.enter_async_context(self.dns)
+            await stack.enter_async_context(
+                Periodic("dns", self.config.dns_refresh, self.dns.refresh)
+            )
         try:
             async with asyncio.timeout(self.config.probe.timeout + 1.0):
                 await self.prober.round()
         except TimeoutError:
             log.warning("the first probe round did not finish in time; serving anyway")
-        await stack.enter_async_context(self.prober)
+        await stack.enter_async_context(
+            Periodic("probes", self.config.probe.interval, self.prober.round)
+        )
         self._stack = stack
         usable, failopen = self.fleet.candidates(self.clock())
         log.info(

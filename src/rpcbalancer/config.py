@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -37,18 +37,6 @@ DEFAULT_NODES = (
     "https://steemapi.boylikegirl.club",
 )
 
-STRATEGIES = (
-    "fastest",
-    "race",
-    "round_robin",
-    "weighted",
-    "random",
-    "least_conn",
-    "ip_hash",
-    "first",
-    "max_block",
-    "latest_version",
-)
 Strategy = Literal[
     "fastest",
     "race",
@@ -61,6 +49,7 @@ Strategy = Literal[
     "max_block",
     "latest_version",
 ]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 class _Model(BaseModel):

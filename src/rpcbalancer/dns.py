@@ -10,12 +10,10 @@ keep their state across refreshes; a failed lookup keeps the previous addresses.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 from urllib.parse import urlsplit
 
 from .config import NodeConfig
@@ -40,7 +38,8 @@ def _is_literal(host: str) -> bool:
 
 
 class DnsExpander:
-    """Keeps the fleet's membership in line with what the node names resolve to."""
+    """Keeps the fleet's membership in line with what the node names resolve to
+    (call :meth:`refresh` periodically)."""
 
     def __init__(
         self,
@@ -56,7 +55,6 @@ class DnsExpander:
         self.refresh_every = refresh
         self._by_key: dict[tuple[str, str | None], Node] = {}
         self._next_index = max((n.index for n in fleet.nodes), default=-1) + 1
-        self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
         previous: dict[str, list[Node]] = {}
@@ -89,26 +87,3 @@ class DnsExpander:
             self._next_index += 1
             self._by_key[key] = node
         return node
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_every)
-            try:
-                await self.refresh()
-            except Exception:  # a resolver bug must not stop re-resolution
-                log.exception("DNS refresh failed")
-
-    async def __aenter__(self) -> DnsExpander:
-        self._task = asyncio.create_task(self._run(), name="rpcbalancer-dns")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

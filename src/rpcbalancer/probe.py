@@ -1,19 +1,17 @@
 """Active health probes: ask every node the chain preset's questions, in the background.
 
 :func:`probe_node` does one node (its calls run concurrently, each with a timeout) and
-returns a :class:`~rpcbalancer.nodes.ProbeResult`; :class:`Prober` runs rounds over the
-whole fleet at an interval with bounded concurrency. The hot path never waits on a probe
-(only the ``race`` strategy pings per request, through the router).
+returns a :class:`~rpcbalancer.nodes.ProbeResult`; :class:`Prober` runs a round over the
+whole fleet with bounded concurrency (the balancer repeats it with ``periodic.Periodic``).
+The hot path never waits on a probe (only ``race`` pings per request, through the router).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 from .chains import Answer, Chain, ProbeCall
 from .errors import UpstreamError
@@ -25,9 +23,10 @@ log = logging.getLogger(__name__)
 PROBE_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 
 
-async def _ask(
+async def ask(
     transport: Transport, node: Node, call: ProbeCall, timeout: float, clock: Callable[[], float]
 ) -> Answer:
+    """One probe call; failures come back as an :class:`Answer` with ``error`` set."""
     start = clock()
     try:
         if call.body is None:
@@ -49,7 +48,7 @@ async def probe_node(
     wall: Callable[[], float] = time.time,
 ) -> ProbeResult:
     calls = chain.probe_calls()
-    answers = await asyncio.gather(*(_ask(transport, node, c, timeout, clock) for c in calls))
+    answers = await asyncio.gather(*(ask(transport, node, c, timeout, clock) for c in calls))
     by_name = dict(zip((c.name for c in calls), answers, strict=True))
     reading = chain.read(by_name)
     # The latency that ranks nodes is that of the head call: a real JSON-RPC call.
@@ -71,7 +70,7 @@ async def probe_node(
 
 
 class Prober:
-    """Probes the fleet every ``interval`` seconds while open (an async context manager)."""
+    """Probes the whole fleet, one round per call of :meth:`round`."""
 
     def __init__(
         self,
@@ -79,7 +78,6 @@ class Prober:
         chain: Chain,
         transport: Transport,
         *,
-        interval: float,
         timeout: float,
         concurrency: int = 16,
         clock: Callable[[], float] = time.monotonic,
@@ -87,11 +85,9 @@ class Prober:
         self.fleet = fleet
         self.chain = chain
         self.transport = transport
-        self.interval = interval
         self.timeout = timeout
         self.clock = clock
         self._limit = asyncio.Semaphore(concurrency)
-        self._task: asyncio.Task[None] | None = None
         self._usable: dict[int, bool] = {}
         self.rounds = 0
 
@@ -123,27 +119,3 @@ class Prober:
                 log.warning("node %s excluded: %s", node.name, reason)
             elif reason is None and was is False:
                 log.info("node %s is usable again", node.name)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.round()
-            except Exception:  # a probe bug must not stop probing
-                log.exception("probe round failed")
-
-    async def __aenter__(self) -> Prober:
-        self._task = asyncio.create_task(self._run(), name="rpcbalancer-prober")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None

@@ -46,7 +46,7 @@ from .errors import (
 from .jsonrpc import RpcCall, looks_like_json, response_errors
 from .nodes import Fleet, Node
 from .policies import BasePolicy, PickContext, Race
-from .probe import PROBE_HEADERS
+from .probe import ask
 from .upstream import Transport, UpstreamResponse
 
 
@@ -229,28 +229,17 @@ class Router:
     async def _race(self, nodes: Sequence[Node], deadline: float) -> Node | None:
         """Ping every node at once; the first healthy answer wins, the rest are cancelled."""
         call = self.chain.probe_calls()[0]
-        method = "GET" if call.body is None else "POST"
         timeout = max(0.001, min(self.per_try, deadline - self.clock()))
 
         async def ping(node: Node) -> Node | None:
-            started = self.clock()
-            try:
-                resp = await self.transport.send(
-                    node, method, None, PROBE_HEADERS, call.body, timeout
-                )
-            except UpstreamError as exc:
+            answer = await ask(self.transport, node, call, timeout, self.clock)
+            if answer.error is not None:
                 node.record(
-                    self.clock(),
-                    self.clock() - started,
-                    False,
-                    error=exc.reason,
-                    penalty=self.per_try,
+                    self.clock(), answer.latency, False, error=answer.error, penalty=self.per_try
                 )
                 return None
-            answer = Answer(status=resp.status, body=resp.body)
-            ok = ping_ok(answer)
-            node.observe_latency(self.clock(), self.clock() - started)
-            return node if ok else None
+            node.observe_latency(self.clock(), answer.latency)
+            return node if ping_ok(answer) else None
 
         tasks = [asyncio.create_task(ping(n)) for n in nodes]
         try:
