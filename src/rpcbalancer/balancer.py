@@ -25,7 +25,7 @@ from .periodic import Periodic
 from .policies import make_policy
 from .probe import Prober
 from .router import Router
-from .upstream import AiohttpTransport, Transport
+from .upstream import H1Transport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Balancer:
             ),
         )
         self.policy = make_policy(config.strategy, rng)
-        self.transport = transport or AiohttpTransport(config.timeouts.connect)
+        self.transport = transport or H1Transport(config.timeouts.connect)
         self.trusted_proxies = parse_networks(config.trusted_proxies)
         self.router = Router(
             self.fleet,

@@ -174,7 +174,13 @@ class Router:
         node.begin()
         try:
             resp = await self.transport.send(
-                node, req.method, req.path, req.headers, req.body, timeout
+                node,
+                req.method,
+                req.path,
+                req.headers,
+                req.body,
+                timeout,
+                idempotent=not req.broadcast,
             )
         except UpstreamError as exc:
             node.end(
