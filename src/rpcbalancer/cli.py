@@ -52,6 +52,9 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Listen address (overrides the file).")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (overrides the file).")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes sharing the port.")
+    ] = 1,
 ) -> None:
     """Serve the balancer over HTTP."""
     logging.captureWarnings(True)
@@ -59,7 +62,7 @@ def serve(
     _logging(cfg.log_level)
     from .server import serve as run
 
-    run(cfg)
+    run(cfg, workers=workers)
 
 
 @cli.command()

@@ -1,33 +1,124 @@
-"""The standalone host: the ASGI app on uvicorn (uvloop + httptools where available).
+"""The standalone host: the protocol-level HTTP server on uvloop, one process per worker.
 
-A protocol-level data plane will replace this module behind the same gateway.
+``serve(config)`` opens the balancer (its first probe round runs before the port opens, so
+the first client already meets a probed fleet), listens, and runs until SIGTERM or SIGINT;
+then it stops accepting, gives in-flight requests a moment, and closes. With ``workers > 1``
+a supervisor starts that many worker processes, each listening on the same port with
+SO_REUSEPORT (the kernel spreads connections), and restarts a worker that dies.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import signal
+import time
+from collections.abc import Coroutine
+from multiprocessing.process import BaseProcess
+from typing import Any
 
-import uvicorn
-
-from .app import App
+from .balancer import Balancer
 from .config import Config
+from .gateway import Gateway
+from .h1server import H1Server, Limits
+
+log = logging.getLogger(__name__)
+
+GRACE = 5.0  # seconds in-flight requests get after a stop signal
 
 
-def serve(config: Config) -> None:
-    fast = importlib.util.find_spec("uvloop") is not None
-    server = uvicorn.Server(
-        uvicorn.Config(
-            App(config),
-            host=config.listen.host,
-            port=config.listen.port,
-            loop="uvloop" if fast else "asyncio",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_config=None,
-            server_header=False,
-            date_header=True,
-            timeout_keep_alive=30,
+async def _serve(config: Config, *, reuse_port: bool = False) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Balancer(config) as balancer:
+        gateway = Gateway(balancer)
+        limits = Limits()
+        connections: set[H1Server] = set()
+
+        def factory() -> H1Server:
+            protocol = H1Server(gateway.handle, limits, loop)
+            connections.add(protocol)
+            return protocol
+
+        server = await loop.create_server(
+            factory,
+            config.listen.host,
+            config.listen.port,
+            reuse_port=reuse_port,
+            backlog=4096,
         )
+        addresses = ", ".join(
+            f"http://{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets
+        )
+        log.info("serving on %s", addresses)
+        await stop.wait()
+        log.info("stopping: no new connections; %.0fs for requests in flight", GRACE)
+        server.close()
+        deadline = time.monotonic() + GRACE
+        while time.monotonic() < deadline:
+            connections = {c for c in connections if not c.closing}
+            if not any(c.task is not None for c in connections):
+                break
+            await asyncio.sleep(0.05)
+        for conn in connections:
+            conn._close()
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # e.g. Windows: the default loop works, only slower
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
+def _worker(config: Config, index: int) -> None:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s worker{index} %(name)s: %(message)s",
     )
-    server.run()
+    _run(_serve(config, reuse_port=True))
+
+
+def serve(config: Config, workers: int = 1) -> None:
+    if workers <= 1:
+        _run(_serve(config))
+        return
+    _supervise(config, workers)
+
+
+def _supervise(config: Config, workers: int) -> None:
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start(index: int) -> BaseProcess:
+        process = context.Process(target=_worker, args=(config, index), name=f"worker{index}")
+        process.start()
+        return process
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    procs = {i: start(i) for i in range(workers)}
+    log.info("started %d workers", workers)
+    while not stopping:
+        time.sleep(0.2)
+        for index, process in list(procs.items()):
+            if not process.is_alive() and not stopping:
+                log.warning("worker%d exited with %s; restarting it", index, process.exitcode)
+                time.sleep(0.5)
+                procs[index] = start(index)
+    for process in procs.values():
+        if process.is_alive() and process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+    for process in procs.values():
+        process.join(GRACE + 5)

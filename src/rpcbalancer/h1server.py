@@ -1,0 +1,319 @@
+"""The data plane's HTTP/1.1 server: an ``asyncio.Protocol`` per connection, ``httptools``
+(llhttp) parsing, the gateway deciding.
+
+Theory of operation
+-------------------
+Bytes arrive in :meth:`data_received` and go straight to the parser, whose callbacks
+collect one request at a time (URL, headers, body). A complete request joins the
+connection's queue; one task per connection works through the queue in order and writes
+each response as soon as it has it, so pipelined requests are answered in the order they
+came, and a connection that sends one request at a time (the usual case) costs one task per
+request and nothing else.
+
+Limits are enforced while parsing, before anything is buffered beyond them: header bytes
+and count (431), body size (413, also up front from Content-Length or on
+``Expect: 100-continue``), the time to receive a whole request once it began (408, so a
+slow client cannot hold a connection with a trickle), and the idle time between requests
+on a kept-alive connection (closed silently). Malformed requests get 400 and the
+connection is closed, since the parser cannot find the next request after an error.
+
+Back-pressure both ways: when the peer reads slower than we write, the task waits for
+the transport to drain before the next response; when the queue of pipelined requests
+grows long, reading pauses until it shrinks. A client that half-closes (sends EOF) after
+its requests still gets every answer before the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import email.utils
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import cast
+
+import httptools
+import orjson
+
+from .gateway import HttpRequest, HttpResponse
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    max_body: int = 8 * 1024 * 1024
+    request_timeout: float = 30.0
+    """Seconds from a request's first byte to its last."""
+    idle_timeout: float = 30.0
+    """Seconds a kept-alive connection may sit between requests."""
+    max_pipeline: int = 32
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _date() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
+
+
+def _error_body(status: int, message: str) -> bytes:
+    code = -32700 if status == 400 else -32600
+    return orjson.dumps({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": None})
+
+
+class H1Server(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, handler: Handler, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.queue: collections.deque[tuple[HttpRequest, bool]] = collections.deque()
+        self.task: asyncio.Task[None] | None = None
+        self.closing = False
+        self.eof = False
+        self.reading_paused = False
+        self.writing_paused = False
+        self.drained: asyncio.Future[None] | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.request_timer: asyncio.TimerHandle | None = None
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+
+    # -- connection lifetime -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._cancel_timers()
+        if self.task is not None:
+            self.task.cancel()  # nobody is left to answer; the router counts it abandoned
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        # Half-closed with answers still owed: keep the transport open to write them.
+        return self.task is not None or bool(self.queue)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        try:
+            self.parser.feed_data(data)
+        except _Reject as exc:
+            self._refuse(exc.status, exc.message)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "Protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._refuse(cause.status, cause.message)
+            else:
+                self._refuse(400, f"Malformed HTTP request ({exc})")
+
+    # -- parser callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
+        self.request_timer = self.loop.call_later(self.limits.request_timeout, self._too_slow)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise _Reject(414, "Request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise _Reject(431, "Request headers too large")
+        if len(self._headers) >= self.limits.max_headers:
+            raise _Reject(431, "Too many request headers")
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        previous = self._headers.get(key)
+        self._headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        url = self._url
+        if not url.startswith(b"/") and not (
+            url == b"*" and self.parser.get_method() == b"OPTIONS"
+        ):
+            raise _Reject(400, "Only origin-form request targets are accepted (no proxying)")
+        length = self._headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.limits.max_body:
+            raise _Reject(413, f"Request body larger than {self.limits.max_body} bytes")
+        expect = self._headers.get("expect")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise _Reject(417, "Only 'Expect: 100-continue' is supported")
+            if self.transport is not None and not self.queue and self.task is None:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.limits.max_body:
+            raise _Reject(413, f"Request body larger than {self.limits.max_body} bytes")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.request_timer is not None:
+            self.request_timer.cancel()
+            self.request_timer = None
+        path, _, query = self._url.partition(b"?")
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        request = HttpRequest(
+            method=self.parser.get_method().decode("ascii"),
+            path=path.decode("latin-1"),
+            query=query.decode("latin-1"),
+            headers=self._headers,
+            body=body,
+            peer=self.peer,
+        )
+        self.queue.append((request, self.parser.should_keep_alive()))
+        if len(self.queue) >= self.limits.max_pipeline and not self.reading_paused:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.reading_paused = True
+        if self.task is None:
+            self.task = self.loop.create_task(self._serve())
+
+    # -- answering -----------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            while self.queue and not self.closing:
+                request, keep_alive = self.queue.popleft()
+                if self.reading_paused and len(self.queue) < self.limits.max_pipeline // 2:
+                    assert self.transport is not None
+                    self.transport.resume_reading()
+                    self.reading_paused = False
+                try:
+                    response = await self.handler(request)
+                except Exception:
+                    log.exception("unexpected error answering %s %s", request.method, request.path)
+                    response = HttpResponse(
+                        500,
+                        [("content-type", "application/json")],
+                        _error_body(500, "Internal error in the balancer"),
+                    )
+                keep_alive = keep_alive and not self.eof
+                self._write(response, head=request.method == "HEAD", keep_alive=keep_alive)
+                if not keep_alive:
+                    self._close()
+                    return
+                if self.writing_paused:
+                    self.drained = self.loop.create_future()
+                    await self.drained
+        finally:
+            self.task = None
+        if self.eof and not self.queue:
+            self._close()
+        elif not self.queue:
+            self._arm_idle()
+
+    def _write(self, response: HttpResponse, *, head: bool, keep_alive: bool) -> None:
+        if self.transport is None or self.closing:
+            return
+        status = response.status
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        for name, value in response.headers:
+            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+        parts.append(b"content-length: %d\r\ndate: %s\r\n" % (len(response.body), _date()))
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        if not head:
+            parts.append(response.body)
+        self.transport.write(b"".join(parts))
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request that cannot be parsed or is over a limit, then close."""
+        if self.transport is None or self.closing:
+            return
+        self.queue.clear()
+        if self.task is not None:
+            self.task.cancel()
+        self._write(
+            HttpResponse(
+                status,
+                [("content-type", "application/json"), ("access-control-allow-origin", "*")],
+                _error_body(status, message),
+            ),
+            head=False,
+            keep_alive=False,
+        )
+        self._close()
+
+    def _too_slow(self) -> None:
+        self.request_timer = None
+        self._refuse(408, "Request not received in time")
+
+    def _arm_idle(self) -> None:
+        if self.idle_timer is None and not self.closing:
+            self.idle_timer = self.loop.call_later(self.limits.idle_timeout, self._close)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self.idle_timer, self.request_timer):
+            if timer is not None:
+                timer.cancel()
+        self.idle_timer = self.request_timer = None
+
+    def _close(self) -> None:
+        self.closing = True
+        self._cancel_timers()
+        if self.transport is not None:
+            self.transport.close()
