@@ -1,0 +1,236 @@
+"""Throughput: rpcbalancer beside nginx and HAProxy, in one run, to the same nodes.
+
+    .venv/bin/python bench/throughput.py [--seconds 10] [--connections 50] [--workers 1]
+
+The nodes are three nginx server blocks answering fixed JSON from memory (a jussi status
+for GET, a dynamic-global-properties answer for POST), so the nodes cost next to nothing.
+In front of them, each in turn: rpcbalancer (`--workers` processes), nginx (one worker,
+round-robin, keep-alive to the nodes) and HAProxy (one thread, round-robin, connection
+reuse); and, as the floor, one node called directly. Each balancer is pinned to CPU 1 and
+the load generator (wrk, closed loop, POST JSON-RPC) and the nodes to CPU 0, the same for
+all. Printed per target: req/s, p50/p99 latency, CPU time per request and peak RSS of the
+balancer, plus the ratios the data-plane issue asks for. Needs wrk, nginx and haproxy
+(Debian packages). Every process is stopped by its PID; every run is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GET_BODY = '{"status":"OK","jussi_num":100000000}'
+POST_BODY = (
+    '{"jsonrpc":"2.0","id":1,"result":{"head_block_number":100000000,'
+    '"time":"2030-01-01T00:00:00","last_irreversible_block_num":99999980,'
+    '"blockchain_version":"0.23.1"}}'
+)
+LUA = """wrk.method = "POST"
+wrk.body = '{"jsonrpc":"2.0","method":"condenser_api.get_dynamic_global_properties","params":[],"id":1}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        for p in [pid, *children(pid)]:
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def children(pid: int) -> list[int]:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    result = [int(k) for k in kids]
+    for kid in list(result):
+        result += children(kid)
+    return result
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        for p in [pid, *children(pid)]:
+            try:
+                status = Path(f"/proc/{p}/status").read_text()
+            except OSError:
+                continue
+            match = re.search(r"VmRSS:\s+(\d+) kB", status)
+            if match and p != pid or match and not children(pid):
+                total += int(match.group(1))
+    return total / 1024
+
+
+def run_wrk(url: str, seconds: float, connections: int, lua: Path) -> dict[str, float]:
+    out = subprocess.run(
+        ["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
+         "--latency", "-s", str(lua), url],
+        capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors:.*?):?\s*(\d+)", out))
+
+    def pct(label: str) -> float:
+        m = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)", out)
+        if m is None:
+            return float("nan")
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "requests": total, "errors": errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "haproxy", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is needed (apt-get install wrk nginx-light haproxy util-linux)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="rpcb-bench-"))
+    lua = tmp / "post.lua"
+    lua.write_text(LUA)
+    node_ports = [free_port() for _ in range(3)]
+    ports = {"nginx": free_port(), "haproxy": free_port(), "rpcbalancer": free_port()}
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(cmd: list[str], cpu: int, **kw: object) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], **kw)  # type: ignore[call-overload]
+        procs.append(proc)
+        return proc
+
+    servers = "\n".join(
+        f"""  server {{ listen 127.0.0.1:{p}; access_log off;
+    location / {{ default_type application/json;
+      if ($request_method = POST) {{ return 200 '{POST_BODY}'; }}
+      return 200 '{GET_BODY}'; }} }}"""
+        for p in node_ports)
+    upstream = "\n".join(f"    server 127.0.0.1:{p};" for p in node_ports)
+    common = f"pid {tmp}/%s.pid; error_log {tmp}/%s.err; daemon off; worker_processes 1;\nevents {{ worker_connections 4096; }}\n"
+    (tmp / "nodes.conf").write_text(common % ("nodes", "nodes") + f"http {{\n{servers}\n}}\n")
+    (tmp / "proxy.conf").write_text(common % ("proxy", "proxy") + f"""http {{
+  access_log off;
+  upstream nodes {{
+{upstream}
+    keepalive 128;
+  }}
+  server {{ listen 127.0.0.1:{ports['nginx']};
+    location / {{ proxy_pass http://nodes; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_next_upstream error timeout http_503; }} }}
+}}
+""")
+    backends = "\n".join(f"  server n{i} 127.0.0.1:{p}" for i, p in enumerate(node_ports))
+    (tmp / "haproxy.cfg").write_text(f"""global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  retries 2
+  option redispatch
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{ports['haproxy']}
+  default_backend nodes
+backend nodes
+  balance roundrobin
+{backends}
+""")
+    config = tmp / "rpcbalancer.yaml"
+    config.write_text(json.dumps({
+        "nodes": [f"http://127.0.0.1:{p}" for p in node_ports],
+        "log_level": "warning", "max_head_age": 10**9, "probe": {"interval": 5},
+    }))
+    try:
+        start(["nginx", "-c", str(tmp / "nodes.conf"), "-p", str(tmp)], 0)
+        for p in node_ports:
+            wait_port(p)
+        targets = {
+            "node (direct)": (None, node_ports[0]),
+            "rpcbalancer": (start([sys.executable, "-m", "rpcbalancer", "serve", "--config",
+                                   str(config), "--port", str(ports["rpcbalancer"]),
+                                   "--workers", str(args.workers)], 1), ports["rpcbalancer"]),
+            "nginx": (start(["nginx", "-c", str(tmp / "proxy.conf"), "-p", str(tmp)], 1),
+                      ports["nginx"]),
+            "haproxy": (start(["haproxy", "-f", str(tmp / "haproxy.cfg")], 1), ports["haproxy"]),
+        }
+        for _, port in targets.values():
+            wait_port(port)
+        time.sleep(1.0)
+        results: dict[str, dict[str, float]] = {}
+        for name, (proc, port) in targets.items():
+            url = f"http://127.0.0.1:{port}/"
+            run_wrk(url, 2, args.connections, lua)  # warm-up
+            pids = [proc.pid] if proc else []
+            before = cpu_seconds(pids)
+            result = run_wrk(url, args.seconds, args.connections, lua)
+            spent = cpu_seconds(pids) - before
+            result["cpu_us_per_req"] = spent / result["requests"] * 1e6 if pids else float("nan")
+            result["rss_mb"] = rss_mb(pids) if pids else float("nan")
+            results[name] = result
+        print(f"wrk: 1 thread, {args.connections} connections, {args.seconds:g}s, POST JSON-RPC; "
+              f"balancers pinned to CPU 1, wrk and nodes to CPU 0; rpcbalancer workers: {args.workers}")
+        print(f"{'target':<14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'RSS MB':>8} {'errors':>7}")
+        for name, r in results.items():
+            print(f"{name:<14} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                  f"{r['cpu_us_per_req']:>11.1f} {r['rss_mb']:>8.1f} {int(r['errors']):>7}")
+        rb, ng, node = results["rpcbalancer"], results["nginx"], results["node (direct)"]
+        print(f"rpcbalancer/nginx throughput: {rb['rps'] / ng['rps']:.2f}x; "
+              f"rpcbalancer/haproxy: {rb['rps'] / results['haproxy']['rps']:.2f}x; "
+              f"added p50 over the node: {rb['p50'] - node['p50']:+.2f} ms")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
