@@ -121,6 +121,19 @@ class Listen(_Model):
     port: int = Field(8080, ge=0, le=65535)
 
 
+class ServerLimits(_Model):
+    """What one client connection may send (the standalone server enforces these)."""
+
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
+    max_headers: int = Field(100, ge=8)
+    max_body: int = Field(8 * 1024 * 1024, ge=1024)
+    request_timeout: float = Field(30.0, gt=0)
+    """Seconds from a request's first byte to its last (slow clients get 408)."""
+    idle_timeout: float = Field(30.0, gt=0)
+    """Seconds a kept-alive connection may sit idle between requests."""
+    max_pipeline: int = Field(32, ge=1)
+
+
 class RateLimit(_Model):
     window_ms: int = Field(60000, gt=0)
     max_requests: int = Field(600, gt=0)
@@ -140,6 +153,7 @@ class Config(_Model):
     annotate: Literal["headers", "body"] = "headers"
     """Headers always name the node; ``body`` also adds the original design's fields."""
     listen: Listen = Listen()
+    limits: ServerLimits = ServerLimits()
     store: str = "sqlite:///rpcbalancer-health.db"
     probe: ProbeConfig = ProbeConfig()
     circuit_breaker: CircuitBreaker = CircuitBreaker()

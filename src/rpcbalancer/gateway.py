@@ -9,7 +9,7 @@ id echoed, and an HTTP status by cause (400 bad request, 502 bad upstream, 503 n
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +67,14 @@ class Gateway:
             "/status.json": self._status,
         }
 
-    async def handle(self, req: HttpRequest) -> HttpResponse:
+    def handle(self, req: HttpRequest) -> Awaitable[HttpResponse]:
+        """Answer one request. A plain function returning the awaitable, so that the proxy
+        route costs no extra coroutine frame on every suspension."""
+        if req.path == "/" and req.method != "OPTIONS":
+            return self._proxy(req, None)
+        return self._other(req)
+
+    async def _other(self, req: HttpRequest) -> HttpResponse:
         method = req.method.upper()
         if method == "OPTIONS":
             return self._preflight(req)

@@ -49,13 +49,13 @@ Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """See ``config.ServerLimits``, which documents and validates each one."""
+
     max_header_bytes: int = 32 * 1024
     max_headers: int = 100
     max_body: int = 8 * 1024 * 1024
     request_timeout: float = 30.0
-    """Seconds from a request's first byte to its last."""
     idle_timeout: float = 30.0
-    """Seconds a kept-alive connection may sit between requests."""
     max_pipeline: int = 32
 
 
@@ -67,6 +67,9 @@ class _Reject(Exception):
 
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# Response header lines repeat (content type, CORS, the node names): encode each once.
+_HEADER_CACHE_SIZE = 4096
+_header_lines: dict[tuple[str, str], bytes] = {}
 _date_cache: tuple[int, bytes] = (0, b"")
 
 
@@ -100,8 +103,11 @@ class H1Server(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.drained: asyncio.Future[None] | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
-        self.request_timer: asyncio.TimerHandle | None = None
+        # One timer per connection, re-armed only when it fires: per-request timers would
+        # cost a heap operation each. It checks the two deadlines below.
+        self.timer: asyncio.TimerHandle | None = None
+        self.request_started: float | None = None
+        self.last_active = 0.0
         self._url = b""
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
@@ -118,11 +124,12 @@ class H1Server(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._arm_idle()
+        self.last_active = self.loop.time()
+        self._arm(min(self.limits.idle_timeout, self.limits.request_timeout))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self._cancel_timers()
+        self._disarm()
         if self.task is not None:
             self.task.cancel()  # nobody is left to answer; the router counts it abandoned
         if self.drained is not None and not self.drained.done():
@@ -144,9 +151,6 @@ class H1Server(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
         try:
             self.parser.feed_data(data)
         except _Reject as exc:
@@ -168,7 +172,7 @@ class H1Server(asyncio.Protocol):
         self._header_bytes = 0
         self._body = []
         self._body_size = 0
-        self.request_timer = self.loop.call_later(self.limits.request_timeout, self._too_slow)
+        self.request_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -210,9 +214,7 @@ class H1Server(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self.request_timer is not None:
-            self.request_timer.cancel()
-            self.request_timer = None
+        self.request_started = None
         path, _, query = self._url.partition(b"?")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = HttpRequest(
@@ -260,18 +262,23 @@ class H1Server(asyncio.Protocol):
                     await self.drained
         finally:
             self.task = None
+        self.last_active = self.loop.time()
         if self.eof and not self.queue:
             self._close()
-        elif not self.queue:
-            self._arm_idle()
 
     def _write(self, response: HttpResponse, *, head: bool, keep_alive: bool) -> None:
         if self.transport is None or self.closing:
             return
         status = response.status
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
-        for name, value in response.headers:
-            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+        lines = _header_lines
+        for pair in response.headers:
+            line = lines.get(pair)
+            if line is None:
+                line = f"{pair[0]}: {pair[1]}\r\n".encode("latin-1")
+                if len(lines) < _HEADER_CACHE_SIZE:
+                    lines[pair] = line
+            parts.append(line)
         parts.append(b"content-length: %d\r\ndate: %s\r\n" % (len(response.body), _date()))
         if not keep_alive:
             parts.append(b"connection: close\r\n")
@@ -298,22 +305,38 @@ class H1Server(asyncio.Protocol):
         )
         self._close()
 
-    def _too_slow(self) -> None:
-        self.request_timer = None
-        self._refuse(408, "Request not received in time")
+    def _arm(self, delay: float) -> None:
+        if not self.closing:
+            self.timer = self.loop.call_later(max(delay, 0.01), self._check)
 
-    def _arm_idle(self) -> None:
-        if self.idle_timer is None and not self.closing:
-            self.idle_timer = self.loop.call_later(self.limits.idle_timeout, self._close)
+    def _check(self) -> None:
+        """The connection's timer: refuse a request that takes too long to arrive, close a
+        connection idle for too long, else sleep until the nearer of the two deadlines."""
+        self.timer = None
+        now = self.loop.time()
+        limits = self.limits
+        if self.request_started is not None:
+            left = self.request_started + limits.request_timeout - now
+            if left <= 0:
+                self._refuse(408, "Request not received in time")
+                return
+            self._arm(left)
+        elif self.task is None and not self.queue:
+            left = self.last_active + limits.idle_timeout - now
+            if left <= 0:
+                self._close()
+                return
+            self._arm(left)
+        else:  # answering: idle time starts counting when the answer is written
+            self._arm(limits.idle_timeout)
 
-    def _cancel_timers(self) -> None:
-        for timer in (self.idle_timer, self.request_timer):
-            if timer is not None:
-                timer.cancel()
-        self.idle_timer = self.request_timer = None
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def _close(self) -> None:
         self.closing = True
-        self._cancel_timers()
+        self._disarm()
         if self.transport is not None:
             self.transport.close()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -37,6 +38,7 @@ from .config import NodeConfig
 
 _OUTCOME_WINDOW = 64  # recent outcomes kept per node for the error rate
 _LATENCY_WINDOW = 512  # recent successful latencies kept per node for percentiles
+CANDIDATES_TTL = 0.05  # seconds the usable-node list is reused between changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,7 @@ class Node:
         "last_error",
         "latencies",
         "name",
+        "on_change",
         "probe",
         "recent",
         "requests",
@@ -140,6 +143,8 @@ class Node:
         self.failures = 0
         self.last_error: str | None = None
         self.probe: ProbeResult | None = None
+        self.on_change: Callable[[], None] | None = None
+        """Called when something that decides exclusion changed (set by the fleet)."""
 
     def __repr__(self) -> str:
         ewma = f"{self._ewma * 1000:.1f}ms" if self._ewma is not None else "?"
@@ -203,6 +208,8 @@ class Node:
             self.ejections += 1
             # After the cooldown the node gets one trial try before the next ejection.
             self.consecutive_failures = health.breaker_failures - 1
+            if self.on_change is not None:
+                self.on_change()
 
     def observe_latency(self, now: float, sample: float, tau: float = 10.0) -> None:
         if self._ewma is None or sample >= self._ewma:
@@ -237,6 +244,8 @@ class Node:
 
     def apply_probe(self, result: ProbeResult) -> None:
         self.probe = result
+        if self.on_change is not None:
+            self.on_change()
         if result.ok:
             self.observe_latency(result.at, result.latency)
         else:
@@ -251,12 +260,22 @@ class Fleet:
             raise ValueError("a fleet needs at least one node")
         self.nodes = nodes
         self.health = health
+        self._cached: tuple[float, list[Node], bool] | None = None
+        for node in nodes:
+            node.on_change = self.invalidate
+
+    def invalidate(self) -> None:
+        """Forget the cached candidates: a probe or an ejection changed the picture."""
+        self._cached = None
 
     def replace(self, nodes: list[Node]) -> None:
         """Change the membership (DNS re-resolution): the caller keeps the state of nodes
         that stay by passing the same objects again."""
         if nodes:
             self.nodes = nodes
+            for node in nodes:
+                node.on_change = self.invalidate
+            self.invalidate()
 
     def __repr__(self) -> str:
         return f"<Fleet {self.nodes!r}>"
@@ -305,12 +324,23 @@ class Fleet:
         return None
 
     def candidates(self, now: float) -> tuple[list[Node], bool]:
-        """The nodes that may serve now, and whether that is a fail-open fallback."""
+        """The nodes that may serve now, and whether that is a fail-open fallback.
+
+        The answer is kept for ``CANDIDATES_TTL`` seconds (probes and ejections drop it at
+        once): what only time changes (a head growing old, a cooldown ending) may be seen
+        that much late, and the hot path does not re-judge every node on every request.
+        """
+        cached = self._cached
+        if cached is not None and 0.0 <= now - cached[0] < CANDIDATES_TTL:
+            return cached[1], cached[2]
         best = self.best_head()
         usable = [n for n in self.nodes if self.exclusion(n, now, best) is None]
         if usable:
-            return usable, False
-        return sorted(self.nodes, key=lambda n: self._badness(n, now, best)), True
+            result = usable, False
+        else:
+            result = sorted(self.nodes, key=lambda n: self._badness(n, now, best)), True
+        self._cached = (now, *result)
+        return result
 
     def _badness(self, node: Node, now: float, best: int | None) -> tuple[float, ...]:
         probe = node.probe

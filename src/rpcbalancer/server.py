@@ -36,7 +36,7 @@ async def _serve(config: Config, *, reuse_port: bool = False) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with Balancer(config) as balancer:
         gateway = Gateway(balancer)
-        limits = Limits()
+        limits = Limits(**config.limits.model_dump())
         connections: set[H1Server] = set()
 
         def factory() -> H1Server:

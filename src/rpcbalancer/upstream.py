@@ -219,6 +219,11 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def expire(self, timeout: float) -> None:
+        """The try's deadline passed with no complete answer."""
+        self._fail(UpstreamTimeout(self.name, f"no answer within {timeout:.2f}s"))
+        self.abort()
+
     def abort(self) -> None:
         self.closed = True
         self.waiter = None
@@ -295,44 +300,32 @@ class H1Transport:
         data = _encode(method, target, path, headers, node.headers, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        if idempotent:
-            try:
-                return await self._exchange(node, target, data, deadline, reuse=True)
-            except _Stale:
-                pass  # the node closed it while idle; once more on a fresh connection
         # A non-idempotent request (a broadcast) always takes a fresh connection: on a reused
         # one, a close before the answer could not tell "never read" from "read, then died".
-        try:
-            return await self._exchange(node, target, data, deadline, reuse=False)
-        except _Stale:  # cannot happen on a fresh connection; kept for the type checker
-            raise UpstreamError(node.name, "connection closed before the answer") from None
-
-    async def _exchange(
-        self, node: Node, target: _Target, data: bytes, deadline: float, *, reuse: bool
-    ) -> UpstreamResponse:
-        loop = asyncio.get_running_loop()
-        conn = self._take_idle(target, loop.time()) if reuse else None
-        if conn is None:
-            conn = await self._connect(node, target, deadline)
-        self._busy.add(conn)
-        waiter = conn.request(data)
-        left = deadline - loop.time()
-        try:
-            async with asyncio.timeout(max(left, 0.0)):
+        reuse = idempotent
+        while True:
+            conn = self._take_idle(target, loop.time()) if reuse else None
+            if conn is None:
+                conn = await self._connect(node, target, deadline)
+            self._busy.add(conn)
+            waiter = conn.request(data)
+            timer = loop.call_at(deadline, conn.expire, timeout)
+            try:
                 response = await waiter
-        except TimeoutError:
-            conn.abort()
-            raise UpstreamTimeout(node.name, "no answer within the try's timeout") from None
-        except asyncio.CancelledError:
-            conn.abort()  # half a request in flight: the connection cannot be reused
-            raise
-        finally:
-            self._busy.discard(conn)
-        if conn.reusable:
-            self._give_back(target, conn, loop.time())
-        else:
-            conn.abort()
-        return response
+            except _Stale:
+                reuse = False  # the node closed it while idle: once more, on a fresh one
+                continue
+            except asyncio.CancelledError:
+                conn.abort()  # half a request in flight: the connection cannot be reused
+                raise
+            finally:
+                timer.cancel()
+                self._busy.discard(conn)
+            if conn.reusable:
+                self._give_back(target, conn, loop.time())
+            else:
+                conn.abort()
+            return response
 
     def _take_idle(self, target: _Target, now: float) -> _Connection | None:
         idle = self._idle.get(target.key)
@@ -397,6 +390,9 @@ def _errno_text(exc: OSError) -> str:
     return os.strerror(exc.errno).lower() if exc.errno else str(exc)
 
 
+_prefixes: dict[tuple[object, ...], tuple[bytes, frozenset[str]]] = {}
+
+
 def _encode(
     method: str,
     target: _Target,
@@ -405,18 +401,35 @@ def _encode(
     node_headers: Mapping[str, str],
     body: bytes | None,
 ) -> bytes:
-    lines = [
-        f"{method} {path or target.path} HTTP/1.1\r\n".encode("latin-1"),
-        b"host: " + target.host_header + b"\r\n",
-    ]
-    merged = {**headers, **node_headers} if node_headers else headers
-    for name, value in merged.items():
-        if name.lower() in ("host", "content-length", "connection", "transfer-encoding"):
-            continue
-        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    # The request line, Host and the node's own headers are the same for every request to a
+    # node: encoded once. The request's headers (a handful) follow.
+    key = (method, target.key, target.host_header, path, tuple(node_headers.items()))
+    cached = _prefixes.get(key)
+    if cached is None:
+        lines = [
+            f"{method} {path or target.path} HTTP/1.1\r\n".encode("latin-1"),
+            b"host: " + target.host_header + b"\r\n",
+        ]
+        lines += [
+            f"{k}: {v}\r\n".encode("latin-1")
+            for k, v in node_headers.items()
+            if k.lower() not in _FRAMING
+        ]
+        own = frozenset(k.lower() for k in node_headers) | _FRAMING
+        cached = (b"".join(lines), own)
+        if len(_prefixes) < 4096:
+            _prefixes[key] = cached
+    prefix, skip = cached
+    parts = [prefix]
+    for name, value in headers.items():
+        if name.lower() not in skip:  # the node's own headers win
+            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
     if body is not None:
-        lines.append(b"content-length: %d\r\n\r\n" % len(body))
-        lines.append(body)
+        parts.append(b"content-length: %d\r\n\r\n" % len(body))
+        parts.append(body)
     else:
-        lines.append(b"\r\n")
-    return b"".join(lines)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+_FRAMING = frozenset({"host", "content-length", "connection", "transfer-encoding"})

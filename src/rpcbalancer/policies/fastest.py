@@ -29,8 +29,11 @@ class Fastest(BasePolicy):
         count = len(nodes)
         if count == 1:
             return nodes[0]
-        i = self.rng.randrange(count)
-        j = self.rng.randrange(count - 1)
+        # One draw gives both indexes: the integer part picks the first node, the fraction
+        # (uniform and independent of it) the second among the others.
+        r = self.rng.random() * count
+        i = int(r)
+        j = int((r - i) * (count - 1))
         if j >= i:
             j += 1
         a, b = nodes[i], nodes[j]
