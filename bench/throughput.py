@@ -90,19 +90,36 @@ def rss_mb(pids: list[int]) -> float:
             except OSError:
                 continue
             match = re.search(r"VmRSS:\s+(\d+) kB", status)
-            if match and p != pid or match and not children(pid):
+            if match:
                 total += int(match.group(1))
     return total / 1024
 
 
 def run_wrk(url: str, seconds: float, connections: int, lua: Path) -> dict[str, float]:
     out = subprocess.run(
-        ["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
-         "--latency", "-s", str(lua), url],
-        capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+        [
+            "taskset",
+            "-c",
+            "0",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--latency",
+            "-s",
+            str(lua),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors:.*?):?\s*(\d+)", out))
+    errors = sum(
+        int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors:.*?):?\s*(\d+)", out)
+    )
 
     def pct(label: str) -> float:
         m = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)", out)
@@ -142,21 +159,25 @@ def main() -> None:
     location / {{ default_type application/json;
       if ($request_method = POST) {{ return 200 '{POST_BODY}'; }}
       return 200 '{GET_BODY}'; }} }}"""
-        for p in node_ports)
+        for p in node_ports
+    )
     upstream = "\n".join(f"    server 127.0.0.1:{p};" for p in node_ports)
     common = f"pid {tmp}/%s.pid; error_log {tmp}/%s.err; daemon off; worker_processes 1;\nevents {{ worker_connections 4096; }}\n"
     (tmp / "nodes.conf").write_text(common % ("nodes", "nodes") + f"http {{\n{servers}\n}}\n")
-    (tmp / "proxy.conf").write_text(common % ("proxy", "proxy") + f"""http {{
+    (tmp / "proxy.conf").write_text(
+        common % ("proxy", "proxy")
+        + f"""http {{
   access_log off;
   upstream nodes {{
 {upstream}
     keepalive 128;
   }}
-  server {{ listen 127.0.0.1:{ports['nginx']};
+  server {{ listen 127.0.0.1:{ports["nginx"]};
     location / {{ proxy_pass http://nodes; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_next_upstream error timeout http_503; }} }}
 }}
-""")
+"""
+    )
     backends = "\n".join(f"  server n{i} 127.0.0.1:{p}" for i, p in enumerate(node_ports))
     (tmp / "haproxy.cfg").write_text(f"""global
   nbthread 1
@@ -170,28 +191,51 @@ defaults
   option redispatch
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{ports['haproxy']}
+  bind 127.0.0.1:{ports["haproxy"]}
   default_backend nodes
 backend nodes
   balance roundrobin
 {backends}
 """)
     config = tmp / "rpcbalancer.yaml"
-    config.write_text(json.dumps({
-        "nodes": [f"http://127.0.0.1:{p}" for p in node_ports],
-        "log_level": "warning", "max_head_age": 10**9, "probe": {"interval": 5},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "nodes": [f"http://127.0.0.1:{p}" for p in node_ports],
+                "log_level": "warning",
+                "max_head_age": 10**9,
+                "probe": {"interval": 5},
+            }
+        )
+    )
     try:
         start(["nginx", "-c", str(tmp / "nodes.conf"), "-p", str(tmp)], 0)
         for p in node_ports:
             wait_port(p)
         targets = {
             "node (direct)": (None, node_ports[0]),
-            "rpcbalancer": (start([sys.executable, "-m", "rpcbalancer", "serve", "--config",
-                                   str(config), "--port", str(ports["rpcbalancer"]),
-                                   "--workers", str(args.workers)], 1), ports["rpcbalancer"]),
-            "nginx": (start(["nginx", "-c", str(tmp / "proxy.conf"), "-p", str(tmp)], 1),
-                      ports["nginx"]),
+            "rpcbalancer": (
+                start(
+                    [
+                        sys.executable,
+                        "-m",
+                        "rpcbalancer",
+                        "serve",
+                        "--config",
+                        str(config),
+                        "--port",
+                        str(ports["rpcbalancer"]),
+                        "--workers",
+                        str(args.workers),
+                    ],
+                    1,
+                ),
+                ports["rpcbalancer"],
+            ),
+            "nginx": (
+                start(["nginx", "-c", str(tmp / "proxy.conf"), "-p", str(tmp)], 1),
+                ports["nginx"],
+            ),
             "haproxy": (start(["haproxy", "-f", str(tmp / "haproxy.cfg")], 1), ports["haproxy"]),
         }
         for _, port in targets.values():
@@ -208,16 +252,24 @@ backend nodes
             result["cpu_us_per_req"] = spent / result["requests"] * 1e6 if pids else float("nan")
             result["rss_mb"] = rss_mb(pids) if pids else float("nan")
             results[name] = result
-        print(f"wrk: 1 thread, {args.connections} connections, {args.seconds:g}s, POST JSON-RPC; "
-              f"balancers pinned to CPU 1, wrk and nodes to CPU 0; rpcbalancer workers: {args.workers}")
-        print(f"{'target':<14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'RSS MB':>8} {'errors':>7}")
+        print(
+            f"wrk: 1 thread, {args.connections} connections, {args.seconds:g}s, POST JSON-RPC; "
+            f"balancers pinned to CPU 1, wrk and nodes to CPU 0; rpcbalancer workers: {args.workers}"
+        )
+        print(
+            f"{'target':<14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'RSS MB':>8} {'errors':>7}"
+        )
         for name, r in results.items():
-            print(f"{name:<14} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
-                  f"{r['cpu_us_per_req']:>11.1f} {r['rss_mb']:>8.1f} {int(r['errors']):>7}")
+            print(
+                f"{name:<14} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+                f"{r['cpu_us_per_req']:>11.1f} {r['rss_mb']:>8.1f} {int(r['errors']):>7}"
+            )
         rb, ng, node = results["rpcbalancer"], results["nginx"], results["node (direct)"]
-        print(f"rpcbalancer/nginx throughput: {rb['rps'] / ng['rps']:.2f}x; "
-              f"rpcbalancer/haproxy: {rb['rps'] / results['haproxy']['rps']:.2f}x; "
-              f"added p50 over the node: {rb['p50'] - node['p50']:+.2f} ms")
+        print(
+            f"rpcbalancer/nginx throughput: {rb['rps'] / ng['rps']:.2f}x; "
+            f"rpcbalancer/haproxy: {rb['rps'] / results['haproxy']['rps']:.2f}x; "
+            f"added p50 over the node: {rb['p50'] - node['p50']:+.2f} ms"
+        )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     finally:

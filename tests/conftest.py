@@ -21,6 +21,19 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def require_tool(name: str) -> str:
+    """The path of a program a test needs. Missing, it skips the test, unless the run
+    insists on every service (CI sets RPCBALANCER_REQUIRE_SERVICES): then it fails."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("RPCBALANCER_REQUIRE_SERVICES"):
+            pytest.fail(f"{name} is required (RPCBALANCER_REQUIRE_SERVICES is set)")
+        pytest.skip(f"{name} is not installed (RPCBALANCER_REQUIRE_SERVICES unset)")
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -19,6 +18,8 @@ import pytest
 import requests
 
 from rpcbalancer.sim import FleetThread
+
+from ..conftest import require_tool
 
 BODY = orjson.dumps(
     {"jsonrpc": "2.0", "method": "condenser_api.get_version", "params": [], "id": 1}
@@ -219,9 +220,7 @@ def test_slow_client_gets_408_and_idle_connections_are_closed(lb: Any) -> None:
 
 
 def test_curl(lb: Any) -> None:
-    curl = shutil.which("curl")
-    if curl is None:
-        pytest.fail("curl is needed (CI installs it)")
+    curl = require_tool("curl")
     out = subprocess.run(
         [curl, "-s", "-i", "--data-binary", "@-", "-H", "Content-Type: application/json", lb.url],
         input=BODY,
