@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -136,6 +137,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--cpus",
+        default="1",
+        help="CPUs the balancers are pinned to (wrk and the nodes take CPU 0)",
+    )
+    parser.add_argument(
+        "--rss-every",
+        type=float,
+        default=5.0,
+        help="seconds between RSS samples of each balancer during its run",
+    )
+    parser.add_argument("--only", help="comma-separated targets to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "haproxy", "taskset"):
@@ -149,7 +162,7 @@ def main() -> None:
     ports = {"nginx": free_port(), "haproxy": free_port(), "rpcbalancer": free_port()}
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(cmd: list[str], cpu: int, **kw: object) -> subprocess.Popen[bytes]:
+    def start(cmd: list[str], cpu: int | str, **kw: object) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], **kw)  # type: ignore[call-overload]
         procs.append(proc)
         return proc
@@ -228,16 +241,22 @@ backend nodes
                         "--workers",
                         str(args.workers),
                     ],
-                    1,
+                    args.cpus,
                 ),
                 ports["rpcbalancer"],
             ),
             "nginx": (
-                start(["nginx", "-c", str(tmp / "proxy.conf"), "-p", str(tmp)], 1),
+                start(["nginx", "-c", str(tmp / "proxy.conf"), "-p", str(tmp)], args.cpus),
                 ports["nginx"],
             ),
-            "haproxy": (start(["haproxy", "-f", str(tmp / "haproxy.cfg")], 1), ports["haproxy"]),
+            "haproxy": (
+                start(["haproxy", "-f", str(tmp / "haproxy.cfg")], args.cpus),
+                ports["haproxy"],
+            ),
         }
+        if args.only:
+            wanted = set(args.only.split(","))
+            targets = {k: v for k, v in targets.items() if k in wanted or k == "node (direct)"}
         for _, port in targets.values():
             wait_port(port)
         time.sleep(1.0)
@@ -247,14 +266,34 @@ backend nodes
             run_wrk(url, 2, args.connections, lua)  # warm-up
             pids = [proc.pid] if proc else []
             before = cpu_seconds(pids)
+            samples: list[float] = []
+            stop = threading.Event()
+
+            def sample(
+                pids: list[int] = pids, samples: list[float] = samples, stop: threading.Event = stop
+            ) -> None:
+                while not stop.wait(args.rss_every):
+                    samples.append(rss_mb(pids))
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            if pids:
+                sampler.start()
             result = run_wrk(url, args.seconds, args.connections, lua)
+            stop.set()
+            if pids:
+                sampler.join()
+                if samples:
+                    print(
+                        f"{name}: RSS MB during the run, every {args.rss_every:g}s: "
+                        + " ".join(f"{s:.1f}" for s in samples)
+                    )
             spent = cpu_seconds(pids) - before
             result["cpu_us_per_req"] = spent / result["requests"] * 1e6 if pids else float("nan")
             result["rss_mb"] = rss_mb(pids) if pids else float("nan")
             results[name] = result
         print(
             f"wrk: 1 thread, {args.connections} connections, {args.seconds:g}s, POST JSON-RPC; "
-            f"balancers pinned to CPU 1, wrk and nodes to CPU 0; rpcbalancer workers: {args.workers}"
+            f"balancers pinned to CPU {args.cpus}, wrk and nodes to CPU 0; rpcbalancer workers: {args.workers}"
         )
         print(
             f"{'target':<14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'RSS MB':>8} {'errors':>7}"
@@ -264,12 +303,15 @@ backend nodes
                 f"{name:<14} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
                 f"{r['cpu_us_per_req']:>11.1f} {r['rss_mb']:>8.1f} {int(r['errors']):>7}"
             )
-        rb, ng, node = results["rpcbalancer"], results["nginx"], results["node (direct)"]
-        print(
-            f"rpcbalancer/nginx throughput: {rb['rps'] / ng['rps']:.2f}x; "
-            f"rpcbalancer/haproxy: {rb['rps'] / results['haproxy']['rps']:.2f}x; "
-            f"added p50 over the node: {rb['p50'] - node['p50']:+.2f} ms"
-        )
+        rb, node = results.get("rpcbalancer"), results["node (direct)"]
+        if rb is not None:
+            ratios = [
+                f"rpcbalancer/{peer} throughput: {rb['rps'] / results[peer]['rps']:.2f}x"
+                for peer in ("nginx", "haproxy")
+                if peer in results
+            ]
+            added = f"added p50 over the node: {rb['p50'] - node['p50']:+.2f} ms"
+            print("; ".join([*ratios, added]))
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     finally:

@@ -267,3 +267,32 @@ def test_probe_fails_when_no_node_is_usable(fleet: FleetThread) -> None:
     result = run_cli("probe", env={"RPCBALANCER_NODES": fleet["medium"].url})
     assert result.returncode == 1
     assert "connection refused" in result.stdout
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_workers_share_the_port_and_stop_together(fleet: FleetThread,
+                                                  balancer_process: Any) -> None:
+    lb = balancer_process({"nodes": [fleet["fast"].url, fleet["medium"].url]},
+                          args=("--workers", "2"))
+    assert lb.proc is not None
+    workers = _children(lb.proc.pid)
+    assert len(workers) >= 2
+    sessions = [requests.Session() for _ in range(8)]  # separate connections, spread by the kernel
+    for i in range(80):
+        resp = sessions[i % 8].post(lb.url, data=orjson.dumps(
+            {"jsonrpc": "2.0", "method": DGP, "params": [], "id": i}), timeout=10)
+        assert resp.status_code == 200 and resp.json()["id"] == i
+    for session in sessions:
+        session.close()
+    lb.proc.terminate()
+    assert lb.proc.wait(20) is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)
