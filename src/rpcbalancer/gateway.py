@@ -31,7 +31,7 @@ _CORS = (
 _JSON = ("content-type", "application/json")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
 class HttpRequest:
     method: str
     path: str

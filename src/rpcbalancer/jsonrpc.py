@@ -26,7 +26,7 @@ UPSTREAM_FAILED = -32003
 _Id = str | int | float | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
 class RpcCall:
     """What routing needs to know of one JSON-RPC request or batch."""
 

@@ -50,7 +50,7 @@ from .probe import ask
 from .upstream import Transport, UpstreamResponse
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
 class ProxyRequest:
     """A request to forward, as the router sees it."""
 

@@ -45,7 +45,7 @@ _KEPT_HEADERS = frozenset({b"content-type", b"cache-control", b"retry-after"})
 MAX_BODY = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
 class UpstreamResponse:
     status: int
     headers: tuple[tuple[str, str], ...]

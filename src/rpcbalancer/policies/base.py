@@ -17,7 +17,7 @@ from ..config import StrategyConfig
 from ..nodes import Node
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
 class PickContext:
     now: float
     client_ip: str = ""
