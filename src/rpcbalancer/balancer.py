@@ -8,7 +8,6 @@ traffic even in the first second; closing it stops the probes and the connection
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
@@ -16,6 +15,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from .canary import Canary, StoreView
 from .chains import CHAINS, Chain
 from .clientip import parse_networks
 from .config import Config
@@ -25,6 +25,7 @@ from .periodic import Periodic
 from .policies import make_policy
 from .probe import Prober
 from .router import Router
+from .store import open_store
 from .upstream import H1Transport, Transport
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,23 @@ class Balancer:
             concurrency=config.probe.concurrency,
             clock=clock,
         )
+        self.store = None if config.store.lower() == "none" else open_store(config.store)
+        self.canary = Canary(
+            self.fleet,
+            self.prober,
+            self.store,
+            interval=config.probe.interval,
+            retention=config.history_retention,
+            round_deadline=config.probe.round_deadline,
+            clock=clock,
+        )
+        self.view = (
+            StoreView(
+                self.fleet, self.store, stale_after=3 * config.probe.interval + 5, clock=clock
+            )
+            if self.store is not None
+            else None
+        )
         self.dns = (
             DnsExpander(config.nodes, self.fleet, resolver=resolver, refresh=config.dns_refresh)
             if config.resolve_dns
@@ -93,14 +111,25 @@ class Balancer:
             await stack.enter_async_context(
                 Periodic("dns", self.config.dns_refresh, self.dns.refresh)
             )
-        try:
-            async with asyncio.timeout(self.config.probe.timeout + 1.0):
-                await self.prober.round()
-        except TimeoutError:
-            log.warning("the first probe round did not finish in time; serving anyway")
-        await stack.enter_async_context(
-            Periodic("probes", self.config.probe.interval, self.prober.round)
-        )
+        interval = self.config.probe.interval
+        if self.store is not None and self.view is not None:
+            stack.push_async_callback(self.store.close)
+            await self.view.refresh()  # opens the store; takes what a canary already saw
+        if any(node.probe is None for node in self.fleet.nodes):
+            # Serve no one before every node was looked at: the first round, bounded.
+            first = min(self.config.probe.round_deadline, self.config.probe.timeout + 1.0)
+            if self.config.canary == "embedded":
+                await self.canary.round()
+            else:
+                await self.prober.round(first)
+        if self.config.canary == "embedded":
+            await stack.enter_async_context(Periodic("canary", interval, self.canary.tick))
+        else:
+            await stack.enter_async_context(Periodic("fallback-probes", interval, self._fallback))
+        if self.view is not None:
+            await stack.enter_async_context(
+                Periodic("store-view", self.config.store_refresh, self.view.refresh)
+            )
         self._stack = stack
         usable, failopen = self.fleet.candidates(self.clock())
         log.info(
@@ -112,6 +141,11 @@ class Balancer:
             " (failing open)" if failopen else "",
         )
         return self
+
+    async def _fallback(self) -> None:
+        """External canary: probe for ourselves while the store brings nothing fresh."""
+        if self.view is None or self.view.stale():
+            await self.prober.round(self.config.probe.round_deadline)
 
     async def __aexit__(
         self,

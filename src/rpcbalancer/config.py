@@ -105,8 +105,12 @@ class Timeouts(_Model):
 
 class ProbeConfig(_Model):
     interval: float = Field(10.0, gt=0)
+    """Seconds between canary rounds."""
     timeout: float = Field(3.0, gt=0)
+    """Seconds one probe call may take."""
     concurrency: int = Field(16, ge=1)
+    round_deadline: float = Field(20.0, gt=0)
+    """Seconds a whole round may take; nodes not answered by then are left for the next."""
 
 
 class CircuitBreaker(_Model):
@@ -155,6 +159,13 @@ class Config(_Model):
     listen: Listen = Listen()
     limits: ServerLimits = ServerLimits()
     store: str = "sqlite:///rpcbalancer-health.db"
+    """The shared health store; ``none`` keeps health in memory only."""
+    canary: Literal["embedded", "external"] = "embedded"
+    """``embedded``: this process probes (under the store's lease); ``external``: another
+    process does (``rpcbalancer canary``, the scheduled Lambda) and this one only reads."""
+    store_refresh: float = Field(2.0, gt=0)
+    """Seconds the balancer keeps its copy of the store's view before reading it again."""
+    history_retention: float = Field(86400.0, gt=0)
     probe: ProbeConfig = ProbeConfig()
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     trusted_proxies: tuple[str, ...] = ()
@@ -186,6 +197,17 @@ class Config(_Model):
         if not isinstance(value, str) or not re.fullmatch(r"\d+(\.\d+)*", value.strip()):
             raise ValueError("must be a dotted version such as 0.23.0")
         return value.strip()
+
+    @field_validator("store")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        value = value.strip()
+        schemes = ("sqlite", "redis", "rediss", "unix", "postgresql", "postgres")
+        if value.lower() == "none" or urlsplit(value).scheme in schemes:
+            return value
+        raise ValueError(
+            "must be none, sqlite:///file.db, redis://host:port/db or postgresql://..."
+        )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -91,21 +91,33 @@ class Prober:
         self._usable: dict[int, bool] = {}
         self.rounds = 0
 
-    async def round(self) -> list[ProbeResult]:
-        """Probe every node once and apply the results; returns them in fleet order."""
+    async def round(self, deadline: float | None = None) -> list[tuple[Node, ProbeResult]]:
+        """Probe every node once and apply each result as it comes. Returns what finished,
+        in fleet order; nodes still unanswered after ``deadline`` seconds are left out."""
+        done: dict[int, tuple[Node, ProbeResult]] = {}
 
-        async def one(node: Node) -> ProbeResult:
+        async def one(node: Node) -> None:
             async with self._limit:
                 result = await probe_node(
                     self.transport, self.chain, node, self.timeout, clock=self.clock
                 )
             node.apply_probe(result)
-            return result
+            done[node.index] = (node, result)
 
-        results = await asyncio.gather(*(one(n) for n in self.fleet.nodes))
+        nodes = list(self.fleet.nodes)
+        try:
+            async with asyncio.timeout(deadline):
+                await asyncio.gather(*(one(n) for n in nodes))
+        except TimeoutError:
+            log.warning(
+                "probe round cut at its %.1fs deadline: %d of %d nodes answered",
+                deadline or 0.0,
+                len(done),
+                len(nodes),
+            )
         self.rounds += 1
         self._log_changes()
-        return list(results)
+        return [done[n.index] for n in nodes if n.index in done]
 
     def _log_changes(self) -> None:
         """Log each node that became excluded (with the reason) or usable again, once."""

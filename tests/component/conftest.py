@@ -28,7 +28,8 @@ class Harness:
             await node.start()
             self.stack.push_async_callback(node.stop)
             self.nodes[name] = node
-        data = {"nodes": [n.url for n in self.nodes.values()], **config}
+        # Health stays in memory unless a test brings a store of its own.
+        data = {"nodes": [n.url for n in self.nodes.values()], "store": "none", **config}
         balancer = Balancer(from_mapping(data, env={}), rng=random.Random(3))
         self.balancer = await self.stack.enter_async_context(balancer)
         self.gateway = Gateway(balancer)

@@ -44,7 +44,7 @@ async def test_asgi_app_serves_through_its_lifespan() -> None:
     node = FakeNode("a")
     await node.start()
     try:
-        app = App(from_mapping({"nodes": [node.url]}, env={}))
+        app = App(from_mapping({"nodes": [node.url], "store": "none"}, env={}))
         lifespan = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
         replies: list[dict[str, Any]] = []
 

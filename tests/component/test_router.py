@@ -271,7 +271,7 @@ async def test_per_node_headers_reach_the_node(harness: Any) -> None:
     await node.start()
     try:
         config = from_mapping(
-            {"nodes": [{"url": node.url, "headers": {"X-Edge-Key": "k1"}}]}, env={}
+            {"nodes": [{"url": node.url, "headers": {"X-Edge-Key": "k1"}}], "store": "none"}, env={}
         )
         async with Balancer(config) as balancer:
             resp = await Gateway(balancer).handle(
@@ -306,6 +306,7 @@ async def test_dns_names_become_one_node_per_address() -> None:
                 "nodes": [f"http://nodes.test:{first.port}"],
                 "resolve_dns": True,
                 "strategy": "round_robin",
+                "store": "none",
             },
             env={},
         )
