@@ -276,17 +276,22 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def test_workers_share_the_port_and_stop_together(fleet: FleetThread,
-                                                  balancer_process: Any) -> None:
-    lb = balancer_process({"nodes": [fleet["fast"].url, fleet["medium"].url]},
-                          args=("--workers", "2"))
+def test_workers_share_the_port_and_stop_together(
+    fleet: FleetThread, balancer_process: Any
+) -> None:
+    lb = balancer_process(
+        {"nodes": [fleet["fast"].url, fleet["medium"].url]}, args=("--workers", "2")
+    )
     assert lb.proc is not None
     workers = _children(lb.proc.pid)
     assert len(workers) >= 2
     sessions = [requests.Session() for _ in range(8)]  # separate connections, spread by the kernel
     for i in range(80):
-        resp = sessions[i % 8].post(lb.url, data=orjson.dumps(
-            {"jsonrpc": "2.0", "method": DGP, "params": [], "id": i}), timeout=10)
+        resp = sessions[i % 8].post(
+            lb.url,
+            data=orjson.dumps({"jsonrpc": "2.0", "method": DGP, "params": [], "id": i}),
+            timeout=10,
+        )
         assert resp.status_code == 200 and resp.json()["id"] == i
     for session in sessions:
         session.close()
