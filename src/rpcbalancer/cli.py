@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .config import Config, load
+from .config import Config, load, parse_duration
 from .errors import ConfigError
 
 cli = typer.Typer(
@@ -70,7 +70,7 @@ def probe(config: ConfigOption = None) -> None:
     """Probe every node once and print what the balancer would make of each."""
     cfg = _load(config)
     _logging("error")
-    from .probe_report import run_probe
+    from .reports import run_probe
 
     rows, usable = asyncio.run(run_probe(cfg))
     table = Table(title=f"{cfg.chain} nodes, probed once")
@@ -81,6 +81,83 @@ def probe(config: ConfigOption = None) -> None:
     Console().print(table)
     if not usable:
         err.print("[red]no node is usable[/red]")
+        raise typer.Exit(1)
+
+
+StoreOption = Annotated[
+    str | None, typer.Option("--store", help="Health store URL (overrides the config).")
+]
+
+
+@cli.command()
+def canary(
+    config: ConfigOption = None,
+    store: StoreOption = None,
+    interval: Annotated[
+        str | None,
+        typer.Option(help="Time between rounds: 60s, 1m, 500ms (default: probe.interval)."),
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="Run one full round and exit.")] = False,
+) -> None:
+    """Probe every node and record the results in the health store."""
+    every = None
+    if interval is not None:
+        try:
+            every = parse_duration(interval)
+        except ValueError as exc:
+            err.print(f"[red]--interval:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+    cfg = _load(config, store=store)
+    _logging(cfg.log_level)
+    from .canary import run_canary
+
+    records = asyncio.run(run_canary(cfg, interval=every, once=once))
+    if once:
+        ok = sum(r.ok for r in records)
+        typer.echo(f"probed {len(records)} nodes, {ok} up; recorded in {cfg.store.split('@')[-1]}")
+
+
+@cli.command()
+def status(
+    config: ConfigOption = None,
+    store: StoreOption = None,
+    window: Annotated[str, typer.Option(help="History window for the latency figures.")] = "1h",
+) -> None:
+    """Print the shared view from the health store; exits 1 when no node is usable."""
+    cfg = _load(config, store=store)
+    _logging("error")
+    from .reports import run_status
+
+    try:
+        rows, usable = asyncio.run(run_status(cfg, parse_duration(window)))
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        err.print(
+            f"[red]cannot read the health store:[/red] {type(exc).__name__}: {exc}", highlight=False
+        )
+        raise typer.Exit(2) from None
+    table = Table(title=f"health store {cfg.store.split('@')[-1]}")
+    for column in (
+        "node",
+        "state",
+        "p50",
+        "p99",
+        "head block",
+        "lag",
+        "version",
+        "last error",
+        "last seen",
+    ):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    if not usable:
+        err.print(
+            "[red]no node is usable[/red]" if rows else "[red]the store holds no probes[/red]"
+        )
         raise typer.Exit(1)
 
 

@@ -239,6 +239,18 @@ def display_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{path}"
 
 
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|)\s*")
+_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``500ms``, ``60s``, ``60``, ``1m`` or ``1h``."""
+    match = _DURATION.fullmatch(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a duration such as 500ms, 60s, 1m or 1h")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
 # --- loading -------------------------------------------------------------------------------
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
