@@ -106,6 +106,36 @@ class BalancerProcess:
         return requests.post(self.url + "/", json=body, timeout=kw.pop("timeout", 15), **kw)
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server for the whole run."""
+    from .services import RedisServer
+
+    if os.environ.get("RPCBALANCER_TEST_REDIS_URL"):
+        yield os.environ["RPCBALANCER_TEST_REDIS_URL"]
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server for the whole run."""
+    from .services import PostgresServer
+
+    if os.environ.get("RPCBALANCER_TEST_POSTGRES_URL"):
+        yield os.environ["RPCBALANCER_TEST_POSTGRES_URL"]
+        return
+    server = PostgresServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def balancer_process(tmp_path: Path) -> Iterator[Any]:
     """A factory: ``balancer_process(config_dict)`` starts a server; all stop at teardown."""

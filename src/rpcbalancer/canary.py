@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -38,7 +39,8 @@ LEASE = "canary-round"
 
 
 def canary_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who a canary is: host, process, and a token (two canaries may share a process)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class StoreHealth:

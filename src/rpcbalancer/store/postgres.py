@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import ConfigError
 from .base import ProbeRecord
 
 SCHEMA = """
@@ -39,7 +40,12 @@ class PostgresStore:
         return "<PostgresStore>"
 
     async def open(self) -> None:
-        import asyncpg  # an optional dependency: imported on use
+        try:
+            import asyncpg  # an optional dependency: imported on use
+        except ImportError:
+            raise ConfigError(
+                "store: postgresql:// needs asyncpg: pip install 'rpcbalancer[postgres]'"
+            ) from None
 
         if self._pool is None:
             self._pool = await asyncpg.create_pool(

@@ -1,8 +1,9 @@
 """Redis: the natural shared store for many balancer instances.
 
 Keys (under a prefix, ``rpcbalancer`` unless the URL says ``?prefix=``): a hash of the
-latest record per node, a sorted set of history scored by time, and one key per lease taken
-with ``SET NX PX`` and released only by its owner (a compare-and-delete script).
+latest record per node (and one of its time, so that a write replaces it only with a newer
+one, in one atomic script), a sorted set of history scored by time, and one key per lease
+taken with ``SET NX PX`` and released only by its owner (a compare-and-delete script).
 """
 
 from __future__ import annotations
@@ -11,8 +12,22 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+from ..errors import ConfigError
 from .base import ProbeRecord
 
+# Atomic: a node's latest record is replaced only by a newer one; history gets everything.
+_WRITE = """
+for i = 1, #ARGV, 3 do
+  local node, at, raw = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local current = redis.call('hget', KEYS[3], node)
+  if not current or tonumber(current) <= at then
+    redis.call('hset', KEYS[1], node, raw)
+    redis.call('hset', KEYS[3], node, ARGV[i + 1])
+  end
+  redis.call('zadd', KEYS[2], at, raw)
+end
+return #ARGV / 3
+"""
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
@@ -35,7 +50,12 @@ class RedisStore:
         return f"{self.prefix}:{name}"
 
     async def open(self) -> None:
-        from redis import asyncio as aioredis  # an optional dependency: imported on use
+        try:
+            from redis import asyncio as aioredis  # an optional dependency: imported on use
+        except ImportError:
+            raise ConfigError(
+                "store: redis:// needs the redis package: pip install 'rpcbalancer[redis]'"
+            ) from None
 
         if self._client is None:
             self._client = aioredis.from_url(
@@ -52,12 +72,11 @@ class RedisStore:
             self._client = None
 
     async def write(self, records: Sequence[ProbeRecord]) -> None:
-        async with self._client.pipeline(transaction=True) as pipe:
-            for record in records:
-                raw = record.to_json()
-                pipe.hset(self._key("latest"), record.node, raw)
-                pipe.zadd(self._key("history"), {raw: record.at})
-            await pipe.execute()
+        args: list[bytes | str] = []
+        for record in records:
+            args += [record.node, repr(record.at), record.to_json()]
+        keys = (self._key("latest"), self._key("history"), self._key("latest-at"))
+        await self._client.eval(_WRITE, len(keys), *keys, *args)
 
     async def latest(self) -> dict[str, ProbeRecord]:
         raw = await self._client.hgetall(self._key("latest"))
