@@ -136,6 +136,25 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def dynamodb_endpoint() -> Iterator[str]:
+    """A local DynamoDB (moto in server mode) for the whole run."""
+    from .services import MotoServer
+
+    # boto3 insists on credentials; these only ever reach the local emulator.
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ.setdefault(name, value)
+    server = MotoServer().start()
+    try:
+        yield server.endpoint
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def balancer_process(tmp_path: Path) -> Iterator[Any]:
     """A factory: ``balancer_process(config_dict)`` starts a server; all stop at teardown."""

@@ -146,3 +146,34 @@ class PostgresServer:
             self.proc.wait(20)
         self.proc = None
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class MotoServer:
+    """moto in server mode: the most faithful DynamoDB this machine can run (there is no
+    DynamoDB Local without Java and a download; moto speaks the same HTTP API)."""
+
+    def __init__(self) -> None:
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            missing("moto[server]")
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> MotoServer:
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None

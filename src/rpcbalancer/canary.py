@@ -123,7 +123,9 @@ class Canary:
         try:
             async with asyncio.timeout(5.0):
                 latest = await self.store.latest()
-                newest = max((r.at for r in latest.values()), default=0.0)
+                # Only this fleet's nodes count: one store may serve several fleets.
+                mine = {node.url for node in self.fleet.nodes}
+                newest = max((r.at for url, r in latest.items() if url in mine), default=0.0)
                 if self.wall() - newest < self.interval * 0.8:
                     self.health.ok()
                     return False  # a round is recent enough: the store view brings it here

@@ -202,11 +202,12 @@ class Config(_Model):
     @classmethod
     def _store_scheme(cls, value: str) -> str:
         value = value.strip()
-        schemes = ("sqlite", "redis", "rediss", "unix", "postgresql", "postgres")
+        schemes = ("sqlite", "redis", "rediss", "unix", "postgresql", "postgres", "dynamodb")
         if value.lower() == "none" or urlsplit(value).scheme in schemes:
             return value
         raise ValueError(
-            "must be none, sqlite:///file.db, redis://host:port/db or postgresql://..."
+            "must be none, sqlite:///file.db, redis://host:port/db, postgresql://... "
+            "or dynamodb://table?region=..."
         )
 
     @field_validator("log_level", mode="before")

@@ -44,11 +44,17 @@ def balancer(nodes: list[FakeNode], store: str, **config: Any) -> Balancer:
     )
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres", "dynamodb"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/health.db"
-    return f"{request.getfixturevalue('redis_url')}?prefix=c{time.time_ns()}"
+    if request.param == "redis":
+        return f"{request.getfixturevalue('redis_url')}?prefix=c{time.time_ns()}"
+    if request.param == "dynamodb":
+        endpoint = request.getfixturevalue("dynamodb_endpoint")
+        return f"dynamodb://c{time.time_ns()}?region=us-east-1&endpoint={endpoint}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 async def test_two_canaries_probe_each_node_once_per_round(

@@ -14,7 +14,7 @@ from rpcbalancer.errors import ConfigError
 from rpcbalancer.store import HealthStore, ProbeRecord, open_store
 from rpcbalancer.store.sqlite import path_of
 
-BACKENDS = ["sqlite", "redis", "postgres"]
+BACKENDS = ["sqlite", "redis", "postgres", "dynamodb"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -24,6 +24,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/health.db"
     if request.param == "redis":
         return f"{request.getfixturevalue('redis_url')}?prefix=t{uuid.uuid4().hex[:8]}"
+    if request.param == "dynamodb":
+        endpoint = request.getfixturevalue("dynamodb_endpoint")
+        return f"dynamodb://t{uuid.uuid4().hex[:8]}?region=us-east-1&endpoint={endpoint}"
     url: str = request.getfixturevalue("postgres_url")
     return url
 

@@ -23,9 +23,13 @@ def open_store(url: str) -> HealthStore:
         from .postgres import PostgresStore
 
         return PostgresStore(url)
+    if scheme == "dynamodb":
+        from .dynamodb import DynamoStore
+
+        return DynamoStore(url)
     raise ConfigError(
-        f"store: unknown URL scheme {scheme!r} in {url!r} "
-        "(sqlite:///file.db, redis://host:port/db, postgresql://...)"
+        f"store: unknown URL scheme {scheme!r} in {url!r} (sqlite:///file.db, "
+        "redis://host:port/db, postgresql://..., dynamodb://table?region=...)"
     )
 
 
