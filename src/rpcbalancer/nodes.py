@@ -243,7 +243,14 @@ class Node:
     # -- active probing -----------------------------------------------------------------
 
     def apply_probe(self, result: ProbeResult) -> None:
+        recovered = result.ok and self.probe is not None and not self.probe.ok
         self.probe = result
+        if recovered:
+            # Back from down: start afresh from the probe's latency. The failure penalties
+            # it collected while down would otherwise keep it idle for a minute or more.
+            self._ewma = None
+            self.consecutive_failures = 0
+            self.ejected_until = 0.0
         if self.on_change is not None:
             self.on_change()
         if result.ok:

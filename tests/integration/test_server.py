@@ -16,6 +16,8 @@ import requests
 
 from rpcbalancer.sim import FleetThread
 
+from ..conftest import free_port
+
 DGP = "condenser_api.get_dynamic_global_properties"
 
 
@@ -301,3 +303,30 @@ def test_workers_share_the_port_and_stop_together(
     while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
         time.sleep(0.1)
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+def test_canary_once_then_status(fleet: FleetThread, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/health.db"
+    env = {"RPCBALANCER_NODES": ",".join(fleet.urls)}
+    once = run_cli("canary", "--once", "--store", store, env=env)
+    assert once.returncode == 0, once.stderr
+    assert "probed 4 nodes, 4 up" in once.stdout
+    status = run_cli("status", "--store", store, env=env)
+    assert status.returncode == 0, status.stderr
+    assert fleet["fast"].url in status.stdout and "usable" in status.stdout
+    assert re.search(r"excluded: (199|200|201) blocks behind", status.stdout)
+    assert "ms" in status.stdout  # latency percentiles from the history
+
+
+def test_status_exit_codes(fleet: FleetThread, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/down.db"
+    fleet.kill("slow")
+    env = {"RPCBALANCER_NODES": fleet["slow"].url}
+    assert run_cli("canary", "--once", "--store", store, env=env).returncode == 0
+    down = run_cli("status", "--store", store, env=env)
+    assert down.returncode == 1 and "no node is usable" in down.stderr
+    assert "connection refused" in down.stdout
+    unreachable = run_cli("status", "--store", f"redis://127.0.0.1:{free_port()}/0", env=env)
+    assert unreachable.returncode == 2 and "cannot read the health store" in unreachable.stderr
+    bad = run_cli("canary", "--interval", "soon", env=env)
+    assert bad.returncode == 2 and "not a duration" in bad.stderr

@@ -126,3 +126,16 @@ def test_repr_explains_the_node() -> None:
 
 def test_health_defaults_match_the_documented_ones() -> None:
     assert Health().max_block_lag == 10
+
+
+def test_a_node_back_from_down_starts_afresh() -> None:
+    f = fleet(1, breaker_failures=2)
+    node = f.nodes[0]
+    probed(node, at=0.0)
+    for _ in range(2):
+        node.record(1.0, 0.001, False, error="refused", penalty=5.0, health=f.health)
+    probed(node, at=2.0, ok=False, error="refused")
+    assert node.ewma == pytest.approx(5.0) and f.exclusion(node, 2.0) is not None
+    probed(node, at=3.0, ok=True, latency=0.004)  # the probe finds it well again
+    assert node.ewma == pytest.approx(0.004)
+    assert f.exclusion(node, 3.0) is None and node.consecutive_failures == 0

@@ -36,10 +36,11 @@ async def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m rpcbalancer.sim")
     parser.add_argument("--node", action="append", type=parse_node, required=True)
     parser.add_argument("--chain", default="steem")
+    parser.add_argument("--port", type=int, default=0, help="port of the first node (0: any)")
     args = parser.parse_args(argv)
     nodes = [FakeNode(name, b, chain=args.chain, seed=i) for i, (name, b) in enumerate(args.node)]
-    for node in nodes:
-        await node.start()
+    for i, node in enumerate(nodes):
+        await node.start(args.port if i == 0 and args.port else None)
     sys.stdout.write(orjson.dumps({n.name: n.url for n in nodes}).decode() + "\n")
     sys.stdout.flush()
     stop = asyncio.Event()
