@@ -177,3 +177,15 @@ class MotoServer:
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None
+
+
+async def empty_postgres(url: str) -> None:
+    """PostgreSQL tables are shared by the whole run: tests that use them start empty."""
+    from rpcbalancer.store import open_store
+
+    store = open_store(url)
+    await store.open()
+    try:
+        await store._pool.execute("TRUNCATE rpcbalancer_latest, rpcbalancer_history")  # type: ignore[attr-defined]
+    finally:
+        await store.close()

@@ -16,6 +16,7 @@ from rpcbalancer.config import from_mapping
 from rpcbalancer.sim import Behaviour, FakeNode
 
 from ..conftest import free_port
+from ..services import empty_postgres
 
 DGP = "condenser_api.get_dynamic_global_properties"
 
@@ -54,6 +55,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         endpoint = request.getfixturevalue("dynamodb_endpoint")
         return f"dynamodb://c{time.time_ns()}?region=us-east-1&endpoint={endpoint}"
     url: str = request.getfixturevalue("postgres_url")
+    asyncio.run(empty_postgres(url))
     return url
 
 

@@ -14,6 +14,8 @@ from rpcbalancer.errors import ConfigError
 from rpcbalancer.store import HealthStore, ProbeRecord, open_store
 from rpcbalancer.store.sqlite import path_of
 
+from ..services import empty_postgres
+
 BACKENDS = ["sqlite", "redis", "postgres", "dynamodb"]
 
 
@@ -33,6 +35,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 async def make_store(store_url: str) -> AsyncIterator[Callable[[], Any]]:
+    if store_url.startswith("postgresql"):
+        await empty_postgres(store_url)
     opened: list[HealthStore] = []
 
     async def make() -> HealthStore:
@@ -44,11 +48,6 @@ async def make_store(store_url: str) -> AsyncIterator[Callable[[], Any]]:
     yield make
     for store in opened:
         await store.close()
-    if store_url.startswith("postgresql"):
-        # PostgreSQL tables are shared by the whole run: leave them empty.
-        cleaner = await make()
-        await cleaner._pool.execute("TRUNCATE rpcbalancer_latest, rpcbalancer_history")  # type: ignore[attr-defined]
-        await cleaner.close()
 
 
 def record(node: str, at: float, **kw: Any) -> ProbeRecord:
