@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from common import free_port  # bench/common.py, beside this file
 
 BODY = json.dumps(
     {
@@ -33,12 +34,6 @@ BODY = json.dumps(
     }
 ).encode()
 MAX_REQUESTS = 2_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def drive(url: str, seconds: float, concurrency: int) -> dict[str, float]:

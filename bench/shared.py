@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+from common import free_port, wait_port  # bench/common.py, beside this file
 
 BODY = json.dumps(
     {
@@ -36,23 +36,6 @@ BODY = json.dumps(
         "id": 1,
     }
 ).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 async def load(urls: list[str], seconds: float, rate: float, on_third: object) -> dict[str, object]:

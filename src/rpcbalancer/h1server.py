@@ -33,30 +33,18 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import cast
 
 import httptools
 import orjson
 
+from .config import ServerLimits
 from .gateway import HttpRequest, HttpResponse
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """See ``config.ServerLimits``, which documents and validates each one."""
-
-    max_header_bytes: int = 32 * 1024
-    max_headers: int = 100
-    max_body: int = 8 * 1024 * 1024
-    request_timeout: float = 30.0
-    idle_timeout: float = 30.0
-    max_pipeline: int = 32
 
 
 class _Reject(Exception):
@@ -89,7 +77,9 @@ def _error_body(status: int, message: str) -> bytes:
 class H1Server(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, handler: Handler, limits: Limits, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, handler: Handler, limits: ServerLimits, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.handler = handler
         self.limits = limits
         self.loop = loop

@@ -22,7 +22,7 @@ from typing import Any
 from .balancer import Balancer
 from .config import Config
 from .gateway import Gateway
-from .h1server import H1Server, Limits
+from .h1server import H1Server
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ async def _serve(config: Config, *, reuse_port: bool = False) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with Balancer(config) as balancer:
         gateway = Gateway(balancer)
-        limits = Limits(**config.limits.model_dump())
+        limits = config.limits
         connections: set[H1Server] = set()
 
         def factory() -> H1Server:

@@ -53,34 +53,16 @@ class ProbeRecord:
     def from_result(
         cls, node: str, result: ProbeResult, *, mono_now: float, wall_now: float, canary: str
     ) -> ProbeRecord:
-        return cls(
-            node=node,
-            at=wall_now - (mono_now - result.at),
-            ok=result.ok,
-            latency=result.latency,
-            error=result.error,
-            head_block=result.head_block,
-            head_age=result.head_age,
-            irreversible_block=result.irreversible_block,
-            version=result.version,
-            version_doc=result.version_doc,
-            jussi_num=result.jussi_num,
-            canary=canary,
-        )
+        shared = {name: getattr(result, name) for name in _SHARED}
+        return cls(node=node, at=wall_now - (mono_now - result.at), canary=canary, **shared)
 
     def to_result(self, *, mono_now: float, wall_now: float) -> ProbeResult:
-        return ProbeResult(
-            at=mono_now - max(0.0, wall_now - self.at),
-            ok=self.ok,
-            latency=self.latency,
-            error=self.error,
-            head_block=self.head_block,
-            head_age=self.head_age,
-            irreversible_block=self.irreversible_block,
-            version=self.version,
-            version_doc=self.version_doc,
-            jussi_num=self.jussi_num,
-        )
+        shared = {name: getattr(self, name) for name in _SHARED}
+        return ProbeResult(at=mono_now - max(0.0, wall_now - self.at), **shared)
+
+
+# What a stored record and a live probe result have in common: all but the clock.
+_SHARED = tuple(name for name in ProbeResult.__dataclass_fields__ if name != "at")
 
 
 class HealthStore(Protocol):
