@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from .budget import RetryBudget
 from .canary import Canary, StoreView
 from .chains import CHAINS, Chain
 from .clientip import parse_networks
 from .config import Config
 from .dns import DnsExpander, Resolver, system_resolver
-from .nodes import Fleet, Health, Node, parse_version
+from .nodes import Fleet, Health, Node, OutlierRule, eject_outliers, parse_version
 from .periodic import Periodic
 from .policies import make_policy
 from .probe import Prober
@@ -52,9 +53,19 @@ class Balancer:
                 min_version=parse_version(config.min_version),
                 breaker_failures=config.circuit_breaker.failures,
                 breaker_cooldown=config.circuit_breaker.cooldown,
+                slow_start=config.outlier.slow_start,
             ),
         )
-        self.policy = make_policy(config.strategy, rng)
+        self.rng = rng or random.Random()
+        self.policy = make_policy(config.strategy, self.rng)
+        self.outliers = OutlierRule(
+            min_requests=config.outlier.min_requests,
+            stdev_factor=config.outlier.stdev_factor,
+            min_success=config.outlier.min_success,
+            base_ejection=config.outlier.base_ejection,
+            max_ejection=config.outlier.max_ejection,
+            max_ejected=config.outlier.max_ejected,
+        )
         self.transport = transport or H1Transport(config.timeouts.connect)
         self.trusted_proxies = parse_networks(config.trusted_proxies)
         self.router = Router(
@@ -66,6 +77,10 @@ class Balancer:
             total=config.timeouts.total,
             retries=config.retries,
             clock=clock,
+            budget=RetryBudget(
+                config.budget.ratio, config.budget.min_per_second, config.budget.burst
+            ),
+            hedge=config.hedge,
         )
         self.prober = Prober(
             self.fleet,
@@ -130,6 +145,8 @@ class Balancer:
             await stack.enter_async_context(
                 Periodic("store-view", self.config.store_refresh, self.view.refresh)
             )
+        if self.config.outlier.enabled:
+            await stack.enter_async_context(Periodic("outliers", 1.0, self._review_outliers))
         self._stack = stack
         usable, failopen = self.fleet.candidates(self.clock())
         log.info(
@@ -141,6 +158,11 @@ class Balancer:
             " (failing open)" if failopen else "",
         )
         return self
+
+    async def _review_outliers(self) -> None:
+        jitter = 0.85 + 0.3 * self.rng.random()
+        for node in eject_outliers(self.fleet, self.clock(), self.outliers, jitter):
+            log.warning("node %s ejected as an outlier: %s", node.name, node.last_error)
 
     async def _fallback(self) -> None:
         """External canary: probe for ourselves while the store brings nothing fresh."""

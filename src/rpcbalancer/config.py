@@ -120,6 +120,42 @@ class CircuitBreaker(_Model):
     """Seconds an ejected node sits out before one trial request."""
 
 
+class HedgeConfig(_Model):
+    """Hedged reads: a read still unanswered after about its node's ``quantile`` latency
+    goes to a second node as well; the first good answer wins."""
+
+    enabled: bool = True
+    quantile: float = Field(0.95, gt=0, lt=1)
+    min_delay: float = Field(0.01, ge=0)
+    max_delay: float = Field(1.0, gt=0)
+    min_samples: int = Field(20, ge=1)
+    """Answers a node must have given before its latency is trusted to time a hedge."""
+
+
+class BudgetConfig(_Model):
+    """Retries and hedges together: at most ``ratio`` extra tries per request."""
+
+    ratio: float = Field(0.1, ge=0, le=1)
+    min_per_second: float = Field(3.0, ge=0)
+    burst: float = Field(20.0, ge=1)
+
+
+class OutlierConfig(_Model):
+    """Ejection of a node whose success rate is well below its peers'."""
+
+    enabled: bool = True
+    min_requests: int = Field(20, ge=1)
+    stdev_factor: float = Field(1.9, gt=0)
+    min_success: float = Field(0.9, ge=0, le=1)
+    """A node is an outlier only below this success rate as well."""
+    base_ejection: float = Field(10.0, gt=0)
+    max_ejection: float = Field(300.0, gt=0)
+    max_ejected: float = Field(0.5, ge=0, le=1)
+    """At most this share of the fleet is ejected at once."""
+    slow_start: float = Field(10.0, ge=0)
+    """Seconds over which a node coming back ramps up to its full share."""
+
+
 class Listen(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -168,6 +204,9 @@ class Config(_Model):
     history_retention: float = Field(86400.0, gt=0)
     probe: ProbeConfig = ProbeConfig()
     circuit_breaker: CircuitBreaker = CircuitBreaker()
+    hedge: HedgeConfig = HedgeConfig()
+    budget: BudgetConfig = BudgetConfig()
+    outlier: OutlierConfig = OutlierConfig()
     trusted_proxies: tuple[str, ...] = ()
     forward_paths: bool = False
     resolve_dns: bool = False

@@ -26,7 +26,10 @@ from .views import health_doc, status_doc
 ALLOW = "GET, HEAD, POST, OPTIONS"
 _CORS = (
     ("access-control-allow-origin", "*"),
-    ("access-control-expose-headers", "x-rpc-node, x-rpc-attempts, x-rpc-node-version"),
+    (
+        "access-control-expose-headers",
+        "x-rpc-node, x-rpc-attempts, x-rpc-node-version, x-rpc-hedged",
+    ),
 )
 _JSON = ("content-type", "application/json")
 
@@ -143,6 +146,8 @@ class Gateway:
         headers += [(k, v) for k, v in resp.headers if k != "content-type"]
         headers.append(("x-rpc-node", node.name))
         headers.append(("x-rpc-attempts", str(outcome.attempts)))
+        if outcome.hedged:
+            headers.append(("x-rpc-hedged", "1"))
         probe = node.probe
         if probe is not None and probe.version:
             headers.append(("x-rpc-node-version", probe.version))

@@ -39,6 +39,7 @@ from .config import NodeConfig
 _OUTCOME_WINDOW = 64  # recent outcomes kept per node for the error rate
 _LATENCY_WINDOW = 512  # recent successful latencies kept per node for percentiles
 CANDIDATES_TTL = 0.05  # seconds the usable-node list is reused between changes
+CLEAN_AFTER = 300.0  # seconds without ejection after which a node's ejections are forgotten
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class Health:
     min_version: tuple[int, ...] | None = None
     breaker_failures: int = 5
     breaker_cooldown: float = 10.0
+    slow_start: float = 10.0
 
 
 def parse_version(text: str | None) -> tuple[int, ...] | None:
@@ -83,6 +85,8 @@ class Node:
     __slots__ = (
         "_ewma",
         "_ewma_at",
+        "_quantile",
+        "_quantile_seen",
         "consecutive_failures",
         "ejected_until",
         "ejections",
@@ -96,8 +100,10 @@ class Node:
         "name",
         "on_change",
         "probe",
+        "ramp_from",
         "recent",
         "requests",
+        "slow_start",
         "sni",
         "spec",
         "url",
@@ -145,6 +151,11 @@ class Node:
         self.probe: ProbeResult | None = None
         self.on_change: Callable[[], None] | None = None
         """Called when something that decides exclusion changed (set by the fleet)."""
+        self.slow_start = 0.0
+        self.ramp_from = -1e18
+        """When the node came back (from ejection or down): its share ramps up from here."""
+        self._quantile: dict[float, float] = {}
+        self._quantile_seen = 0
 
     def __repr__(self) -> str:
         ewma = f"{self._ewma * 1000:.1f}ms" if self._ewma is not None else "?"
@@ -193,7 +204,6 @@ class Node:
         if ok:
             self.latencies.append(latency)
             self.consecutive_failures = 0
-            self.ejections = 0
             return
         self.failures += 1
         self.consecutive_failures += 1
@@ -203,13 +213,44 @@ class Node:
             and self.consecutive_failures >= health.breaker_failures
             and now >= self.ejected_until
         ):
-            cooldown = health.breaker_cooldown * (2 ** min(self.ejections, 3))
-            self.ejected_until = now + cooldown
-            self.ejections += 1
+            self.eject(now, health.breaker_cooldown, health.breaker_cooldown * 8)
             # After the cooldown the node gets one trial try before the next ejection.
             self.consecutive_failures = health.breaker_failures - 1
-            if self.on_change is not None:
-                self.on_change()
+
+    def eject(self, now: float, base: float, cap: float) -> float:
+        """Take the node out of rotation for ``base`` seconds, doubled for each ejection
+        since it last stayed clean for ``CLEAN_AFTER`` seconds, up to ``cap``; it returns
+        through a slow start. Returns the seconds."""
+        if now - self.ejected_until > CLEAN_AFTER:
+            self.ejections = 0
+        seconds = float(min(cap, base * 2 ** min(self.ejections, 16)))
+        self.ejected_until = now + seconds
+        self.ejections += 1
+        self.ramp_from = self.ejected_until
+        if self.on_change is not None:
+            self.on_change()
+        return seconds
+
+    def ramp(self, now: float) -> float:
+        """The share of its full traffic a returning node takes now (0.1 .. 1)."""
+        if self.slow_start <= 0 or now >= self.ramp_from + self.slow_start:
+            return 1.0
+        return max(0.1, min(1.0, 0.1 + 0.9 * (now - self.ramp_from) / self.slow_start))
+
+    def quantile(self, q: float, min_samples: int) -> float | None:
+        """A latency quantile of recent successful answers, recomputed every 16 answers
+        (sorting on every request would cost more than the hedge it times)."""
+        if len(self.latencies) < min_samples:
+            return None
+        cached = self._quantile.get(q)
+        if cached is None or self.requests - self._quantile_seen >= 16:
+            self._quantile.clear()
+            self._quantile_seen = self.requests
+            cached = self.percentile(q)
+            if cached is None:
+                return None
+            self._quantile[q] = cached
+        return cached
 
     def observe_latency(self, now: float, sample: float, tau: float = 10.0) -> None:
         if self._ewma is None or sample >= self._ewma:
@@ -246,11 +287,12 @@ class Node:
         recovered = result.ok and self.probe is not None and not self.probe.ok
         self.probe = result
         if recovered:
-            # Back from down: start afresh from the probe's latency. The failure penalties
-            # it collected while down would otherwise keep it idle for a minute or more.
+            # Back from down: start afresh from the probe's latency (the failure penalties
+            # it collected while down would keep it idle for a minute), through a slow start.
             self._ewma = None
             self.consecutive_failures = 0
             self.ejected_until = 0.0
+            self.ramp_from = result.at
         if self.on_change is not None:
             self.on_change()
         if result.ok:
@@ -270,6 +312,7 @@ class Fleet:
         self._cached: tuple[float, list[Node], bool] | None = None
         for node in nodes:
             node.on_change = self.invalidate
+            node.slow_start = health.slow_start
 
     def invalidate(self) -> None:
         """Forget the cached candidates: a probe or an ejection changed the picture."""
@@ -282,6 +325,7 @@ class Fleet:
             self.nodes = nodes
             for node in nodes:
                 node.on_change = self.invalidate
+                node.slow_start = self.health.slow_start
             self.invalidate()
 
     def __repr__(self) -> str:
@@ -361,3 +405,44 @@ class Fleet:
             float(node.consecutive_failures),
             node.latency(now) or 0.0,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierRule:
+    min_requests: int = 20
+    stdev_factor: float = 1.9
+    min_success: float = 0.9
+    base_ejection: float = 10.0
+    max_ejection: float = 300.0
+    max_ejected: float = 0.5
+
+
+def eject_outliers(fleet: Fleet, now: float, rule: OutlierRule, jitter: float) -> list[Node]:
+    """Eject nodes whose recent success rate is well below their peers': under
+    ``min_success``, and under the mean of the *other* nodes by more than ``stdev_factor``
+    of their standard deviation (and by at least 5 points). Comparing with the others
+    rather than with a mean that includes the node itself keeps the rule meaningful in the
+    small fleets API nodes come in (three nodes, one sick). The ejection lasts
+    ``base_ejection`` doubled for each repeated one (up to ``max_ejection``), times
+    ``jitter`` (about 1, so that balancers do not all bring a node back at once); at most
+    ``max_ejected`` of the fleet is out at a time. Returns the nodes ejected now."""
+    rated = [(n, 1.0 - n.error_rate()) for n in fleet.nodes if len(n.recent) >= rule.min_requests]
+    if len(rated) < 2:
+        return []
+    out = sum(1 for n in fleet.nodes if now < n.ejected_until)
+    allowed = int(len(fleet.nodes) * rule.max_ejected) - out
+    ejected = []
+    for node, rate in sorted(rated, key=lambda pair: pair[1]):
+        if allowed <= 0 or rate >= rule.min_success or now < node.ejected_until:
+            continue
+        others = [r for n, r in rated if n is not node]
+        mean = sum(others) / len(others)
+        stdev = math.sqrt(sum((r - mean) ** 2 for r in others) / len(others))
+        if rate >= mean - max(rule.stdev_factor * stdev, 0.05):
+            continue
+        node.eject(now, rule.base_ejection * jitter, rule.max_ejection)
+        node.last_error = f"success rate {rate:.0%} against {mean:.0%} for its peers"
+        node.recent.clear()  # judged afresh after it comes back
+        ejected.append(node)
+        allowed -= 1
+    return ejected

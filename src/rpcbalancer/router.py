@@ -20,6 +20,12 @@ a broadcast (a transaction) is never sent twice. Once its bytes may have reached
 that node's answer, whatever it is, is the only one; it is re-sent only when the
 connection failed before anything was written.
 
+A read that has not answered after about its node's p95 latency is *hedged*: the same
+request goes to a second node as well, the first good answer wins and the other try is
+cancelled (which does not count against its node). Hedges and retries draw on one retry
+budget (about 10% of the traffic), so a sick fleet sees at most that many extra requests
+instead of a retry storm.
+
 The router raises nothing for upstream trouble: it returns an :class:`Outcome` that holds
 either the answer or the error that ended the request, plus what was tried, and the
 gateway turns that into a response.
@@ -35,7 +41,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from .budget import RetryBudget
 from .chains import Answer, Chain
+from .config import HedgeConfig
 from .errors import (
     NoHealthyNode,
     RpcBalancerError,
@@ -71,6 +79,7 @@ class Outcome:
     error: RpcBalancerError | None = None
     node: Node | None = None
     tried: list[Node] = field(default_factory=list)
+    hedged: bool = False
 
     @property
     def attempts(self) -> int:
@@ -120,6 +129,8 @@ class Router:
         total: float,
         retries: int,
         clock: Callable[[], float] = time.monotonic,
+        budget: RetryBudget | None = None,
+        hedge: HedgeConfig | None = None,
     ) -> None:
         self.fleet = fleet
         self.policy = policy
@@ -129,13 +140,16 @@ class Router:
         self.total = total
         self.retries = retries
         self.clock = clock
+        self.budget = budget or RetryBudget(ratio=1.0, min_per_second=1e9, burst=1e9)
+        self.hedge = hedge
 
     async def forward(self, req: ProxyRequest) -> Outcome:
         start = self.clock()
         deadline = start + self.total
         outcome = Outcome()
+        self.budget.deposit(start)
         last_error: RpcBalancerError | None = None
-        for _ in range(1 + self.retries):
+        for attempt in range(1 + self.retries):
             now = self.clock()
             if now >= deadline:
                 last_error = UpstreamTimeout(
@@ -147,27 +161,93 @@ class Router:
             left = [n for n in candidates if n not in outcome.tried]
             if not left:
                 break
+            if attempt and not self.budget.withdraw(now):
+                break  # the retry budget is spent: no retry storm on a sick fleet
             node = await self._choose(left, req, now, deadline, failopen)
             if node is None:
                 last_error = NoHealthyNode("no node answered the race ping in time")
                 break
             outcome.tried.append(node)
-            error = await self._try(node, req, deadline, outcome)
+            delay = self._hedge_delay(node, req, len(left))
+            if delay is None:
+                resp, error = await self._try(node, req, deadline)
+            else:
+                resp, error, node = await self._hedged(node, req, deadline, delay, outcome)
             if error is None:
+                outcome.response, outcome.node = resp, node
                 return outcome
             last_error = error
-            if req.broadcast and (outcome.response is not None or error.sent):
-                break  # the node may have the transaction: never send it twice
-        if outcome.response is not None and (req.broadcast or last_error is None):
-            return outcome  # the node's own answer, even if poor, is the only one
+            if req.broadcast and (resp is not None or error.sent):
+                # The node may have the transaction: its answer, whatever it is, is final.
+                outcome.response, outcome.node = resp, node
+                break
+        if outcome.response is not None and req.broadcast:
+            return outcome
         outcome.response = None
         outcome.error = last_error or NoHealthyNode(self._why_none())
         return outcome
 
+    def _hedge_delay(self, node: Node, req: ProxyRequest, choices: int) -> float | None:
+        """How long to wait for ``node`` before asking a second one, or None for no hedge:
+        never for a broadcast, never without a second node, never before the node's
+        latency is known well enough to time it."""
+        hedge = self.hedge
+        if hedge is None or not hedge.enabled or req.broadcast or choices < 2:
+            return None
+        quantile = node.quantile(hedge.quantile, hedge.min_samples)
+        if quantile is None:
+            return None
+        return min(hedge.max_delay, max(hedge.min_delay, quantile))
+
+    async def _hedged(
+        self, first: Node, req: ProxyRequest, deadline: float, delay: float, outcome: Outcome
+    ) -> tuple[UpstreamResponse | None, UpstreamError | None, Node]:
+        """Try ``first``; if it has not answered after ``delay``, try a second node too (when
+        the budget allows). The first good answer wins and the other try is cancelled."""
+        tries = {asyncio.ensure_future(self._try(first, req, deadline)): first}
+        last: tuple[UpstreamResponse | None, UpstreamError | None, Node] = (None, None, first)
+        waiting_to_hedge = True
+        try:
+            while tries:
+                done, _ = await asyncio.wait(
+                    tries,
+                    timeout=delay if waiting_to_hedge else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:  # the first is slow: hedge
+                    waiting_to_hedge = False
+                    now = self.clock()
+                    second = self._another(req, outcome, now)
+                    if second is not None and self.budget.withdraw(now):
+                        outcome.tried.append(second)
+                        outcome.hedged = True
+                        tries[asyncio.ensure_future(self._try(second, req, deadline))] = second
+                    continue
+                for task in done:
+                    node = tries.pop(task)
+                    resp, error = task.result()
+                    if error is None:
+                        return resp, None, node
+                    last = (resp, error, node)
+                if waiting_to_hedge:
+                    break  # it failed before the hedge was due: an ordinary retry follows
+            return last
+        finally:
+            for task in tries:
+                task.cancel()  # the loser: its node is not blamed (see Node.cancel)
+
+    def _another(self, req: ProxyRequest, outcome: Outcome, now: float) -> Node | None:
+        candidates, failopen = self.fleet.candidates(now)
+        left = [n for n in candidates if n not in outcome.tried]
+        if not left or failopen:
+            return None
+        return self.policy.pick(left, PickContext(now=now, client_ip=req.client_ip))
+
     async def _try(
-        self, node: Node, req: ProxyRequest, deadline: float, outcome: Outcome
-    ) -> UpstreamError | None:
-        """One try; fills ``outcome`` on success, returns the error on failure."""
+        self, node: Node, req: ProxyRequest, deadline: float
+    ) -> tuple[UpstreamResponse | None, UpstreamError | None]:
+        """One try: the answer and no error, or the error (with the node's answer when it
+        gave one that a broadcast must not hide)."""
         timeout = max(0.001, min(self.per_try, deadline - self.clock()))
         health = self.fleet.health
         started = self.clock()
@@ -183,15 +263,11 @@ class Router:
                 idempotent=not req.broadcast,
             )
         except UpstreamError as exc:
+            now = self.clock()
             node.end(
-                self.clock(),
-                self.clock() - started,
-                False,
-                error=exc.reason,
-                penalty=self.per_try,
-                health=health,
+                now, now - started, False, error=exc.reason, penalty=self.per_try, health=health
             )
-            return exc
+            return None, exc
         except BaseException:
             node.cancel()  # abandoned by us, not failed by the node
             raise
@@ -206,11 +282,9 @@ class Router:
             health=health,
         )
         if fault is None:
-            outcome.response, outcome.node = resp, node
-            return None
-        if req.broadcast and looks_like_json(resp.body):
-            outcome.response, outcome.node = resp, node
-        return UpstreamBadResponse(node.name, fault, resp.status)
+            return resp, None
+        poor = resp if req.broadcast and looks_like_json(resp.body) else None
+        return poor, UpstreamBadResponse(node.name, fault, resp.status)
 
     async def _choose(
         self,

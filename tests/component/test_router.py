@@ -346,3 +346,75 @@ async def test_the_system_resolver_resolves_localhost() -> None:
     from rpcbalancer.dns import system_resolver
 
     assert "127.0.0.1" in await system_resolver("localhost", 80)
+
+
+async def warm(h: Any, count: int = 30) -> None:
+    for i in range(count):
+        assert (await h.call(DGP, ident=i)).status == 200
+
+
+async def test_a_slow_read_is_hedged_and_the_loser_is_not_blamed(harness: Any) -> None:
+    h = await harness(
+        {"a": Behaviour(latency=0.003), "b": Behaviour(latency=0.003)},
+        strategy="first",
+        hedge={"min_delay": 0.02, "max_delay": 0.2},
+    )
+    await warm(h)
+    h.nodes["a"].set(latency=0.5)  # a turns slow: the hedge goes to b after ~20 ms
+    started = time.monotonic()
+    resp = await h.call(DGP, ident="h")
+    elapsed = time.monotonic() - started
+    headers = dict(resp.headers)
+    assert resp.status == 200 and h.name_of(resp) == "b"
+    assert headers["x-rpc-hedged"] == "1" and headers["x-rpc-attempts"] == "2"
+    assert elapsed < 0.3
+    assert h.balancer.fleet.nodes[0].failures == 0  # cancelled, not failed
+
+
+async def test_hedges_and_retries_stop_when_the_budget_is_spent(harness: Any) -> None:
+    h = await harness(
+        {"a": Behaviour(latency=0.003), "b": Behaviour(latency=0.003)},
+        strategy="first",
+        hedge={"min_delay": 0.02},
+        budget={"ratio": 0.0, "min_per_second": 0.0, "burst": 1.0},
+        circuit_breaker={"failures": 100},
+    )
+    await warm(h)
+    h.nodes["a"].set(latency=0.3)
+    first = await h.call(DGP)
+    assert dict(first.headers).get("x-rpc-hedged") == "1"  # the one token
+    second = await h.call(DGP)
+    assert "x-rpc-hedged" not in dict(second.headers) and h.name_of(second) == "a"
+    h.nodes["a"].set(latency=0.003, fail_rate=1.0)
+    third = await h.call(DGP)
+    assert third.status == 502 and dict(third.headers)["x-rpc-attempts"] == "1"  # no retry
+
+
+async def test_broadcasts_are_never_hedged(harness: Any) -> None:
+    h = await harness(
+        {"a": Behaviour(latency=0.003), "b": Behaviour(latency=0.003)},
+        strategy="first",
+        hedge={"min_delay": 0.02},
+    )
+    await warm(h)
+    h.nodes["a"].set(latency=0.2)
+    resp = await h.call(BROADCAST, [{}])
+    assert resp.status == 200 and h.name_of(resp) == "a"
+    assert [len(n.broadcasts) for n in h.nodes.values()] == [1, 0]
+
+
+async def test_an_outlier_is_ejected_and_traffic_moves_off_it(harness: Any) -> None:
+    h = await harness(
+        {n: Behaviour() for n in ("a", "b", "c")},
+        strategy="round_robin",
+        outlier={"min_requests": 10},
+        circuit_breaker={"failures": 50},
+    )
+    h.nodes["a"].set(fail_rate=0.5)
+    await warm(h, 60)  # every failure is retried: clients see none
+    await h.balancer._review_outliers()
+    fleet = h.balancer.fleet
+    reason = fleet.exclusion(fleet.nodes[0], time.monotonic())
+    assert reason is not None and "ejected" in reason
+    served = [h.name_of(await h.call(DGP, ident=i)) for i in range(20)]
+    assert "a" not in served

@@ -54,7 +54,9 @@ def test_breaker_ejects_after_consecutive_failures_with_growing_cooldown() -> No
     assert f.exclusion(node, 10.5 + 20.5) is None
     node.record(31.0, 0.01, True, health=f.health)
     assert node.consecutive_failures == 0
-    assert node.ejections == 0
+    for _ in range(3):  # much later, after a clean spell: back to the base cooldown
+        node.record(1000.0, 0.01, False, health=f.health)
+    assert node.ejected_until == 1010.0
 
 
 @pytest.mark.parametrize(
@@ -139,3 +141,58 @@ def test_a_node_back_from_down_starts_afresh() -> None:
     probed(node, at=3.0, ok=True, latency=0.004)  # the probe finds it well again
     assert node.ewma == pytest.approx(0.004)
     assert f.exclusion(node, 3.0) is None and node.consecutive_failures == 0
+
+
+def test_outliers_by_success_rate_are_ejected_with_growing_time() -> None:
+    from rpcbalancer.nodes import OutlierRule, eject_outliers
+
+    f = fleet(4)
+    for node in f.nodes:
+        for i in range(40):
+            node.record(0.0, 0.01, not (node.index == 2 and i % 2 == 0))
+    rule = OutlierRule(min_requests=20, base_ejection=10.0)
+    assert eject_outliers(f, 100.0, rule, jitter=1.0) == [f.nodes[2]]
+    assert "success rate 50%" in (f.nodes[2].last_error or "")
+    assert "ejected" in (f.exclusion(f.nodes[2], 105.0) or "")
+    assert f.exclusion(f.nodes[2], 110.5) is None
+    for i in range(40):  # still failing after it came back: ejected for twice as long
+        f.nodes[2].record(111.0, 0.01, i % 2 == 1)
+    eject_outliers(f, 120.0, rule, jitter=1.0)
+    assert f.nodes[2].ejected_until == 140.0
+
+
+def test_outlier_ejection_spares_a_healthy_fleet_and_half_of_a_sick_one() -> None:
+    from rpcbalancer.nodes import OutlierRule, eject_outliers
+
+    f = fleet(4)
+    for node in f.nodes:
+        for i in range(30):
+            node.record(0.0, 0.01, i % 10 != 0)  # 90% everywhere: nobody stands out
+    assert eject_outliers(f, 1.0, OutlierRule(min_success=0.95), jitter=1.0) == []
+    g = fleet(4)
+    for node in g.nodes:
+        for i in range(30):
+            node.record(0.0, 0.01, node.index == 0 or i % 3 == 0)  # three of four sick
+    ejected = eject_outliers(g, 1.0, OutlierRule(stdev_factor=0.1, max_ejected=0.5), jitter=1.0)
+    assert len(ejected) == 2  # at most half of the fleet is ever out
+
+
+def test_a_returning_node_ramps_up() -> None:
+    f = fleet(1, slow_start=10.0)
+    node = f.nodes[0]
+    node.eject(0.0, 5.0, 60.0)
+    assert node.ramp(5.0) == pytest.approx(0.1)
+    assert node.ramp(10.0) == pytest.approx(0.55)
+    assert node.ramp(15.0) == 1.0
+
+
+def test_latency_quantiles_for_hedging_need_enough_samples() -> None:
+    (node,) = make_nodes(1)
+    for i in range(10):
+        node.begin()
+        node.end(0.0, 0.001 * (i + 1), True)
+    assert node.quantile(0.95, min_samples=20) is None
+    for i in range(10, 100):
+        node.begin()
+        node.end(0.0, 0.001 * (i + 1), True)
+    assert node.quantile(0.95, min_samples=20) == pytest.approx(0.096)

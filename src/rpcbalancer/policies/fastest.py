@@ -23,7 +23,7 @@ class Fastest(BasePolicy):
         if node.weight <= 0:
             return float("inf")
         latency = node.latency(now, self.params.decay)
-        return (latency or 0.0) * (node.inflight + 1) / node.weight
+        return (latency or 0.0) * (node.inflight + 1) / (node.weight * node.ramp(now))
 
     def pick(self, nodes: Sequence[Node], ctx: PickContext) -> Node:
         count = len(nodes)

@@ -1,0 +1,46 @@
+"""The retry budget: how many extra tries (retries and hedges together) the fleet may take.
+
+Every client request deposits ``ratio`` of a token, and a small floor of
+``min_per_second`` tokens a second keeps a quiet balancer able to retry; every retry or
+hedge withdraws a whole token. So under load, extra tries stay near ``ratio`` of the
+traffic however sick the fleet is: a dying fleet is never hit with a retry storm. Sans-IO:
+the time comes in as ``now``.
+"""
+
+from __future__ import annotations
+
+
+class RetryBudget:
+    def __init__(
+        self, ratio: float = 0.1, min_per_second: float = 3.0, burst: float = 20.0
+    ) -> None:
+        self.ratio = ratio
+        self.min_per_second = min_per_second
+        self.burst = burst
+        self.tokens = burst
+        self._at: float | None = None
+        self.spent = 0
+        self.refused = 0
+
+    def __repr__(self) -> str:
+        return f"<RetryBudget {self.tokens:.1f} tokens, {self.spent} spent, {self.refused} refused>"
+
+    def _refill(self, now: float) -> None:
+        if self._at is not None and now > self._at:
+            self.tokens = min(self.burst, self.tokens + (now - self._at) * self.min_per_second)
+        self._at = now
+
+    def deposit(self, now: float) -> None:
+        """A client request arrived."""
+        self._refill(now)
+        self.tokens = min(self.burst, self.tokens + self.ratio)
+
+    def withdraw(self, now: float) -> bool:
+        """May one more try go out? Takes a token when it may."""
+        self._refill(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.spent += 1
+            return True
+        self.refused += 1
+        return False
