@@ -132,6 +132,11 @@ def main() -> None:
         default=5.0,
         help="seconds between RSS samples of each balancer during its run",
     )
+    parser.add_argument(
+        "--set",
+        default="{}",
+        help='JSON merged into the rpcbalancer config, e.g. \'{"hedge": {"enabled": false}}\'',
+    )
     parser.add_argument("--only", help="comma-separated targets to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -202,6 +207,7 @@ backend nodes
                 "log_level": "warning",
                 "max_head_age": 10**9,
                 "probe": {"interval": 5},
+                **json.loads(args.set),
             }
         )
     )

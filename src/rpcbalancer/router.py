@@ -203,36 +203,52 @@ class Router:
         self, first: Node, req: ProxyRequest, deadline: float, delay: float, outcome: Outcome
     ) -> tuple[UpstreamResponse | None, UpstreamError | None, Node]:
         """Try ``first``; if it has not answered after ``delay``, try a second node too (when
-        the budget allows). The first good answer wins and the other try is cancelled."""
-        tries = {asyncio.ensure_future(self._try(first, req, deadline)): first}
+        the budget allows). The first good answer wins and the other try is cancelled.
+
+        Every read pays for this on the hot path, so it waits on one plain future woken by
+        the tries' completion callbacks or by the hedge timer, not on ``asyncio.wait``."""
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[None] = loop.create_future()
+
+        def poke(_: object = None) -> None:
+            if not wake.done():
+                wake.set_result(None)
+
+        tries = {loop.create_task(self._try(first, req, deadline)): first}
+        for task in tries:
+            task.add_done_callback(poke)
+        timer: asyncio.TimerHandle | None = loop.call_later(delay, poke)
         last: tuple[UpstreamResponse | None, UpstreamError | None, Node] = (None, None, first)
-        waiting_to_hedge = True
         try:
             while tries:
-                done, _ = await asyncio.wait(
-                    tries,
-                    timeout=delay if waiting_to_hedge else None,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if not done:  # the first is slow: hedge
-                    waiting_to_hedge = False
-                    now = self.clock()
-                    second = self._another(req, outcome, now)
-                    if second is not None and self.budget.withdraw(now):
-                        outcome.tried.append(second)
-                        outcome.hedged = True
-                        tries[asyncio.ensure_future(self._try(second, req, deadline))] = second
-                    continue
+                await wake
+                wake = loop.create_future()
+                done = [task for task in tries if task.done()]
                 for task in done:
                     node = tries.pop(task)
                     resp, error = task.result()
                     if error is None:
                         return resp, None, node
                     last = (resp, error, node)
-                if waiting_to_hedge:
+                if done and timer is not None:
                     break  # it failed before the hedge was due: an ordinary retry follows
+                if not done and timer is not None:  # the first is slow: hedge
+                    timer = None
+                    now = self.clock()
+                    second = self._another(req, outcome, now)
+                    if second is not None and self.budget.withdraw(now):
+                        outcome.tried.append(second)
+                        outcome.hedged = True
+                        task = loop.create_task(self._try(second, req, deadline))
+                        task.add_done_callback(poke)
+                        tries[task] = second
+                for task in tries:  # a fresh future: re-arm the pending tries
+                    if task.done():
+                        poke()
             return last
         finally:
+            if timer is not None:
+                timer.cancel()
             for task in tries:
                 task.cancel()  # the loser: its node is not blamed (see Node.cancel)
 
