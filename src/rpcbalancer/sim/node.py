@@ -82,6 +82,8 @@ class FakeNode:
         self.rng = random.Random(seed)
         self.port = 0
         self.counts: Counter[str] = Counter()
+        self.tagged = 0
+        """JSON-RPC members whose id is a string starting with ``b-`` (a benchmark's own)."""
         self.broadcasts: list[Any] = []
         self._runner: web.AppRunner | None = None
 
@@ -161,6 +163,8 @@ class FakeNode:
         failed = await self._misbehave()
         if failed is not None:
             return failed
+        if request.path == "/__stats__":
+            return web.json_response({"tagged": self.tagged, "counts": dict(self.counts)})
         if request.path != "/":
             return web.json_response({"error": "not found", "path": request.path_qs}, status=404)
         now = time.time()
@@ -187,6 +191,9 @@ class FakeNode:
         members = doc if isinstance(doc, list) else [doc]
         for member in members:
             self.counts[_method(member)] += 1
+            ident = member.get("id") if isinstance(member, dict) else None
+            if isinstance(ident, str) and ident.startswith("b-"):
+                self.tagged += 1
             if _method(member).startswith(("condenser_api.broadcast", "network_broadcast_api")):
                 self.broadcasts.append(member)
         failed = await self._misbehave()
