@@ -298,7 +298,7 @@ def start_balancer(name: str, tmp: Path, port: int, nodes: list[str]) -> subproc
 
 async def tagged(nodes: list[str]) -> int:
     total = 0
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         for url in nodes:
             async with session.get(url + "/__stats__") as resp:
                 total += (await resp.json())["tagged"]
@@ -411,7 +411,11 @@ def main() -> None:
             continue
         results = {}
         for balancer in args.balancers.split(","):
-            r = run_scenario(name, behaviours, script, balancer, args.seconds, args.rate)
+            try:
+                r = run_scenario(name, behaviours, script, balancer, args.seconds, args.rate)
+            except Exception as exc:  # one broken run must not lose the others
+                print(f"| {name} | {balancer} | run failed: {type(exc).__name__}: {exc} |")
+                continue
             results[balancer] = r
             row = (
                 f"| {name} | {balancer} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} | "

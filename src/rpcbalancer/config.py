@@ -94,6 +94,8 @@ class StrategyConfig(_Model):
     """race: reuse the winner of a race for this many seconds (0: race every request)."""
     decay: float = Field(10.0, gt=0)
     """fastest: seconds over which an unused node's latency estimate fades."""
+    choices: int = Field(3, ge=2)
+    """fastest: how many random nodes are compared per pick (2: power of two choices)."""
 
 
 class Timeouts(_Model):

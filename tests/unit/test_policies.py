@@ -184,3 +184,17 @@ def test_every_policy_picks_from_the_nodes_given(name: str) -> None:
     got = picks(name, nodes, 200)
     assert set(got) <= {1, 2, 3}
     assert sum(got.values()) == 200
+
+
+def test_fastest_compares_a_small_fleet_whole_and_samples_a_large_one() -> None:
+    nodes = make_nodes(3)
+    for node, latency in zip(nodes, (0.003, 0.015, 0.060), strict=True):
+        node.observe_latency(0.0, latency)
+    assert picks("fastest", nodes, 600) == {0: 600}  # three nodes: every pick sees the best
+    two = picks("fastest", nodes, 3000, choices=2)  # power of two: a third never sees it
+    assert 800 < two[1] < 1200 and two[2] == 0
+    many = make_nodes(10)
+    for node in many:
+        node.observe_latency(0.0, 0.001 * (node.index + 1))
+    sampled = picks("fastest", many, 5000)
+    assert sampled[9] == 0 and sampled[0] > sampled[5] > 0

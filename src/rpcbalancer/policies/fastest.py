@@ -1,9 +1,10 @@
-"""``fastest`` (the default): power of two choices over peak-EWMA latency x load.
+"""``fastest`` (the default): power of d choices over peak-EWMA latency x load.
 
-Two distinct nodes are drawn at random and the one with the lower cost serves, where
-cost = latency estimate x (requests in flight + 1). Comparing two random nodes rather than
-taking the global minimum keeps many balancers (or one balancer under a burst) from all
-piling onto the same node at once, and still sends almost everything to fast nodes.
+``choices`` distinct nodes (3 by default) are drawn at random and the one with the lower
+cost serves, where cost = latency estimate x (requests in flight + 1) / (weight x slow-start
+ramp). Comparing a few random nodes rather than taking the global minimum keeps many
+balancers (or one balancer under a burst) from all piling onto the same node at once in a
+large fleet; a fleet no larger than ``choices`` is compared whole.
 A node with no measurement yet costs nothing, so it is explored at once; the estimate of
 an unused node fades (see ``Node.latency``), so a node that was slow is tried again later.
 """
@@ -29,12 +30,29 @@ class Fastest(BasePolicy):
         count = len(nodes)
         if count == 1:
             return nodes[0]
-        # One draw gives both indexes: the integer part picks the first node, the fraction
-        # (uniform and independent of it) the second among the others.
-        r = self.rng.random() * count
-        i = int(r)
-        j = int((r - i) * (count - 1))
-        if j >= i:
-            j += 1
-        a, b = nodes[i], nodes[j]
-        return a if self.cost(a, ctx.now) <= self.cost(b, ctx.now) else b
+        now = ctx.now
+        choices = self.params.choices
+        if count <= choices:
+            # A small fleet (API nodes usually come in a handful): compare every node. With
+            # three nodes, two random choices would never see the best one a third of the
+            # time and send that third to the second best.
+            best, best_cost = nodes[0], self.cost(nodes[0], now)
+            start = int(self.rng.random() * count)  # ties go round, not to the first
+            for k in range(count):
+                node = nodes[(start + k) % count]
+                cost = self.cost(node, now)
+                if cost < best_cost:
+                    best, best_cost = node, cost
+            return best
+        if choices == 2:
+            # One draw gives both indexes: the integer part picks the first node, the
+            # fraction (uniform and independent of it) the second among the others.
+            r = self.rng.random() * count
+            i = int(r)
+            j = int((r - i) * (count - 1))
+            if j >= i:
+                j += 1
+            a, b = nodes[i], nodes[j]
+            return a if self.cost(a, now) <= self.cost(b, now) else b
+        sample = self.rng.sample(range(count), choices)
+        return min((nodes[i] for i in sample), key=lambda n: self.cost(n, now))
