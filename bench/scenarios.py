@@ -371,20 +371,31 @@ def chart(name: str, results: dict[str, dict[str, Any]]) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
     labels = list(results)
+    width = 0.27
     for offset, (key, label) in enumerate((("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"))):
         ax.bar(
-            [i + offset * 0.27 for i in range(len(labels))],
+            [i + offset * width for i in range(len(labels))],
             [results[b][key] for b in labels],
-            width=0.27,
+            width=width,
             label=label,
         )
-    ax.set_xticks([i + 0.27 for i in range(len(labels))], labels)
+    ax.set_xticks([i + width for i in range(len(labels))], labels, fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("ms (log)")
-    ax.set_title(f"{name}: latency from scheduled send")
-    ax.legend()
+    ax.set_ylabel("ms from scheduled send (log)")
+    ax.set_title(f"{name}: latency")
+    ax.legend(fontsize=8)
+    shares = {
+        "errors %": [100 * results[b]["errors"] / results[b]["requests"] for b in labels],
+        "stale %": [100 * results[b]["stale"] / results[b]["requests"] for b in labels],
+        "upstream/client x10": [10 * results[b]["upstream_ratio"] for b in labels],
+    }
+    for offset, (label, values) in enumerate(shares.items()):
+        bx.bar([i + offset * width for i in range(len(labels))], values, width=width, label=label)
+    bx.set_xticks([i + width for i in range(len(labels))], labels, fontsize=8)
+    bx.set_title(f"{name}: errors, stale answers, upstream cost")
+    bx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / f"{name}.png", dpi=100)
     plt.close(fig)

@@ -81,6 +81,8 @@ class Balancer:
                 config.budget.ratio, config.budget.min_per_second, config.budget.burst
             ),
             hedge=config.hedge,
+            node_concurrency=config.node_concurrency,
+            queue_size=config.queue_size,
         )
         self.prober = Prober(
             self.fleet,

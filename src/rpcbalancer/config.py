@@ -189,6 +189,10 @@ class Config(_Model):
     strategy: StrategyConfig = StrategyConfig()
     timeouts: Timeouts = Timeouts()
     retries: int = Field(2, ge=0, le=10)
+    node_concurrency: int = Field(256, ge=0)
+    """Requests in flight to one node at most (0: no cap); the rest wait for a slot."""
+    queue_size: int = Field(1024, ge=0)
+    """Requests that may wait for a slot at once; beyond, 503 at once."""
     max_block_lag: int = Field(10, ge=0)
     max_head_age: float = Field(90.0, gt=0)
     min_version: str | None = None

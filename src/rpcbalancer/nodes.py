@@ -99,6 +99,8 @@ class Node:
         "latencies",
         "name",
         "on_change",
+        "passive_at",
+        "passive_head",
         "probe",
         "ramp_from",
         "recent",
@@ -151,6 +153,9 @@ class Node:
         self.probe: ProbeResult | None = None
         self.on_change: Callable[[], None] | None = None
         """Called when something that decides exclusion changed (set by the fleet)."""
+        self.passive_head: int | None = None
+        """The head block this node's latest answer to a client reported."""
+        self.passive_at = 0.0
         self.slow_start = 0.0
         self.ramp_from = -1e18
         """When the node came back (from ejection or down): its share ramps up from here."""
@@ -283,6 +288,21 @@ class Node:
 
     # -- active probing -----------------------------------------------------------------
 
+    def observe_head(self, now: float, head: int) -> None:
+        """A head block this node reported in an answer passing through."""
+        self.passive_head = head
+        self.passive_at = now
+
+    def head(self) -> int | None:
+        """The node's head block by the latest word: its probe or its own latest answer,
+        whichever is newer (a node that starts serving old data shows it at once)."""
+        probe = self.probe
+        if probe is None or not probe.ok or probe.head_block is None:
+            return self.passive_head
+        if self.passive_head is not None and self.passive_at > probe.at:
+            return self.passive_head
+        return probe.head_block
+
     def apply_probe(self, result: ProbeResult) -> None:
         recovered = result.ok and self.probe is not None and not self.probe.ok
         self.probe = result
@@ -332,18 +352,15 @@ class Fleet:
         return f"<Fleet {self.nodes!r}>"
 
     def best_head(self) -> int | None:
-        heads = [
-            n.probe.head_block
-            for n in self.nodes
-            if n.probe is not None and n.probe.ok and n.probe.head_block is not None
-        ]
+        heads = [head for n in self.nodes if (head := n.head()) is not None]
         return max(heads) if heads else None
 
     def lag(self, node: Node, best: int | None = None) -> int | None:
         best = self.best_head() if best is None else best
-        if best is None or node.probe is None or node.probe.head_block is None:
+        head = node.head()
+        if best is None or head is None:
             return None
-        return max(0, best - node.probe.head_block)
+        return max(0, best - head)
 
     def exclusion(self, node: Node, now: float, best: int | None = None) -> str | None:
         """Why ``node`` may not serve now, or None when it may."""

@@ -34,6 +34,7 @@ gateway turns that into a response.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -131,6 +132,8 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         budget: RetryBudget | None = None,
         hedge: HedgeConfig | None = None,
+        node_concurrency: int = 0,
+        queue_size: int = 0,
     ) -> None:
         self.fleet = fleet
         self.policy = policy
@@ -142,6 +145,9 @@ class Router:
         self.clock = clock
         self.budget = budget or RetryBudget(ratio=1.0, min_per_second=1e9, burst=1e9)
         self.hedge = hedge
+        self.cap = node_concurrency
+        self.queue_size = queue_size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def forward(self, req: ProxyRequest) -> Outcome:
         start = self.clock()
@@ -161,6 +167,23 @@ class Router:
             left = [n for n in candidates if n not in outcome.tried]
             if not left:
                 break
+            if self.cap:
+                free = [n for n in left if n.inflight < self.cap]
+                while not free:  # every node is at its cap: wait for a slot, in line
+                    if len(self._waiters) >= self.queue_size:
+                        outcome.error = NoHealthyNode(
+                            f"every node has {self.cap} requests in flight and "
+                            f"{len(self._waiters)} more are waiting: try again shortly"
+                        )
+                        return outcome
+                    if not await self._wait_for_slot(deadline):
+                        outcome.error = UpstreamTimeout(
+                            "balancer",
+                            f"no node had a free slot within the {self.total:g}s deadline",
+                        )
+                        return outcome
+                    free = [n for n in left if n.inflight < self.cap]
+                left = free
             if attempt and not self.budget.withdraw(now):
                 break  # the retry budget is spent: no retry storm on a sick fleet
             node = await self._choose(left, req, now, deadline, failopen)
@@ -287,6 +310,9 @@ class Router:
         except BaseException:
             node.cancel()  # abandoned by us, not failed by the node
             raise
+        finally:
+            if self._waiters:
+                self._wake_one()
         finished = self.clock()
         fault = judge(resp, self.chain)
         node.end(
@@ -298,6 +324,9 @@ class Router:
             health=health,
         )
         if fault is None:
+            head = self.chain.head_in(resp.body)
+            if head is not None:
+                node.observe_head(finished, head)  # freshness between probes
             return resp, None
         poor = resp if req.broadcast and looks_like_json(resp.body) else None
         return poor, UpstreamBadResponse(node.name, fault, resp.status)
@@ -350,6 +379,27 @@ class Router:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    async def _wait_for_slot(self, deadline: float) -> bool:
+        """Wait in line until a try ends somewhere; False when the deadline comes first."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self.clock())):
+                await waiter
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _why_none(self) -> str:
         now = self.clock()

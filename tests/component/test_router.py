@@ -418,3 +418,33 @@ async def test_an_outlier_is_ejected_and_traffic_moves_off_it(harness: Any) -> N
     assert reason is not None and "ejected" in reason
     served = [h.name_of(await h.call(DGP, ident=i)) for i in range(20)]
     assert "a" not in served
+
+
+async def test_per_node_concurrency_cap_with_a_bounded_queue(harness: Any) -> None:
+    h = await harness(
+        {"a": Behaviour(latency=0.3)}, node_concurrency=2, queue_size=1, hedge={"enabled": False}
+    )
+    started = time.monotonic()
+    results = await asyncio.gather(*(h.call(DGP, ident=i) for i in range(5)))
+    statuses = sorted(r.status for r in results)
+    assert statuses == [200, 200, 200, 503, 503]  # two in flight, one in line, two turned away
+    refused = next(r for r in results if r.status == 503)
+    assert "requests in flight" in orjson.loads(refused.body)["error"]["message"]
+    assert time.monotonic() - started < 1.5  # the queued one ran as soon as a slot freed
+    assert h.balancer.fleet.nodes[0].inflight == 0
+
+
+async def test_a_node_that_starts_serving_old_data_is_dropped_from_its_answers(
+    harness: Any,
+) -> None:
+    h = await harness(
+        {"a": Behaviour(), "b": Behaviour()}, strategy="round_robin", probe={"interval": 3600}
+    )
+    await warm(h, 4)
+    h.nodes["b"].set(lag=300)  # no probe will look for an hour: only its answers tell
+    served = [h.name_of(await h.call(DGP, ident=i)) for i in range(6)]
+    await asyncio.sleep(0.06)  # the usable-node list is kept 50 ms
+    later = [h.name_of(await h.call(DGP, ident=i)) for i in range(10)]
+    assert "b" in served and "b" not in later
+    fleet = h.balancer.fleet
+    assert "blocks behind" in (fleet.exclusion(fleet.nodes[1], time.monotonic()) or "")

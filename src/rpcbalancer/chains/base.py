@@ -62,6 +62,11 @@ class Chain(Protocol):
 
     def is_node_fault(self, error: dict[str, Any]) -> bool: ...
 
+    def head_in(self, body: bytes) -> int | None:
+        """The head block an answer passing through reports, if it reports one (sans-IO,
+        cheap: a byte search first)."""
+        ...
+
 
 # Errors that mean the node is unwell, whatever the chain: retrying elsewhere may succeed.
 _SICK = re.compile(

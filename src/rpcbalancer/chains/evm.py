@@ -50,6 +50,9 @@ class Evm:
     def is_broadcast(self, method: str) -> bool:
         return method in _BROADCAST
 
+    def head_in(self, body: bytes) -> int | None:
+        return None  # answers do not say which block they were read at
+
     def is_node_fault(self, error: dict[str, Any]) -> bool:
         # -32005: limit exceeded (rate limited by the provider).
         return error.get("code") == -32005 or sick_message(error)

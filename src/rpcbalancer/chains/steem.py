@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from ..jsonrpc import request_body
 from .base import Answer, ProbeCall, Reading, failure, json_of, sick_message
 
+_HEAD = re.compile(rb'"head_block_number"\s*:\s*(\d+)')
 _BROADCAST_PREFIXES = (
     "condenser_api.broadcast_transaction",
     "condenser_api.broadcast_block",
@@ -76,6 +78,12 @@ class SteemLike:
 
     def is_node_fault(self, error: dict[str, Any]) -> bool:
         return sick_message(error)
+
+    def head_in(self, body: bytes) -> int | None:
+        if b'"head_block_number"' not in body:
+            return None
+        match = _HEAD.search(body)
+        return int(match.group(1)) if match else None
 
 
 def _parse_time(value: Any) -> float | None:
