@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
+from collections.abc import Iterable
+from typing import Any
 
 
 def free_port() -> int:
@@ -21,3 +24,18 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port} after {timeout:g}s")
+
+
+def stop_all(procs: Iterable[subprocess.Popen[Any] | None], grace: float = 10.0) -> None:
+    """Stop the processes this program started (by PID): SIGTERM to all, newest first,
+    then wait; a process still there after ``grace`` seconds is killed."""
+    started = [p for p in procs if p is not None]
+    for proc in reversed(started):
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in started:
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

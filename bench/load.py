@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import free_port  # bench/common.py, beside this file
+from common import free_port, stop_all  # bench/common.py, beside this file
 
 BODY = json.dumps(
     {
@@ -143,10 +143,7 @@ def main() -> None:
             f"p50 +{lb['p50_ms'] - node['p50_ms']:.2f} ms"
         )
     finally:
-        for proc in (balancer, fleet):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(10)
+        stop_all([fleet, balancer])
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import free_port, wait_port  # bench/common.py, beside this file
+from common import free_port, stop_all, wait_port  # bench/common.py, beside this file
 
 from rpcbalancer.sim.node import chain_head
 
@@ -352,14 +351,7 @@ def run_scenario(
         result["upstream_ratio"] = upstream / max(1, result["members"])
         return result
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
-from common import free_port, wait_port  # bench/common.py, beside this file
+from common import free_port, stop_all, wait_port  # bench/common.py, beside this file
 
 BODY = json.dumps(
     {
@@ -180,14 +180,7 @@ def main() -> None:
         for error in result["errors"][:5]:  # type: ignore[index]
             print("  error:", error)
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs.values())
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import free_port, wait_port  # bench/common.py, beside this file
+from common import free_port, stop_all, wait_port  # bench/common.py, beside this file
 
 GET_BODY = '{"status":"OK","jussi_num":100000000}'
 POST_BODY = (
@@ -307,14 +306,7 @@ backend nodes
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs, grace=15)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
