@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 
@@ -39,3 +41,24 @@ def stop_all(procs: Iterable[subprocess.Popen[Any] | None], grace: float = 10.0)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+DGP_BODY = (
+    b'{"jsonrpc":"2.0","method":"condenser_api.get_dynamic_global_properties","params":[],"id":1}'
+)
+"""The request most clients of a Steem API node send most."""
+
+
+def serve_cmd(config: Path, port: int, *extra: str) -> list[str]:
+    """The command that runs ``rpcbalancer serve`` with this Python."""
+    return [
+        sys.executable,
+        "-m",
+        "rpcbalancer",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        *extra,
+    ]

@@ -23,16 +23,9 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import free_port, stop_all  # bench/common.py, beside this file
+from common import DGP_BODY as BODY  # bench/common.py, beside this file
+from common import free_port, serve_cmd, stop_all
 
-BODY = json.dumps(
-    {
-        "jsonrpc": "2.0",
-        "method": "condenser_api.get_dynamic_global_properties",
-        "params": [],
-        "id": 1,
-    }
-).encode()
 MAX_REQUESTS = 2_000_000
 
 
@@ -110,7 +103,7 @@ def main() -> None:
             )
         )
         balancer = subprocess.Popen(
-            [python, "-m", "rpcbalancer", "serve", "--config", str(config), "--port", str(port)],
+            serve_cmd(config, port),
             env={**os.environ},
             stderr=subprocess.DEVNULL,
         )

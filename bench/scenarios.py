@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import free_port, stop_all, wait_port  # bench/common.py, beside this file
+from common import free_port, serve_cmd, stop_all, wait_port  # bench/common.py, beside this file
 
 from rpcbalancer.sim.node import chain_head
 
@@ -278,16 +278,7 @@ def start_balancer(name: str, tmp: Path, port: int, nodes: list[str]) -> subproc
                 }
             )
         )
-        cmd = [
-            sys.executable,
-            "-m",
-            "rpcbalancer",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-        ]
+        cmd = serve_cmd(config, port)
     elif name == "nginx":
         cmd = ["nginx", "-c", str(nginx_conf(tmp, port, nodes)), "-p", str(tmp)]
     else:

@@ -26,16 +26,8 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
-from common import free_port, stop_all, wait_port  # bench/common.py, beside this file
-
-BODY = json.dumps(
-    {
-        "jsonrpc": "2.0",
-        "method": "condenser_api.get_dynamic_global_properties",
-        "params": [],
-        "id": 1,
-    }
-).encode()
+from common import DGP_BODY as BODY  # bench/common.py, beside this file
+from common import free_port, serve_cmd, stop_all, wait_port
 
 
 async def load(urls: list[str], seconds: float, rate: float, on_third: object) -> dict[str, object]:
@@ -137,16 +129,7 @@ def main() -> None:
         lb_ports = [free_port(), free_port()]
         for i, port in enumerate(lb_ports):
             procs[f"balancer {i}"] = subprocess.Popen(
-                [
-                    python,
-                    "-m",
-                    "rpcbalancer",
-                    "serve",
-                    "--config",
-                    str(config),
-                    "--port",
-                    str(port),
-                ],
+                serve_cmd(config, port),
                 env=env,
                 stderr=(tmp / f"lb{i}.log").open("wb"),
             )

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import free_port, stop_all, wait_port  # bench/common.py, beside this file
+from common import free_port, serve_cmd, stop_all, wait_port  # bench/common.py, beside this file
 
 GET_BODY = '{"status":"OK","jussi_num":100000000}'
 POST_BODY = (
@@ -218,18 +218,7 @@ backend nodes
             "node (direct)": (None, node_ports[0]),
             "rpcbalancer": (
                 start(
-                    [
-                        sys.executable,
-                        "-m",
-                        "rpcbalancer",
-                        "serve",
-                        "--config",
-                        str(config),
-                        "--port",
-                        str(ports["rpcbalancer"]),
-                        "--workers",
-                        str(args.workers),
-                    ],
+                    serve_cmd(config, ports["rpcbalancer"], "--workers", str(args.workers)),
                     args.cpus,
                 ),
                 ports["rpcbalancer"],

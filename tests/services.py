@@ -44,7 +44,19 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
     raise RuntimeError(f"nothing listens on {port} after {timeout}s")
 
 
-class RedisServer:
+class ServerProcess:
+    """A server started by the tests, stopped by its PID."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # runuser (PostgreSQL) passes the signal on
+            self.proc.wait(20)
+        self.proc = None
+
+
+class RedisServer(ServerProcess):
     def __init__(self, folder: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -53,7 +65,6 @@ class RedisServer:
         self.folder = folder
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
@@ -76,14 +87,8 @@ class RedisServer:
         wait_port(self.port, self.proc)
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
 
-
-class PostgresServer:
+class PostgresServer(ServerProcess):
     def __init__(self, folder: Path | None = None) -> None:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         initdb = found[-1] if found else shutil.which("initdb")
@@ -95,7 +100,6 @@ class PostgresServer:
         self.data = self.folder / "data"
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self.proc: subprocess.Popen[bytes] | None = None
         # PostgreSQL refuses to run as root: run it as the packaged "postgres" user.
         self.prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
@@ -141,14 +145,11 @@ class PostgresServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # runuser passes the signal on to postgres
-            self.proc.wait(20)
-        self.proc = None
+        super().stop()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-class MotoServer:
+class MotoServer(ServerProcess):
     """moto in server mode: the most faithful DynamoDB this machine can run (there is no
     DynamoDB Local without Java and a download; moto speaks the same HTTP API)."""
 
@@ -159,7 +160,6 @@ class MotoServer:
             missing("moto[server]")
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> MotoServer:
         import sys
@@ -171,12 +171,6 @@ class MotoServer:
         )
         wait_port(self.port, self.proc)
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
 
 
 async def empty_postgres(url: str) -> None:

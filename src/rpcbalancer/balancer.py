@@ -110,9 +110,7 @@ class Balancer:
             else None
         )
         self.dns = (
-            DnsExpander(config.nodes, self.fleet, resolver=resolver, refresh=config.dns_refresh)
-            if config.resolve_dns
-            else None
+            DnsExpander(config.nodes, self.fleet, resolver=resolver) if config.resolve_dns else None
         )
         self.started_at = time.time()
         self._stack: contextlib.AsyncExitStack | None = None

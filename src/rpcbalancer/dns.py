@@ -47,12 +47,10 @@ class DnsExpander:
         fleet: Fleet,
         *,
         resolver: Resolver = system_resolver,
-        refresh: float = 60.0,
     ) -> None:
         self.specs = specs
         self.fleet = fleet
         self.resolver = resolver
-        self.refresh_every = refresh
         self._by_key: dict[tuple[str, str | None], Node] = {}
         self._next_index = max((n.index for n in fleet.nodes), default=-1) + 1
 

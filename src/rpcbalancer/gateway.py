@@ -131,7 +131,6 @@ class Gateway:
                 path=path,
                 headers=headers,
                 body=req.body if call is not None else None,
-                call=call,
                 broadcast=broadcast,
                 client_ip=ip,
             )

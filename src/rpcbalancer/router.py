@@ -52,7 +52,7 @@ from .errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from .jsonrpc import RpcCall, looks_like_json, response_errors
+from .jsonrpc import looks_like_json, response_errors
 from .nodes import Fleet, Node
 from .policies import BasePolicy, PickContext, Race
 from .probe import ask
@@ -67,7 +67,6 @@ class ProxyRequest:
     path: str | None
     headers: Mapping[str, str]
     body: bytes | None
-    call: RpcCall | None = None
     broadcast: bool = False
     client_ip: str = ""
 

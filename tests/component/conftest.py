@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +14,8 @@ from rpcbalancer.balancer import Balancer
 from rpcbalancer.config import from_mapping
 from rpcbalancer.gateway import Gateway, HttpRequest, HttpResponse
 from rpcbalancer.sim import Behaviour, FakeNode
+
+from ..services import empty_postgres
 
 
 class Harness:
@@ -53,6 +58,22 @@ class Harness:
         return await self.post(
             orjson.dumps({"jsonrpc": "2.0", "method": method, "params": params or [], "id": ident})
         )
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres", "dynamodb"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL to an empty health store of each backend (the servers are the run's own)."""
+    token = uuid.uuid4().hex[:8]
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/health.db"
+    if request.param == "redis":
+        return f"{request.getfixturevalue('redis_url')}?prefix=t{token}"
+    if request.param == "dynamodb":
+        endpoint = request.getfixturevalue("dynamodb_endpoint")
+        return f"dynamodb://t{token}?region=us-east-1&endpoint={endpoint}"
+    url: str = request.getfixturevalue("postgres_url")
+    asyncio.run(empty_postgres(url))  # its tables are shared by the whole run
+    return url
 
 
 @pytest.fixture

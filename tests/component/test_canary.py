@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +14,6 @@ from rpcbalancer.config import from_mapping
 from rpcbalancer.sim import Behaviour, FakeNode
 
 from ..conftest import free_port
-from ..services import empty_postgres
 
 DGP = "condenser_api.get_dynamic_global_properties"
 
@@ -43,20 +40,6 @@ def balancer(nodes: list[FakeNode], store: str, **config: Any) -> Balancer:
             env={},
         )
     )
-
-
-@pytest.fixture(params=["sqlite", "redis", "postgres", "dynamodb"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/health.db"
-    if request.param == "redis":
-        return f"{request.getfixturevalue('redis_url')}?prefix=c{time.time_ns()}"
-    if request.param == "dynamodb":
-        endpoint = request.getfixturevalue("dynamodb_endpoint")
-        return f"dynamodb://c{time.time_ns()}?region=us-east-1&endpoint={endpoint}"
-    url: str = request.getfixturevalue("postgres_url")
-    asyncio.run(empty_postgres(url))
-    return url
 
 
 async def test_two_canaries_probe_each_node_once_per_round(

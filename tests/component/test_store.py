@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,29 +13,9 @@ from rpcbalancer.errors import ConfigError
 from rpcbalancer.store import HealthStore, ProbeRecord, open_store
 from rpcbalancer.store.sqlite import path_of
 
-from ..services import empty_postgres
-
-BACKENDS = ["sqlite", "redis", "postgres", "dynamodb"]
-
-
-@pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL to an empty store of each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/health.db"
-    if request.param == "redis":
-        return f"{request.getfixturevalue('redis_url')}?prefix=t{uuid.uuid4().hex[:8]}"
-    if request.param == "dynamodb":
-        endpoint = request.getfixturevalue("dynamodb_endpoint")
-        return f"dynamodb://t{uuid.uuid4().hex[:8]}?region=us-east-1&endpoint={endpoint}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
 
 @pytest.fixture
 async def make_store(store_url: str) -> AsyncIterator[Callable[[], Any]]:
-    if store_url.startswith("postgresql"):
-        await empty_postgres(store_url)
     opened: list[HealthStore] = []
 
     async def make() -> HealthStore:

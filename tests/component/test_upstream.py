@@ -74,6 +74,25 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+def keep_alive_node() -> tuple[RawHandler, Callable[[], int]]:
+    """A node that answers ``{}`` to every request on a connection for as long as the
+    client keeps it, and the count of connections it accepted."""
+    accepted = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        try:
+            while True:
+                await read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return handler, lambda: accepted
+
+
 @pytest.fixture
 async def transport() -> AsyncIterator[H1Transport]:
     client = H1Transport(connect_timeout=1.0)
@@ -111,23 +130,11 @@ async def test_chunked_answers_are_reassembled(transport: H1Transport) -> None:
 
 
 async def test_keep_alive_reuses_one_connection(transport: H1Transport, raw_server: Any) -> None:
-    connections = 0
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        try:
-            while True:
-                await read_request(reader)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
+    handler, connections = keep_alive_node()
     node = node_at(await raw_server(handler))
     for _ in range(5):
         assert (await transport.send(node, "POST", None, HEADERS, BODY, 5.0)).body == b"{}"
-    assert connections == 1
+    assert connections() == 1
 
 
 async def test_connection_close_answers_are_not_reused(
@@ -175,24 +182,12 @@ async def test_a_connection_the_node_closed_while_idle_is_retried_fresh(
 async def test_broadcasts_never_ride_a_reused_connection(
     transport: H1Transport, raw_server: Any
 ) -> None:
-    connections = 0
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        try:
-            while True:
-                await read_request(reader)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
+    handler, connections = keep_alive_node()
     node = node_at(await raw_server(handler))
     await transport.send(node, "POST", None, HEADERS, BODY, 5.0)
     await transport.send(node, "POST", None, HEADERS, BODY, 5.0, idempotent=False)
     await transport.send(node, "POST", None, HEADERS, BODY, 5.0, idempotent=False)
-    assert connections == 3
+    assert connections() == 3
 
 
 async def test_an_answer_delimited_by_close(transport: H1Transport, raw_server: Any) -> None:

@@ -15,7 +15,6 @@ from .base import BasePolicy, PickContext
 
 class Race(BasePolicy):
     name = "race"
-    races = True
     _winner: Node | None = None
     _until = 0.0
 

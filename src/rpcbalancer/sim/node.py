@@ -95,10 +95,6 @@ class FakeNode:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def alive(self) -> bool:
-        return self._runner is not None
-
     def set(self, **changes: Any) -> None:
         """Change the behaviour while running (any :class:`Behaviour` field)."""
         self.behaviour = replace(self.behaviour, **changes)
