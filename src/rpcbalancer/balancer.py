@@ -1,9 +1,15 @@
 """The balancer: builds every part from a :class:`Config` and owns their lifetime.
 
-Hosts (the standalone server, the ASGI app, later Lambda) open one :class:`Balancer` as an
-async context manager and hand requests to its gateway. Opening it runs one probe round
-(bounded by the probe timeout) before the first request, so a lagging or dead node gets no
-traffic even in the first second; closing it stops the probes and the connection pool.
+Hosts (the standalone server, the ASGI app, Lambda) open one :class:`Balancer` as an async
+context manager and hand requests to its gateway. Opening it runs one probe round (bounded by
+the probe timeout) before the first request, so a lagging or dead node gets no traffic even in
+the first second; closing it stops the probes and the connection pool.
+
+A serverless host (``background=False``) has no time between requests: its process is frozen
+until the next invocation. There the balancer starts no background task and probes nothing on
+opening; the host calls :meth:`Balancer.maintain` before each request, which does inline
+whatever housekeeping is due (store view, outliers, DNS). Until the store brings fresh canary
+records, requests are routed by the original design's race.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from .config import Config
 from .dns import DnsExpander, Resolver, system_resolver
 from .nodes import Fleet, Health, Node, OutlierRule, eject_outliers, parse_version
 from .periodic import Periodic
-from .policies import make_policy
+from .policies import Race, make_policy
 from .probe import Prober
 from .router import Router
 from .store import open_store
@@ -41,8 +47,10 @@ class Balancer:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         resolver: Resolver = system_resolver,
+        background: bool = True,
     ) -> None:
         self.config = config
+        self.background = background
         self.clock = clock
         self.chain: Chain = CHAINS[config.chain]
         self.fleet = Fleet(
@@ -58,6 +66,11 @@ class Balancer:
         )
         self.rng = rng or random.Random()
         self.policy = make_policy(config.strategy, self.rng)
+        self.race = (
+            self.policy
+            if isinstance(self.policy, Race)
+            else Race(config.strategy.model_copy(update={"name": "race"}), self.rng)
+        )
         self.outliers = OutlierRule(
             min_requests=config.outlier.min_requests,
             stdev_factor=config.outlier.stdev_factor,
@@ -114,6 +127,7 @@ class Balancer:
         )
         self.started_at = time.time()
         self._stack: contextlib.AsyncExitStack | None = None
+        self._due: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"<Balancer {self.config.chain} {self.policy.name} {self.fleet!r}>"
@@ -121,6 +135,12 @@ class Balancer:
     async def __aenter__(self) -> Balancer:
         stack = contextlib.AsyncExitStack()
         stack.push_async_callback(self.transport.aclose)
+        if not self.background:
+            if self.store is not None:
+                stack.push_async_callback(self.store.close)
+            self._stack = stack
+            await self.maintain()
+            return self
         if self.dns is not None:
             await self.dns.refresh()
             await stack.enter_async_context(
@@ -158,6 +178,29 @@ class Balancer:
             " (failing open)" if failopen else "",
         )
         return self
+
+    async def maintain(self) -> None:
+        """Serverless hosts, before each request: the housekeeping that is due, done inline.
+
+        Each task runs at most once per its period (a frozen process catches up with one run,
+        not many); the routing policy is the configured one while the canary's records are
+        fresh, and the race otherwise (no store, an empty one, or a canary that stopped).
+        """
+        now = self.clock()
+        if self.dns is not None and self._is_due("dns", now, self.config.dns_refresh):
+            await self.dns.refresh()
+        if self.view is not None and self._is_due("view", now, self.config.store_refresh):
+            await self.view.refresh()
+        if self.config.outlier.enabled and self._is_due("outliers", now, 1.0):
+            await self._review_outliers()
+        fresh = self.view is not None and not self.view.stale()
+        self.router.policy = self.policy if fresh else self.race
+
+    def _is_due(self, task: str, now: float, every: float) -> bool:
+        if now < self._due.get(task, now):
+            return False
+        self._due[task] = now + every
+        return True
 
     async def _review_outliers(self) -> None:
         jitter = 0.85 + 0.3 * self.rng.random()

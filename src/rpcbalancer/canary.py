@@ -31,7 +31,7 @@ from collections.abc import Callable
 from .config import Config
 from .nodes import Fleet
 from .probe import Prober
-from .store import HealthStore, ProbeRecord
+from .store import HealthStore, ProbeRecord, shown_url
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class StoreHealth:
         if not self.down:
             log.warning(
                 "health store %s unreachable (%s: %s: %s); working from local probes",
-                self.store.url.split("@")[-1],
+                shown_url(self.store.url),
                 what,
                 type(exc).__name__,
                 exc,
@@ -63,7 +63,7 @@ class StoreHealth:
 
     def ok(self) -> None:
         if self.down:
-            log.info("health store %s reachable again", self.store.url.split("@")[-1])
+            log.info("health store %s reachable again", shown_url(self.store.url))
         self.down = False
 
 

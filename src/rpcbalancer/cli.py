@@ -15,6 +15,7 @@ from rich.table import Table
 from . import __version__
 from .config import Config, load, parse_duration
 from .errors import ConfigError
+from .store import shown_url
 
 cli = typer.Typer(
     name="rpcbalancer",
@@ -138,7 +139,7 @@ def status(
             f"[red]cannot read the health store:[/red] {type(exc).__name__}: {exc}", highlight=False
         )
         raise typer.Exit(2) from None
-    table = Table(title=f"health store {cfg.store.split('@')[-1]}")
+    table = Table(title=f"health store {shown_url(cfg.store)}")
     for column in (
         "node",
         "state",
@@ -159,6 +160,46 @@ def status(
             "[red]no node is usable[/red]" if rows else "[red]the store holds no probes[/red]"
         )
         raise typer.Exit(1)
+
+
+lambda_cli = typer.Typer(help="AWS Lambda: build the deployment zip.", no_args_is_help=True)
+cli.add_typer(lambda_cli, name="lambda")
+
+
+@lambda_cli.command("package")
+def lambda_package(
+    arch: Annotated[str, typer.Option(help="Target architecture: arm64 or x86_64.")] = "arm64",
+    python: Annotated[str, typer.Option(help="Target Python version of the runtime.")] = "3.12",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Zip path (default dist/...zip).")
+    ] = None,
+    extra: Annotated[
+        list[str] | None,
+        typer.Option(help="Store client to include: redis, postgres (repeatable)."),
+    ] = None,
+    compile_with: Annotated[
+        str | None,
+        typer.Option(help="Interpreter of the target version for byte-code (found if omitted)."),
+    ] = None,
+) -> None:
+    """Build the Lambda deployment zip (wheels for the target platform, no boto3/uvloop)."""
+    from .lambda_package import PackageError, build
+
+    path = output or Path("dist") / f"rpcbalancer-lambda-{arch}.zip"
+    try:
+        built = build(path, arch=arch, python=python, extras=extra or (), compile_with=compile_with)
+    except PackageError as exc:
+        err.print(f"[red]cannot build the package:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"{built.path}: {built.size / 1e6:.2f} MB, {built.files} files, "
+        f"python {python} {arch}, with {', '.join(built.requirements)}"
+    )
+    if built.compiled_with is None:
+        err.print(
+            f"[yellow]no python{python} found: the zip has no byte-code, so every cold start "
+            "compiles the modules (give one with --compile-with)[/yellow]"
+        )
 
 
 @cli.command()

@@ -14,12 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
@@ -324,6 +323,8 @@ def _substitute(value: Any, env: Mapping[str, str], found: set[str], missing: se
     whole = _PLACEHOLDER.fullmatch(value)
     result = _PLACEHOLDER.sub(replace, value)
     if whole and result and "\n" not in result:
+        import yaml
+
         try:
             typed = yaml.safe_load(result)
         except yaml.YAMLError:
@@ -344,22 +345,27 @@ def load(
     ``RPCBALANCER_NODES`` (comma-separated URLs) replaces the file's node list and
     ``RPCBALANCER_STORE`` its store URL; ``overrides`` (from CLI flags) win over both.
     """
-    env = os.environ if env is None else env
-    raw: Any = {}
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys, not a list or text")
+    raw = {} if path is None else read_yaml(Path(path).read_text, f"config file {path}")
     return from_mapping(raw, env=env, overrides=overrides, source=str(path or "defaults"))
+
+
+def read_yaml(read: Callable[[], str], what: str) -> dict[str, Any]:
+    """A YAML mapping of keys from ``read()`` (a file, an environment variable's text)."""
+    import yaml  # only here: a Lambda cold start configured by JSON or env never pays for it
+
+    try:
+        text = read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} is not valid YAML: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} must hold a mapping of keys, not a list or text")
+    return raw
 
 
 def from_mapping(

@@ -61,9 +61,11 @@ def _error(status: int, body: bytes, extra: tuple[tuple[str, str], ...] = ()) ->
 
 
 class Gateway:
-    def __init__(self, balancer: Balancer) -> None:
+    def __init__(self, balancer: Balancer, *, annotate: str | None = None) -> None:
         self.balancer = balancer
         self.config = balancer.config
+        self.annotate = annotate or self.config.annotate
+        """``body``: the original design's ``__server__``/``__version__`` in JSON answers."""
         self._control = {
             "/health": self._health,
             "/version": self._version,
@@ -151,7 +153,7 @@ class Gateway:
         if probe is not None and probe.version:
             headers.append(("x-rpc-node-version", probe.version))
         body = resp.body
-        if self.config.annotate == "body":
+        if self.annotate == "body":
             body = _annotate(body, node.name, probe.version_doc if probe else None)
         return HttpResponse(resp.status, headers, body)
 
@@ -197,7 +199,7 @@ class Gateway:
                 b.fleet,
                 b.clock(),
                 chain=b.chain.name,
-                strategy=b.policy.name,
+                strategy=b.router.policy.name,
                 started_at=b.started_at,
             ),
         )

@@ -187,7 +187,13 @@ class Router:
                 break  # the retry budget is spent: no retry storm on a sick fleet
             node = await self._choose(left, req, now, deadline, failopen)
             if node is None:
-                last_error = NoHealthyNode("no node answered the race ping in time")
+                if self.clock() >= deadline:
+                    last_error = UpstreamTimeout(
+                        "balancer",
+                        f"no node answered the race ping within the {self.total:g}s deadline",
+                    )
+                else:
+                    last_error = NoHealthyNode("no node answered the race ping in time")
                 break
             outcome.tried.append(node)
             delay = self._hedge_delay(node, req, len(left))

@@ -8,6 +8,11 @@ from ..errors import ConfigError
 from .base import HealthStore, ProbeRecord
 
 
+def shown_url(url: str) -> str:
+    """A store URL fit for logs and answers: without the credentials before ``@``."""
+    return url.rsplit("@", 1)[-1]
+
+
 def open_store(url: str) -> HealthStore:
     """The store for ``url`` (not yet opened: call ``await store.open()``)."""
     scheme = urlsplit(url).scheme
@@ -33,4 +38,4 @@ def open_store(url: str) -> HealthStore:
     )
 
 
-__all__ = ["HealthStore", "ProbeRecord", "open_store"]
+__all__ = ["HealthStore", "ProbeRecord", "open_store", "shown_url"]
