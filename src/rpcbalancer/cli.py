@@ -171,7 +171,8 @@ def lambda_package(
     arch: Annotated[str, typer.Option(help="Target architecture: arm64 or x86_64.")] = "arm64",
     python: Annotated[str, typer.Option(help="Target Python version of the runtime.")] = "3.12",
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Zip path (default dist/...zip).")
+        Path | None,
+        typer.Option("--output", "-o", help="Zip path (default dist/rpcbalancer-lambda.zip)."),
     ] = None,
     extra: Annotated[
         list[str] | None,
@@ -185,7 +186,7 @@ def lambda_package(
     """Build the Lambda deployment zip (wheels for the target platform, no boto3/uvloop)."""
     from .lambda_package import PackageError, build
 
-    path = output or Path("dist") / f"rpcbalancer-lambda-{arch}.zip"
+    path = output or Path("dist") / "rpcbalancer-lambda.zip"  # where the template looks
     try:
         built = build(path, arch=arch, python=python, extras=extra or (), compile_with=compile_with)
     except PackageError as exc:

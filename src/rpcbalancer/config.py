@@ -16,10 +16,18 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -49,6 +57,29 @@ Strategy = Literal[
     "latest_version",
 ]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*")
+_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``500ms``, ``60s``, ``60``, ``1m``, ``1h`` or ``2d``."""
+    match = _DURATION.fullmatch(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a duration such as 500ms, 60s, 1m, 1h or 2d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _seconds(value: Any) -> Any:
+    """A time setting: a number of seconds, or a duration string (``"1.5s"``, ``"2d"``)."""
+    if isinstance(value, str) and not _NUMBER.fullmatch(value):
+        return parse_duration(value)
+    return value
+
+
+_NUMBER = re.compile(r"\s*-?\d+(?:\.\d+)?\s*")
+Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 class _Model(BaseModel):
@@ -89,35 +120,35 @@ class StrategyConfig(_Model):
     """The node-selection policy and its parameters."""
 
     name: Strategy = "fastest"
-    race_ttl: float = Field(0.0, ge=0)
+    race_ttl: Seconds = Field(0.0, ge=0)
     """race: reuse the winner of a race for this many seconds (0: race every request)."""
-    decay: float = Field(10.0, gt=0)
+    decay: Seconds = Field(10.0, gt=0)
     """fastest: seconds over which an unused node's latency estimate fades."""
     choices: int = Field(3, ge=2)
     """fastest: how many random nodes are compared per pick (2: power of two choices)."""
 
 
 class Timeouts(_Model):
-    connect: float = Field(2.0, gt=0)
-    per_try: float = Field(5.0, gt=0)
-    total: float = Field(12.0, gt=0)
+    connect: Seconds = Field(2.0, gt=0)
+    per_try: Seconds = Field(5.0, gt=0)
+    total: Seconds = Field(12.0, gt=0)
     """Deadline for a whole client request, retries included."""
 
 
 class ProbeConfig(_Model):
-    interval: float = Field(10.0, gt=0)
+    interval: Seconds = Field(10.0, gt=0)
     """Seconds between canary rounds."""
-    timeout: float = Field(3.0, gt=0)
+    timeout: Seconds = Field(3.0, gt=0)
     """Seconds one probe call may take."""
     concurrency: int = Field(16, ge=1)
-    round_deadline: float = Field(20.0, gt=0)
+    round_deadline: Seconds = Field(20.0, gt=0)
     """Seconds a whole round may take; nodes not answered by then are left for the next."""
 
 
 class CircuitBreaker(_Model):
     failures: int = Field(5, ge=1)
     """Consecutive failed tries that eject a node."""
-    cooldown: float = Field(10.0, gt=0)
+    cooldown: Seconds = Field(10.0, gt=0)
     """Seconds an ejected node sits out before one trial request."""
 
 
@@ -127,8 +158,8 @@ class HedgeConfig(_Model):
 
     enabled: bool = True
     quantile: float = Field(0.95, gt=0, lt=1)
-    min_delay: float = Field(0.01, ge=0)
-    max_delay: float = Field(1.0, gt=0)
+    min_delay: Seconds = Field(0.01, ge=0)
+    max_delay: Seconds = Field(1.0, gt=0)
     min_samples: int = Field(20, ge=1)
     """Answers a node must have given before its latency is trusted to time a hedge."""
 
@@ -149,11 +180,11 @@ class OutlierConfig(_Model):
     stdev_factor: float = Field(1.9, gt=0)
     min_success: float = Field(0.9, ge=0, le=1)
     """A node is an outlier only below this success rate as well."""
-    base_ejection: float = Field(10.0, gt=0)
-    max_ejection: float = Field(300.0, gt=0)
+    base_ejection: Seconds = Field(10.0, gt=0)
+    max_ejection: Seconds = Field(300.0, gt=0)
     max_ejected: float = Field(0.5, ge=0, le=1)
     """At most this share of the fleet is ejected at once."""
-    slow_start: float = Field(10.0, ge=0)
+    slow_start: Seconds = Field(10.0, ge=0)
     """Seconds over which a node coming back ramps up to its full share."""
 
 
@@ -168,9 +199,9 @@ class ServerLimits(_Model):
     max_header_bytes: int = Field(32 * 1024, ge=1024)
     max_headers: int = Field(100, ge=8)
     max_body: int = Field(8 * 1024 * 1024, ge=1024)
-    request_timeout: float = Field(30.0, gt=0)
+    request_timeout: Seconds = Field(30.0, gt=0)
     """Seconds from a request's first byte to its last (slow clients get 408)."""
-    idle_timeout: float = Field(30.0, gt=0)
+    idle_timeout: Seconds = Field(30.0, gt=0)
     """Seconds a kept-alive connection may sit idle between requests."""
     max_pipeline: int = Field(32, ge=1)
 
@@ -193,7 +224,7 @@ class Config(_Model):
     queue_size: int = Field(1024, ge=0)
     """Requests that may wait for a slot at once; beyond, 503 at once."""
     max_block_lag: int = Field(10, ge=0)
-    max_head_age: float = Field(90.0, gt=0)
+    max_head_age: Seconds = Field(90.0, gt=0)
     min_version: str | None = None
     annotate: Literal["headers", "body"] = "headers"
     """Headers always name the node; ``body`` also adds the original design's fields."""
@@ -204,9 +235,9 @@ class Config(_Model):
     canary: Literal["embedded", "external"] = "embedded"
     """``embedded``: this process probes (under the store's lease); ``external``: another
     process does (``rpcbalancer canary``, the scheduled Lambda) and this one only reads."""
-    store_refresh: float = Field(2.0, gt=0)
+    store_refresh: Seconds = Field(2.0, gt=0)
     """Seconds the balancer keeps its copy of the store's view before reading it again."""
-    history_retention: float = Field(86400.0, gt=0)
+    history_retention: Seconds = Field(86400.0, gt=0)
     probe: ProbeConfig = ProbeConfig()
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     hedge: HedgeConfig = HedgeConfig()
@@ -215,7 +246,7 @@ class Config(_Model):
     trusted_proxies: tuple[str, ...] = ()
     forward_paths: bool = False
     resolve_dns: bool = False
-    dns_refresh: float = Field(60.0, gt=0)
+    dns_refresh: Seconds = Field(60.0, gt=0)
     user_agent: str = "rpcbalancer"
     rate_limit: RateLimit | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -282,18 +313,6 @@ def display_url(url: str) -> str:
     netloc = f"{host}:{parts.port}" if parts.port else host
     path = parts.path.rstrip("/")
     return f"{parts.scheme}://{netloc}{path}"
-
-
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|)\s*")
-_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``500ms``, ``60s``, ``60``, ``1m`` or ``1h``."""
-    match = _DURATION.fullmatch(text)
-    if match is None or float(match.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a duration such as 500ms, 60s, 1m or 1h")
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 # --- loading -------------------------------------------------------------------------------

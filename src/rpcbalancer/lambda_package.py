@@ -78,6 +78,7 @@ def build(
     extras: Sequence[str] = (),
     pip_args: Sequence[str] = (),
     compile_with: str | None = None,
+    byte_code: bool = True,
 ) -> Built:
     if arch not in ARCHES:
         raise PackageError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHES)}")
@@ -109,7 +110,7 @@ def build(
             raise PackageError(f"pip could not get the wheels:\n{done.stderr.strip()[-2000:]}")
         source = Path(__file__).resolve().parent
         shutil.copytree(source, staging / "rpcbalancer", ignore=_ignored)
-        compiler = compile_with or find_python(python)
+        compiler = (compile_with or find_python(python)) if byte_code else None
         if compiler is not None:
             _compile(compiler, staging)
         files = _zip(staging, output)

@@ -6,9 +6,7 @@ Python runtime itself provides (the runtime client and boto3) on the path.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import subprocess
 import sys
 import time
 import zipfile
@@ -17,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from rpcbalancer.lambda_package import build, find_python
 from rpcbalancer.sim import Behaviour, FleetThread
-from rpcbalancer.sim.lambda_api import RuntimeApi, decode
+from rpcbalancer.sim.lambda_api import LambdaFunction, install_runtime
 
 from ..apigw import original_event
 
@@ -45,18 +42,6 @@ def runtime_python() -> tuple[str, str]:
     return sys.executable, f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-def _pip_target(target: Path, version: str, *packages: str) -> None:
-    subprocess.run(
-        [
-            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-            "--target", str(target), "--platform", f"manylinux2014_{platform.machine()}",
-            "--implementation", "cp", "--python-version", version, "--only-binary=:all:",
-            *packages,
-        ],
-        check=True,
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def task_root(tmp_path_factory: pytest.TempPathFactory, runtime_python: tuple[str, str]) -> Path:
     """The zip ``rpcbalancer lambda package`` builds for this machine, unpacked."""
@@ -71,75 +56,19 @@ def task_root(tmp_path_factory: pytest.TempPathFactory, runtime_python: tuple[st
 
 @pytest.fixture(scope="session")
 def runtime_site(tmp_path_factory: pytest.TempPathFactory, runtime_python: tuple[str, str]) -> Path:
-    """What the Lambda Python runtime brings besides the function: its client and boto3."""
     target = tmp_path_factory.mktemp("runtime")
-    _pip_target(target, runtime_python[1], "awslambdaric>=3", "boto3")
+    install_runtime(target, runtime_python[1])
     return target
-
-
-class Function:
-    """One runtime process (``python -m awslambdaric handler``) polling a :class:`RuntimeApi`."""
-
-    def __init__(
-        self,
-        handler: str,
-        env: dict[str, str],
-        *,
-        python: str,
-        task_root: Path,
-        runtime_site: Path,
-        log: Path,
-    ) -> None:
-        self.api = RuntimeApi(function_timeout=15)
-        self.api.__enter__()
-        self.log = log
-        environ = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "AWS_LAMBDA_RUNTIME_API": self.api.address,
-            "LAMBDA_TASK_ROOT": str(task_root),
-            "PYTHONPATH": f"{task_root}:{runtime_site}",
-            "AWS_LAMBDA_FUNCTION_NAME": "rpcbalancer",
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
-            "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            **env,
-        }
-        self._log = log.open("wb")
-        self.process = subprocess.Popen(
-            [python, "-S", "-m", "awslambdaric", handler],
-            cwd=task_root,
-            env=environ,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def invoke(self, event: Any, timeout: float = 30.0) -> tuple[Any, bool]:
-        """The function's result, and whether it was an error."""
-        assert self.process.poll() is None, self.log.read_text()
-        response = requests.post(self.api.invoke_url, json=event, timeout=timeout)
-        assert response.status_code == 200, response.text
-        return decode(response.content), "X-Amz-Function-Error" in response.headers
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        self.api.__exit__(None, None, None)
-        self._log.close()
 
 
 @pytest.fixture
 def function(
     runtime_python: tuple[str, str], task_root: Path, runtime_site: Path, tmp_path: Path
 ) -> Iterator[Any]:
-    started: list[Function] = []
+    started: list[LambdaFunction] = []
 
-    def start(handler: str, **env: str) -> Function:
-        fn = Function(
+    def start(handler: str, **env: str) -> LambdaFunction:
+        fn = LambdaFunction(
             handler,
             env,
             python=runtime_python[0],
@@ -219,3 +148,18 @@ def test_scheduled_canary_writes_dynamodb_and_the_balancer_routes_from_it(
     doc = json.loads(result["body"])
     assert doc["balancer"]["strategy"] == "fastest"  # the canary's records are fresh
     assert all(n["head_block"] for n in doc["nodes"])
+
+
+def test_the_arm64_package_for_the_template(tmp_path: Path) -> None:
+    built = build(tmp_path / "arm64.zip", arch="arm64", python="3.12")
+    with zipfile.ZipFile(built.path) as archive:
+        names = archive.namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert {"rpcbalancer", "mangum", "pydantic", "orjson", "httptools", "yaml"} <= tops
+    assert not tops & {"boto3", "botocore", "uvloop", "aiohttp", "typer", "rich"}
+    assert not any(name.startswith("rpcbalancer/sim/") for name in names)
+    binaries = [n for n in names if n.endswith(".so")]
+    assert binaries and all("aarch64" in n and "312" in n for n in binaries), binaries
+    assert built.size < 10 * 1024 * 1024
+    if built.compiled_with is not None:  # a python3.12 was found: byte-code ships too
+        assert "rpcbalancer/__pycache__/aws_lambda.cpython-312.pyc" in names

@@ -199,3 +199,21 @@ def test_doctorlai_strategy_names(theirs: str, ours: str) -> None:
 
 def test_display_url_hides_credentials_and_query() -> None:
     assert display_url("https://u:p@h.example:8443/v3/?key=1") == "https://h.example:8443/v3"
+
+
+def test_time_settings_take_durations_or_seconds() -> None:
+    config = from_mapping(
+        {
+            "history_retention": "2d",
+            "probe": {"interval": "1m", "timeout": "500ms"},
+            "timeouts": {"total": "12", "per_try": 4},
+        },
+        env={},
+    )
+    assert config.history_retention == 2 * 86400
+    assert (config.probe.interval, config.probe.timeout) == (60, 0.5)
+    assert (config.timeouts.total, config.timeouts.per_try) == (12, 4)
+    with pytest.raises(ConfigError, match=r"probe\.interval: 'soon' is not a duration"):
+        from_mapping({"probe": {"interval": "soon"}}, env={})
+    with pytest.raises(ConfigError, match=r"timeouts\.total: Input should be greater than 0"):
+        from_mapping({"timeouts": {"total": "-3"}}, env={})

@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import platform
 import queue
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+from urllib.request import Request, urlopen
 
 PREFIX = "/2018-06-01/runtime"
 INVOKE = "/2015-03-31/functions/function/invocations"
@@ -35,6 +41,17 @@ class Invocation:
     result: bytes = b""
     error_type: str | None = None
     """Set when the function failed: ``Lambda-Runtime-Function-Error-Type``."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A runtime client that went away mid-poll (stopped) is not an error worth a trace."""
+        import sys as _sys
+
+        if not isinstance(_sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class RuntimeApi:
@@ -52,6 +69,7 @@ class RuntimeApi:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as two writes
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -120,8 +138,7 @@ class RuntimeApi:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -158,3 +175,79 @@ class RuntimeApi:
 
 def decode(result: bytes) -> Any:
     return json.loads(result) if result else None
+
+
+def install_runtime(target: Path, python_version: str) -> None:
+    """What the Lambda Python runtime brings besides the function (its runtime client and
+    boto3), installed into ``target`` for ``python_version`` on this machine's platform."""
+    subprocess.run(
+        [
+            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+            "--target", str(target), "--platform", f"manylinux2014_{platform.machine()}",
+            "--implementation", "cp", "--python-version", python_version,
+            "--only-binary=:all:", "awslambdaric>=3", "boto3",
+        ],
+        check=True,
+    )  # fmt: skip
+
+
+class LambdaFunction:
+    """One runtime process (``python -S -m awslambdaric handler``) polling its own
+    :class:`RuntimeApi`, with only ``task_root`` (the unpacked zip) and ``runtime_site``
+    (:func:`install_runtime`) on its path, as in Lambda."""
+
+    def __init__(
+        self,
+        handler: str,
+        env: dict[str, str],
+        *,
+        python: str,
+        task_root: Path,
+        runtime_site: Path,
+        log: Path,
+    ) -> None:
+        self.api = RuntimeApi(function_timeout=15).__enter__()
+        self.log = log
+        environ = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "AWS_LAMBDA_RUNTIME_API": self.api.address,
+            "LAMBDA_TASK_ROOT": str(task_root),
+            "PYTHONPATH": f"{task_root}:{runtime_site}",
+            "AWS_LAMBDA_FUNCTION_NAME": "rpcbalancer",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            **env,
+        }
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(
+            [python, "-S", "-m", "awslambdaric", handler],
+            cwd=task_root,
+            env=environ,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def invoke(self, event: Any, timeout: float = 30.0) -> tuple[Any, bool]:
+        """The function's result, and whether it was an error (``X-Amz-Function-Error``)."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the runtime exited: {self.log.read_text()[-2000:]}")
+        request = Request(
+            self.api.invoke_url,
+            data=json.dumps(event).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urlopen(request, timeout=timeout) as response:
+            failed = response.headers.get("X-Amz-Function-Error") is not None
+            return decode(response.read()), failed
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.api.__exit__(None, None, None)
+        self._log.close()
