@@ -8,6 +8,7 @@ runtime loop.
   byte-code and without it (what a zip built without a matching interpreter costs); boto3's
   import, which most Python functions pay, is measured beside it as the peer.
 * Size: the arm64 zip ``rpcbalancer lambda package`` builds for the template.
+* Cold start: from starting the runtime process to the first invocation's answer.
 * Invocations: the zip run by awslambdaric against the loopback Runtime API
   (``rpcbalancer.sim.lambda_api``), invoked over HTTP one after another, each an HTTP API
   event for one JSON-RPC call to a fake node. Peers in the same run: an empty handler (the
@@ -132,6 +133,7 @@ def main() -> None:
         }
 
         results: dict[str, Any] = {}
+        cold: dict[str, float] = {}
         event = json.loads(EVENT.read_text())
         with FleetThread({"node": Behaviour(latency=0.0)}) as fleet:
             node = fleet.urls[0]
@@ -162,6 +164,7 @@ def main() -> None:
                 (RACE, "rpcbalancer.aws_lambda.handler", {}),
                 (STORE, "rpcbalancer.aws_lambda.handler", {"RPCBALANCER_STORE": store}),
             ):
+                started = time.perf_counter()
                 fn = LambdaFunction(
                     handler,
                     {"RPCBALANCER_NODES": node, "NODE": node, **env},
@@ -172,6 +175,7 @@ def main() -> None:
                 )
                 try:
                     result, failed = fn.invoke(event)
+                    cold[label] = (time.perf_counter() - started) * 1000
                     assert not failed and result["statusCode"] == 200, result
                     results[label] = latencies(lambda fn=fn: fn.invoke(event), n)
                 finally:
@@ -183,6 +187,9 @@ def main() -> None:
     )
     print("\nimport time, median of", args.imports, "fresh processes:")
     for label, ms in imports.items():
+        print(f"  {label:<52} {ms:7.1f} ms")
+    print("\ncold start: runtime process started to first answer (one each):")
+    for label, ms in cold.items():
         print(f"  {label:<52} {ms:7.1f} ms")
     print(f"\n{n} invocations each, one after another (ms):")
     print(f"  {'':<42} {'p50':>7} {'p99':>7} {'mean':>7}")
