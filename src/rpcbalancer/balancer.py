@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
 from types import TracebackType
 
+from .accesslog import AccessLog, RequestIds
 from .budget import RetryBudget
 from .canary import Canary, StoreView
 from .chains import CHAINS, Chain
 from .clientip import parse_networks
 from .config import Config
 from .dns import DnsExpander, Resolver, system_resolver
+from .metrics import SnapshotFolder, Stats
 from .nodes import Fleet, Health, Node, OutlierRule, eject_outliers, parse_version
 from .periodic import Periodic
 from .policies import Race, make_policy
@@ -125,6 +128,14 @@ class Balancer:
         self.dns = (
             DnsExpander(config.nodes, self.fleet, resolver=resolver) if config.resolve_dns else None
         )
+        self.stats = Stats(self.chain.metric_methods | set(config.metrics.methods))
+        self.request_ids = RequestIds()
+        self.access_log = (
+            AccessLog(config.access_log, config.secrets) if config.access_log.enabled else None
+        )
+        folder = os.environ.get("RPCBALANCER_METRICS_DIR")
+        self.snapshots = SnapshotFolder(folder) if folder and background else None
+        """Where workers of one server share their counters (see :mod:`.metrics`)."""
         self.started_at = time.time()
         self._stack: contextlib.AsyncExitStack | None = None
         self._due: dict[str, float] = {}
@@ -135,6 +146,14 @@ class Balancer:
     async def __aenter__(self) -> Balancer:
         stack = contextlib.AsyncExitStack()
         stack.push_async_callback(self.transport.aclose)
+        if self.access_log is not None:
+            self.access_log.open()
+            stack.callback(self.access_log.close)
+            if self.background:
+                await stack.enter_async_context(Periodic("access-log", 1.0, self.access_log.tick))
+        if self.snapshots is not None:
+            stack.callback(self.snapshots.remove)
+            await stack.enter_async_context(Periodic("metrics", 1.0, self._share_counters))
         if not self.background:
             if self.store is not None:
                 stack.push_async_callback(self.store.close)
@@ -201,6 +220,10 @@ class Balancer:
             return False
         self._due[task] = now + every
         return True
+
+    async def _share_counters(self) -> None:
+        assert self.snapshots is not None
+        self.snapshots.write(self.stats.snapshot(self))
 
     async def _review_outliers(self) -> None:
         jitter = 0.85 + 0.3 * self.rng.random()

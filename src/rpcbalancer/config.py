@@ -211,6 +211,24 @@ class RateLimit(_Model):
     max_requests: int = Field(600, gt=0)
 
 
+class MetricsConfig(_Model):
+    enabled: bool = True
+    """``GET /metrics`` in Prometheus text format."""
+    methods: tuple[str, ...] = ()
+    """JSON-RPC methods allowed as metric labels besides the chain preset's common ones."""
+
+
+class AccessLogConfig(_Model):
+    enabled: bool = True
+    path: str = "-"
+    """Where the JSON lines go: ``-`` for standard output, or a file (appended to)."""
+    sample: float = Field(1.0, ge=0, le=1)
+    """Share of successful requests logged; failed ones are always logged."""
+    bodies: bool = False
+    """Log request bodies (truncated to ``body_max`` bytes, secrets redacted)."""
+    body_max: int = Field(512, ge=0, le=65536)
+
+
 class Config(_Model):
     """The whole configuration of one balancer."""
 
@@ -250,6 +268,11 @@ class Config(_Model):
     user_agent: str = "rpcbalancer"
     rate_limit: RateLimit | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    access_log: AccessLogConfig = AccessLogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    explain: bool = False
+    """Allow ``X-RPC-Explain: 1`` on a request to get the node scores in ``X-RPC-Scores``."""
     secrets: frozenset[str] = frozenset()
 
     @field_validator("nodes", mode="before")

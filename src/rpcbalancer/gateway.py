@@ -1,6 +1,7 @@
 """The gateway: HTTP request in, HTTP response out, the same for every host.
 
-It holds the routes (the proxy at ``/``, ``/health``, ``/version``, ``/status.json``), CORS,
+It holds the routes (the proxy at ``/``, ``/health``, ``/version``, ``/status.json``, the
+``/status`` page and its ``/status/history.json``, ``/metrics``), CORS, the access log,
 and the one place where errors become responses: JSON-RPC error objects with the request's
 id echoed, and an HTTP status by cause (400 bad request, 502 bad upstream, 503 no node,
 504 deadline). Hosts adapt their own request shapes to :class:`HttpRequest`.
@@ -9,26 +10,37 @@ id echoed, and an HTTP status by cause (400 bad request, 502 bad upstream, 503 n
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Awaitable, Mapping
+import time
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from . import __version__, jsonrpc
+from .accesslog import BATCH_METHODS_SHOWN, AccessLog
 from .balancer import Balancer
 from .clientip import client_ip
+from .config import parse_duration
 from .errors import NoHealthyNode, RpcBalancerError, UpstreamError, UpstreamTimeout
 from .jsonrpc import RpcCall, RpcProblem
+from .metrics import PROMETHEUS_TYPE, render
+from .nodes import LATENCY_BUCKETS
 from .router import Outcome, ProxyRequest
-from .views import health_doc, status_doc
+from .statuspage import PAGE_SECURITY as _PAGE_SECURITY
+from .statuspage import STATUS_PAGE
+from .views import health_doc, history_doc, status_doc
+
+HISTORY_CACHE_S = 20.0
+"""Seconds a history answer is reused: many open pages must not mean many store reads."""
 
 ALLOW = "GET, HEAD, POST, OPTIONS"
 _CORS = (
     ("access-control-allow-origin", "*"),
     (
         "access-control-expose-headers",
-        "x-rpc-node, x-rpc-attempts, x-rpc-node-version, x-rpc-hedged",
+        "x-rpc-node, x-rpc-attempts, x-rpc-node-version, x-rpc-hedged, x-rpc-scores, x-request-id",
     ),
 )
 _JSON = ("content-type", "application/json")
@@ -66,11 +78,15 @@ class Gateway:
         self.config = balancer.config
         self.annotate = annotate or self.config.annotate
         """``body``: the original design's ``__server__``/``__version__`` in JSON answers."""
-        self._control = {
+        self._control: dict[str, Callable[[], HttpResponse]] = {
             "/health": self._health,
             "/version": self._version,
             "/status.json": self._status,
+            "/status": self._page,
         }
+        if self.config.metrics.enabled:
+            self._control["/metrics"] = self._metrics
+        self._history_cache: dict[float, tuple[float, dict[str, Any]]] = {}
 
     def handle(self, req: HttpRequest) -> Awaitable[HttpResponse]:
         """Answer one request. A plain function returning the awaitable, so that the proxy
@@ -84,10 +100,10 @@ class Gateway:
         if method == "OPTIONS":
             return self._preflight(req)
         control = self._control.get(req.path)
-        if control is not None:
+        if control is not None or req.path == "/status/history.json":
             if method not in ("GET", "HEAD"):
                 return self._not_allowed("GET, HEAD, OPTIONS")
-            return control()
+            return control() if control is not None else await self._history(req)
         if req.path == "/":
             return await self._proxy(req, None)
         if self.config.forward_paths:
@@ -107,16 +123,19 @@ class Gateway:
     # -- the proxy -----------------------------------------------------------------------
 
     async def _proxy(self, req: HttpRequest, path: str | None) -> HttpResponse:
+        balancer = self.balancer
+        start = balancer.clock()
+        rid = balancer.request_ids.get(req.headers.get("x-request-id"))
         method = req.method.upper()
         call: RpcCall | None = None
         if method == "POST":
             parsed = jsonrpc.parse(req.body)
             if isinstance(parsed, RpcProblem):
-                return _error(parsed.http_status, parsed.body())
+                response = _error(parsed.http_status, parsed.body())
+                return self._done(req, None, None, response, start, rid)
             call = parsed
         elif method not in ("GET", "HEAD"):
-            return self._not_allowed(ALLOW)
-        balancer = self.balancer
+            return self._done(req, None, None, self._not_allowed(ALLOW), start, rid)
         chain = balancer.chain
         broadcast = call is not None and any(chain.is_broadcast(m) for m in call.methods)
         forwarded = req.headers.get("x-forwarded-for")
@@ -126,6 +145,7 @@ class Gateway:
             "accept": "application/json",
             "user-agent": self.config.user_agent,
             "x-forwarded-for": f"{forwarded}, {req.peer}" if forwarded else req.peer,
+            "x-request-id": rid,
         }
         outcome = await balancer.router.forward(
             ProxyRequest(
@@ -137,7 +157,105 @@ class Gateway:
                 client_ip=ip,
             )
         )
-        return self._answer(outcome, call)
+        response = self._answer(outcome, call)
+        if self.config.explain and req.headers.get("x-rpc-explain") == "1":
+            response.headers.append(("x-rpc-scores", self._scores()))
+        return self._done(req, call, outcome, response, start, rid)
+
+    def _done(
+        self,
+        req: HttpRequest,
+        call: RpcCall | None,
+        outcome: Outcome | None,
+        response: HttpResponse,
+        start: float,
+        rid: str,
+    ) -> HttpResponse:
+        """Count the request, log it, and give the answer its request id."""
+        balancer = self.balancer
+        stats = balancer.stats
+        seconds = balancer.clock() - start
+        kind = _outcome_kind(outcome, response.status)
+        key = (stats.method_label(call), kind)
+        stats.requests[key] = stats.requests.get(key, 0) + 1
+        stats.duration[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        stats.duration_sum += seconds
+        stats.bytes_in += len(req.body)
+        stats.bytes_out += len(response.body)
+        attempts = 0
+        if outcome is not None:
+            attempts = len(outcome.tried)
+            if outcome.hedged:
+                stats.hedges += 1
+                attempts -= 1
+                if outcome.node is not None and outcome.node is outcome.tried[-1]:
+                    stats.hedge_wins += 1
+            if attempts > 1:
+                stats.retries += attempts - 1
+        response.headers.append(("x-request-id", rid))
+        log = balancer.access_log
+        if log is not None and (
+            kind != "ok" or log.config.sample >= 1.0 or balancer.rng.random() < log.config.sample
+        ):
+            log.write(self._line(req, call, outcome, response, seconds, rid, kind, log))
+        return response
+
+    def _line(
+        self,
+        req: HttpRequest,
+        call: RpcCall | None,
+        outcome: Outcome | None,
+        response: HttpResponse,
+        seconds: float,
+        rid: str,
+        kind: str,
+        log: AccessLog,
+    ) -> dict[str, Any]:
+        line: dict[str, Any] = {
+            "ts": round(time.time(), 3),
+            "id": rid,
+            "ip": client_ip(
+                req.peer, req.headers.get("x-forwarded-for"), self.balancer.trusted_proxies
+            ),
+            "http": req.method,
+            "status": response.status,
+            "outcome": kind,
+            "ms": round(seconds * 1000, 2),
+            "in": len(req.body),
+            "out": len(response.body),
+        }
+        if req.path != "/":
+            line["path"] = req.path[:200]
+        if call is not None:
+            if call.batch:
+                line["batch"] = len(call.methods)
+                line["methods"] = [m[:100] for m in call.methods[:BATCH_METHODS_SHOWN]]
+            else:
+                line["method"] = call.methods[0][:100] if call.methods else ""
+        if outcome is not None:
+            line["node"] = outcome.node.name if outcome.node is not None else None
+            line["attempts"] = len(outcome.tried)
+            if outcome.hedged:
+                line["hedged"] = True
+            if outcome.error is not None:
+                line["error"] = str(outcome.error)[:300]
+        elif kind != "ok":
+            line["error"] = _message_of(response.body)
+        if log.config.bodies and req.body:
+            line["body"] = log.body(req.body)
+        return line
+
+    def _scores(self) -> str:
+        """``name=score`` for each usable node (lower wins), or how the policy picks."""
+        policy = self.balancer.router.policy
+        now = self.balancer.clock()
+        nodes, _ = self.balancer.fleet.candidates(now)
+        parts = []
+        for node in nodes:
+            score, _ = policy.explain(node, now)
+            if score is not None:
+                parts.append(f"{node.name}={score:.6g}")
+        return "; ".join(parts) if parts else f"{policy.name}: {policy.how}"
 
     def _answer(self, outcome: Outcome, call: RpcCall | None) -> HttpResponse:
         resp, node = outcome.response, outcome.node
@@ -192,17 +310,51 @@ class Gateway:
         )
 
     def _status(self) -> HttpResponse:
-        b = self.balancer
-        return _json(
+        return _json(200, status_doc(self.balancer), (("cache-control", "no-store"),))
+
+    def _page(self) -> HttpResponse:
+        return HttpResponse(
             200,
-            status_doc(
-                b.fleet,
-                b.clock(),
-                chain=b.chain.name,
-                strategy=b.router.policy.name,
-                started_at=b.started_at,
-            ),
+            [
+                ("content-type", "text/html; charset=utf-8"),
+                ("cache-control", "no-store"),
+                *_PAGE_SECURITY,
+            ],
+            STATUS_PAGE,
         )
+
+    def _metrics(self) -> HttpResponse:
+        b = self.balancer
+        body = render(b, b.stats, b.snapshots)
+        return HttpResponse(200, [("content-type", PROMETHEUS_TYPE)], body)
+
+    async def _history(self, req: HttpRequest) -> HttpResponse:
+        """The canary's history from the store, bucketed for the status page's charts."""
+        window = 3 * 3600.0
+        for part in req.query.split("&"):
+            name, _, value = part.partition("=")
+            if name == "window":
+                try:
+                    window = min(7 * 86400.0, parse_duration(value))
+                except ValueError as exc:
+                    return _error(400, jsonrpc.error_body(None, jsonrpc.INVALID_PARAMS, str(exc)))
+        store = self.balancer.store
+        until = time.time()
+        if store is None:
+            return _json(
+                200,
+                {"since": until - window, "until": until, "nodes": {}, "note": "no health store"},
+            )
+        cached = self._history_cache.get(window)
+        if cached is not None and until - cached[0] < HISTORY_CACHE_S:
+            return _json(200, cached[1])
+        try:
+            records = await store.history(until - window)
+        except Exception as exc:
+            return _json(503, {"error": f"the health store cannot be read: {type(exc).__name__}"})
+        doc = history_doc(records, self.balancer.fleet, since=until - window, until=until)
+        self._history_cache[window] = (until, doc)
+        return _json(200, doc)
 
     def _preflight(self, req: HttpRequest) -> HttpResponse:
         asked = req.headers.get("access-control-request-headers", "content-type")
@@ -224,6 +376,30 @@ class Gateway:
             jsonrpc.error_body(None, jsonrpc.INVALID_REQUEST, f"Method not allowed: use {allow}"),
             (("allow", allow),),
         )
+
+
+def _outcome_kind(outcome: Outcome | None, status: int) -> str:
+    """A bounded label for how a request ended (see :data:`.metrics.OUTCOMES`)."""
+    if outcome is not None and outcome.error is not None and outcome.response is None:
+        if isinstance(outcome.error, NoHealthyNode):
+            return "no_node"
+        if isinstance(outcome.error, UpstreamTimeout):
+            return "timeout"
+        return "upstream_error"
+    if status < 400:
+        return "ok"
+    if status < 500:
+        return "client_error"
+    return "upstream_error" if outcome is not None else "internal"
+
+
+def _message_of(body: bytes) -> str | None:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    return str(error.get("message"))[:300] if isinstance(error, dict) else None
 
 
 def _annotate(body: bytes, server: str, version: Any) -> bytes:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from .config import NodeConfig
 _OUTCOME_WINDOW = 64  # recent outcomes kept per node for the error rate
 _LATENCY_WINDOW = 512  # recent successful latencies kept per node for percentiles
 CANDIDATES_TTL = 0.05  # seconds the usable-node list is reused between changes
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds (seconds) of the latency histogram kept per node (Prometheus buckets)."""
 CLEAN_AFTER = 300.0  # seconds without ejection after which a node's ejections are forgotten
 
 
@@ -88,15 +91,18 @@ class Node:
         "_quantile",
         "_quantile_seen",
         "consecutive_failures",
+        "ejected_by",
         "ejected_until",
         "ejections",
         "failures",
         "headers",
+        "hist",
         "host_header",
         "index",
         "inflight",
         "last_error",
         "latencies",
+        "latency_sum",
         "name",
         "on_change",
         "passive_at",
@@ -149,6 +155,11 @@ class Node:
         self.ejections = 0
         self.requests = 0
         self.failures = 0
+        self.hist = [0] * (len(LATENCY_BUCKETS) + 1)
+        """Tries by latency, per bucket of :data:`LATENCY_BUCKETS` (the last: above them)."""
+        self.latency_sum = 0.0
+        self.ejected_by: dict[str, int] = {}
+        """Ejections since start, by cause (``breaker``, ``outlier``)."""
         self.last_error: str | None = None
         self.probe: ProbeResult | None = None
         self.on_change: Callable[[], None] | None = None
@@ -205,6 +216,8 @@ class Node:
         health: Health | None = None,
     ) -> None:
         self.observe_latency(now, latency if ok else max(latency, penalty))
+        self.hist[bisect_left(LATENCY_BUCKETS, latency)] += 1
+        self.latency_sum += latency
         self.recent.append(ok)
         if ok:
             self.latencies.append(latency)
@@ -218,11 +231,11 @@ class Node:
             and self.consecutive_failures >= health.breaker_failures
             and now >= self.ejected_until
         ):
-            self.eject(now, health.breaker_cooldown, health.breaker_cooldown * 8)
+            self.eject(now, health.breaker_cooldown, health.breaker_cooldown * 8, "breaker")
             # After the cooldown the node gets one trial try before the next ejection.
             self.consecutive_failures = health.breaker_failures - 1
 
-    def eject(self, now: float, base: float, cap: float) -> float:
+    def eject(self, now: float, base: float, cap: float, cause: str) -> float:
         """Take the node out of rotation for ``base`` seconds, doubled for each ejection
         since it last stayed clean for ``CLEAN_AFTER`` seconds, up to ``cap``; it returns
         through a slow start. Returns the seconds."""
@@ -231,6 +244,7 @@ class Node:
         seconds = float(min(cap, base * 2 ** min(self.ejections, 16)))
         self.ejected_until = now + seconds
         self.ejections += 1
+        self.ejected_by[cause] = self.ejected_by.get(cause, 0) + 1
         self.ramp_from = self.ejected_until
         if self.on_change is not None:
             self.on_change()
@@ -457,7 +471,7 @@ def eject_outliers(fleet: Fleet, now: float, rule: OutlierRule, jitter: float) -
         stdev = math.sqrt(sum((r - mean) ** 2 for r in others) / len(others))
         if rate >= mean - max(rule.stdev_factor * stdev, 0.05):
             continue
-        node.eject(now, rule.base_ejection * jitter, rule.max_ejection)
+        node.eject(now, rule.base_ejection * jitter, rule.max_ejection, "outlier")
         node.last_error = f"success rate {rate:.0%} against {mean:.0%} for its peers"
         node.recent.clear()  # judged afresh after it comes back
         ejected.append(node)

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
+import tempfile
 import time
 from collections.abc import Coroutine
 from multiprocessing.process import BaseProcess
@@ -93,6 +95,14 @@ def serve(config: Config, workers: int = 1) -> None:
 
 
 def _supervise(config: Config, workers: int) -> None:
+    # Workers share their metrics through files in a folder of their own (see .metrics);
+    # spawned processes inherit the environment, so the variable reaches every worker.
+    with tempfile.TemporaryDirectory(prefix="rpcbalancer-metrics-") as folder:
+        os.environ["RPCBALANCER_METRICS_DIR"] = folder
+        _watch(config, workers)
+
+
+def _watch(config: Config, workers: int) -> None:
     context = multiprocessing.get_context("spawn")
     stopping = False
 

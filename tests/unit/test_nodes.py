@@ -180,7 +180,7 @@ def test_outlier_ejection_spares_a_healthy_fleet_and_half_of_a_sick_one() -> Non
 def test_a_returning_node_ramps_up() -> None:
     f = fleet(1, slow_start=10.0)
     node = f.nodes[0]
-    node.eject(0.0, 5.0, 60.0)
+    node.eject(0.0, 5.0, 60.0, "breaker")
     assert node.ramp(5.0) == pytest.approx(0.1)
     assert node.ramp(10.0) == pytest.approx(0.55)
     assert node.ramp(15.0) == 1.0

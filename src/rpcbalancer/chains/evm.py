@@ -19,10 +19,37 @@ _BROADCAST = frozenset(
 )
 
 
+_METHODS = frozenset(
+    {
+        "eth_blockNumber",
+        "eth_chainId",
+        "net_version",
+        "web3_clientVersion",
+        "eth_call",
+        "eth_estimateGas",
+        "eth_gasPrice",
+        "eth_maxPriorityFeePerGas",
+        "eth_feeHistory",
+        "eth_getBalance",
+        "eth_getCode",
+        "eth_getStorageAt",
+        "eth_getTransactionCount",
+        "eth_getBlockByNumber",
+        "eth_getBlockByHash",
+        "eth_getLogs",
+        "eth_getTransactionByHash",
+        "eth_getTransactionReceipt",
+        "eth_syncing",
+    }
+    | _BROADCAST
+)
+
+
 @dataclass(frozen=True)
 class Evm:
     name: str = "evm"
     block_interval: float = 12.0
+    metric_methods: frozenset[str] = _METHODS
 
     def probe_calls(self) -> tuple[ProbeCall, ...]:
         return (

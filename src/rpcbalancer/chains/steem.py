@@ -19,10 +19,49 @@ _BROADCAST_PREFIXES = (
 )
 
 
+_COMMON = (
+    "get_dynamic_global_properties",
+    "get_block",
+    "get_block_header",
+    "get_ops_in_block",
+    "get_accounts",
+    "lookup_accounts",
+    "get_account_history",
+    "get_content",
+    "get_content_replies",
+    "get_active_votes",
+    "get_discussions_by_created",
+    "get_discussions_by_trending",
+    "get_discussions_by_blog",
+    "get_discussions_by_feed",
+    "get_followers",
+    "get_following",
+    "get_follow_count",
+    "get_config",
+    "get_version",
+    "get_chain_properties",
+    "get_current_median_history_price",
+    "get_reward_fund",
+    "get_witness_by_account",
+    "get_witnesses_by_vote",
+    "get_state",
+    "get_transaction",
+    "broadcast_transaction",
+    "broadcast_transaction_synchronous",
+)
+_METHODS = frozenset(
+    [f"condenser_api.{m}" for m in _COMMON]
+    + [f"database_api.{m}" for m in _COMMON]
+    + [f"network_broadcast_api.{m}" for m in _COMMON if m.startswith("broadcast")]
+    + ["call", "block_api.get_block", "block_api.get_block_range", "rc_api.find_rc_accounts"]
+)
+
+
 @dataclass(frozen=True)
 class SteemLike:
     name: str = "steem"
     block_interval: float = 3.0
+    metric_methods: frozenset[str] = _METHODS
 
     def probe_calls(self) -> tuple[ProbeCall, ...]:
         return (

@@ -33,6 +33,8 @@ class BasePolicy:
     """Shared constructor: the strategy's parameters and a seeded RNG."""
 
     name: ClassVar[str] = ""
+    how: ClassVar[str] = ""
+    """One line on how the policy picks, for the status page and ``X-RPC-Scores``."""
 
     def __init__(self, params: StrategyConfig, rng: random.Random) -> None:
         self.params = params
@@ -43,3 +45,12 @@ class BasePolicy:
 
     def pick(self, nodes: Sequence[Node], ctx: PickContext) -> Node:
         raise NotImplementedError
+
+    def explain(self, node: Node, now: float) -> tuple[float | None, str]:
+        """The node's score now (lower wins; None when the policy does not score nodes)
+        and what went into it."""
+        return None, self.how
+
+
+def ms(seconds: float | None) -> str:
+    return "unmeasured" if seconds is None else f"{seconds * 1000:.1f} ms"

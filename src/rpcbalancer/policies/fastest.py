@@ -14,11 +14,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..nodes import Node
-from .base import BasePolicy, PickContext
+from .base import BasePolicy, PickContext, ms
 
 
 class Fastest(BasePolicy):
     name = "fastest"
+    how = "lowest latency x load: latency estimate x (in flight + 1) / (weight x ramp)"
+
+    def explain(self, node: Node, now: float) -> tuple[float | None, str]:
+        latency = node.latency(now, self.params.decay)
+        return self.cost(node, now), (
+            f"latency {ms(latency)} x (in flight {node.inflight} + 1) / "
+            f"(weight {node.weight:g} x ramp {node.ramp(now):.2f})"
+        )
 
     def cost(self, node: Node, now: float) -> float:
         if node.weight <= 0:

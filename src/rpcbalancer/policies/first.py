@@ -10,6 +10,7 @@ from .base import BasePolicy, PickContext
 
 class First(BasePolicy):
     name = "first"
+    how = "the first usable node in the configured order"
 
     def pick(self, nodes: Sequence[Node], ctx: PickContext) -> Node:
         return nodes[0]

@@ -27,6 +27,7 @@ def _score(client: str, node: Node) -> float:
 
 class IpHash(BasePolicy):
     name = "ip_hash"
+    how = "the same node for the same client address (weighted rendezvous hashing)"
 
     def pick(self, nodes: Sequence[Node], ctx: PickContext) -> Node:
         return max(nodes, key=lambda n: _score(ctx.client_ip, n))

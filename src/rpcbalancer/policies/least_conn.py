@@ -10,6 +10,14 @@ from .base import BasePolicy, PickContext
 
 class LeastConn(BasePolicy):
     name = "least_conn"
+    how = "fewest requests in flight per unit of weight"
+
+    def explain(self, node: Node, now: float) -> tuple[float | None, str]:
+        if node.weight <= 0:
+            return float("inf"), "weight 0 (drained)"
+        return (node.inflight + 1) / node.weight, (
+            f"(in flight {node.inflight} + 1) / weight {node.weight:g}"
+        )
 
     def pick(self, nodes: Sequence[Node], ctx: PickContext) -> Node:
         def load(node: Node) -> float:

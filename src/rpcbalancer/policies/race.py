@@ -10,11 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..nodes import Node
-from .base import BasePolicy, PickContext
+from .base import BasePolicy, PickContext, ms
 
 
 class Race(BasePolicy):
     name = "race"
+    how = "every request pings every node; the first healthy answer wins"
+
+    def explain(self, node: Node, now: float) -> tuple[float | None, str]:
+        latency = node.latency(now)
+        kept = node is self._winner and now < self._until
+        note = " (kept winner)" if kept else ""
+        return latency, f"races; latency estimate {ms(latency)}{note}"
+
     _winner: Node | None = None
     _until = 0.0
 

@@ -10,6 +10,7 @@ from .base import BasePolicy, PickContext
 
 class Random(BasePolicy):
     name = "random"
+    how = "a random node (weighted)"
 
     def pick(self, nodes: Sequence[Node], ctx: PickContext) -> Node:
         return nodes[self.rng.randrange(len(nodes))]

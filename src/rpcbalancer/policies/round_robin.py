@@ -10,6 +10,7 @@ from .base import BasePolicy, PickContext
 
 class RoundRobin(BasePolicy):
     name = "round_robin"
+    how = "takes turns in the configured order"
     _next = 0
 
     def pick(self, nodes: Sequence[Node], ctx: PickContext) -> Node:

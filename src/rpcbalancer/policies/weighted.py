@@ -17,6 +17,7 @@ from .base import BasePolicy, PickContext
 
 class Weighted(BasePolicy):
     name = "weighted"
+    how = "smooth weighted round robin: turns in proportion to weight"
 
     def __init__(self, params: StrategyConfig, rng: random.Random) -> None:
         super().__init__(params, rng)
