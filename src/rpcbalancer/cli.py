@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,12 +39,10 @@ def _load(path: Path | None, **overrides: Any) -> Config:
         raise typer.Exit(2) from None
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _logging(level: str, fmt: str = "text") -> None:
+    from .logsetup import configure
+
+    configure(level, fmt)
 
 
 @cli.command()
@@ -60,7 +57,7 @@ def serve(
     """Serve the balancer over HTTP."""
     logging.captureWarnings(True)
     cfg = _load(config, host=host, port=port)
-    _logging(cfg.log_level)
+    _logging(cfg.log_level, cfg.log_format)
     from .server import serve as run
 
     run(cfg, workers=workers)
@@ -109,7 +106,7 @@ def canary(
             err.print(f"[red]--interval:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
     cfg = _load(config, store=store)
-    _logging(cfg.log_level)
+    _logging(cfg.log_level, cfg.log_format)
     from .canary import run_canary
 
     records = asyncio.run(run_canary(cfg, interval=every, once=once))
@@ -160,6 +157,35 @@ def status(
             "[red]no node is usable[/red]" if rows else "[red]the store holds no probes[/red]"
         )
         raise typer.Exit(1)
+
+
+@cli.command()
+def top(
+    url: Annotated[str, typer.Option(help="The balancer to watch.")] = "http://127.0.0.1:8080",
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one view and exit.")] = False,
+) -> None:
+    """A live terminal view of a running balancer: nodes, states, latency, share, scores."""
+    from .top import run_top
+
+    raise typer.Exit(run_top(url, interval, once))
+
+
+@cli.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port.")] = 8080,
+    rate: Annotated[float, typer.Option(min=0.1, max=500, help="Requests per second.")] = 5.0,
+    duration: Annotated[
+        float | None, typer.Option(min=1, help="Stop after this many seconds.")
+    ] = None,
+) -> None:
+    """A simulated fleet (fast, slow, flaky, lagging) behind a balancer, with light traffic."""
+    _logging("warning")
+    from .demo import run_demo
+    from .server import run_loop
+
+    run_loop(run_demo(host, port, rate, duration))
 
 
 lambda_cli = typer.Typer(help="AWS Lambda: build the deployment zip.", no_args_is_help=True)

@@ -25,15 +25,19 @@ from .balancer import Balancer
 from .config import Config
 from .gateway import Gateway
 from .h1server import H1Server
+from .logsetup import configure
 
 log = logging.getLogger(__name__)
 
 GRACE = 5.0  # seconds in-flight requests get after a stop signal
 
 
-async def _serve(config: Config, *, reuse_port: bool = False) -> None:
+async def serve_async(
+    config: Config, *, reuse_port: bool = False, stop: asyncio.Event | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain for ``GRACE`` seconds."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with Balancer(config) as balancer:
@@ -70,7 +74,7 @@ async def _serve(config: Config, *, reuse_port: bool = False) -> None:
             conn._close()
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:  # e.g. Windows: the default loop works, only slower
@@ -80,16 +84,13 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _worker(config: Config, index: int) -> None:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s worker{index} %(name)s: %(message)s",
-    )
-    _run(_serve(config, reuse_port=True))
+    configure(config.log_level, config.log_format, worker=f"worker{index}")
+    run_loop(serve_async(config, reuse_port=True))
 
 
 def serve(config: Config, workers: int = 1) -> None:
     if workers <= 1:
-        _run(_serve(config))
+        run_loop(serve_async(config))
         return
     _supervise(config, workers)
 

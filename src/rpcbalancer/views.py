@@ -122,7 +122,10 @@ def history_doc(
     records: list[ProbeRecord], fleet: Fleet, *, since: float, until: float, buckets: int = 60
 ) -> dict[str, Any]:
     """The canary's history as a chart wants it: per node and per time bucket, the median
-    probe latency of the good probes and the share of probes that were good."""
+    probe latency of the good probes and the share of probes that were good. A history
+    shorter than the window (a new deployment) is spread over the whole chart."""
+    if records:
+        since = max(since, min(r.at for r in records) - 1.0)
     width = max(1.0, (until - since) / buckets)
     names = {node.url: node.name for node in fleet.nodes}
     grouped: dict[str, list[list[ProbeRecord]]] = {

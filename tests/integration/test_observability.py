@@ -218,3 +218,23 @@ async def test_status_page_in_headless_chromium(
         await browser.screenshot(artifacts / "status-page.png")
         assert (artifacts / "status-page.png").stat().st_size > 10_000
         assert browser.console_errors() == []
+
+
+def test_json_application_log(fleet: FleetThread, balancer_process: Any) -> None:
+    lb = balancer_process(
+        {
+            "nodes": [fleet["fast"].url],
+            "store": "none",
+            "log_format": "json",
+            "access_log": {"enabled": False},
+        }
+    )
+    fleet.kill("fast")
+    time.sleep(0.2)
+    lb.rpc(DGP["method"])
+    lb.stop()
+    records = [json.loads(line) for line in lb.log.splitlines() if line.startswith("{")]
+    assert records, lb.log
+    assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["message"].startswith("serving on http://127.0.0.1:") for r in records)
+    assert not any(line.startswith('{"ts":') and '"http"' in line for line in lb.log.splitlines())
