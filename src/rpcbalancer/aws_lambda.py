@@ -114,6 +114,14 @@ class LambdaHost:
     # -- entry points --------------------------------------------------------------------
 
     def invoke(self, event: Any, context: Any) -> Any:
+        """One invocation; the access log is written before Lambda freezes the process."""
+        try:
+            return self._invoke(event, context)
+        finally:
+            if self.balancer.access_log is not None:
+                self.balancer.access_log.flush()
+
+    def _invoke(self, event: Any, context: Any) -> Any:
         self.invocations += 1
         kind = event_kind(event)
         if kind == "schedule":

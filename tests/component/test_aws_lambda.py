@@ -360,3 +360,26 @@ def test_a_misconfigured_function_answers_every_request_with_the_reason(
     assert "decay" in message
     with pytest.raises(ConfigError):
         aws_lambda.canary_handler(fixture("schedule"), Context())
+
+
+def test_status_page_and_metrics_on_lambda(
+    fleet: FleetThread, make_host: Callable[..., LambdaHost], capfd: pytest.CaptureFixture[str]
+) -> None:
+    host = make_host()
+    host.invoke(fixture("http-api"), Context())
+    page = host.invoke(get(fixture("function-url"), "/status"), Context())
+    assert page["statusCode"] == 200
+    assert header(page, "content-type").startswith("text/html")
+    assert "<title>rpcbalancer status</title>" in page["body"]
+    metrics = host.invoke(get(fixture("http-api"), "/metrics"), Context())
+    assert metrics["statusCode"] == 200
+    assert (
+        'rpcbalancer_requests_total{method="condenser_api.get_dynamic_global_properties",outcome="ok"} 1.0'
+        in metrics["body"]
+    )
+    logged = [
+        json.loads(line)
+        for line in capfd.readouterr().out.splitlines()
+        if line.startswith('{"ts":')
+    ]
+    assert [line["method"] for line in logged if "method" in line] == [RPC["method"]]
