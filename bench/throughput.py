@@ -206,6 +206,8 @@ backend nodes
                 "log_level": "warning",
                 "max_head_age": 10**9,
                 "probe": {"interval": 5},
+                # Like nginx and HAProxy here (access_log off); --set turns it on to measure it.
+                "access_log": {"enabled": False, "path": str(tmp / "access.log")},
                 **json.loads(args.set),
             }
         )
