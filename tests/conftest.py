@@ -51,9 +51,11 @@ class BalancerProcess:
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         config_path: Path | None = None,
+        scheme: str = "http",
     ) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.scheme = scheme
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.log_path = tmp / f"balancer-{self.port}.log"
         if config_path is None and config is not None:
             config_path = tmp / f"balancer-{self.port}.yaml"
@@ -79,9 +81,12 @@ class BalancerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"balancer exited with {self.proc.returncode}:\n{self.log}")
             try:
-                requests.get(self.url + "/version", timeout=0.5)
+                if self.scheme == "https":  # listening is enough: the test brings the CA
+                    socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                else:
+                    requests.get(self.url + "/version", timeout=0.5)
                 return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, OSError):
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"balancer did not start within {timeout}s:\n{self.log}")

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from .access import KeyRing, MethodFilter
 from .accesslog import AccessLog, RequestIds
 from .budget import RetryBudget
 from .canary import Canary, StoreView
@@ -34,8 +35,10 @@ from .nodes import Fleet, Health, Node, OutlierRule, eject_outliers, parse_versi
 from .periodic import Periodic
 from .policies import Race, make_policy
 from .probe import Prober
+from .ratelimit import LocalLimiter, RedisLimiter
 from .router import Router
 from .store import open_store
+from .store.redis import RedisStore
 from .upstream import H1Transport, Transport
 
 log = logging.getLogger(__name__)
@@ -128,6 +131,21 @@ class Balancer:
         self.dns = (
             DnsExpander(config.nodes, self.fleet, resolver=resolver) if config.resolve_dns else None
         )
+        self.methods = MethodFilter(config.methods)
+        self.keys = KeyRing(config.api_keys) if config.api_keys is not None else None
+        self.limiter = LocalLimiter(
+            clock, config.rate_limit.max_clients if config.rate_limit else 100_000
+        )
+        self.shared_limiter: RedisLimiter | None = None
+        """Rate limits shared through the Redis store (see :mod:`.ratelimit`)."""
+        limits = [config.rate_limit]
+        if config.api_keys is not None:
+            limits += [key.rate_limit for key in config.api_keys.keys]
+        shared = any(limit is not None and limit.shared for limit in limits)
+        if shared and isinstance(self.store, RedisStore):
+            self.shared_limiter = RedisLimiter(
+                self.store.connect_url, f"{self.store.prefix}:", self.limiter
+            )
         self.stats = Stats(self.chain.metric_methods | set(config.metrics.methods))
         self.request_ids = RequestIds()
         self.access_log = (
@@ -146,6 +164,8 @@ class Balancer:
     async def __aenter__(self) -> Balancer:
         stack = contextlib.AsyncExitStack()
         stack.push_async_callback(self.transport.aclose)
+        if self.shared_limiter is not None:
+            stack.push_async_callback(self.shared_limiter.aclose)
         if self.access_log is not None:
             self.access_log.open()
             stack.callback(self.access_log.close)

@@ -53,11 +53,33 @@ def serve(
     workers: Annotated[
         int, typer.Option(min=1, max=64, help="Worker processes sharing the port.")
     ] = 1,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate chain: serve HTTPS (with --tls-key).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for --tls-cert.")] = None,
 ) -> None:
-    """Serve the balancer over HTTP."""
+    """Serve the balancer over HTTP (or HTTPS with --tls-cert/--tls-key)."""
     logging.captureWarnings(True)
-    cfg = _load(config, host=host, port=port)
+    cfg = _load(
+        config,
+        host=host,
+        port=port,
+        tls_cert=str(tls_cert) if tls_cert else None,
+        tls_key=str(tls_key) if tls_key else None,
+    )
     _logging(cfg.log_level, cfg.log_format)
+    for node in cfg.nodes:
+        if not node.verify_tls:
+            logging.getLogger("rpcbalancer").warning(
+                "node %s: verify_tls is false: its TLS certificate is NOT verified", node.name
+            )
+    from .server import tls_context
+
+    try:
+        tls_context(cfg)
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     from .server import serve as run
 
     run(cfg, workers=workers)

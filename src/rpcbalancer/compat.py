@@ -136,7 +136,6 @@ def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
             for k1, k2 in (("windowMs", "window_ms"), ("maxRequests", "max_requests"))
             if k1 in rate
         }
-        ignored.append("rateLimit (read, but rate limiting is not enforced yet)")
     breaker = data.get("circuitBreaker")
     if isinstance(breaker, dict) and breaker.get("enabled", True) is not False:
         mapped: dict[str, Any] = {}

@@ -191,6 +191,15 @@ class OutlierConfig(_Model):
 class Listen(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    tls_cert: str | None = None
+    """PEM certificate chain: with ``tls_key``, the server speaks HTTPS (TLS 1.2 or newer)."""
+    tls_key: str | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Listen:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
 
 class ServerLimits(_Model):
@@ -204,11 +213,63 @@ class ServerLimits(_Model):
     idle_timeout: Seconds = Field(30.0, gt=0)
     """Seconds a kept-alive connection may sit idle between requests."""
     max_pipeline: int = Field(32, ge=1)
+    max_batch: int = Field(100, ge=1, le=10000)
+    """JSON-RPC calls in one batch."""
+    max_depth: int = Field(32, ge=2, le=512)
+    """How deep arrays and objects may nest in a request."""
 
 
 class RateLimit(_Model):
-    window_ms: int = Field(60000, gt=0)
-    max_requests: int = Field(600, gt=0)
+    """A token bucket per client (address, or API key): ``rate`` calls a second on average,
+    up to ``burst`` at once. A batch costs one token per call. DoctorLai's ``windowMs`` /
+    ``maxRequests`` become ``rate = max_requests / window`` and ``burst = max_requests``."""
+
+    rate: float = Field(10.0, gt=0)
+    burst: int = Field(20, ge=1)
+    shared: bool = True
+    """With a Redis store, every instance sharing it enforces one limit."""
+    max_clients: int = Field(100_000, ge=100)
+    """Clients tracked in memory at most (the least recently seen are forgotten)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_window(cls, value: Any) -> Any:
+        if isinstance(value, dict) and ("window_ms" in value or "max_requests" in value):
+            value = dict(value)
+            window = float(value.pop("window_ms", 60000)) / 1000.0
+            count = int(value.pop("max_requests", 600))
+            if window <= 0 or count <= 0:
+                raise ValueError("window_ms and max_requests must be positive")
+            value.setdefault("rate", count / window)
+            value.setdefault("burst", count)
+        return value
+
+
+class MethodRules(_Model):
+    """Which JSON-RPC methods this endpoint serves: shell-style patterns (``*.broadcast_*``,
+    ``condenser_api.get_*``). A method must match ``allow`` when it is not empty, and must
+    not match ``deny``."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+class ApiKey(_Model):
+    name: str = Field(min_length=1, max_length=64)
+    key: str = Field(min_length=16, max_length=256)
+    """The secret itself; give it as ``${ENV_VAR}`` so it never sits in the file."""
+    rate_limit: RateLimit | None = None
+    methods: MethodRules = MethodRules()
+    api_keys: ApiKeys | None = None
+    """This key's own limit (instead of the per-address one)."""
+
+
+class ApiKeys(_Model):
+    keys: tuple[ApiKey, ...] = Field(min_length=1)
+    required: bool = True
+    """Refuse requests without a valid key (401); ``false``: keys only lift the limits."""
+    header: str = "x-api-key"
+    """The header carrying the key; a key may also be the request path (``POST /KEY``)."""
 
 
 class MetricsConfig(_Model):
@@ -267,6 +328,8 @@ class Config(_Model):
     dns_refresh: Seconds = Field(60.0, gt=0)
     user_agent: str = "rpcbalancer"
     rate_limit: RateLimit | None = None
+    methods: MethodRules = MethodRules()
+    api_keys: ApiKeys | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     access_log: AccessLogConfig = AccessLogConfig()
@@ -439,7 +502,7 @@ def from_mapping(
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key in ("host", "port"):
+        if key in ("host", "port", "tls_cert", "tls_key"):
             data["listen"] = {**(data.get("listen") or {}), key: value}
         else:
             data[key] = value

@@ -22,11 +22,12 @@ from . import __version__, jsonrpc
 from .accesslog import BATCH_METHODS_SHOWN, AccessLog
 from .balancer import Balancer
 from .clientip import client_ip
-from .config import parse_duration
+from .config import ApiKey, RateLimit, parse_duration
 from .errors import NoHealthyNode, RpcBalancerError, UpstreamError, UpstreamTimeout
 from .jsonrpc import RpcCall, RpcProblem
 from .metrics import PROMETHEUS_TYPE, render
 from .nodes import LATENCY_BUCKETS
+from .ratelimit import retry_after
 from .router import Outcome, ProxyRequest
 from .statuspage import PAGE_SECURITY as _PAGE_SECURITY
 from .statuspage import STATUS_PAGE
@@ -106,6 +107,11 @@ class Gateway:
             return control() if control is not None else await self._history(req)
         if req.path == "/":
             return await self._proxy(req, None)
+        keys = self.balancer.keys
+        if keys is not None:
+            key = keys.from_path(req.path)
+            if key is not None:
+                return await self._proxy(req, None, key)
         if self.config.forward_paths:
             path = _safe_path(req.path)
             if path is None:
@@ -122,24 +128,50 @@ class Gateway:
 
     # -- the proxy -----------------------------------------------------------------------
 
-    async def _proxy(self, req: HttpRequest, path: str | None) -> HttpResponse:
+    async def _proxy(
+        self, req: HttpRequest, path: str | None, key: ApiKey | None = None
+    ) -> HttpResponse:
         balancer = self.balancer
         start = balancer.clock()
         rid = balancer.request_ids.get(req.headers.get("x-request-id"))
         method = req.method.upper()
         call: RpcCall | None = None
         if method == "POST":
-            parsed = jsonrpc.parse(req.body)
+            limits = self.config.limits
+            parsed = jsonrpc.parse(
+                req.body,
+                max_batch=limits.max_batch,
+                max_depth=limits.max_depth,
+                allowed=balancer.methods.allowed if balancer.methods.active else None,
+            )
             if isinstance(parsed, RpcProblem):
                 response = _error(parsed.http_status, parsed.body())
                 return self._done(req, None, None, response, start, rid)
             call = parsed
         elif method not in ("GET", "HEAD"):
             return self._done(req, None, None, self._not_allowed(ALLOW), start, rid)
-        chain = balancer.chain
-        broadcast = call is not None and any(chain.is_broadcast(m) for m in call.methods)
         forwarded = req.headers.get("x-forwarded-for")
         ip = client_ip(req.peer, forwarded, balancer.trusted_proxies)
+        keys = balancer.keys
+        if keys is not None:
+            key = key or keys.find(req.headers.get(keys.header))
+            if key is None and keys.config.required:
+                return self._done(req, call, None, self._unauthorized(call), start, rid)
+        limit = key.rate_limit if key is not None and key.rate_limit else self.config.rate_limit
+        if limit is not None:
+            cost = len(call.methods) + len(call.rejected) if call is not None else 1
+            client = f"key:{key.name}" if key is not None else f"ip:{ip}"
+            if balancer.shared_limiter is not None and limit.shared:
+                wait = await balancer.shared_limiter.take(client, limit, cost)
+            else:
+                wait = balancer.limiter.take(client, limit, cost)
+            if wait > 0:
+                return self._done(req, call, None, self._limited(call, limit, wait), start, rid)
+        if call is not None and not call.methods:  # every batch member was answered here
+            answers = jsonrpc.dumps(jsonrpc.rejected_answers(call))
+            return self._done(req, call, None, _error(200, answers), start, rid)
+        chain = balancer.chain
+        broadcast = call is not None and any(chain.is_broadcast(m) for m in call.methods)
         headers = {
             "content-type": "application/json",
             "accept": "application/json",
@@ -152,12 +184,17 @@ class Gateway:
                 method="POST" if call is not None else "GET",
                 path=path,
                 headers=headers,
-                body=req.body if call is not None else None,
+                body=(call.body or req.body) if call is not None else None,
                 broadcast=broadcast,
                 client_ip=ip,
             )
         )
         response = self._answer(outcome, call)
+        if call is not None and response.status < 400:
+            if call.silent:  # notifications only: the spec gives them no answer
+                response = HttpResponse(204, [_CORS[0]])
+            elif call.rejected:
+                response.body = _with_rejected(response.body, call)
         if self.config.explain and req.headers.get("x-rpc-explain") == "1":
             response.headers.append(("x-rpc-scores", self._scores()))
         return self._done(req, call, outcome, response, start, rid)
@@ -225,7 +262,9 @@ class Gateway:
             "out": len(response.body),
         }
         if req.path != "/":
-            line["path"] = req.path[:200]
+            keys = self.balancer.keys
+            secret = keys is not None and keys.from_path(req.path) is not None
+            line["path"] = "/[api key]" if secret else req.path[:200]
         if call is not None:
             if call.batch:
                 line["batch"] = len(call.methods)
@@ -244,6 +283,27 @@ class Gateway:
         if log.config.bodies and req.body:
             line["body"] = log.body(req.body)
         return line
+
+    def _unauthorized(self, call: RpcCall | None) -> HttpResponse:
+        keys = self.balancer.keys
+        assert keys is not None
+        message = (
+            f"Unauthorized: a valid API key is required (header {keys.config.header}, or POST /KEY)"
+        )
+        return _error(
+            401,
+            jsonrpc.error_body_for(call, jsonrpc.UNAUTHORIZED, message),
+            (("www-authenticate", "ApiKey"),),
+        )
+
+    @staticmethod
+    def _limited(call: RpcCall | None, limit: RateLimit, wait: float) -> HttpResponse:
+        message = (
+            f"Too many requests: at most {limit.rate:g} calls a second (bursts of {limit.burst}); "
+            f"retry in {wait:.1f} s"
+        )
+        body = jsonrpc.error_body_for(call, jsonrpc.RATE_LIMITED, message)
+        return _error(429, body, (("retry-after", retry_after(wait)),))
 
     def _scores(self) -> str:
         """``name=score`` for each usable node (lower wins), or how the policy picks."""
@@ -378,6 +438,17 @@ class Gateway:
         )
 
 
+def _with_rejected(body: bytes, call: RpcCall) -> bytes:
+    """A node's batch answer with the answers of the members refused here added."""
+    try:
+        answers = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(answers, list):
+        answers = [answers]
+    return jsonrpc.dumps(answers + jsonrpc.rejected_answers(call))
+
+
 def _outcome_kind(outcome: Outcome | None, status: int) -> str:
     """A bounded label for how a request ended (see :data:`.metrics.OUTCOMES`)."""
     if outcome is not None and outcome.error is not None and outcome.response is None:
@@ -388,6 +459,10 @@ def _outcome_kind(outcome: Outcome | None, status: int) -> str:
         return "upstream_error"
     if status < 400:
         return "ok"
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "denied"
     if status < 500:
         return "client_error"
     return "upstream_error" if outcome is not None else "internal"

@@ -8,6 +8,8 @@ only when they might carry an error (a byte search before any parsing).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,22 +24,36 @@ INTERNAL_ERROR = -32603
 NO_NODE = -32001
 UPSTREAM_TIMEOUT = -32002
 UPSTREAM_FAILED = -32003
+UNAUTHORIZED = -32004
+RATE_LIMITED = -32005
 
 _Id = str | int | float | None
 
 
 @dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
 class RpcCall:
-    """What routing needs to know of one JSON-RPC request or batch."""
+    """What routing needs to know of one JSON-RPC request or batch: the members that go to a
+    node (``methods``, ``ids``) and, for a batch, the members answered here (``rejected``)."""
 
     methods: tuple[str, ...]
-    """Method names, one per batch member; ``call`` is unwrapped to ``api.method``."""
+    """Method names, one per forwarded member; ``call`` is unwrapped to ``api.method``."""
     ids: tuple[_Id, ...]
     batch: bool
+    notifications: int = 0
+    """Forwarded members without an ``id``: the spec gives them no answer."""
+    rejected: tuple[tuple[_Id, int, str], ...] = ()
+    """Batch members answered here, not forwarded: ``(id, code, message)`` each."""
+    body: bytes | None = None
+    """What to forward when it is not the client's body (members were rejected)."""
 
     @property
     def first_id(self) -> _Id:
         return self.ids[0] if self.ids else None
+
+    @property
+    def silent(self) -> bool:
+        """Only notifications: the client gets an empty answer (HTTP 204)."""
+        return not self.rejected and self.notifications == len(self.methods) > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,36 +69,135 @@ class RpcProblem:
         return error_body(self.id, self.code, self.message)
 
 
-def parse(body: bytes) -> RpcCall | RpcProblem:
-    """Parse a request body; never raises."""
+MAX_BATCH = 100
+MAX_DEPTH = 32
+
+
+def parse(
+    body: bytes,
+    *,
+    max_batch: int = MAX_BATCH,
+    max_depth: int = MAX_DEPTH,
+    allowed: Callable[[str], bool] | None = None,
+) -> RpcCall | RpcProblem:
+    """Parse a request body as the JSON-RPC 2.0 spec says; never raises.
+
+    The fast path is one orjson parse. Bodies that might hide an ambiguity take a slower,
+    exact one: repeated ``method``/``id``/``params`` keys are refused (a node might read
+    the other copy, and a broadcast must never pass for a read), and an id that orjson read
+    as a float is read again exactly (integers beyond 64 bits, echoed as sent).
+    ``allowed`` (the endpoint's method rules) refuses a call, or a batch member, by method.
+    """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "depth" in exc.msg or "recursion" in exc.msg:
+            return RpcProblem(INVALID_REQUEST, f"Invalid Request: nested deeper than {max_depth}")
         return RpcProblem(PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc.msg})")
+    members = len(doc) if isinstance(doc, list) else 1
+    if body.count(b"[") + body.count(b"{") > max_depth and _depth(doc) > max_depth:
+        return RpcProblem(INVALID_REQUEST, f"Invalid Request: nested deeper than {max_depth}")
+    if (
+        body.count(b'"method"') > members
+        or body.count(b'"id"') > members
+        or body.count(b'"params"') > members
+        or _float_id(doc)
+    ):
+        try:
+            doc = json.loads(body, object_pairs_hook=_refuse_repeats)
+        except _RepeatedKey as exc:
+            return RpcProblem(INVALID_REQUEST, f"Invalid Request: the key {exc} appears twice")
+        except (ValueError, RecursionError):
+            return RpcProblem(PARSE_ERROR, "Parse error: the body is not valid JSON")
     if isinstance(doc, dict):
         member = _member(doc)
         if isinstance(member, str):
             return RpcProblem(INVALID_REQUEST, f"Invalid Request: {member}", _safe_id(doc))
-        return RpcCall(methods=(member[0],), ids=(member[1],), batch=False)
+        if allowed is not None and not allowed(member[0]):
+            return RpcProblem(METHOD_NOT_FOUND, _not_here(member[0]), member[1], http_status=403)
+        return RpcCall(
+            methods=(member[0],), ids=(member[1],), batch=False, notifications=int(member[2])
+        )
     if isinstance(doc, list):
         if not doc:
             return RpcProblem(INVALID_REQUEST, "Invalid Request: the batch is empty")
+        if len(doc) > max_batch:
+            return RpcProblem(
+                INVALID_REQUEST,
+                f"Invalid Request: a batch of {len(doc)} calls; at most {max_batch} per request",
+            )
         methods: list[str] = []
         ids: list[_Id] = []
+        notifications = 0
+        rejected: list[tuple[_Id, int, str]] = []
+        kept: list[Any] = []
         for index, item in enumerate(doc):
-            if not isinstance(item, dict):
-                return RpcProblem(
-                    INVALID_REQUEST, f"Invalid Request: batch member {index} is not an object"
-                )
-            member = _member(item)
+            member = _member(item) if isinstance(item, dict) else "not an object"
             if isinstance(member, str):
-                return RpcProblem(
-                    INVALID_REQUEST, f"Invalid Request: batch member {index}: {member}"
+                ident = _safe_id(item) if isinstance(item, dict) else None
+                rejected.append(
+                    (ident, INVALID_REQUEST, f"Invalid Request: member {index}: {member}")
                 )
+                continue
+            if allowed is not None and not allowed(member[0]):
+                rejected.append((member[1], METHOD_NOT_FOUND, _not_here(member[0])))
+                continue
             methods.append(member[0])
             ids.append(member[1])
-        return RpcCall(methods=tuple(methods), ids=tuple(ids), batch=True)
+            notifications += member[2]
+            kept.append(item)
+        forward = dumps(kept) if rejected and kept else None
+        return RpcCall(
+            methods=tuple(methods),
+            ids=tuple(ids),
+            batch=True,
+            notifications=notifications,
+            rejected=tuple(rejected),
+            body=forward,
+        )
     return RpcProblem(INVALID_REQUEST, "Invalid Request: expected a JSON object or array")
+
+
+def _not_here(method: str) -> str:
+    return f"Method not allowed here: {method[:100]}"
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+_WATCHED = frozenset({"method", "id", "params", "jsonrpc"})
+
+
+def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen and key in _WATCHED:
+            raise _RepeatedKey(repr(key))
+        seen.add(key)
+    return dict(pairs)
+
+
+def _float_id(doc: Any) -> bool:
+    members = doc if isinstance(doc, list) else [doc]
+    return any(isinstance(m, dict) and isinstance(m.get("id"), float) for m in members)
+
+
+def _depth(doc: Any) -> int:
+    """How deep arrays and objects nest in ``doc`` (iterative: no recursion to exhaust)."""
+    deepest = 0
+    stack = [(doc, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _safe_id(doc: dict[str, Any]) -> _Id:
@@ -90,11 +205,13 @@ def _safe_id(doc: dict[str, Any]) -> _Id:
     return value if isinstance(value, str | int | float) and not isinstance(value, bool) else None
 
 
-def _member(doc: dict[str, Any]) -> tuple[str, _Id] | str:
-    """Return ``(method, id)`` of a request object, or why it is invalid."""
+def _member(doc: dict[str, Any]) -> tuple[str, _Id, bool] | str:
+    """Return ``(method, id, is a notification)`` of a request object, or why it is invalid."""
     method = doc.get("method")
     if not isinstance(method, str) or not method:
         return "'method' must be a non-empty string"
+    if "jsonrpc" in doc and doc["jsonrpc"] != "2.0":
+        return "'jsonrpc' must be \"2.0\""
     if "id" in doc:
         ident = doc["id"]
         if isinstance(ident, bool) or not isinstance(ident, str | int | float | None):
@@ -106,7 +223,15 @@ def _member(doc: dict[str, Any]) -> tuple[str, _Id] | str:
         api, name = params[0], params[1]
         if isinstance(api, str) and isinstance(name, str):
             method = f"{api}.{name}"
-    return method, _safe_id(doc)
+    return method, _safe_id(doc), "id" not in doc
+
+
+def dumps(doc: Any) -> bytes:
+    """orjson, or the standard library for integers beyond 64 bits (kept exact)."""
+    try:
+        return orjson.dumps(doc)
+    except TypeError:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def error_object(code: int, message: str, data: Any = None) -> dict[str, Any]:
@@ -117,15 +242,25 @@ def error_object(code: int, message: str, data: Any = None) -> dict[str, Any]:
 
 
 def error_body(ident: _Id, code: int, message: str, data: Any = None) -> bytes:
-    return orjson.dumps({"jsonrpc": "2.0", "error": error_object(code, message, data), "id": ident})
+    return dumps({"jsonrpc": "2.0", "error": error_object(code, message, data), "id": ident})
 
 
 def error_body_for(call: RpcCall | None, code: int, message: str) -> bytes:
     """An error answer shaped like the request: one object, or one per batch member."""
     if call is not None and call.batch:
         error = error_object(code, message)
-        return orjson.dumps([{"jsonrpc": "2.0", "error": error, "id": i} for i in call.ids])
+        answers = [{"jsonrpc": "2.0", "error": error, "id": i} for i in call.ids]
+        answers += rejected_answers(call)
+        return dumps(answers)
     return error_body(call.first_id if call else None, code, message)
+
+
+def rejected_answers(call: RpcCall) -> list[dict[str, Any]]:
+    """The error answers of the batch members answered here."""
+    return [
+        {"jsonrpc": "2.0", "error": error_object(code, message), "id": ident}
+        for ident, code, message in call.rejected
+    ]
 
 
 def request_body(method: str, params: Any = None, ident: int = 1) -> bytes:

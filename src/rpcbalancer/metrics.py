@@ -35,7 +35,16 @@ if TYPE_CHECKING:
     from .jsonrpc import RpcCall
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OUTCOMES = ("ok", "client_error", "no_node", "timeout", "upstream_error", "internal")
+OUTCOMES = (
+    "ok",
+    "client_error",
+    "rate_limited",
+    "denied",
+    "no_node",
+    "timeout",
+    "upstream_error",
+    "internal",
+)
 KINDS = ("ejected", "down", "lagging", "stale_head", "old_version")
 
 

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import ssl
 import tempfile
 import time
 from collections.abc import Coroutine
@@ -23,6 +24,7 @@ from typing import Any
 
 from .balancer import Balancer
 from .config import Config
+from .errors import ConfigError
 from .gateway import Gateway
 from .h1server import H1Server
 from .logsetup import configure
@@ -50,15 +52,19 @@ async def serve_async(
             connections.add(protocol)
             return protocol
 
+        tls = tls_context(config)
         server = await loop.create_server(
             factory,
             config.listen.host,
             config.listen.port,
             reuse_port=reuse_port,
             backlog=4096,
+            ssl=tls,
+            ssl_handshake_timeout=limits.request_timeout if tls else None,
         )
+        scheme = "https" if tls else "http"
         addresses = ", ".join(
-            f"http://{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets
+            f"{scheme}://{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets
         )
         log.info("serving on %s", addresses)
         await stop.wait()
@@ -72,6 +78,22 @@ async def serve_async(
             await asyncio.sleep(0.05)
         for conn in connections:
             conn._close()
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context when ``listen.tls_cert``/``tls_key`` are set; a missing or
+    unreadable file is a configuration error at start, not a failed handshake later."""
+    listen = config.listen
+    if listen.tls_cert is None or listen.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(listen.tls_cert, listen.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"listen.tls_cert/tls_key: cannot load the certificate: {exc}") from None
+    return context
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -174,9 +174,11 @@ def test_doctorlai_config_is_read_unchanged(
     assert config.circuit_breaker.failures == 4
     assert config.circuit_breaker.cooldown == 20
     assert config.rate_limit is not None
-    assert config.rate_limit.max_requests == 600
+    window_s = 10  # their windowMs: 10000
+    assert config.rate_limit.burst == 600  # their maxRequests
+    assert config.rate_limit.rate == 600 / window_s
     # Every key not carried over is named in one warning, and so is the TLS downgrade.
-    for key in ("sticky", "plimit", "max_age", "sslCertPath", "rateLimit"):
+    for key in ("sticky", "plimit", "max_age", "sslCertPath"):
         assert key in caplog.text
     assert "NOT verified" in caplog.text
 

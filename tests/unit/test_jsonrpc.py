@@ -49,10 +49,51 @@ def test_empty_batch_and_scalars_are_invalid_requests() -> None:
         assert problem.code == jsonrpc.INVALID_REQUEST
 
 
-def test_invalid_member_names_its_position() -> None:
-    problem = jsonrpc.parse(b'[{"method":"a","id":1}, {"id":2}]')
-    assert isinstance(problem, RpcProblem)
-    assert "member 1" in problem.message
+def test_a_batch_keeps_its_valid_members_and_answers_the_others() -> None:
+    call = jsonrpc.parse(b'[{"method":"a","id":1}, {"id":2}, 7, {"method":"b","id":"x"}]')
+    assert isinstance(call, RpcCall)
+    assert call.methods == ("a", "b") and call.ids == (1, "x")
+    assert [(i, code) for i, code, _ in call.rejected] == [(2, -32600), (None, -32600)]
+    assert "member 1" in call.rejected[0][2] and "member 2" in call.rejected[1][2]
+    assert orjson.loads(call.body or b"") == [{"method": "a", "id": 1}, {"method": "b", "id": "x"}]
+    nothing_valid = jsonrpc.parse(b"[1, 2, 3]")
+    assert isinstance(nothing_valid, RpcCall)
+    assert nothing_valid.methods == () and len(nothing_valid.rejected) == 3
+
+
+def test_notifications_are_counted_and_a_batch_of_them_is_silent() -> None:
+    single = jsonrpc.parse(b'{"jsonrpc":"2.0","method":"a"}')
+    assert isinstance(single, RpcCall) and single.silent
+    batch = jsonrpc.parse(b'[{"method":"a"},{"method":"b"}]')
+    assert isinstance(batch, RpcCall) and batch.silent and batch.notifications == 2
+    mixed = jsonrpc.parse(b'[{"method":"a"},{"method":"b","id":null}]')
+    assert isinstance(mixed, RpcCall) and not mixed.silent and mixed.notifications == 1
+
+
+def test_huge_ids_are_echoed_exactly() -> None:
+    big = 2**70 + 1
+    call = jsonrpc.parse(b'{"method":"a","id":%d}' % big)
+    assert isinstance(call, RpcCall) and call.ids == (big,)
+    assert json.loads(jsonrpc.error_body_for(call, -32001, "x"))["id"] == big
+    problem = jsonrpc.parse(b'{"method":5,"id":%d}' % big)
+    assert isinstance(problem, RpcProblem) and json.loads(problem.body())["id"] == big
+
+
+def test_repeated_keys_that_route_are_refused() -> None:
+    body = b'{"method":"condenser_api.broadcast_transaction","method":"condenser_api.get_config","id":1}'
+    problem = jsonrpc.parse(body)
+    assert isinstance(problem, RpcProblem) and "'method' appears twice" in problem.message
+    fine = jsonrpc.parse(b'{"method":"a","params":[{"id":1},{"id":2}],"id":3}')
+    assert isinstance(fine, RpcCall) and fine.ids == (3,)
+
+
+def test_limits_on_batch_length_and_depth() -> None:
+    long = jsonrpc.parse(orjson.dumps([{"method": "a", "id": i} for i in range(5)]), max_batch=4)
+    assert isinstance(long, RpcProblem) and "at most 4" in long.message
+    deep = jsonrpc.parse(b'{"method":"a","params":' + b"[" * 40 + b"]" * 40 + b',"id":1}')
+    assert isinstance(deep, RpcProblem) and "nested deeper than 32" in deep.message
+    wrong_version = jsonrpc.parse(b'{"jsonrpc":"1.0","method":"a","id":1}')
+    assert isinstance(wrong_version, RpcProblem)
 
 
 def test_invalid_request_echoes_a_usable_id() -> None:
@@ -97,4 +138,6 @@ def test_parse_answers_every_json_document(doc: object) -> None:
         assert error["jsonrpc"] == "2.0"
         assert isinstance(error["error"]["message"], str)
     else:
-        assert len(result.methods) == len(result.ids) >= 1
+        assert len(result.methods) == len(result.ids)
+        assert len(result.methods) + len(result.rejected) >= 1
+        assert result.batch or len(result.methods) == 1

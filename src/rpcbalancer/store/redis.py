@@ -40,7 +40,7 @@ class RedisStore:
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self.prefix = query.pop("prefix", ["rpcbalancer"])[0]
-        self._connect_url = urlunsplit(parts._replace(query=""))
+        self.connect_url = urlunsplit(parts._replace(query=""))
         self._client: Any = None
 
     def __repr__(self) -> str:
@@ -59,7 +59,7 @@ class RedisStore:
 
         if self._client is None:
             self._client = aioredis.from_url(
-                self._connect_url,
+                self.connect_url,
                 socket_timeout=2.0,
                 socket_connect_timeout=2.0,
                 health_check_interval=15,
