@@ -187,6 +187,8 @@ class H1Server(asyncio.Protocol):
             url == b"*" and self.parser.get_method() == b"OPTIONS"
         ):
             raise _Reject(400, "Only origin-form request targets are accepted (no proxying)")
+        if self.parser.get_http_version() not in ("1.1", "1.0"):
+            raise _Reject(505, "HTTP version not supported: use HTTP/1.1 or 1.0")
         length = self._headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body:
             raise _Reject(413, f"Request body larger than {self.limits.max_body} bytes")
