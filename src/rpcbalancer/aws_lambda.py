@@ -133,7 +133,12 @@ class LambdaHost:
             return self.loop.run_until_complete(self._direct(event))
         if kind == "unknown":
             return _unknown_event(event)
-        result = self.adapter(event, context)
+        try:
+            result = self.adapter(event, context)
+        except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:
+            # A malformed event (a body that is not base64, a field of the wrong type):
+            # the caller's mistake, answered as such rather than as a platform failure.
+            return _bad_event(f"{type(exc).__name__}: {exc}")
         if _size(result) > MAX_PAYLOAD:
             result = self._too_large_http(event, context, _size(result))
         return result
@@ -322,6 +327,12 @@ def _too_large(request_body: bytes, size: int) -> HttpResponse:
         call if isinstance(call, jsonrpc.RpcCall) else None, jsonrpc.UPSTREAM_FAILED, message
     )
     return HttpResponse(502, [("content-type", "application/json")], body)
+
+
+def _bad_event(why: str) -> dict[str, Any]:
+    log.warning("malformed event: %s", why)
+    body = jsonrpc.error_body(None, jsonrpc.INVALID_REQUEST, f"Malformed event: {why[:200]}")
+    return {"statusCode": 400, "headers": dict(ORIGINAL_HEADERS), "body": body.decode()}
 
 
 def _unknown_event(event: Any) -> dict[str, Any]:

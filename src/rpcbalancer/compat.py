@@ -58,8 +58,6 @@ _IGNORED = {
     "logging_max_body_len": "bodies are never logged",
     "loggging_max_body_len": "bodies are never logged",
     "max_payload_size": "not enforced yet",
-    "sslCertPath": "TLS termination is not supported yet",
-    "sslKeyPath": "TLS termination is not supported yet",
     "plimit": "probes run in the background with their own concurrency (probe.concurrency)",
     "firstK": "probes run in the background, not per request",
     "sticky": "nodes are chosen from background probes, so no per-client choice is cached",
@@ -81,6 +79,9 @@ def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
     if isinstance(data.get("nodes"), list):
         nodes = []
         for entry in data["nodes"]:
+            if not isinstance(entry, str | dict):
+                nodes.append(entry)  # not a node: validation says so, naming the entry
+                continue
             node = {"url": entry} if isinstance(entry, str) else dict(entry)
             url = node.get("url")
             if isinstance(weights, dict) and url in weights:
@@ -97,7 +98,8 @@ def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
             "%s: rejectUnauthorized is false: TLS certificates of nodes are NOT verified", source
         )
 
-    timeouts = dict(out.get("timeouts") or {})
+    # Values of the wrong type are passed on untouched: validation then names the key.
+    timeouts = dict(out["timeouts"]) if isinstance(out.get("timeouts"), dict) else {}
     if isinstance(data.get("timeout"), int | float) and data["timeout"] > 0:
         per_try = data["timeout"] / 1000.0
         timeouts.setdefault("per_try", per_try)
@@ -105,9 +107,11 @@ def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
     if isinstance(data.get("retry_count"), int):
         # Theirs counts tries, ours counts re-tries after the first.
         out.setdefault("retries", max(0, min(10, data["retry_count"] - 1)))
-    if timeouts:
-        tries = 1 + int(out.get("retries", 2))
-        per_try = float(timeouts.get("per_try", 5.0))
+    retries, per_try_given = out.get("retries", 2), timeouts.get("per_try", 5.0)
+    numbers = isinstance(retries, int) and isinstance(per_try_given, int | float)
+    if timeouts and numbers and isinstance(out.get("timeouts", {}), dict):
+        tries = 1 + retries
+        per_try = float(per_try_given)
         timeouts.setdefault("total", max(per_try, min(per_try * tries, 30.0)))
         out["timeouts"] = timeouts
 
@@ -116,8 +120,14 @@ def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
         out["strategy"] = {"name": _STRATEGIES.get(strategy, strategy)}
     cache = data.get("cache")
     if isinstance(cache, dict) and cache.get("enabled") is True:
-        if out.get("strategy", {}).get("name") == "race":
-            out["strategy"]["race_ttl"] = float(cache.get("ttl") or 3)
+        chosen = out.get("strategy")
+        ttl = cache.get("ttl") or 3
+        if (
+            isinstance(chosen, dict)
+            and chosen.get("name") == "race"
+            and isinstance(ttl, int | float)
+        ):
+            chosen["race_ttl"] = float(ttl)
         else:
             ignored.append("cache (answers are not cached; the node choice comes from probes)")
 
@@ -125,8 +135,13 @@ def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
         out.setdefault("max_block_lag", data["max_jussi_number_diff"])
     if data.get("min_blockchain_version"):
         out.setdefault("min_version", str(data["min_blockchain_version"]))
+    listen = dict(out["listen"]) if isinstance(out.get("listen"), dict) else {}
     if "port" in data:
-        out["listen"] = {**(out.get("listen") or {}), "port": data["port"]}
+        listen["port"] = data["port"]
+    if data.get("sslCertPath") and data.get("sslKeyPath"):
+        listen.update(tls_cert=data["sslCertPath"], tls_key=data["sslKeyPath"])
+    if listen and not (out.get("listen") is not None and not isinstance(out["listen"], dict)):
+        out["listen"] = listen
     if isinstance(data.get("user_agent"), str):
         out.setdefault("user_agent", data["user_agent"])
     rate = data.get("rateLimit")
@@ -141,7 +156,7 @@ def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
         mapped: dict[str, Any] = {}
         if "failureThreshold" in breaker:
             mapped["failures"] = breaker["failureThreshold"]
-        if "cooldownMs" in breaker:
+        if isinstance(breaker.get("cooldownMs"), int | float):
             mapped["cooldown"] = breaker["cooldownMs"] / 1000.0
         out["circuit_breaker"] = mapped
 

@@ -236,12 +236,15 @@ class RateLimit(_Model):
     def _from_window(cls, value: Any) -> Any:
         if isinstance(value, dict) and ("window_ms" in value or "max_requests" in value):
             value = dict(value)
-            window = float(value.pop("window_ms", 60000)) / 1000.0
-            count = int(value.pop("max_requests", 600))
-            if window <= 0 or count <= 0:
-                raise ValueError("window_ms and max_requests must be positive")
+            window_ms, count = value.pop("window_ms", 60000), value.pop("max_requests", 600)
+            numbers = all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in (window_ms, count)
+            )
+            if not numbers or window_ms <= 0 or count < 1:
+                raise ValueError("window_ms and max_requests must be positive numbers")
+            window = float(window_ms) / 1000.0
             value.setdefault("rate", count / window)
-            value.setdefault("burst", count)
+            value.setdefault("burst", int(count))
         return value
 
 

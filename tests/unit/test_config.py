@@ -178,7 +178,7 @@ def test_doctorlai_config_is_read_unchanged(
     assert config.rate_limit.burst == 600  # their maxRequests
     assert config.rate_limit.rate == 600 / window_s
     # Every key not carried over is named in one warning, and so is the TLS downgrade.
-    for key in ("sticky", "plimit", "max_age", "sslCertPath"):
+    for key in ("sticky", "plimit", "max_age"):
         assert key in caplog.text
     assert "NOT verified" in caplog.text
 
