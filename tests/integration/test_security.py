@@ -257,3 +257,15 @@ def test_secrets_never_leak(fleet: FleetThread, balancer_process: Any) -> None:
     assert failed.status_code >= 500 and secret not in failed.text
     time.sleep(1.2)
     assert secret not in lb.log
+
+
+def test_unverified_node_tls_is_a_warning_at_start(
+    fleet: FleetThread, balancer_process: Any
+) -> None:
+    lb = balancer_process(
+        {
+            "nodes": [{"url": fleet["fast"].url, "name": "lenient", "verify_tls": False}],
+            "store": "none",
+        }
+    )
+    assert "node lenient: verify_tls is false: its TLS certificate is NOT verified" in lb.log
