@@ -18,6 +18,8 @@ from typing import Any
 
 import aiohttp
 
+from rpcbalancer.sim import stop_process
+
 
 class Browser:
     def __init__(self, program: str, folder: Path) -> None:
@@ -79,13 +81,7 @@ class Browser:
             await self._ws.close()
         if self._session is not None:
             await self._session.close()
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
+        stop_process(self._proc)
         self._log.close()
 
     async def _read(self) -> None:

@@ -18,6 +18,8 @@ import pytest
 import requests
 import yaml
 
+from rpcbalancer.sim import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -96,13 +98,7 @@ class BalancerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         if hasattr(self, "_log"):
             self._log.close()
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from rpcbalancer.lambda_package import build
-from rpcbalancer.sim import Behaviour, FleetThread
+from rpcbalancer.sim import Behaviour, FleetThread, stop_process
 
 from ..apigw import TEMPLATE
 from ..conftest import free_port, require_tool
@@ -65,13 +65,7 @@ class Ministack:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, grace=20)
 
     def client(self, service: str) -> Any:
         import boto3

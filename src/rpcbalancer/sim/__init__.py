@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .fleet import FleetThread
 from .node import Behaviour, FakeNode, chain_head, running
+from .process import stop_process
 
-__all__ = ["Behaviour", "FakeNode", "FleetThread", "chain_head", "running"]
+__all__ = ["Behaviour", "FakeNode", "FleetThread", "chain_head", "running", "stop_process"]

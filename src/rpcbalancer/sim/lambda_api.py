@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
 
+from .process import stop_process
+
 PREFIX = "/2018-06-01/runtime"
 INVOKE = "/2015-03-31/functions/function/invocations"
 
@@ -243,11 +245,6 @@ class LambdaFunction:
             return decode(response.read()), failed
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process)
         self.api.__exit__(None, None, None)
         self._log.close()
