@@ -171,6 +171,9 @@ class Balancer:
             stack.callback(self.access_log.close)
             if self.background:
                 await stack.enter_async_context(Periodic("access-log", 1.0, self.access_log.tick))
+        if self.background and isinstance(self.transport, H1Transport):
+            every = self.transport.idle_ttl / 2
+            await stack.enter_async_context(Periodic("pool", every, self.transport.prune))
         if self.snapshots is not None:
             stack.callback(self.snapshots.remove)
             await stack.enter_async_context(Periodic("metrics", 1.0, self._share_counters))

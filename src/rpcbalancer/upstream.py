@@ -376,6 +376,17 @@ class H1Transport:
             raise UpstreamConnectError(node.name, f"cannot connect ({why})") from None
         return conn
 
+    async def prune(self) -> int:
+        """Close idle connections older than ``idle_ttl`` (oldest first); how many. Run now
+        and then, so that after a burst the pool shrinks back without waiting for traffic."""
+        now = asyncio.get_running_loop().time()
+        closed = 0
+        for idle in self._idle.values():
+            while idle and (idle[0].closed or now - idle[0].idle_since >= self.idle_ttl):
+                idle.popleft().abort()
+                closed += 1
+        return closed
+
     async def aclose(self) -> None:
         for idle in self._idle.values():
             while idle:

@@ -424,3 +424,21 @@ async def test_tls_nodes_with_sni_and_verification(
     assert resp.status == 200
     assert server_names[-1] == "localhost"  # SNI keeps the name, the address is pinned
     await trusting.aclose()
+
+
+async def test_prune_closes_only_connections_idle_too_long(raw_server: Any) -> None:
+    handler, connections = keep_alive_node()
+    node = node_at(await raw_server(handler))
+    transport = H1Transport(idle_ttl=0.2)
+    try:
+        await asyncio.gather(
+            *(transport.send(node, "POST", None, HEADERS, BODY, 5.0) for _ in range(3))
+        )
+        assert connections() == 3
+        assert sum(len(q) for q in transport._idle.values()) == 3
+        assert await transport.prune() == 0  # fresh: kept for reuse
+        await asyncio.sleep(0.3)
+        assert await transport.prune() == 3
+        assert sum(len(q) for q in transport._idle.values()) == 0
+    finally:
+        await transport.aclose()
