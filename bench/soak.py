@@ -7,7 +7,8 @@ answers 5% of requests with 503 pages), one ``rpcbalancer serve`` (SQLite store,
 to a file, rate limit on), and wrk with a Lua script that mixes good calls, batches, invalid
 JSON, invalid requests and notifications. Meanwhile a hostile thread keeps 200 idle
 connections and 20 slowloris connections open, re-opening them as the server closes them.
-Every 15 s it samples the balancer's RSS and open file descriptors. Bounded: ``--minutes``
+Every 15 s it samples the balancer's RSS and open file descriptors, and once more after
+50 s of quiet at the end. Bounded: ``--minutes``
 (at most 30). Every process is stopped by its PID.
 """
 
@@ -138,6 +139,8 @@ def main() -> None:
             bully.join(10)
         time.sleep(2)
         samples.append((time.monotonic() - started, *sample(balancer.pid)))
+        time.sleep(48)  # idle: the node pool closes what it no longer needs (idle_ttl 30 s)
+        samples.append((time.monotonic() - started, *sample(balancer.pid)))
         stop_all(procs)
         lines = (tmp / "access.log").read_text().count("\n")
     print(report)
@@ -145,11 +148,11 @@ def main() -> None:
     for t, rss, fds in samples:
         print(f"{t:7.0f} {rss:8.1f} {fds:6d}")
     print(f"access log lines: {lines}")
-    steady = samples[2:-1] if len(samples) > 4 else samples
+    steady = samples[2:-2] if len(samples) > 5 else samples
     print(
         f"RSS {samples[0][1]:.1f} -> {samples[-1][1]:.1f} MB (max under load "
-        f"{max(s[1] for s in steady):.1f}); fds {samples[0][2]} -> {samples[-1][2]} after the "
-        f"load and the hostile connections ended"
+        f"{max(s[1] for s in steady):.1f}); fds {samples[0][2]} -> {samples[-2][2]} when the "
+        f"load and the hostile connections ended, {samples[-1][2]} after 50 s idle"
     )
 
 
