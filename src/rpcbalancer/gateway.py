@@ -159,7 +159,10 @@ class Gateway:
                 return self._done(req, call, None, self._unauthorized(call), start, rid)
         limit = key.rate_limit if key is not None and key.rate_limit else self.config.rate_limit
         if limit is not None:
-            cost = len(call.methods) + len(call.rejected) if call is not None else 1
+            # One token per call; a batch larger than the bucket empties it rather than
+            # never passing at all.
+            calls = len(call.methods) + len(call.rejected) if call is not None else 1
+            cost = min(calls, limit.burst)
             client = f"key:{key.name}" if key is not None else f"ip:{ip}"
             if balancer.shared_limiter is not None and limit.shared:
                 wait = await balancer.shared_limiter.take(client, limit, cost)
