@@ -18,6 +18,7 @@ import signal
 import ssl
 import tempfile
 import time
+import weakref
 from collections.abc import Coroutine
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -45,7 +46,9 @@ async def serve_async(
     async with Balancer(config) as balancer:
         gateway = Gateway(balancer)
         limits = config.limits
-        connections: set[H1Server] = set()
+        # Open connections, for the drain at shutdown. Weak: a closed connection must not
+        # stay alive here (clients come and go by the million over a server's life).
+        connections: weakref.WeakSet[H1Server] = weakref.WeakSet()
 
         def factory() -> H1Server:
             protocol = H1Server(gateway.handle, limits, loop)
@@ -72,11 +75,10 @@ async def serve_async(
         server.close()
         deadline = time.monotonic() + GRACE
         while time.monotonic() < deadline:
-            connections = {c for c in connections if not c.closing}
-            if not any(c.task is not None for c in connections):
+            if not any(c.task is not None for c in connections if not c.closing):
                 break
             await asyncio.sleep(0.05)
-        for conn in connections:
+        for conn in list(connections):
             conn._close()
 
 
