@@ -119,6 +119,13 @@ def test_the_zip_runs_under_the_runtime_client_and_stays_warm(
     assert not failed
     assert unknown["statusCode"] == 400
 
+    metrics = fixture("http-api")
+    metrics.update(rawPath="/metrics", body=None, isBase64Encoded=False)
+    metrics["requestContext"]["http"].update(method="GET", path="/metrics")
+    scraped, failed = fn.invoke(metrics)  # prometheus-client is in the zip
+    assert not failed and scraped["statusCode"] == 200
+    assert "rpcbalancer_requests_total" in scraped["body"]
+
 
 def test_the_runtime_reports_a_failing_canary_as_a_function_error(function: Any) -> None:
     fn = function("rpcbalancer.aws_lambda.canary_handler", RPCBALANCER_CONFIG="nodes: [")
@@ -155,7 +162,15 @@ def test_the_arm64_package_for_the_template(tmp_path: Path) -> None:
     with zipfile.ZipFile(built.path) as archive:
         names = archive.namelist()
     tops = {name.split("/")[0] for name in names}
-    assert {"rpcbalancer", "mangum", "pydantic", "orjson", "httptools", "yaml"} <= tops
+    assert {
+        "rpcbalancer",
+        "mangum",
+        "pydantic",
+        "orjson",
+        "httptools",
+        "yaml",
+        "prometheus_client",
+    } <= tops
     assert not tops & {"boto3", "botocore", "uvloop", "aiohttp", "typer", "rich"}
     assert not any(name.startswith("rpcbalancer/sim/") for name in names)
     binaries = [n for n in names if n.endswith(".so")]
