@@ -34,6 +34,7 @@ from .statuspage import STATUS_PAGE
 from .views import health_doc, history_doc, status_doc
 
 HISTORY_CACHE_S = 20.0
+HISTORY_CACHE_ENTRIES = 8
 """Seconds a history answer is reused: many open pages must not mean many store reads."""
 
 ALLOW = "GET, HEAD, POST, OPTIONS"
@@ -134,6 +135,8 @@ class Gateway:
         balancer = self.balancer
         start = balancer.clock()
         rid = balancer.request_ids.get(req.headers.get("x-request-id"))
+        forwarded = req.headers.get("x-forwarded-for")
+        ip = client_ip(req.peer, forwarded, balancer.trusted_proxies)
         method = req.method.upper()
         call: RpcCall | None = None
         if method == "POST":
@@ -146,17 +149,15 @@ class Gateway:
             )
             if isinstance(parsed, RpcProblem):
                 response = _error(parsed.http_status, parsed.body())
-                return self._done(req, None, None, response, start, rid)
+                return self._done(req, None, None, response, start, rid, ip)
             call = parsed
         elif method not in ("GET", "HEAD"):
-            return self._done(req, None, None, self._not_allowed(ALLOW), start, rid)
-        forwarded = req.headers.get("x-forwarded-for")
-        ip = client_ip(req.peer, forwarded, balancer.trusted_proxies)
+            return self._done(req, None, None, self._not_allowed(ALLOW), start, rid, ip)
         keys = balancer.keys
         if keys is not None:
             key = key or keys.find(req.headers.get(keys.header))
             if key is None and keys.config.required:
-                return self._done(req, call, None, self._unauthorized(call), start, rid)
+                return self._done(req, call, None, self._unauthorized(call), start, rid, ip)
         limit = key.rate_limit if key is not None and key.rate_limit else self.config.rate_limit
         if limit is not None:
             # One token per call; a batch larger than the bucket empties it rather than
@@ -169,10 +170,10 @@ class Gateway:
             else:
                 wait = balancer.limiter.take(client, limit, cost)
             if wait > 0:
-                return self._done(req, call, None, self._limited(call, limit, wait), start, rid)
+                return self._done(req, call, None, self._limited(call, limit, wait), start, rid, ip)
         if call is not None and not call.methods:  # every batch member was answered here
             answers = jsonrpc.dumps(jsonrpc.rejected_answers(call))
-            return self._done(req, call, None, _error(200, answers), start, rid)
+            return self._done(req, call, None, _error(200, answers), start, rid, ip)
         chain = balancer.chain
         broadcast = call is not None and any(chain.is_broadcast(m) for m in call.methods)
         headers = {
@@ -200,7 +201,7 @@ class Gateway:
                 response.body = _with_rejected(response.body, call)
         if self.config.explain and req.headers.get("x-rpc-explain") == "1":
             response.headers.append(("x-rpc-scores", self._scores()))
-        return self._done(req, call, outcome, response, start, rid)
+        return self._done(req, call, outcome, response, start, rid, ip)
 
     def _done(
         self,
@@ -210,6 +211,7 @@ class Gateway:
         response: HttpResponse,
         start: float,
         rid: str,
+        ip: str,
     ) -> HttpResponse:
         """Count the request, log it, and give the answer its request id."""
         balancer = self.balancer
@@ -237,7 +239,7 @@ class Gateway:
         if log is not None and (
             kind != "ok" or log.config.sample >= 1.0 or balancer.rng.random() < log.config.sample
         ):
-            log.write(self._line(req, call, outcome, response, seconds, rid, kind, log))
+            log.write(self._line(req, call, outcome, response, seconds, rid, ip, kind, log))
         return response
 
     def _line(
@@ -248,15 +250,14 @@ class Gateway:
         response: HttpResponse,
         seconds: float,
         rid: str,
+        ip: str,
         kind: str,
         log: AccessLog,
     ) -> dict[str, Any]:
         line: dict[str, Any] = {
             "ts": round(time.time(), 3),
             "id": rid,
-            "ip": client_ip(
-                req.peer, req.headers.get("x-forwarded-for"), self.balancer.trusted_proxies
-            ),
+            "ip": ip,
             "http": req.method,
             "status": response.status,
             "outcome": kind,
@@ -408,7 +409,8 @@ class Gateway:
                 200,
                 {"since": until - window, "until": until, "nodes": {}, "note": "no health store"},
             )
-        cached = self._history_cache.get(window)
+        cache = self._history_cache
+        cached = cache.get(window)
         if cached is not None and until - cached[0] < HISTORY_CACHE_S:
             return _json(200, cached[1])
         try:
@@ -416,7 +418,9 @@ class Gateway:
         except Exception as exc:
             return _json(503, {"error": f"the health store cannot be read: {type(exc).__name__}"})
         doc = history_doc(records, self.balancer.fleet, since=until - window, until=until)
-        self._history_cache[window] = (until, doc)
+        if len(cache) >= HISTORY_CACHE_ENTRIES:  # clients choose the window: keep few
+            cache.clear()
+        cache[window] = (until, doc)
         return _json(200, doc)
 
     def _preflight(self, req: HttpRequest) -> HttpResponse:
