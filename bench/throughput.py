@@ -115,6 +115,46 @@ def run_wrk(url: str, seconds: float, connections: int, lua: Path) -> dict[str, 
     return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "requests": total, "errors": errors}
 
 
+def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the balancer (and its workers) for the run, as collapsed stacks."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    cmd = [spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds) - 1))]
+    cmd += ["--rate", "250", "--nonblocking", "--subprocesses", "--format", "raw"]
+    return subprocess.Popen(
+        [*cmd, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def print_profile(path: Path, top: int = 20) -> None:
+    """Self time per function, and inclusive time per rpcbalancer function, as shares of
+    the samples (samples of an idle loop are not taken)."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    if not path.exists():
+        print("py-spy wrote no profile (is py-spy installed, and may it trace processes?)")
+        return
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r" \((.*/)?([^/]+):\d+\)", r" (\2)", f) for f in stack.split(";")[1:]]
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in {
+            f for f, raw in zip(frames, stack.split(";")[1:], strict=True) if "rpcbalancer/" in raw
+        }:
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    if not total:
+        return
+    for title, table in (("self", own), ("inclusive", inclusive)):
+        print(f"py-spy, rpcbalancer, {title} time ({total} samples):")
+        for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"  {100 * n / total:5.1f}%  {frame}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -137,6 +177,11 @@ def main() -> None:
         help='JSON merged into the rpcbalancer config, e.g. \'{"hedge": {"enabled": false}}\'',
     )
     parser.add_argument("--only", help="comma-separated targets to run (default: all)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample rpcbalancer with py-spy during its run and print its top frames",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "haproxy", "taskset"):
@@ -260,7 +305,13 @@ backend nodes
                 sampler.start()
             # The bare node is only the floor for the latency comparison: 10 s at most.
             seconds = args.seconds if pids else min(args.seconds, 10.0)
+            spy = None
+            if args.profile and name == "rpcbalancer" and proc is not None:
+                spy = start_profile(proc.pid, seconds, tmp / "profile.txt")
             result = run_wrk(url, seconds, args.connections, lua)
+            if spy is not None:
+                spy.wait(timeout=60)
+                print_profile(tmp / "profile.txt")
             stop.set()
             if pids:
                 sampler.join()

@@ -17,7 +17,11 @@ class RetryBudget:
         self.ratio = ratio
         self.min_per_second = min_per_second
         self.burst = burst
-        self.tokens = burst
+        self._tokens = burst
+        self._deposits = 0
+        """Requests since the last refill: added up when tokens are next looked at (every
+        request deposits, few withdraw; adding at once gives the same sum, since capping a
+        sum of positive amounts once equals capping after each)."""
         self._at: float | None = None
         self.spent = 0
         self.refused = 0
@@ -25,21 +29,29 @@ class RetryBudget:
     def __repr__(self) -> str:
         return f"<RetryBudget {self.tokens:.1f} tokens, {self.spent} spent, {self.refused} refused>"
 
+    @property
+    def tokens(self) -> float:
+        return min(self.burst, self._tokens + self._deposits * self.ratio)
+
     def _refill(self, now: float) -> None:
+        tokens = self._tokens + self._deposits * self.ratio
+        self._deposits = 0
         if self._at is not None and now > self._at:
-            self.tokens = min(self.burst, self.tokens + (now - self._at) * self.min_per_second)
+            tokens += (now - self._at) * self.min_per_second
+        self._tokens = min(self.burst, tokens)
         self._at = now
 
     def deposit(self, now: float) -> None:
         """A client request arrived."""
-        self._refill(now)
-        self.tokens = min(self.burst, self.tokens + self.ratio)
+        if self._at is None:
+            self._at = now
+        self._deposits += 1
 
     def withdraw(self, now: float) -> bool:
         """May one more try go out? Takes a token when it may."""
         self._refill(now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
             self.spent += 1
             return True
         self.refused += 1

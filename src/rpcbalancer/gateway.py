@@ -9,6 +9,8 @@ id echoed, and an HTTP status by cause (400 bad request, 502 bad upstream, 503 n
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import posixpath
 import time
 from bisect import bisect_left
@@ -28,10 +30,13 @@ from .jsonrpc import RpcCall, RpcProblem
 from .metrics import PROMETHEUS_TYPE, render
 from .nodes import LATENCY_BUCKETS
 from .ratelimit import retry_after
-from .router import Outcome, ProxyRequest
+from .router import Forwarding, Outcome, ProxyRequest
 from .statuspage import PAGE_SECURITY as _PAGE_SECURITY
 from .statuspage import STATUS_PAGE
+from .upstream import Cancellable
 from .views import health_doc, history_doc, status_doc
+
+log = logging.getLogger(__name__)
 
 HISTORY_CACHE_S = 20.0
 HISTORY_CACHE_ENTRIES = 8
@@ -66,6 +71,43 @@ class HttpResponse:
     body: bytes = b""
 
 
+Reply = Callable[[HttpResponse], None]
+"""How a host receives the answer on the callback door (:meth:`Gateway.serve`)."""
+
+
+class _Job:
+    """A proxied request admitted so far: what the later steps need of the earlier ones."""
+
+    __slots__ = ("call", "forwarded", "ip", "key", "path", "req", "rid", "start")
+
+    def __init__(
+        self,
+        req: HttpRequest,
+        path: str | None,
+        key: ApiKey | None,
+        call: RpcCall | None,
+        start: float,
+        rid: str,
+        ip: str,
+        forwarded: str | None,
+    ) -> None:
+        self.req = req
+        self.path = path
+        self.key = key
+        self.call = call
+        self.start = start
+        self.rid = rid
+        self.ip = ip
+        self.forwarded = forwarded
+
+
+def internal_error() -> HttpResponse:
+    return _error(
+        500,
+        jsonrpc.error_body(None, jsonrpc.INTERNAL_ERROR, "Internal error in the balancer"),
+    )
+
+
 def _json(status: int, doc: Any, extra: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
     return HttpResponse(status, [_JSON, *_CORS, *extra], orjson.dumps(doc))
 
@@ -89,13 +131,34 @@ class Gateway:
         if self.config.metrics.enabled:
             self._control["/metrics"] = self._metrics
         self._history_cache: dict[float, tuple[float, dict[str, Any]]] = {}
+        self._may_limit = self.config.rate_limit is not None or balancer.keys is not None
+        """Whether any request can meet a rate limit (the global one, or a key's own)."""
 
     def handle(self, req: HttpRequest) -> Awaitable[HttpResponse]:
-        """Answer one request. A plain function returning the awaitable, so that the proxy
-        route costs no extra coroutine frame on every suspension."""
+        """Answer one request (the awaitable door: ASGI, Lambda)."""
         if req.path == "/" and req.method != "OPTIONS":
             return self._proxy(req, None)
         return self._other(req)
+
+    def serve(self, req: HttpRequest, reply: Reply) -> Cancellable | None:
+        """Answer one request through ``reply`` (the callback door: the standalone server's
+        data plane). The proxy route runs on callbacks alone; other routes, and a rate
+        limit kept in Redis, run as a task. ``reply`` is called once, possibly before this
+        returns, unless the returned handle is cancelled first (the client went away)."""
+        if req.path == "/" and req.method != "OPTIONS" and self.balancer.shared_limiter is None:
+            job = self._admit(req, None, None)
+            if isinstance(job, HttpResponse):
+                reply(job)
+                return None
+            if self._may_limit:
+                limited = self._limit(job, None)
+                if limited is not None:
+                    reply(limited)
+                    return None
+            return self._dispatch(job, reply)
+        task: asyncio.Future[HttpResponse] = asyncio.ensure_future(self.handle(req))
+        task.add_done_callback(lambda t: _reply_with(t, req, reply))
+        return task
 
     async def _other(self, req: HttpRequest) -> HttpResponse:
         method = req.method.upper()
@@ -132,14 +195,43 @@ class Gateway:
     async def _proxy(
         self, req: HttpRequest, path: str | None, key: ApiKey | None = None
     ) -> HttpResponse:
+        job = self._admit(req, path, key)
+        if isinstance(job, HttpResponse):
+            return job
+        wait = None
+        limit = self._rate_limit(job)
+        shared = self.balancer.shared_limiter
+        if limit is not None and shared is not None and limit.shared:
+            wait = await shared.take(self._client(job), limit, self._cost(job, limit))
+        limited = self._limit(job, wait)
+        if limited is not None:
+            return limited
+        answer: asyncio.Future[HttpResponse] = asyncio.get_running_loop().create_future()
+
+        def reply(response: HttpResponse) -> None:
+            if not answer.done():
+                answer.set_result(response)
+
+        forwarding = self._dispatch(job, reply)
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            if forwarding is not None:
+                forwarding.cancel()
+            raise
+
+    def _admit(self, req: HttpRequest, path: str | None, key: ApiKey | None) -> _Job | HttpResponse:
+        """Parse and check what needs no node: a JSON-RPC call that may go on, or the
+        answer (already counted) that ends the request here."""
         balancer = self.balancer
         start = balancer.clock()
-        rid = balancer.request_ids.get(req.headers.get("x-request-id"))
-        forwarded = req.headers.get("x-forwarded-for")
+        headers = req.headers
+        rid = balancer.request_ids.get(headers.get("x-request-id"))
+        forwarded = headers.get("x-forwarded-for")
         ip = client_ip(req.peer, forwarded, balancer.trusted_proxies)
-        method = req.method.upper()
+        method = req.method
         call: RpcCall | None = None
-        if method == "POST":
+        if method == "POST" or method.upper() == "POST":
             limits = self.config.limits
             parsed = jsonrpc.parse(
                 req.body,
@@ -151,48 +243,90 @@ class Gateway:
                 response = _error(parsed.http_status, parsed.body())
                 return self._done(req, None, None, response, start, rid, ip)
             call = parsed
-        elif method not in ("GET", "HEAD"):
+        elif method.upper() not in ("GET", "HEAD"):
             return self._done(req, None, None, self._not_allowed(ALLOW), start, rid, ip)
         keys = balancer.keys
         if keys is not None:
-            key = key or keys.find(req.headers.get(keys.header))
+            key = key or keys.find(headers.get(keys.header))
             if key is None and keys.config.required:
                 return self._done(req, call, None, self._unauthorized(call), start, rid, ip)
-        limit = key.rate_limit if key is not None and key.rate_limit else self.config.rate_limit
-        if limit is not None:
-            # One token per call; a batch larger than the bucket empties it rather than
-            # never passing at all.
-            calls = len(call.methods) + len(call.rejected) if call is not None else 1
-            cost = min(calls, limit.burst)
-            client = f"key:{key.name}" if key is not None else f"ip:{ip}"
-            if balancer.shared_limiter is not None and limit.shared:
-                wait = await balancer.shared_limiter.take(client, limit, cost)
-            else:
-                wait = balancer.limiter.take(client, limit, cost)
-            if wait > 0:
-                return self._done(req, call, None, self._limited(call, limit, wait), start, rid, ip)
+        return _Job(req, path, key, call, start, rid, ip, forwarded)
+
+    def _rate_limit(self, job: _Job) -> RateLimit | None:
+        key = job.key
+        return key.rate_limit if key is not None and key.rate_limit else self.config.rate_limit
+
+    @staticmethod
+    def _client(job: _Job) -> str:
+        return f"key:{job.key.name}" if job.key is not None else f"ip:{job.ip}"
+
+    @staticmethod
+    def _cost(job: _Job, limit: RateLimit) -> int:
+        # One token per call; a batch larger than the bucket empties it rather than never
+        # passing at all.
+        call = job.call
+        calls = len(call.methods) + len(call.rejected) if call is not None else 1
+        return min(calls, limit.burst)
+
+    def _limit(self, job: _Job, wait: float | None) -> HttpResponse | None:
+        """The rate limit's answer when the client is over it (``wait``: the shared
+        limiter's verdict, when it was asked), else None."""
+        limit = self._rate_limit(job)
+        if limit is None:
+            return None
+        if wait is None:
+            wait = self.balancer.limiter.take(self._client(job), limit, self._cost(job, limit))
+        if wait <= 0:
+            return None
+        response = self._limited(job.call, limit, wait)
+        return self._done(job.req, job.call, None, response, job.start, job.rid, job.ip)
+
+    def _dispatch(self, job: _Job, reply: Reply) -> Forwarding | None:
+        """Send the admitted request on to a node; ``reply`` gets the answer."""
+        call, req = job.call, job.req
         if call is not None and not call.methods:  # every batch member was answered here
             answers = jsonrpc.dumps(jsonrpc.rejected_answers(call))
-            return self._done(req, call, None, _error(200, answers), start, rid, ip)
+            reply(self._done(req, call, None, _error(200, answers), job.start, job.rid, job.ip))
+            return None
+        balancer = self.balancer
         chain = balancer.chain
-        broadcast = call is not None and any(chain.is_broadcast(m) for m in call.methods)
+        if call is None:
+            broadcast = False
+        elif len(call.methods) == 1:
+            broadcast = chain.is_broadcast(call.methods[0])
+        else:
+            broadcast = any(chain.is_broadcast(m) for m in call.methods)
+        forwarded = job.forwarded
         headers = {
             "content-type": "application/json",
             "accept": "application/json",
             "user-agent": self.config.user_agent,
             "x-forwarded-for": f"{forwarded}, {req.peer}" if forwarded else req.peer,
-            "x-request-id": rid,
+            "x-request-id": job.rid,
         }
-        outcome = await balancer.router.forward(
+
+        def answered(outcome: Outcome) -> None:
+            try:
+                response = self._complete(job, outcome)
+            except Exception:
+                log.exception("unexpected error answering %s %s", req.method, req.path)
+                response = internal_error()
+            reply(response)
+
+        return balancer.router.start(
             ProxyRequest(
                 method="POST" if call is not None else "GET",
-                path=path,
+                path=job.path,
                 headers=headers,
                 body=(call.body or req.body) if call is not None else None,
                 broadcast=broadcast,
-                client_ip=ip,
-            )
+                client_ip=job.ip,
+            ),
+            answered,
         )
+
+    def _complete(self, job: _Job, outcome: Outcome) -> HttpResponse:
+        call, req = job.call, job.req
         response = self._answer(outcome, call)
         if call is not None and response.status < 400:
             if call.silent:  # notifications only: the spec gives them no answer
@@ -201,7 +335,7 @@ class Gateway:
                 response.body = _with_rejected(response.body, call)
         if self.config.explain and req.headers.get("x-rpc-explain") == "1":
             response.headers.append(("x-rpc-scores", self._scores()))
-        return self._done(req, call, outcome, response, start, rid, ip)
+        return self._done(req, call, outcome, response, job.start, job.rid, job.ip)
 
     def _done(
         self,
@@ -325,8 +459,12 @@ class Gateway:
         resp, node = outcome.response, outcome.node
         if resp is None or node is None:
             return self._failure(outcome, call)
-        headers = [("content-type", resp.content_type), *_CORS]
-        headers += [(k, v) for k, v in resp.headers if k != "content-type"]
+        kept = resp.headers
+        if len(kept) == 1 and kept[0][0] == "content-type":  # the usual case
+            headers = [kept[0], *_CORS]
+        else:
+            headers = [("content-type", resp.content_type), *_CORS]
+            headers += [(k, v) for k, v in kept if k != "content-type"]
         headers.append(("x-rpc-node", node.name))
         headers.append(("x-rpc-attempts", str(outcome.attempts)))
         if outcome.hedged:
@@ -443,6 +581,17 @@ class Gateway:
             jsonrpc.error_body(None, jsonrpc.INVALID_REQUEST, f"Method not allowed: use {allow}"),
             (("allow", allow),),
         )
+
+
+def _reply_with(task: asyncio.Future[HttpResponse], req: HttpRequest, reply: Reply) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("unexpected error answering %s %s", req.method, req.path, exc_info=exc)
+        reply(internal_error())
+        return
+    reply(task.result())
 
 
 def _with_rejected(body: bytes, call: RpcCall) -> bytes:

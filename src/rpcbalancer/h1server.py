@@ -5,10 +5,10 @@ Theory of operation
 -------------------
 Bytes arrive in :meth:`data_received` and go straight to the parser, whose callbacks
 collect one request at a time (URL, headers, body). A complete request joins the
-connection's queue; one task per connection works through the queue in order and writes
-each response as soon as it has it, so pipelined requests are answered in the order they
-came, and a connection that sends one request at a time (the usual case) costs one task per
-request and nothing else.
+connection's queue and is handed to the handler with a reply callback; the next one
+waits until that reply is written, so pipelined requests are answered in the order they
+came. No task, future or timer is made per request: on the proxy route the whole way to
+the node and back is callbacks (see :meth:`.Gateway.serve`).
 
 Limits are enforced while parsing, before anything is buffered beyond them: header bytes
 and count (431), body size (413, also up front from Content-Length or on
@@ -17,10 +17,10 @@ slow client cannot hold a connection with a trickle), and the idle time between 
 on a kept-alive connection (closed silently). Malformed requests get 400 and the
 connection is closed, since the parser cannot find the next request after an error.
 
-Back-pressure both ways: when the peer reads slower than we write, the task waits for
-the transport to drain before the next response; when the queue of pipelined requests
-grows long, reading pauses until it shrinks. A client that half-closes (sends EOF) after
-its requests still gets every answer before the connection closes.
+Back-pressure both ways: when the peer reads slower than we write, the next response
+waits until the transport drains; when the queue of pipelined requests grows long,
+reading pauses until it shrinks. A client that half-closes (sends EOF) after its requests
+still gets every answer before the connection closes.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import email.utils
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import cast
 
@@ -40,11 +40,13 @@ import httptools
 import orjson
 
 from .config import ServerLimits
-from .gateway import HttpRequest, HttpResponse
+from .gateway import HttpRequest, HttpResponse, Reply, internal_error
+from .upstream import Cancellable
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+Handler = Callable[[HttpRequest, Reply], Cancellable | None]
+"""Answers a request through the reply callback (:meth:`.Gateway.serve`)."""
 
 
 class _Reject(Exception):
@@ -87,12 +89,17 @@ class H1Server(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
         self.queue: collections.deque[tuple[HttpRequest, bool]] = collections.deque()
-        self.task: asyncio.Task[None] | None = None
+        self.busy = False
+        """A request is being answered (its reply not yet written)."""
+        self.pending: Cancellable | None = None
+        """That request's handle, to stop it when the client goes away."""
+        self.answering: tuple[bool, bool] = (False, True)
+        """That request's (HEAD?, keep-alive?)."""
+        self.dispatching = False
         self.closing = False
         self.eof = False
         self.reading_paused = False
         self.writing_paused = False
-        self.drained: asyncio.Future[None] | None = None
         # One timer per connection, re-armed only when it fires: per-request timers would
         # cost a heap operation each. It checks the two deadlines below.
         self.timer: asyncio.TimerHandle | None = None
@@ -120,23 +127,23 @@ class H1Server(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._disarm()
-        if self.task is not None:
-            self.task.cancel()  # nobody is left to answer; the router counts it abandoned
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        self.queue.clear()
+        self._abandon()  # nobody is left to answer; the router counts it abandoned
 
     def eof_received(self) -> bool:
         self.eof = True
+        if not self.busy and not self.queue:
+            self._close()
+            return True
         # Half-closed with answers still owed: keep the transport open to write them.
-        return self.task is not None or bool(self.queue)
+        return True
 
     def pause_writing(self) -> None:
         self.writing_paused = True
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        self._next()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -196,7 +203,7 @@ class H1Server(asyncio.Protocol):
         if expect is not None:
             if expect.lower() != "100-continue":
                 raise _Reject(417, "Only 'Expect: 100-continue' is supported")
-            if self.transport is not None and not self.queue and self.task is None:
+            if self.transport is not None and not self.queue and not self.busy:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -222,41 +229,67 @@ class H1Server(asyncio.Protocol):
             assert self.transport is not None
             self.transport.pause_reading()
             self.reading_paused = True
-        if self.task is None:
-            self.task = self.loop.create_task(self._serve())
+        if not self.busy:
+            self._next()
 
     # -- answering -----------------------------------------------------------------------
 
-    async def _serve(self) -> None:
+    def _next(self) -> None:
+        """Hand the queued requests to the handler, one at a time, in order. Loops rather
+        than recursing when answers come at once (pipelined requests answered here)."""
+        if self.dispatching:
+            return
+        self.dispatching = True
         try:
-            while self.queue and not self.closing:
-                request, keep_alive = self.queue.popleft()
-                if self.reading_paused and len(self.queue) < self.limits.max_pipeline // 2:
+            queue = self.queue
+            while queue and not self.busy and not self.closing and not self.writing_paused:
+                request, keep_alive = queue.popleft()
+                if self.reading_paused and len(queue) < self.limits.max_pipeline // 2:
                     assert self.transport is not None
                     self.transport.resume_reading()
                     self.reading_paused = False
+                self.busy = True
+                self.answering = (request.method == "HEAD", keep_alive)
                 try:
-                    response = await self.handler(request)
+                    pending = self.handler(request, self._reply)
                 except Exception:
                     log.exception("unexpected error answering %s %s", request.method, request.path)
-                    response = HttpResponse(
-                        500,
-                        [("content-type", "application/json")],
-                        _error_body(500, "Internal error in the balancer"),
-                    )
-                keep_alive = keep_alive and not self.eof
-                self._write(response, head=request.method == "HEAD", keep_alive=keep_alive)
-                if not keep_alive:
-                    self._close()
-                    return
-                if self.writing_paused:
-                    self.drained = self.loop.create_future()
-                    await self.drained
+                    self._reply(internal_error())
+                    continue
+                if self.busy:  # answered later: keep the handle to stop it if the client goes
+                    self.pending = pending
         finally:
-            self.task = None
-        self.last_active = self.loop.time()
-        if self.eof and not self.queue:
+            self.dispatching = False
+        if not self.busy and not self.queue and not self.closing:
+            self.last_active = self.loop.time()
+            if self.eof:
+                self._close()
+
+    def _reply(self, response: HttpResponse) -> None:
+        """The handler's answer to the request being answered: write it, go on."""
+        if not self.busy:
+            return  # the connection was refused or lost meanwhile
+        self.busy = False
+        self.pending = None
+        head, keep_alive = self.answering
+        # After the client's EOF, the connection closes with the last answer it is owed.
+        keep_alive = keep_alive and not (self.eof and not self.queue)
+        try:
+            self._write(response, head=head, keep_alive=keep_alive)
+        except Exception:
+            log.exception("unexpected error writing an answer")
             self._close()
+            return
+        if not keep_alive:
+            self._close()
+            return
+        self._next()
+
+    def _abandon(self) -> None:
+        pending, self.pending = self.pending, None
+        self.busy = False
+        if pending is not None:
+            pending.cancel()
 
     def _write(self, response: HttpResponse, *, head: bool, keep_alive: bool) -> None:
         if self.transport is None or self.closing:
@@ -284,8 +317,7 @@ class H1Server(asyncio.Protocol):
         if self.transport is None or self.closing:
             return
         self.queue.clear()
-        if self.task is not None:
-            self.task.cancel()
+        self._abandon()
         self._write(
             HttpResponse(
                 status,
@@ -313,7 +345,7 @@ class H1Server(asyncio.Protocol):
                 self._refuse(408, "Request not received in time")
                 return
             self._arm(left)
-        elif self.task is None and not self.queue:
+        elif not self.busy and not self.queue:
             left = self.last_active + limits.idle_timeout - now
             if left <= 0:
                 self._close()

@@ -94,14 +94,19 @@ def parse(
         if "depth" in exc.msg or "recursion" in exc.msg:
             return RpcProblem(INVALID_REQUEST, f"Invalid Request: nested deeper than {max_depth}")
         return RpcProblem(PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc.msg})")
-    members = len(doc) if isinstance(doc, list) else 1
+    if isinstance(doc, dict):
+        members = 1
+        float_id = isinstance(doc.get("id"), float)
+    else:
+        members = len(doc) if isinstance(doc, list) else 1
+        float_id = _float_id(doc)
     if body.count(b"[") + body.count(b"{") > max_depth and _depth(doc) > max_depth:
         return RpcProblem(INVALID_REQUEST, f"Invalid Request: nested deeper than {max_depth}")
     if (
-        body.count(b'"method"') > members
+        float_id
+        or body.count(b'"method"') > members
         or body.count(b'"id"') > members
         or body.count(b'"params"') > members
-        or _float_id(doc)
     ):
         try:
             doc = json.loads(body, object_pairs_hook=_refuse_repeats)

@@ -39,6 +39,8 @@ from .config import NodeConfig
 
 _OUTCOME_WINDOW = 64  # recent outcomes kept per node for the error rate
 _LATENCY_WINDOW = 512  # recent successful latencies kept per node for percentiles
+QUANTILE_EVERY = 0.1
+"""Seconds between recomputations of a node's hedge quantile under load (see quantile)."""
 CANDIDATES_TTL = 0.05  # seconds the usable-node list is reused between changes
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Upper bounds (seconds) of the latency histogram kept per node (Prometheus buckets)."""
@@ -89,6 +91,7 @@ class Node:
         "_ewma",
         "_ewma_at",
         "_quantile",
+        "_quantile_at",
         "_quantile_seen",
         "consecutive_failures",
         "ejected_by",
@@ -172,6 +175,7 @@ class Node:
         """When the node came back (from ejection or down): its share ramps up from here."""
         self._quantile: dict[float, float] = {}
         self._quantile_seen = 0
+        self._quantile_at = 0.0
 
     def __repr__(self) -> str:
         ewma = f"{self._ewma * 1000:.1f}ms" if self._ewma is not None else "?"
@@ -250,21 +254,46 @@ class Node:
             self.on_change()
         return seconds
 
+    def load_cost(self, now: float, decay: float) -> float:
+        """``latency(now, decay) x (inflight + 1) / (weight x ramp(now))``: the fastest
+        policy's cost, in one call (it runs for every candidate of every request)."""
+        weight = self.weight
+        if weight <= 0:
+            return math.inf
+        ewma = self._ewma
+        if ewma is None:
+            return 0.0
+        age = now - self._ewma_at
+        if age > 0.0:
+            ewma *= math.exp(-age / decay)
+        slow = self.slow_start
+        if slow > 0 and now < self.ramp_from + slow:
+            weight *= max(0.1, min(1.0, 0.1 + 0.9 * (now - self.ramp_from) / slow))
+        return ewma * (self.inflight + 1) / weight
+
     def ramp(self, now: float) -> float:
         """The share of its full traffic a returning node takes now (0.1 .. 1)."""
         if self.slow_start <= 0 or now >= self.ramp_from + self.slow_start:
             return 1.0
         return max(0.1, min(1.0, 0.1 + 0.9 * (now - self.ramp_from) / self.slow_start))
 
-    def quantile(self, q: float, min_samples: int) -> float | None:
-        """A latency quantile of recent successful answers, recomputed every 16 answers
-        (sorting on every request would cost more than the hedge it times)."""
+    def quantile(self, q: float, min_samples: int, now: float | None = None) -> float | None:
+        """A latency quantile of recent successful answers. Sorting the window on every
+        request would cost more than the hedge it times: the value is recomputed after 16
+        more answers and, when ``now`` is given, at most every ``QUANTILE_EVERY`` seconds
+        (yet always after 4096 answers)."""
         if len(self.latencies) < min_samples:
             return None
         cached = self._quantile.get(q)
-        if cached is None or self.requests - self._quantile_seen >= 16:
+        fresh = self.requests - self._quantile_seen
+        if (
+            cached is None
+            or fresh >= 4096
+            or (fresh >= 16 and (now is None or now - self._quantile_at >= QUANTILE_EVERY))
+        ):
             self._quantile.clear()
             self._quantile_seen = self.requests
+            self._quantile_at = now if now is not None else 0.0
             cached = self.percentile(q)
             if cached is None:
                 return None

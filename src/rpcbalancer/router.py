@@ -29,6 +29,13 @@ instead of a retry storm.
 The router raises nothing for upstream trouble: it returns an :class:`Outcome` that holds
 either the answer or the error that ended the request, plus what was tried, and the
 gateway turns that into a response.
+
+Two doors, one logic: :meth:`Router.start` runs a request as a :class:`Forwarding`, a
+small state machine driven by the transport's callbacks (the data plane: no task, future or
+timer of its own per request; hedges are timed by one loop timer for all requests, see
+:class:`DueQueue`), and :meth:`Router.forward` awaits the same machine. Only the rare
+steps that must wait (the race's pings, a free slot under ``node_concurrency``, a new
+connection) run as tasks.
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -56,7 +64,9 @@ from .jsonrpc import looks_like_json, response_errors
 from .nodes import Fleet, Node
 from .policies import BasePolicy, PickContext, Race
 from .probe import ask
-from .upstream import Transport, UpstreamResponse
+from .upstream import Cancellable, Transport, UpstreamResponse, running_loop, starter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
@@ -147,73 +157,30 @@ class Router:
         self.cap = node_concurrency
         self.queue_size = queue_size
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.start_request = starter(transport)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.hedges = DueQueue()
+
+    def start(self, req: ProxyRequest, done: Callable[[Outcome], None]) -> Forwarding:
+        """Forward ``req``; ``done(outcome)`` is called once (possibly before this returns)
+        unless the returned forwarding is cancelled first."""
+        forwarding = Forwarding(self, req, done)
+        forwarding.step()
+        return forwarding
 
     async def forward(self, req: ProxyRequest) -> Outcome:
-        start = self.clock()
-        deadline = start + self.total
-        outcome = Outcome()
-        self.budget.deposit(start)
-        last_error: RpcBalancerError | None = None
-        for attempt in range(1 + self.retries):
-            now = self.clock()
-            if now >= deadline:
-                last_error = UpstreamTimeout(
-                    outcome.tried[-1].name if outcome.tried else "balancer",
-                    f"the {self.total:g}s deadline passed after {len(outcome.tried)} tries",
-                )
-                break
-            candidates, failopen = self.fleet.candidates(now)
-            left = [n for n in candidates if n not in outcome.tried]
-            if not left:
-                break
-            if self.cap:
-                free = [n for n in left if n.inflight < self.cap]
-                while not free:  # every node is at its cap: wait for a slot, in line
-                    if len(self._waiters) >= self.queue_size:
-                        outcome.error = NoHealthyNode(
-                            f"every node has {self.cap} requests in flight and "
-                            f"{len(self._waiters)} more are waiting: try again shortly"
-                        )
-                        return outcome
-                    if not await self._wait_for_slot(deadline):
-                        outcome.error = UpstreamTimeout(
-                            "balancer",
-                            f"no node had a free slot within the {self.total:g}s deadline",
-                        )
-                        return outcome
-                    free = [n for n in left if n.inflight < self.cap]
-                left = free
-            if attempt and not self.budget.withdraw(now):
-                break  # the retry budget is spent: no retry storm on a sick fleet
-            node = await self._choose(left, req, now, deadline, failopen)
-            if node is None:
-                if self.clock() >= deadline:
-                    last_error = UpstreamTimeout(
-                        "balancer",
-                        f"no node answered the race ping within the {self.total:g}s deadline",
-                    )
-                else:
-                    last_error = NoHealthyNode("no node answered the race ping in time")
-                break
-            outcome.tried.append(node)
-            delay = self._hedge_delay(node, req, len(left))
-            if delay is None:
-                resp, error = await self._try(node, req, deadline)
-            else:
-                resp, error, node = await self._hedged(node, req, deadline, delay, outcome)
-            if error is None:
-                outcome.response, outcome.node = resp, node
-                return outcome
-            last_error = error
-            if req.broadcast and (resp is not None or error.sent):
-                # The node may have the transaction: its answer, whatever it is, is final.
-                outcome.response, outcome.node = resp, node
-                break
-        if outcome.response is not None and req.broadcast:
-            return outcome
-        outcome.response = None
-        outcome.error = last_error or NoHealthyNode(self._why_none())
-        return outcome
+        waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: Outcome) -> None:
+            if not waiter.done():
+                waiter.set_result(outcome)
+
+        forwarding = self.start(req, done)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            forwarding.cancel()
+            raise
 
     def _hedge_delay(self, node: Node, req: ProxyRequest, choices: int) -> float | None:
         """How long to wait for ``node`` before asking a second one, or None for no hedge:
@@ -222,63 +189,10 @@ class Router:
         hedge = self.hedge
         if hedge is None or not hedge.enabled or req.broadcast or choices < 2:
             return None
-        quantile = node.quantile(hedge.quantile, hedge.min_samples)
+        quantile = node.quantile(hedge.quantile, hedge.min_samples, self.clock())
         if quantile is None:
             return None
         return min(hedge.max_delay, max(hedge.min_delay, quantile))
-
-    async def _hedged(
-        self, first: Node, req: ProxyRequest, deadline: float, delay: float, outcome: Outcome
-    ) -> tuple[UpstreamResponse | None, UpstreamError | None, Node]:
-        """Try ``first``; if it has not answered after ``delay``, try a second node too (when
-        the budget allows). The first good answer wins and the other try is cancelled.
-
-        Every read pays for this on the hot path, so it waits on one plain future woken by
-        the tries' completion callbacks or by the hedge timer, not on ``asyncio.wait``."""
-        loop = asyncio.get_running_loop()
-        wake: asyncio.Future[None] = loop.create_future()
-
-        def poke(_: object = None) -> None:
-            if not wake.done():
-                wake.set_result(None)
-
-        tries = {loop.create_task(self._try(first, req, deadline)): first}
-        for task in tries:
-            task.add_done_callback(poke)
-        timer: asyncio.TimerHandle | None = loop.call_later(delay, poke)
-        last: tuple[UpstreamResponse | None, UpstreamError | None, Node] = (None, None, first)
-        try:
-            while tries:
-                await wake
-                wake = loop.create_future()
-                done = [task for task in tries if task.done()]
-                for task in done:
-                    node = tries.pop(task)
-                    resp, error = task.result()
-                    if error is None:
-                        return resp, None, node
-                    last = (resp, error, node)
-                if done and timer is not None:
-                    break  # it failed before the hedge was due: an ordinary retry follows
-                if not done and timer is not None:  # the first is slow: hedge
-                    timer = None
-                    now = self.clock()
-                    second = self._another(req, outcome, now)
-                    if second is not None and self.budget.withdraw(now):
-                        outcome.tried.append(second)
-                        outcome.hedged = True
-                        task = loop.create_task(self._try(second, req, deadline))
-                        task.add_done_callback(poke)
-                        tries[task] = second
-                for task in tries:  # a fresh future: re-arm the pending tries
-                    if task.done():
-                        poke()
-            return last
-        finally:
-            if timer is not None:
-                timer.cancel()
-            for task in tries:
-                task.cancel()  # the loser: its node is not blamed (see Node.cancel)
 
     def _another(self, req: ProxyRequest, outcome: Outcome, now: float) -> Node | None:
         candidates, failopen = self.fleet.candidates(now)
@@ -286,75 +200,6 @@ class Router:
         if not left or failopen:
             return None
         return self.policy.pick(left, PickContext(now=now, client_ip=req.client_ip))
-
-    async def _try(
-        self, node: Node, req: ProxyRequest, deadline: float
-    ) -> tuple[UpstreamResponse | None, UpstreamError | None]:
-        """One try: the answer and no error, or the error (with the node's answer when it
-        gave one that a broadcast must not hide)."""
-        timeout = max(0.001, min(self.per_try, deadline - self.clock()))
-        health = self.fleet.health
-        started = self.clock()
-        node.begin()
-        try:
-            resp = await self.transport.send(
-                node,
-                req.method,
-                req.path,
-                req.headers,
-                req.body,
-                timeout,
-                idempotent=not req.broadcast,
-            )
-        except UpstreamError as exc:
-            now = self.clock()
-            node.end(
-                now, now - started, False, error=exc.reason, penalty=self.per_try, health=health
-            )
-            return None, exc
-        except BaseException:
-            node.cancel()  # abandoned by us, not failed by the node
-            raise
-        finally:
-            if self._waiters:
-                self._wake_one()
-        finished = self.clock()
-        fault = judge(resp, self.chain)
-        node.end(
-            finished,
-            finished - started,
-            fault is None,
-            error=fault,
-            penalty=self.per_try,
-            health=health,
-        )
-        if fault is None:
-            head = self.chain.head_in(resp.body)
-            if head is not None:
-                node.observe_head(finished, head)  # freshness between probes
-            return resp, None
-        poor = resp if req.broadcast and looks_like_json(resp.body) else None
-        return poor, UpstreamBadResponse(node.name, fault, resp.status)
-
-    async def _choose(
-        self,
-        nodes: Sequence[Node],
-        req: ProxyRequest,
-        now: float,
-        deadline: float,
-        failopen: bool,
-    ) -> Node | None:
-        if failopen:
-            return nodes[0]  # least bad first
-        policy = self.policy
-        if isinstance(policy, Race):
-            winner = policy.remembered(nodes, now)
-            if winner is None:
-                winner = await self._race(nodes, deadline)
-                if winner is not None:
-                    policy.remember(winner, self.clock())
-            return winner
-        return policy.pick(nodes, PickContext(now=now, client_ip=req.client_ip))
 
     async def _race(self, nodes: Sequence[Node], deadline: float) -> Node | None:
         """Ping every node at once; the first healthy answer wins, the rest are cancelled."""
@@ -385,10 +230,9 @@ class Router:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _wait_for_slot(self, deadline: float) -> bool:
-        """Wait in line until a try ends somewhere; False when the deadline comes first."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+    async def _wait_for_slot(self, deadline: float, waiter: asyncio.Future[None]) -> bool:
+        """Wait in line (``waiter``, already in it) until a try ends somewhere; False when
+        the deadline comes first."""
         try:
             async with asyncio.timeout(max(0.0, deadline - self.clock())):
                 await waiter
@@ -398,6 +242,10 @@ class Router:
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
+
+    def _slot_freed(self) -> None:
+        if self._waiters:
+            self._wake_one()
 
     def _wake_one(self) -> None:
         while self._waiters:
@@ -413,3 +261,361 @@ class Router:
             f"{n.name}: {self.fleet.exclusion(n, now, best) or 'tried'}" for n in self.fleet.nodes
         ]
         return "no node can serve this request (" + "; ".join(reasons) + ")"
+
+
+class DueQueue:
+    """Calls ``item.due(token)`` at (about) its time, with one loop timer for all items.
+
+    Hedges are due a node's p95 latency after their request started: the same delay, give
+    or take, for every request of a while, so items arrive in due order and wait in a FIFO
+    behind a single timer, instead of a timer each (a timer costs more than the rest of
+    the hedge bookkeeping). Items are not removed when their request ends: the request
+    ignores a call for a token it no longer holds. An item due before the last one in line
+    (the delay just shrank) gets a timer of its own.
+    """
+
+    def __init__(self) -> None:
+        self.items: collections.deque[tuple[float, Forwarding, int]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, when: float, item: Forwarding, token: int
+    ) -> None:
+        items = self.items
+        if items and when < items[-1][0]:
+            loop.call_at(when, item.due, token)
+            return
+        items.append((when, item, token))
+        if self.timer is None:
+            self.timer = loop.call_at(when, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer = None
+        items = self.items
+        now = loop.time()
+        while items:
+            when, item, token = items[0]
+            if when > now:
+                self.timer = loop.call_at(when, self._fire, loop)
+                return
+            items.popleft()
+            item.due(token)
+
+
+class Forwarding:
+    """One request through the router: tries, hedges and retries, driven by callbacks.
+
+    :meth:`step` starts the next attempt (or ends the request); each try reports back to
+    :meth:`_ended`; the hedge queue calls :meth:`due`. The request ends exactly once, in
+    :meth:`_finish`, which hands the outcome to ``done``.
+    """
+
+    __slots__ = (
+        "attempt",
+        "deadline",
+        "done",
+        "hedge_token",
+        "last_error",
+        "last_node",
+        "last_response",
+        "outcome",
+        "over",
+        "req",
+        "router",
+        "tries",
+        "waiting",
+    )
+
+    def __init__(self, router: Router, req: ProxyRequest, done: Callable[[Outcome], None]) -> None:
+        start = router.clock()
+        router.budget.deposit(start)
+        self.router = router
+        self.req = req
+        self.done = done
+        self.deadline = start + router.total
+        self.outcome = Outcome()
+        self.attempt = 0
+        self.last_error: RpcBalancerError | None = None
+        self.last_response: UpstreamResponse | None = None
+        self.last_node: Node | None = None
+        self.tries: list[Try] = []
+        self.hedge_token = 0
+        """Nonzero while this attempt's hedge is still to come: the token it was queued with."""
+        self.waiting: asyncio.Task[None] | None = None
+        self.over = False
+
+    # -- attempts ------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Start the next attempt, or end the request when none may be made."""
+        router = self.router
+        outcome = self.outcome
+        if self.attempt > router.retries:
+            self._finish()
+            return
+        attempt = self.attempt
+        self.attempt += 1
+        now = router.clock()
+        if now >= self.deadline:
+            self.last_error = UpstreamTimeout(
+                outcome.tried[-1].name if outcome.tried else "balancer",
+                f"the {router.total:g}s deadline passed after {len(outcome.tried)} tries",
+            )
+            self._finish()
+            return
+        candidates, failopen = router.fleet.candidates(now)
+        tried = outcome.tried
+        left = [n for n in candidates if n not in tried] if tried else candidates
+        if not left:
+            self._finish()
+            return
+        if router.cap:
+            free = [n for n in left if n.inflight < router.cap]
+            if not free:  # every node is at its cap: wait for a slot, in line
+                self.attempt = attempt  # the same attempt, once a slot is free
+                self._wait_for_slot()
+                return
+            left = free
+        if attempt and not router.budget.withdraw(now):
+            self._finish()  # the retry budget is spent: no retry storm on a sick fleet
+            return
+        if failopen:
+            self._launch(left[0], len(left))  # least bad first
+            return
+        policy = router.policy
+        if isinstance(policy, Race):
+            winner = policy.remembered(left, now)
+            if winner is None:
+                self._await(self._race(policy, left))
+                return
+            self._launch(winner, len(left))
+            return
+        self._launch(
+            policy.pick(left, PickContext(now=now, client_ip=self.req.client_ip)), len(left)
+        )
+
+    def _launch(self, node: Node, choices: int) -> None:
+        router = self.router
+        self.outcome.tried.append(node)
+        attempt = Try(self, node)
+        self.tries.append(attempt)
+        attempt.start()
+        delay = router._hedge_delay(node, self.req, choices)
+        if delay is not None and not self.over and self.tries:
+            loop = router.loop = running_loop(router.loop)
+            self.hedge_token = self.attempt
+            router.hedges.add(loop, loop.time() + delay, self, self.attempt)
+
+    def due(self, token: int) -> None:
+        """The hedge queue: this attempt's first try has not answered in time."""
+        if token != self.hedge_token or self.over or not self.tries:
+            return
+        self.hedge_token = 0
+        router = self.router
+        now = router.clock()
+        second = router._another(self.req, self.outcome, now)
+        if second is not None and router.budget.withdraw(now):
+            self.outcome.tried.append(second)
+            self.outcome.hedged = True
+            hedge = Try(self, second)
+            self.tries.append(hedge)
+            hedge.start()
+
+    def _ended(
+        self, finished: Try, resp: UpstreamResponse | None, error: UpstreamError | None
+    ) -> None:
+        """A try is over: the answer wins; a failure waits for the other try of a hedge,
+        else leads to the next attempt (a broadcast that may have arrived ends here)."""
+        if self.over:
+            return
+        tries = self.tries
+        tries.remove(finished)
+        if error is None:
+            for other in tries:
+                other.cancel()  # the hedge's loser: its node is not blamed
+            tries.clear()
+            self.outcome.response, self.outcome.node = resp, finished.node
+            self._finish(answered=True)
+            return
+        self.last_error, self.last_response, self.last_node = error, resp, finished.node
+        if tries:
+            return  # the other try of the hedge may still answer
+        self.hedge_token = 0  # failed before the hedge was due: an ordinary retry follows
+        if self.req.broadcast and (resp is not None or error.sent):
+            # The node may have the transaction: its answer, whatever it is, is final.
+            self.outcome.response, self.outcome.node = resp, finished.node
+            self._finish()
+            return
+        self.step()
+
+    # -- the slow steps ------------------------------------------------------------------
+
+    def _await(self, step: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await step
+            finally:
+                self.waiting = None
+
+        self.waiting = asyncio.get_running_loop().create_task(run())
+
+    async def _race(self, policy: Race, nodes: list[Node]) -> None:
+        router = self.router
+        winner = await router._race(nodes, self.deadline)
+        if self.over:
+            return
+        if winner is None:
+            if router.clock() >= self.deadline:
+                self.last_error = UpstreamTimeout(
+                    "balancer",
+                    f"no node answered the race ping within the {router.total:g}s deadline",
+                )
+            else:
+                self.last_error = NoHealthyNode("no node answered the race ping in time")
+            self._finish()
+            return
+        policy.remember(winner, router.clock())
+        self._launch(winner, len(nodes))
+
+    def _wait_for_slot(self) -> None:
+        router = self.router
+        if len(router._waiters) >= router.queue_size:
+            self.last_error = NoHealthyNode(
+                f"every node has {router.cap} requests in flight and "
+                f"{len(router._waiters)} more are waiting: try again shortly"
+            )
+            self._finish()
+            return
+
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        router._waiters.append(waiter)  # in line now: the next request sees it
+
+        async def wait() -> None:
+            if not await router._wait_for_slot(self.deadline, waiter):
+                self.last_error = UpstreamTimeout(
+                    "balancer", f"no node had a free slot within the {router.total:g}s deadline"
+                )
+                self._finish()
+            elif not self.over:
+                self.step()
+
+        self._await(wait())
+
+    # -- the end -------------------------------------------------------------------------
+
+    def _finish(self, *, answered: bool = False) -> None:
+        """End the request: with the answer when ``answered``, else with the error that
+        ended it (a broadcast keeps the answer of the node that may have it)."""
+        if self.over:
+            return
+        self.over = True
+        outcome = self.outcome
+        if not answered and not (outcome.response is not None and self.req.broadcast):
+            outcome.response = None
+            outcome.error = self.last_error or NoHealthyNode(self.router._why_none())
+        done, self.done = self.done, _nothing
+        try:
+            done(outcome)
+        except Exception:
+            log.exception("unexpected error answering a forwarded request")
+
+    def cancel(self) -> None:
+        """Nobody waits for the answer any more: stop every try (their nodes are not blamed)."""
+        if self.over:
+            return
+        self.over = True
+        for t in self.tries:
+            t.cancel()
+        self.tries.clear()
+        if self.waiting is not None:
+            self.waiting.cancel()
+        self.done = _nothing
+
+
+def _nothing(outcome: Outcome) -> None:
+    pass
+
+
+class Try:
+    """One try of a request on one node: started at once, judged when it ends."""
+
+    __slots__ = ("exchange", "forwarding", "live", "node", "started")
+
+    def __init__(self, forwarding: Forwarding, node: Node) -> None:
+        self.forwarding = forwarding
+        self.node = node
+        self.started = 0.0
+        self.exchange: Cancellable | None = None
+        self.live = True
+
+    def start(self) -> None:
+        forwarding = self.forwarding
+        router = forwarding.router
+        req = forwarding.req
+        self.started = now = router.clock()
+        timeout = max(0.001, min(router.per_try, forwarding.deadline - now))
+        self.node.begin()
+        exchange = router.start_request(
+            self.node,
+            req.method,
+            req.path,
+            req.headers,
+            req.body,
+            timeout,
+            not req.broadcast,
+            self.ended,
+        )
+        if self.live:  # (a transport may answer before returning)
+            self.exchange = exchange
+
+    def ended(self, resp: UpstreamResponse | None, exc: UpstreamError | None) -> None:
+        """The transport's answer: judge it, record it on the node, report to the request."""
+        forwarding = self.forwarding
+        router = forwarding.router
+        node = self.node
+        self.exchange = None
+        if not self.live:
+            return
+        self.live = False
+        now = router.clock()
+        if exc is not None or resp is None:
+            error = exc or UpstreamError(node.name, "no answer")
+            node.end(
+                now,
+                now - self.started,
+                False,
+                error=error.reason,
+                penalty=router.per_try,
+                health=router.fleet.health,
+            )
+            router._slot_freed()
+            forwarding._ended(self, None, error)
+            return
+        fault = judge(resp, router.chain)
+        node.end(
+            now,
+            now - self.started,
+            fault is None,
+            error=fault,
+            penalty=router.per_try,
+            health=router.fleet.health,
+        )
+        router._slot_freed()
+        if fault is None:
+            head = router.chain.head_in(resp.body)
+            if head is not None:
+                node.observe_head(now, head)  # freshness between probes
+            forwarding._ended(self, resp, None)
+            return
+        poor = resp if forwarding.req.broadcast and looks_like_json(resp.body) else None
+        forwarding._ended(self, poor, UpstreamBadResponse(node.name, fault, resp.status))
+
+    def cancel(self) -> None:
+        if not self.live:
+            return
+        self.live = False
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.cancel()
+        self.node.cancel()  # abandoned by us, not failed by the node
+        self.forwarding.router._slot_freed()

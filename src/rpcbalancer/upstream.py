@@ -2,7 +2,9 @@
 
 One method, :meth:`Transport.send`: send a request to a node, get its status, headers and
 body back, or an :class:`~rpcbalancer.errors.UpstreamError`. The router, the probes and the
-race all go through it.
+race all go through it. The data plane uses the same request at the callback level,
+:meth:`H1Transport.start`: no task, future or timer of its own per request, which is what a
+forwarded request costs most in Python (``send`` is a thin wrapper over it).
 
 :class:`H1Transport` is a pooled keep-alive HTTP/1.1 client written at the protocol level
 (an ``asyncio.Protocol`` per connection, ``httptools`` parsing the answers), so a forwarded
@@ -19,7 +21,9 @@ loop (uvloop in the server, the default loop in Lambda). What it guarantees:
   up to ``max_body`` bytes; redirects are answers (never followed);
 * ``https://`` nodes get TLS with SNI and certificate verification (unless the node says
   ``verify_tls: false``); a pinned address (DNS expansion) keeps the name for SNI and Host;
-* every failure becomes an :class:`UpstreamError` here, and nowhere else.
+* every failure becomes an :class:`UpstreamError` here, and nowhere else;
+* a try's deadline is kept by its connection's one timer, armed when the connection first
+  carries a request and re-armed only when it fires early: not a timer per request.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, cast
 from urllib.parse import urlsplit
@@ -39,6 +44,8 @@ import httptools
 
 from .errors import UpstreamBadResponse, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from .nodes import Node
+
+log = logging.getLogger(__name__)
 
 # Node answers are handed to clients with these headers only; the rest is the node's business.
 _KEPT_HEADERS = frozenset({b"content-type", b"cache-control", b"retry-after"})
@@ -78,6 +85,71 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
+Done = Callable[["UpstreamResponse | None", "UpstreamError | None"], None]
+"""How a request started with :meth:`H1Transport.start` ends: the answer, or the error."""
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> object: ...
+
+
+class Starter(Protocol):
+    """The callback-level form of :meth:`Transport.send`: ``done`` is called once, with
+    the answer or the error, unless the returned handle is cancelled first."""
+
+    def __call__(
+        self,
+        node: Node,
+        method: str,
+        path: str | None,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout: float,
+        idempotent: bool,
+        done: Done,
+    ) -> Cancellable: ...
+
+
+def running_loop(cached: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
+    """The running loop: ``cached`` while it runs. ``asyncio.get_running_loop`` costs a
+    ``getpid`` system call on Python 3.11, too dear for every request."""
+    if cached is not None and cached.is_running():
+        return cached
+    return asyncio.get_running_loop()
+
+
+def starter(transport: Transport) -> Starter:
+    """``transport.start`` when it has one; else ``send`` run as a task (any transport
+    written against the one-method seam still works, at a task per request)."""
+    start = getattr(transport, "start", None)
+    if start is not None:
+        return cast(Starter, start)
+
+    def via_send(
+        node: Node,
+        method: str,
+        path: str | None,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout: float,
+        idempotent: bool,
+        done: Done,
+    ) -> Cancellable:
+        async def run() -> None:
+            try:
+                resp = await transport.send(
+                    node, method, path, headers, body, timeout, idempotent=idempotent
+                )
+            except UpstreamError as exc:
+                done(None, exc)
+                return
+            done(resp, None)
+
+        return asyncio.get_running_loop().create_task(run())
+
+    return via_send
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     """Where a node's requests go, parsed once per node URL."""
@@ -96,7 +168,7 @@ class _Stale(Exception):
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection to a node; one request at a time."""
+    """One keep-alive connection to a node; one request (an :class:`Exchange`) at a time."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_body: int, name: str) -> None:
         self.loop = loop
@@ -104,10 +176,12 @@ class _Connection(asyncio.Protocol):
         self.name = name
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[UpstreamResponse] | None = None
+        self.exchange: Exchange | None = None
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
         self._status = 0
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
@@ -129,7 +203,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._received += len(data)
-        if self.waiter is None:
+        if self.exchange is None:
             self._close()  # bytes nobody asked for: the connection cannot be trusted
             return
         try:
@@ -139,8 +213,7 @@ class _Connection(asyncio.Protocol):
             self._close()
 
     def eof_received(self) -> bool | None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
+        if self.exchange is not None:
             if self._headers_done and not self._framed:
                 self._finish()  # an answer delimited by closing the connection
             elif self._received == 0 and self.reused:
@@ -154,8 +227,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
+        self._disarm()
+        if self.exchange is not None:
             if self._received == 0 and self.reused:
                 self._fail(_Stale())
             else:
@@ -189,46 +262,184 @@ class _Connection(asyncio.Protocol):
 
     # -- the request ---------------------------------------------------------------------
 
-    def request(self, data: bytes) -> asyncio.Future[UpstreamResponse]:
+    def request(self, exchange: Exchange) -> None:
         self._status = self._size = self._received = 0
         self._headers = []
         self._body = []
         self._framed = self._headers_done = self._keep_alive = False
-        self.waiter = self.loop.create_future()
+        self.exchange = exchange
+        deadline = exchange.deadline
+        # One timer per connection: armed when none is, moved only when this try's
+        # deadline comes before it; when it fires early it sleeps on (see _check).
+        if self.timer is None or deadline < self.timer_at:
+            self._disarm()
+            self.timer = self.loop.call_at(deadline, self._check)
+            self.timer_at = deadline
         assert self.transport is not None
-        self.transport.write(data)
-        return self.waiter
+        self.transport.write(exchange.data)
+
+    def _check(self) -> None:
+        self.timer = None
+        exchange = self.exchange
+        if exchange is None or self.closed:
+            return
+        if self.loop.time() >= exchange.deadline:
+            self._fail(UpstreamTimeout(self.name, f"no answer within {exchange.timeout:.2f}s"))
+            self.abort()
+        else:
+            self.timer = self.loop.call_at(exchange.deadline, self._check)
+            self.timer_at = exchange.deadline
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     @property
     def reusable(self) -> bool:
-        return self._keep_alive and not self.closed and self.waiter is None
+        return self._keep_alive and not self.closed and self.exchange is None
 
     def _finish(self) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            waiter.set_result(UpstreamResponse(self._status, tuple(self._headers), body))
+            exchange.answered(self, UpstreamResponse(self._status, tuple(self._headers), body))
 
     def _fail(self, exc: Exception) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.failed(self, exc)
 
     def _close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
 
-    def expire(self, timeout: float) -> None:
-        """The try's deadline passed with no complete answer."""
-        self._fail(UpstreamTimeout(self.name, f"no answer within {timeout:.2f}s"))
-        self.abort()
-
     def abort(self) -> None:
         self.closed = True
-        self.waiter = None
+        self.exchange = None
+        self._disarm()
         if self.transport is not None:
             self.transport.abort()
+
+
+class Exchange:
+    """One request to a node, from :meth:`H1Transport.start` until ``done`` is called
+    (exactly once) or :meth:`cancel`."""
+
+    __slots__ = (
+        "client",
+        "conn",
+        "connecting",
+        "data",
+        "deadline",
+        "done",
+        "node",
+        "over",
+        "reuse",
+        "target",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        client: H1Transport,
+        node: Node,
+        target: _Target,
+        data: bytes,
+        timeout: float,
+        deadline: float,
+        done: Done,
+        reuse: bool,
+    ) -> None:
+        self.client = client
+        self.node = node
+        self.target = target
+        self.data = data
+        self.timeout = timeout
+        self.deadline = deadline
+        self.done = done
+        # A non-idempotent request (a broadcast) always takes a fresh connection: on a reused
+        # one, a close before the answer could not tell "never read" from "read, then died".
+        self.reuse = reuse
+        self.conn: _Connection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.over = False
+
+    def begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        client = self.client
+        conn = client._take_idle(self.target, loop.time()) if self.reuse else None
+        if conn is None:
+            self.connecting = loop.create_task(self._connect())
+            return
+        self._send(conn)
+
+    def _send(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.client._busy.add(conn)
+        conn.request(self)
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.client._connect(self.node, self.target, self.deadline)
+        except UpstreamError as exc:
+            self.connecting = None
+            self._end(None, exc)
+            return
+        except Exception as exc:  # whatever else connecting raised is still a failed try
+            self.connecting = None
+            self._end(None, UpstreamConnectError(self.node.name, f"cannot connect ({exc})"))
+            return
+        self.connecting = None
+        if self.over:  # cancelled while connecting
+            conn.abort()
+            return
+        self._send(conn)
+
+    def answered(self, conn: _Connection, response: UpstreamResponse) -> None:
+        client = self.client
+        client._busy.discard(conn)
+        self.conn = None
+        self._end(response, None)
+        # Back to the pool after the answer has been handed on, so that whatever the
+        # answer sets off at once (a pipelined request) does not land on this connection
+        # while its parser is still inside this callback.
+        if conn.reusable:
+            client._give_back(self.target, conn, conn.loop.time())
+        else:
+            conn.abort()
+
+    def failed(self, conn: _Connection, exc: Exception) -> None:
+        self.client._busy.discard(conn)
+        self.conn = None
+        conn.abort()
+        if isinstance(exc, _Stale) and not self.over:
+            self.reuse = False  # the node closed it while idle: once more, on a fresh one
+            self.begin(conn.loop)
+            return
+        error = exc if isinstance(exc, UpstreamError) else UpstreamError(self.node.name, str(exc))
+        self._end(None, error)
+
+    def _end(self, response: UpstreamResponse | None, error: UpstreamError | None) -> None:
+        if self.over:
+            return
+        self.over = True
+        try:
+            self.done(response, error)
+        except Exception:  # a bug past this point must not look like the node's fault
+            log.exception("unexpected error handling the answer of %s", self.node.name)
+
+    def cancel(self) -> None:
+        """Abandon the request: half a request may be in flight, so its connection goes."""
+        if self.over:
+            return
+        self.over = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.client._busy.discard(conn)
+            conn.abort()
+        if self.connecting is not None:
+            self.connecting.cancel()
 
 
 class H1Transport:
@@ -252,6 +463,7 @@ class H1Transport:
         self._targets: dict[tuple[str, str | None, str | None, bool], _Target] = {}
         self._tls: dict[bool, ssl.SSLContext] = {}
         self._busy: set[_Connection] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _target(self, node: Node) -> _Target:
         cache_key = (node.url, node.sni, node.host_header, node.verify_tls)
@@ -285,6 +497,28 @@ class H1Transport:
             self._tls[verify] = context
         return context
 
+    def start(
+        self,
+        node: Node,
+        method: str,
+        path: str | None,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout: float,
+        idempotent: bool,
+        done: Done,
+    ) -> Exchange:
+        """Send a request to ``node``; ``done(answer, None)`` or ``done(None, error)`` is
+        called once, from the loop, unless the returned exchange is cancelled first."""
+        target = self._target(node)
+        data = _encode(method, target, path, headers, node.headers, body)
+        loop = self._loop = running_loop(self._loop)
+        exchange = Exchange(
+            self, node, target, data, timeout, loop.time() + timeout, done, idempotent
+        )
+        exchange.begin(loop)
+        return exchange
+
     async def send(
         self,
         node: Node,
@@ -296,36 +530,23 @@ class H1Transport:
         *,
         idempotent: bool = True,
     ) -> UpstreamResponse:
-        target = self._target(node)
-        data = _encode(method, target, path, headers, node.headers, body)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        # A non-idempotent request (a broadcast) always takes a fresh connection: on a reused
-        # one, a close before the answer could not tell "never read" from "read, then died".
-        reuse = idempotent
-        while True:
-            conn = self._take_idle(target, loop.time()) if reuse else None
-            if conn is None:
-                conn = await self._connect(node, target, deadline)
-            self._busy.add(conn)
-            waiter = conn.request(data)
-            timer = loop.call_at(deadline, conn.expire, timeout)
-            try:
-                response = await waiter
-            except _Stale:
-                reuse = False  # the node closed it while idle: once more, on a fresh one
-                continue
-            except asyncio.CancelledError:
-                conn.abort()  # half a request in flight: the connection cannot be reused
-                raise
-            finally:
-                timer.cancel()
-                self._busy.discard(conn)
-            if conn.reusable:
-                self._give_back(target, conn, loop.time())
-            else:
-                conn.abort()
-            return response
+        waiter: asyncio.Future[tuple[UpstreamResponse | None, UpstreamError | None]]
+        waiter = asyncio.get_running_loop().create_future()
+
+        def done(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
+            if not waiter.done():
+                waiter.set_result((response, error))
+
+        exchange = self.start(node, method, path, headers, body, timeout, idempotent, done)
+        try:
+            response, error = await waiter
+        except asyncio.CancelledError:
+            exchange.cancel()
+            raise
+        if error is not None:
+            raise error
+        assert response is not None
+        return response
 
     def _take_idle(self, target: _Target, now: float) -> _Connection | None:
         idle = self._idle.get(target.key)

@@ -11,7 +11,7 @@ import orjson
 
 from rpcbalancer.balancer import Balancer
 from rpcbalancer.config import from_mapping
-from rpcbalancer.gateway import Gateway, HttpRequest
+from rpcbalancer.gateway import Gateway, HttpRequest, HttpResponse
 from rpcbalancer.sim import Behaviour
 
 DGP = "condenser_api.get_dynamic_global_properties"
@@ -448,3 +448,40 @@ async def test_a_node_that_starts_serving_old_data_is_dropped_from_its_answers(
     assert "b" in served and "b" not in later
     fleet = h.balancer.fleet
     assert "blocks behind" in (fleet.exclusion(fleet.nodes[1], time.monotonic()) or "")
+
+
+async def test_a_client_that_leaves_stops_its_request_without_blaming_the_node(
+    harness: Any,
+) -> None:
+    """The data plane's callback door: cancelling the handle (the client closed its
+    connection) aborts the try; the node is neither blamed nor left counted in flight."""
+    h = await harness({"a": Behaviour(latency=0.5)}, hedge={"enabled": False})
+    replies: list[HttpResponse] = []
+    body = orjson.dumps({"jsonrpc": "2.0", "method": DGP, "params": [], "id": 1})
+    handle = h.gateway.serve(HttpRequest("POST", "/", body=body, peer="127.0.0.1"), replies.append)
+    assert handle is not None
+    await asyncio.sleep(0.1)
+    node = h.balancer.fleet.nodes[0]
+    assert node.inflight == 1
+    handle.cancel()
+    assert node.inflight == 0
+    await asyncio.sleep(0.6)  # past the node's answer time: nothing arrives late
+    assert replies == []
+    assert node.failures == 0
+
+
+async def test_the_callback_door_answers_like_the_awaitable_one(harness: Any) -> None:
+    h = await harness({"a": Behaviour(), "b": Behaviour()})
+    body = orjson.dumps({"jsonrpc": "2.0", "method": DGP, "params": [], "id": 7})
+    done = asyncio.get_running_loop().create_future()
+    h.gateway.serve(HttpRequest("POST", "/", body=body, peer="127.0.0.1"), done.set_result)
+    served = await asyncio.wait_for(done, 5)
+    awaited = await h.post(body)
+    assert served.status == awaited.status == 200
+    assert orjson.loads(served.body)["id"] == 7
+    assert {k for k, _ in served.headers} == {k for k, _ in awaited.headers}
+    invalid: list[HttpResponse] = []  # refused before any node: answered before serve returns
+    assert (
+        h.gateway.serve(HttpRequest("POST", "/", body=b"{", peer="1.2.3.4"), invalid.append) is None
+    )
+    assert [r.status for r in invalid] == [400]

@@ -146,6 +146,20 @@ def test_half_closed_client_still_gets_its_answer(lb: Any) -> None:
     assert b"blockchain_version" in data
 
 
+def test_pipelined_requests_then_half_close_get_every_answer(lb: Any) -> None:
+    request = b"POST / HTTP/1.1\r\nHost: lb\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+    with connect(lb) as sock:
+        sock.sendall(request * 3)
+        sock.shutdown(socket.SHUT_WR)  # EOF may arrive with the requests, before any answer
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 ") == 3
+    assert data.count(b"blockchain_version") == 3
+    assert data.lower().count(b"connection: close") == 1  # on the last answer only
+    assert data.lower().rindex(b"connection: close") > data.rindex(b"HTTP/1.1 200 ")
+
+
 def test_connection_close_and_http_1_0(lb: Any) -> None:
     for request in (
         b"GET /version HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n",

@@ -29,10 +29,7 @@ class Fastest(BasePolicy):
         )
 
     def cost(self, node: Node, now: float) -> float:
-        if node.weight <= 0:
-            return float("inf")
-        latency = node.latency(now, self.params.decay)
-        return (latency or 0.0) * (node.inflight + 1) / (node.weight * node.ramp(now))
+        return node.load_cost(now, self.params.decay)
 
     def pick(self, nodes: Sequence[Node], ctx: PickContext) -> Node:
         count = len(nodes)
@@ -44,11 +41,13 @@ class Fastest(BasePolicy):
             # A small fleet (API nodes usually come in a handful): compare every node. With
             # three nodes, two random choices would never see the best one a third of the
             # time and send that third to the second best.
-            best, best_cost = nodes[0], self.cost(nodes[0], now)
+            decay = self.params.decay
             start = int(self.rng.random() * count)  # ties go round, not to the first
-            for k in range(count):
+            best = nodes[start]
+            best_cost = best.load_cost(now, decay)
+            for k in range(1, count):
                 node = nodes[(start + k) % count]
-                cost = self.cost(node, now)
+                cost = node.load_cost(now, decay)
                 if cost < best_cost:
                     best, best_cost = node, cost
             return best
