@@ -163,15 +163,12 @@ class H1Server(asyncio.Protocol):
 
     # -- parser callbacks ----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = {}
-        self._header_bytes = 0
-        self._body = []
-        self._body_size = 0
-        self.request_started = self.loop.time()
+    # No on_message_begin: every callback costs a call into Python, so a request's state
+    # is reset when the previous one completes, and its clock starts with its first bytes.
 
     def on_url(self, url: bytes) -> None:
+        if self.request_started is None:
+            self.request_started = self.loop.time()
         self._url += url
         self._header_bytes += len(url)
         if self._header_bytes > self.limits.max_header_bytes:
@@ -215,15 +212,21 @@ class H1Server(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.request_started = None
         path, _, query = self._url.partition(b"?")
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        parts = self._body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
         request = HttpRequest(
-            method=self.parser.get_method().decode("ascii"),
-            path=path.decode("latin-1"),
-            query=query.decode("latin-1"),
-            headers=self._headers,
-            body=body,
-            peer=self.peer,
+            self.parser.get_method().decode("ascii"),
+            path.decode("latin-1"),
+            query.decode("latin-1") if query else "",
+            self._headers,
+            body,
+            self.peer,
         )
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
         self.queue.append((request, self.parser.should_keep_alive()))
         if len(self.queue) >= self.limits.max_pipeline and not self.reading_paused:
             assert self.transport is not None

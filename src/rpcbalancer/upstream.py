@@ -464,8 +464,13 @@ class H1Transport:
         self._tls: dict[bool, ssl.SSLContext] = {}
         self._busy: set[_Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._node_targets: dict[Node, _Target] = {}
+        """Each node's target, found without building a key on every request."""
 
     def _target(self, node: Node) -> _Target:
+        target = self._node_targets.get(node)
+        if target is not None:
+            return target
         cache_key = (node.url, node.sni, node.host_header, node.verify_tls)
         target = self._targets.get(cache_key)
         if target is None:
@@ -485,6 +490,9 @@ class H1Transport:
                 path=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
             )
             self._targets[cache_key] = target
+        if len(self._node_targets) >= 4096:  # nodes come and go with DNS: keep it bounded
+            self._node_targets.clear()
+        self._node_targets[node] = target
         return target
 
     def _tls_context(self, verify: bool) -> ssl.SSLContext:
@@ -511,7 +519,7 @@ class H1Transport:
         """Send a request to ``node``; ``done(answer, None)`` or ``done(None, error)`` is
         called once, from the loop, unless the returned exchange is cancelled first."""
         target = self._target(node)
-        data = _encode(method, target, path, headers, node.headers, body)
+        data = _encode(method, node, target, path, headers, body)
         loop = self._loop = running_loop(self._loop)
         exchange = Exchange(
             self, node, target, data, timeout, loop.time() + timeout, done, idempotent
@@ -623,21 +631,26 @@ def _errno_text(exc: OSError) -> str:
 
 
 _prefixes: dict[tuple[object, ...], tuple[bytes, frozenset[str]]] = {}
+# Header lines repeat from request to request (content type, user agent): encoded once.
+_lines: dict[tuple[str, str], bytes] = {}
+_CACHE_SIZE = 4096
 
 
 def _encode(
     method: str,
+    node: Node,
     target: _Target,
     path: str | None,
     headers: Mapping[str, str],
-    node_headers: Mapping[str, str],
     body: bytes | None,
 ) -> bytes:
     # The request line, Host and the node's own headers are the same for every request to a
-    # node: encoded once. The request's headers (a handful) follow.
-    key = (method, target.key, target.host_header, path, tuple(node_headers.items()))
+    # node: encoded once (keyed by the node itself, which the cache keeps alive: its id
+    # could otherwise be reused by a node made later). The request's headers follow.
+    key = (method, node, path)
     cached = _prefixes.get(key)
     if cached is None:
+        node_headers = node.headers
         lines = [
             f"{method} {path or target.path} HTTP/1.1\r\n".encode("latin-1"),
             b"host: " + target.host_header + b"\r\n",
@@ -647,15 +660,28 @@ def _encode(
             for k, v in node_headers.items()
             if k.lower() not in _FRAMING
         ]
-        own = frozenset(k.lower() for k in node_headers) | _FRAMING
+        own = frozenset(k.lower() for k in node_headers) | _FRAMING if node_headers else _FRAMING
         cached = (b"".join(lines), own)
-        if len(_prefixes) < 4096:
-            _prefixes[key] = cached
+        if len(_prefixes) >= _CACHE_SIZE:
+            _prefixes.clear()
+        _prefixes[key] = cached
     prefix, skip = cached
     parts = [prefix]
-    for name, value in headers.items():
-        if name.lower() not in skip:  # the node's own headers win
-            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+    if skip is _FRAMING:  # the node has no headers of its own (the usual case)
+        lines_cache = _lines
+        for pair in headers.items():
+            line = lines_cache.get(pair)
+            if line is None:
+                if pair[0].lower() in _FRAMING:
+                    continue
+                line = f"{pair[0]}: {pair[1]}\r\n".encode("latin-1")
+                if pair[0] in _CONSTANT and len(lines_cache) < _CACHE_SIZE:
+                    lines_cache[pair] = line
+            parts.append(line)
+    else:
+        for name, value in headers.items():
+            if name.lower() not in skip:  # the node's own headers win
+                parts.append(f"{name}: {value}\r\n".encode("latin-1"))
     if body is not None:
         parts.append(b"content-length: %d\r\n\r\n" % len(body))
         parts.append(body)
@@ -664,4 +690,7 @@ def _encode(
     return b"".join(parts)
 
 
+# Request headers whose values come from a small set (worth keeping encoded); the others
+# (request ids, client addresses) are new on every request.
+_CONSTANT = frozenset({"content-type", "accept", "user-agent"})
 _FRAMING = frozenset({"host", "content-length", "connection", "transfer-encoding"})
