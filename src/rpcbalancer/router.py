@@ -264,7 +264,8 @@ class Router:
 
 
 class DueQueue:
-    """Calls ``item.due(token)`` at (about) its time, with one loop timer for all items.
+    """Calls ``item.due(token)`` at (about) its time, with one loop timer for all items,
+    unless the item no longer holds that token.
 
     Hedges are due a node's p95 latency after their request started: the same delay, give
     or take, for every request of a while, so items arrive in due order and wait in a FIFO
@@ -299,7 +300,8 @@ class DueQueue:
                 self.timer = loop.call_at(when, self._fire, loop)
                 return
             items.popleft()
-            item.due(token)
+            if item.hedge_token == token and not item.over:  # most have ended: no call
+                item.due(token)
 
 
 class Forwarding:
