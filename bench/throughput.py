@@ -9,8 +9,10 @@ round-robin, keep-alive to the nodes) and HAProxy (one thread, round-robin, conn
 reuse); and, as the floor, one node called directly. Each balancer is pinned to CPU 1 and
 the load generator (wrk, closed loop, POST JSON-RPC) and the nodes to CPU 0, the same for
 all. Printed per target: req/s, p50/p99 latency, CPU time per request and peak RSS of the
-balancer, plus the ratios the data-plane issue asks for. Needs wrk, nginx and haproxy
-(Debian packages). Every process is stopped by its PID; every run is bounded in time.
+balancer, p50/p99 with one connection (latency without queueing), plus the ratios the
+data-plane issue asks for; ``--profile`` adds py-spy's top frames of rpcbalancer under the
+load. Needs wrk, nginx and haproxy (Debian packages) and py-spy for ``--profile``. Every
+process is stopped by its PID; every run is bounded in time.
 """
 
 from __future__ import annotations
@@ -323,18 +325,23 @@ backend nodes
             spent = cpu_seconds(pids) - before
             result["cpu_us_per_req"] = spent / result["requests"] * 1e6 if pids else float("nan")
             result["rss_mb"] = rss_mb(pids) if pids else float("nan")
+            # Latency without queueing: one connection, one request at a time.
+            alone = run_wrk(url, min(args.seconds, 5.0), 1, lua)
+            result["p50_alone"], result["p99_alone"] = alone["p50"], alone["p99"]
             results[name] = result
         print(
             f"wrk: 1 thread, {args.connections} connections, {args.seconds:g}s, POST JSON-RPC; "
             f"balancers pinned to CPU {args.cpus}, wrk and nodes to CPU 0; rpcbalancer workers: {args.workers}"
         )
         print(
-            f"{'target':<14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'RSS MB':>8} {'errors':>7}"
+            f"{'target':<14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} "
+            f"{'RSS MB':>8} {'errors':>7} {'1-conn p50':>11} {'1-conn p99':>11}"
         )
         for name, r in results.items():
             print(
                 f"{name:<14} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
-                f"{r['cpu_us_per_req']:>11.1f} {r['rss_mb']:>8.1f} {int(r['errors']):>7}"
+                f"{r['cpu_us_per_req']:>11.1f} {r['rss_mb']:>8.1f} {int(r['errors']):>7} "
+                f"{r['p50_alone']:>11.3f} {r['p99_alone']:>11.3f}"
             )
         rb, node = results.get("rpcbalancer"), results["node (direct)"]
         if rb is not None:
@@ -344,7 +351,8 @@ backend nodes
                 if peer in results
             ]
             added = f"added p50 over the node: {rb['p50'] - node['p50']:+.2f} ms"
-            print("; ".join([*ratios, added]))
+            alone = f"one connection: {1000 * (rb['p50_alone'] - node['p50_alone']):+.0f} us"
+            print("; ".join([*ratios, added, alone]))
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     finally:

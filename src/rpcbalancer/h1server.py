@@ -96,6 +96,11 @@ class H1Server(asyncio.Protocol):
         self.answering: tuple[bool, bool] = (False, True)
         """That request's (HEAD?, keep-alive?)."""
         self.dispatching = False
+        self._reply_to = self._reply  # made once: a bound method is made on every access
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        self._max_body = limits.max_body
+        self._max_pipeline = limits.max_pipeline
         self.closing = False
         self.eof = False
         self.reading_paused = False
@@ -175,28 +180,30 @@ class H1Server(asyncio.Protocol):
             raise _Reject(414, "Request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.limits.max_header_bytes:
+        size = self._header_bytes + len(name) + len(value) + 4
+        self._header_bytes = size
+        if size > self._max_header_bytes:
             raise _Reject(431, "Request headers too large")
-        if len(self._headers) >= self.limits.max_headers:
+        headers = self._headers
+        if len(headers) >= self._max_headers:
             raise _Reject(431, "Too many request headers")
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
-        previous = self._headers.get(key)
-        self._headers[key] = text if previous is None else f"{previous}, {text}"
+        previous = headers.get(key)
+        headers[key] = text if previous is None else f"{previous}, {text}"
 
     def on_headers_complete(self) -> None:
         url = self._url
-        if not url.startswith(b"/") and not (
-            url == b"*" and self.parser.get_method() == b"OPTIONS"
-        ):
+        parser = self.parser
+        if url[:1] != b"/" and not (url == b"*" and parser.get_method() == b"OPTIONS"):
             raise _Reject(400, "Only origin-form request targets are accepted (no proxying)")
-        if self.parser.get_http_version() not in ("1.1", "1.0"):
+        if parser.get_http_version() not in ("1.1", "1.0"):
             raise _Reject(505, "HTTP version not supported: use HTTP/1.1 or 1.0")
-        length = self._headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.limits.max_body:
-            raise _Reject(413, f"Request body larger than {self.limits.max_body} bytes")
-        expect = self._headers.get("expect")
+        headers = self._headers
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self._max_body:
+            raise _Reject(413, f"Request body larger than {self._max_body} bytes")
+        expect = headers.get("expect")
         if expect is not None:
             if expect.lower() != "100-continue":
                 raise _Reject(417, "Only 'Expect: 100-continue' is supported")
@@ -205,21 +212,21 @@ class H1Server(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
-        if self._body_size > self.limits.max_body:
-            raise _Reject(413, f"Request body larger than {self.limits.max_body} bytes")
+        if self._body_size > self._max_body:
+            raise _Reject(413, f"Request body larger than {self._max_body} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         self.request_started = None
         path, _, query = self._url.partition(b"?")
         parts = self._body
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        parser = self.parser
         request = HttpRequest(
-            self.parser.get_method().decode("ascii"),
+            parser.get_method().decode("ascii"),
             path.decode("latin-1"),
             query.decode("latin-1") if query else "",
             self._headers,
-            body,
+            parts[0] if len(parts) == 1 else b"".join(parts),
             self.peer,
         )
         self._url = b""
@@ -227,8 +234,13 @@ class H1Server(asyncio.Protocol):
         self._header_bytes = 0
         self._body = []
         self._body_size = 0
-        self.queue.append((request, self.parser.should_keep_alive()))
-        if len(self.queue) >= self.limits.max_pipeline and not self.reading_paused:
+        keep_alive = parser.should_keep_alive()
+        queue = self.queue
+        if not (self.busy or queue or self.dispatching or self.writing_paused or self.closing):
+            self._serve(request, keep_alive)  # the usual case: one request at a time
+            return
+        queue.append((request, keep_alive))
+        if len(queue) >= self._max_pipeline and not self.reading_paused:
             assert self.transport is not None
             self.transport.pause_reading()
             self.reading_paused = True
@@ -237,33 +249,36 @@ class H1Server(asyncio.Protocol):
 
     # -- answering -----------------------------------------------------------------------
 
+    def _serve(self, request: HttpRequest, keep_alive: bool) -> None:
+        """Hand one request to the handler. Its answer may come before this returns."""
+        self.busy = True
+        self.answering = (request.method == "HEAD", keep_alive)
+        self.dispatching = True  # an answer given at once must not start the next request
+        try:
+            pending = self.handler(request, self._reply_to)
+        except Exception:
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            pending = None
+            self._reply(internal_error())
+        finally:
+            self.dispatching = False
+        if self.busy:  # answered later: keep the handle to stop it if the client goes
+            self.pending = pending
+
     def _next(self) -> None:
         """Hand the queued requests to the handler, one at a time, in order. Loops rather
         than recursing when answers come at once (pipelined requests answered here)."""
         if self.dispatching:
             return
-        self.dispatching = True
-        try:
-            queue = self.queue
-            while queue and not self.busy and not self.closing and not self.writing_paused:
-                request, keep_alive = queue.popleft()
-                if self.reading_paused and len(queue) < self.limits.max_pipeline // 2:
-                    assert self.transport is not None
-                    self.transport.resume_reading()
-                    self.reading_paused = False
-                self.busy = True
-                self.answering = (request.method == "HEAD", keep_alive)
-                try:
-                    pending = self.handler(request, self._reply)
-                except Exception:
-                    log.exception("unexpected error answering %s %s", request.method, request.path)
-                    self._reply(internal_error())
-                    continue
-                if self.busy:  # answered later: keep the handle to stop it if the client goes
-                    self.pending = pending
-        finally:
-            self.dispatching = False
-        if not self.busy and not self.queue and not self.closing:
+        queue = self.queue
+        while queue and not self.busy and not self.closing and not self.writing_paused:
+            request, keep_alive = queue.popleft()
+            if self.reading_paused and len(queue) < self._max_pipeline // 2:
+                assert self.transport is not None
+                self.transport.resume_reading()
+                self.reading_paused = False
+            self._serve(request, keep_alive)
+        if not self.busy and not queue and not self.closing:
             self.last_active = self.loop.time()
             if self.eof:
                 self._close()
@@ -276,17 +291,20 @@ class H1Server(asyncio.Protocol):
         self.pending = None
         head, keep_alive = self.answering
         # After the client's EOF, the connection closes with the last answer it is owed.
-        keep_alive = keep_alive and not (self.eof and not self.queue)
+        if keep_alive and self.eof and not self.queue:
+            keep_alive = False
         try:
-            self._write(response, head=head, keep_alive=keep_alive)
+            self._write(response, head, keep_alive)
         except Exception:
             log.exception("unexpected error writing an answer")
             self._close()
             return
         if not keep_alive:
             self._close()
-            return
-        self._next()
+        elif self.queue:
+            self._next()
+        else:
+            self.last_active = self.loop.time()
 
     def _abandon(self) -> None:
         pending, self.pending = self.pending, None
@@ -294,7 +312,7 @@ class H1Server(asyncio.Protocol):
         if pending is not None:
             pending.cancel()
 
-    def _write(self, response: HttpResponse, *, head: bool, keep_alive: bool) -> None:
+    def _write(self, response: HttpResponse, head: bool, keep_alive: bool) -> None:
         if self.transport is None or self.closing:
             return
         status = response.status
@@ -327,8 +345,8 @@ class H1Server(asyncio.Protocol):
                 [("content-type", "application/json"), ("access-control-allow-origin", "*")],
                 _error_body(status, message),
             ),
-            head=False,
-            keep_alive=False,
+            False,
+            False,
         )
         self._close()
 
