@@ -180,6 +180,11 @@ def main() -> None:
     )
     parser.add_argument("--only", help="comma-separated targets to run (default: all)")
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run bench/floor.py's bare proxy and rpcbalancer's HTTP layers alone",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="sample rpcbalancer with py-spy during its run and print its top frames",
@@ -198,7 +203,9 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(cmd: list[str], cpu: int | str, **kw: object) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], **kw)  # type: ignore[call-overload]
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            ["taskset", "-c", str(cpu), *cmd], **kw
+        )
         procs.append(proc)
         return proc
 
@@ -281,6 +288,13 @@ backend nodes
                 ports["haproxy"],
             ),
         }
+        if args.floor:  # the data plane's floor on the same stack (see floor.py)
+            floor = Path(__file__).with_name("floor.py")
+            urls = [f"http://127.0.0.1:{p}" for p in node_ports]
+            for mode in ("bare", "layers"):
+                port = free_port()
+                cmd = [sys.executable, str(floor), mode, "--port", str(port), *urls]
+                targets[f"floor: {mode}"] = (start(cmd, args.cpus), port)
         if args.only:
             wanted = set(args.only.split(","))
             targets = {k: v for k, v in targets.items() if k in wanted or k == "node (direct)"}
@@ -351,8 +365,8 @@ backend nodes
                 if peer in results
             ]
             added = f"added p50 over the node: {rb['p50'] - node['p50']:+.2f} ms"
-            alone = f"one connection: {1000 * (rb['p50_alone'] - node['p50_alone']):+.0f} us"
-            print("; ".join([*ratios, added, alone]))
+            quiet = f"one connection: {1000 * (rb['p50_alone'] - node['p50_alone']):+.0f} us"
+            print("; ".join([*ratios, added, quiet]))
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     finally:
