@@ -29,12 +29,13 @@ from urllib.parse import urlsplit
 import httptools
 import uvloop
 
+from rpcbalancer.callbacks import Cancellable
 from rpcbalancer.config import from_mapping
 from rpcbalancer.errors import UpstreamError
 from rpcbalancer.gateway import HttpRequest, HttpResponse, Reply
 from rpcbalancer.h1server import H1Server
 from rpcbalancer.nodes import Node
-from rpcbalancer.upstream import Cancellable, H1Transport, UpstreamResponse
+from rpcbalancer.upstream import H1Transport, UpstreamResponse
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:

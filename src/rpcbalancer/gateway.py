@@ -23,6 +23,7 @@ import orjson
 from . import __version__, jsonrpc
 from .accesslog import BATCH_METHODS_SHOWN, AccessLog
 from .balancer import Balancer
+from .callbacks import Cancellable, until_called
 from .clientip import client_ip
 from .config import ApiKey, RateLimit, parse_duration
 from .errors import NoHealthyNode, RpcBalancerError, UpstreamError, UpstreamTimeout
@@ -33,7 +34,6 @@ from .ratelimit import retry_after
 from .router import Forwarding, Outcome, ProxyRequest
 from .statuspage import PAGE_SECURITY as _PAGE_SECURITY
 from .statuspage import STATUS_PAGE
-from .upstream import Cancellable
 from .views import health_doc, history_doc, status_doc
 
 log = logging.getLogger(__name__)
@@ -206,19 +206,7 @@ class Gateway:
         limited = self._limit(job, wait)
         if limited is not None:
             return limited
-        answer: asyncio.Future[HttpResponse] = asyncio.get_running_loop().create_future()
-
-        def reply(response: HttpResponse) -> None:
-            if not answer.done():
-                answer.set_result(response)
-
-        forwarding = self._dispatch(job, reply)
-        try:
-            return await answer
-        except asyncio.CancelledError:
-            if forwarding is not None:
-                forwarding.cancel()
-            raise
+        return await until_called(lambda reply: self._dispatch(job, reply))
 
     def _admit(self, req: HttpRequest, path: str | None, key: ApiKey | None) -> _Job | HttpResponse:
         """Parse and check what needs no node: a JSON-RPC call that may go on, or the

@@ -39,9 +39,9 @@ from typing import cast
 import httptools
 import orjson
 
+from .callbacks import Cancellable
 from .config import ServerLimits
 from .gateway import HttpRequest, HttpResponse, Reply, internal_error
-from .upstream import Cancellable
 
 log = logging.getLogger(__name__)
 

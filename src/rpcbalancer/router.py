@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from .budget import RetryBudget
+from .callbacks import Cancellable, until_called
 from .chains import Answer, Chain
 from .config import HedgeConfig
 from .errors import (
@@ -64,7 +65,7 @@ from .jsonrpc import looks_like_json, response_errors
 from .nodes import Fleet, Node
 from .policies import BasePolicy, PickContext, Race
 from .probe import ask
-from .upstream import Cancellable, Transport, UpstreamResponse, running_loop, starter
+from .upstream import Transport, UpstreamResponse, running_loop, starter
 
 log = logging.getLogger(__name__)
 
@@ -169,18 +170,7 @@ class Router:
         return forwarding
 
     async def forward(self, req: ProxyRequest) -> Outcome:
-        waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-
-        def done(outcome: Outcome) -> None:
-            if not waiter.done():
-                waiter.set_result(outcome)
-
-        forwarding = self.start(req, done)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            forwarding.cancel()
-            raise
+        return await until_called(lambda done: self.start(req, done))
 
     def _hedge_delay(self, node: Node, req: ProxyRequest, choices: int) -> float | None:
         """How long to wait for ``node`` before asking a second one, or None for no hedge:
@@ -515,7 +505,8 @@ class Forwarding:
         if not answered and not (outcome.response is not None and self.req.broadcast):
             outcome.response = None
             outcome.error = self.last_error or NoHealthyNode(self.router._why_none())
-        done, self.done = self.done, _nothing
+        done = self.done
+        self._release()
         try:
             done(outcome)
         except Exception:
@@ -531,11 +522,23 @@ class Forwarding:
         self.tries.clear()
         if self.waiting is not None:
             self.waiting.cancel()
+        self._release()
+
+    def _release(self) -> None:
+        """Let go of the bodies: the hedge queue may hold this object until its hedge's
+        time (up to ``hedge.max_delay``), long after the request ended."""
         self.done = _nothing
+        self.req = _RELEASED
+        self.outcome = _RELEASED_OUTCOME
+        self.last_response = None
 
 
 def _nothing(outcome: Outcome) -> None:
     pass
+
+
+_RELEASED = ProxyRequest(method="GET", path=None, headers={}, body=None)
+_RELEASED_OUTCOME = Outcome()  # never written: a request that is over changes nothing
 
 
 class Try:

@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from .callbacks import Cancellable, until_called
 from .errors import UpstreamBadResponse, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from .nodes import Node
 
@@ -87,10 +88,6 @@ class Transport(Protocol):
 
 Done = Callable[["UpstreamResponse | None", "UpstreamError | None"], None]
 """How a request started with :meth:`H1Transport.start` ends: the answer, or the error."""
-
-
-class Cancellable(Protocol):
-    def cancel(self) -> object: ...
 
 
 class Starter(Protocol):
@@ -538,19 +535,14 @@ class H1Transport:
         *,
         idempotent: bool = True,
     ) -> UpstreamResponse:
-        waiter: asyncio.Future[tuple[UpstreamResponse | None, UpstreamError | None]]
-        waiter = asyncio.get_running_loop().create_future()
+        def begin(
+            done: Callable[[tuple[UpstreamResponse | None, UpstreamError | None]], None],
+        ) -> Exchange:
+            return self.start(
+                node, method, path, headers, body, timeout, idempotent, lambda r, e: done((r, e))
+            )
 
-        def done(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
-            if not waiter.done():
-                waiter.set_result((response, error))
-
-        exchange = self.start(node, method, path, headers, body, timeout, idempotent, done)
-        try:
-            response, error = await waiter
-        except asyncio.CancelledError:
-            exchange.cancel()
-            raise
+        response, error = await until_called(begin)
         if error is not None:
             raise error
         assert response is not None

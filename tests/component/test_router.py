@@ -485,3 +485,18 @@ async def test_the_callback_door_answers_like_the_awaitable_one(harness: Any) ->
         h.gateway.serve(HttpRequest("POST", "/", body=b"{", peer="1.2.3.4"), invalid.append) is None
     )
     assert [r.status for r in invalid] == [400]
+
+
+async def test_ended_requests_waiting_in_the_hedge_queue_hold_no_bodies(harness: Any) -> None:
+    h = await harness(
+        {"a": Behaviour(latency=0.002), "b": Behaviour(latency=0.002)},
+        hedge={"min_delay": 0.5, "max_delay": 0.5, "min_samples": 5},
+    )
+    await warm(h, 20)
+    for i in range(10):
+        assert (await h.call(DGP, ident=i)).status == 200
+    waiting = list(h.balancer.router.hedges.items)
+    assert len(waiting) >= 10  # their hedges are not due for half a second
+    for _, forwarding, _ in waiting:
+        assert forwarding.over
+        assert forwarding.req.body is None and forwarding.outcome.response is None
