@@ -17,11 +17,17 @@ from __future__ import annotations
 import re
 import secrets
 import sys
-from typing import IO, Any
+import time
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from .config import AccessLogConfig
+
+if TYPE_CHECKING:  # the gateway imports this module
+    from .gateway import HttpRequest, HttpResponse
+    from .jsonrpc import RpcCall
+    from .router import Outcome
 
 _VALID_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 BATCH_METHODS_SHOWN = 5
@@ -92,3 +98,58 @@ class AccessLog:
             self._stream.close()
         self._stream = None
         self._owned = False
+
+
+def access_line(
+    req: HttpRequest,
+    call: RpcCall | None,
+    outcome: Outcome | None,
+    response: HttpResponse,
+    seconds: float,
+    rid: str,
+    ip: str,
+    kind: str,
+    log: AccessLog,
+    secret_path: bool,
+) -> dict[str, Any]:
+    """The access line of one request (``secret_path``: its path is an API key)."""
+    line: dict[str, Any] = {
+        "ts": round(time.time(), 3),
+        "id": rid,
+        "ip": ip,
+        "http": req.method,
+        "status": response.status,
+        "outcome": kind,
+        "ms": round(seconds * 1000, 2),
+        "in": len(req.body),
+        "out": len(response.body),
+    }
+    if req.path != "/":
+        line["path"] = "/[api key]" if secret_path else req.path[:200]
+    if call is not None:
+        if call.batch:
+            line["batch"] = len(call.methods)
+            line["methods"] = [m[:100] for m in call.methods[:BATCH_METHODS_SHOWN]]
+        else:
+            line["method"] = call.methods[0][:100] if call.methods else ""
+    if outcome is not None:
+        line["node"] = outcome.node.name if outcome.node is not None else None
+        line["attempts"] = len(outcome.tried)
+        if outcome.hedged:
+            line["hedged"] = True
+        if outcome.error is not None:
+            line["error"] = str(outcome.error)[:300]
+    elif kind != "ok":
+        line["error"] = _message_of(response.body)
+    if log.config.bodies and req.body:
+        line["body"] = log.body(req.body)
+    return line
+
+
+def _message_of(body: bytes) -> str | None:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    return str(error.get("message"))[:300] if isinstance(error, dict) else None

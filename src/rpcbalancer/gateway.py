@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from . import __version__, jsonrpc
-from .accesslog import BATCH_METHODS_SHOWN, AccessLog
+from .accesslog import access_line
 from .balancer import Balancer
 from .callbacks import Cancellable, until_called
 from .clientip import client_ip
@@ -361,54 +361,14 @@ class Gateway:
         if log is not None and (
             kind != "ok" or log.config.sample >= 1.0 or balancer.rng.random() < log.config.sample
         ):
-            log.write(self._line(req, call, outcome, response, seconds, rid, ip, kind, log))
+            keys = balancer.keys
+            secret_path = (
+                req.path != "/" and keys is not None and keys.from_path(req.path) is not None
+            )
+            log.write(
+                access_line(req, call, outcome, response, seconds, rid, ip, kind, log, secret_path)
+            )
         return response
-
-    def _line(
-        self,
-        req: HttpRequest,
-        call: RpcCall | None,
-        outcome: Outcome | None,
-        response: HttpResponse,
-        seconds: float,
-        rid: str,
-        ip: str,
-        kind: str,
-        log: AccessLog,
-    ) -> dict[str, Any]:
-        line: dict[str, Any] = {
-            "ts": round(time.time(), 3),
-            "id": rid,
-            "ip": ip,
-            "http": req.method,
-            "status": response.status,
-            "outcome": kind,
-            "ms": round(seconds * 1000, 2),
-            "in": len(req.body),
-            "out": len(response.body),
-        }
-        if req.path != "/":
-            keys = self.balancer.keys
-            secret = keys is not None and keys.from_path(req.path) is not None
-            line["path"] = "/[api key]" if secret else req.path[:200]
-        if call is not None:
-            if call.batch:
-                line["batch"] = len(call.methods)
-                line["methods"] = [m[:100] for m in call.methods[:BATCH_METHODS_SHOWN]]
-            else:
-                line["method"] = call.methods[0][:100] if call.methods else ""
-        if outcome is not None:
-            line["node"] = outcome.node.name if outcome.node is not None else None
-            line["attempts"] = len(outcome.tried)
-            if outcome.hedged:
-                line["hedged"] = True
-            if outcome.error is not None:
-                line["error"] = str(outcome.error)[:300]
-        elif kind != "ok":
-            line["error"] = _message_of(response.body)
-        if log.config.bodies and req.body:
-            line["body"] = log.body(req.body)
-        return line
 
     def _unauthorized(self, call: RpcCall | None) -> HttpResponse:
         keys = self.balancer.keys
@@ -610,15 +570,6 @@ def _outcome_kind(outcome: Outcome | None, status: int) -> str:
     if status < 500:
         return "client_error"
     return "upstream_error" if outcome is not None else "internal"
-
-
-def _message_of(body: bytes) -> str | None:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    error = doc.get("error") if isinstance(doc, dict) else None
-    return str(error.get("message"))[:300] if isinstance(error, dict) else None
 
 
 def _annotate(body: bytes, server: str, version: Any) -> bytes:

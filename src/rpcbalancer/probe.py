@@ -3,15 +3,19 @@
 :func:`probe_node` does one node (its calls run concurrently, each with a timeout) and
 returns a :class:`~rpcbalancer.nodes.ProbeResult`; :class:`Prober` runs a round over the
 whole fleet with bounded concurrency (the balancer repeats it with ``periodic.Periodic``).
-The hot path never waits on a probe (only ``race`` pings per request, through the router).
+The hot path never waits on a probe, except under the ``race`` strategy, whose pings
+(:func:`race`) the router sends for a request when it remembers no recent winner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import orjson
 
 from .chains import Answer, Chain, ProbeCall
 from .errors import UpstreamError
@@ -36,6 +40,56 @@ async def ask(
     except UpstreamError as exc:
         return Answer(error=exc.reason, latency=clock() - start)
     return Answer(status=resp.status, body=resp.body, latency=clock() - start)
+
+
+async def race(
+    transport: Transport,
+    nodes: Sequence[Node],
+    call: ProbeCall,
+    timeout: float,
+    clock: Callable[[], float],
+    penalty: float,
+) -> Node | None:
+    """Ping every node at once; the first healthy answer wins, the rest are cancelled.
+    Every ping is measured on its node (a failure with at least ``penalty`` seconds)."""
+
+    async def ping(node: Node) -> Node | None:
+        answer = await ask(transport, node, call, timeout, clock)
+        if answer.error is not None:
+            node.record(clock(), answer.latency, False, error=answer.error, penalty=penalty)
+            return None
+        node.observe_latency(clock(), answer.latency)
+        return node if ping_ok(answer) else None
+
+    tasks = [asyncio.create_task(ping(n)) for n in nodes]
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            winner = await next_done
+            if winner is not None:
+                return winner
+        return None
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def ping_ok(answer: Answer) -> bool:
+    """A race ping's verdict: a JSON answer that does not say the node is unwell."""
+    if answer.error is not None or not 200 <= answer.status < 300:
+        return False
+    try:
+        doc = orjson.loads(answer.body)
+    except orjson.JSONDecodeError:
+        return False
+    if isinstance(doc, dict):
+        if "error" in doc:
+            return False
+        if "status" in doc and doc["status"] != "OK":
+            return False
+    return True
 
 
 async def probe_node(

@@ -33,7 +33,7 @@ gateway turns that into a response.
 Two doors, one logic: :meth:`Router.start` runs a request as a :class:`Forwarding`, a
 small state machine driven by the transport's callbacks (the data plane: no task, future or
 timer of its own per request; hedges are timed by one loop timer for all requests, see
-:class:`DueQueue`), and :meth:`Router.forward` awaits the same machine. Only the rare
+:class:`.callbacks.DueQueue`), and :meth:`Router.forward` awaits the same machine. Only the rare
 steps that must wait (the race's pings, a free slot under ``node_concurrency``, a new
 connection) run as tasks.
 """
@@ -48,11 +48,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import orjson
-
 from .budget import RetryBudget
-from .callbacks import Cancellable, until_called
-from .chains import Answer, Chain
+from .callbacks import Cancellable, DueQueue, until_called
+from .chains import Chain
 from .config import HedgeConfig
 from .errors import (
     NoHealthyNode,
@@ -64,7 +62,7 @@ from .errors import (
 from .jsonrpc import looks_like_json, response_errors
 from .nodes import Fleet, Node
 from .policies import BasePolicy, PickContext, Race
-from .probe import ask
+from .probe import race
 from .upstream import Transport, UpstreamResponse, running_loop, starter
 
 log = logging.getLogger(__name__)
@@ -110,22 +108,6 @@ def judge(resp: UpstreamResponse, chain: Chain) -> str | None:
         if chain.is_node_fault(error):
             return f"answered a node error: {error.get('message')}"
     return None
-
-
-def ping_ok(answer: Answer) -> bool:
-    """A race ping's verdict: a JSON answer that does not say the node is unwell."""
-    if answer.error is not None or not 200 <= answer.status < 300:
-        return False
-    try:
-        doc = orjson.loads(answer.body)
-    except orjson.JSONDecodeError:
-        return False
-    if isinstance(doc, dict):
-        if "error" in doc:
-            return False
-        if "status" in doc and doc["status"] != "OK":
-            return False
-    return True
 
 
 class Router:
@@ -192,33 +174,9 @@ class Router:
         return self.policy.pick(left, PickContext(now=now, client_ip=req.client_ip))
 
     async def _race(self, nodes: Sequence[Node], deadline: float) -> Node | None:
-        """Ping every node at once; the first healthy answer wins, the rest are cancelled."""
-        call = self.chain.probe_calls()[0]
         timeout = max(0.001, min(self.per_try, deadline - self.clock()))
-
-        async def ping(node: Node) -> Node | None:
-            answer = await ask(self.transport, node, call, timeout, self.clock)
-            if answer.error is not None:
-                node.record(
-                    self.clock(), answer.latency, False, error=answer.error, penalty=self.per_try
-                )
-                return None
-            node.observe_latency(self.clock(), answer.latency)
-            return node if ping_ok(answer) else None
-
-        tasks = [asyncio.create_task(ping(n)) for n in nodes]
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                winner = await next_done
-                if winner is not None:
-                    return winner
-            return None
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        call = self.chain.probe_calls()[0]
+        return await race(self.transport, nodes, call, timeout, self.clock, self.per_try)
 
     async def _wait_for_slot(self, deadline: float, waiter: asyncio.Future[None]) -> bool:
         """Wait in line (``waiter``, already in it) until a try ends somewhere; False when
@@ -253,47 +211,6 @@ class Router:
         return "no node can serve this request (" + "; ".join(reasons) + ")"
 
 
-class DueQueue:
-    """Calls ``item.due(token)`` at (about) its time, with one loop timer for all items,
-    unless the item no longer holds that token.
-
-    Hedges are due a node's p95 latency after their request started: the same delay, give
-    or take, for every request of a while, so items arrive in due order and wait in a FIFO
-    behind a single timer, instead of a timer each (a timer costs more than the rest of
-    the hedge bookkeeping). Items are not removed when their request ends: the request
-    ignores a call for a token it no longer holds. An item due before the last one in line
-    (the delay just shrank) gets a timer of its own.
-    """
-
-    def __init__(self) -> None:
-        self.items: collections.deque[tuple[float, Forwarding, int]] = collections.deque()
-        self.timer: asyncio.TimerHandle | None = None
-
-    def add(
-        self, loop: asyncio.AbstractEventLoop, when: float, item: Forwarding, token: int
-    ) -> None:
-        items = self.items
-        if items and when < items[-1][0]:
-            loop.call_at(when, item.due, token)
-            return
-        items.append((when, item, token))
-        if self.timer is None:
-            self.timer = loop.call_at(when, self._fire, loop)
-
-    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.timer = None
-        items = self.items
-        now = loop.time()
-        while items:
-            when, item, token = items[0]
-            if when > now:
-                self.timer = loop.call_at(when, self._fire, loop)
-                return
-            items.popleft()
-            if item.hedge_token == token and not item.over:  # most have ended: no call
-                item.due(token)
-
-
 class Forwarding:
     """One request through the router: tries, hedges and retries, driven by callbacks.
 
@@ -306,7 +223,7 @@ class Forwarding:
         "attempt",
         "deadline",
         "done",
-        "hedge_token",
+        "due_token",
         "last_error",
         "last_node",
         "last_response",
@@ -331,8 +248,9 @@ class Forwarding:
         self.last_response: UpstreamResponse | None = None
         self.last_node: Node | None = None
         self.tries: list[Try] = []
-        self.hedge_token = 0
-        """Nonzero while this attempt's hedge is still to come: the token it was queued with."""
+        self.due_token = 0
+        """Nonzero while this attempt's hedge is still to come: the token it was queued with
+        in the hedge queue (which skips an entry whose token is no longer held)."""
         self.waiting: asyncio.Task[None] | None = None
         self.over = False
 
@@ -395,14 +313,14 @@ class Forwarding:
         delay = router._hedge_delay(node, self.req, choices)
         if delay is not None and not self.over and self.tries:
             loop = router.loop = running_loop(router.loop)
-            self.hedge_token = self.attempt
+            self.due_token = self.attempt
             router.hedges.add(loop, loop.time() + delay, self, self.attempt)
 
     def due(self, token: int) -> None:
         """The hedge queue: this attempt's first try has not answered in time."""
-        if token != self.hedge_token or self.over or not self.tries:
+        if token != self.due_token or self.over or not self.tries:
             return
-        self.hedge_token = 0
+        self.due_token = 0
         router = self.router
         now = router.clock()
         second = router._another(self.req, self.outcome, now)
@@ -432,7 +350,7 @@ class Forwarding:
         self.last_error, self.last_response, self.last_node = error, resp, finished.node
         if tries:
             return  # the other try of the hedge may still answer
-        self.hedge_token = 0  # failed before the hedge was due: an ordinary retry follows
+        self.due_token = 0  # failed before the hedge was due: an ordinary retry follows
         if self.req.broadcast and (resp is not None or error.sent):
             # The node may have the transaction: its answer, whatever it is, is final.
             self.outcome.response, self.outcome.node = resp, finished.node
@@ -528,6 +446,7 @@ class Forwarding:
         """Let go of the bodies: the hedge queue may hold this object until its hedge's
         time (up to ``hedge.max_delay``), long after the request ended."""
         self.done = _nothing
+        self.due_token = 0
         self.req = _RELEASED
         self.outcome = _RELEASED_OUTCOME
         self.last_response = None

@@ -3,7 +3,8 @@ from __future__ import annotations
 import orjson
 
 from rpcbalancer.chains import CHAINS, Answer
-from rpcbalancer.router import judge, ping_ok
+from rpcbalancer.probe import ping_ok
+from rpcbalancer.router import judge
 from rpcbalancer.upstream import UpstreamResponse
 
 STEEM = CHAINS["steem"]

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from rpcbalancer.router import DueQueue, Forwarding
+from rpcbalancer.callbacks import Due, DueQueue
 
 
 class Item:
     def __init__(self, calls: list[tuple[str, int, float]], name: str, token: int = 0) -> None:
         self.calls = calls
         self.name = name
-        self.hedge_token = token
-        self.over = False
+        self.due_token = token
 
     def due(self, token: int) -> None:
         self.calls.append((self.name, token, asyncio.get_running_loop().time()))
@@ -28,14 +27,14 @@ def test_items_are_called_at_their_time_in_order_even_out_of_line() -> None:
 
         def add(name: str, delay: float, token: int) -> None:
             item = Item(calls, name, token)
-            queue.add(loop, start + delay, cast(Forwarding, cast(Any, item)), token)
+            queue.add(loop, start + delay, cast(Due, cast(Any, item)), token)
 
         add("a", 0.05, 1)
         add("b", 0.10, 2)
         add("early", 0.02, 3)  # before the last in line: a timer of its own
         add("c", 0.15, 4)
         gone = Item(calls, "ended", 9)  # its request ended: it holds no token any more
-        queue.add(loop, start + 0.16, cast(Forwarding, cast(Any, gone)), 5)
+        queue.add(loop, start + 0.16, cast(Due, cast(Any, gone)), 5)
         await asyncio.sleep(0.3)
         return [(name, token, at - start) for name, token, at in calls]
 
@@ -54,7 +53,7 @@ def test_an_idle_queue_holds_no_timer() -> None:
     async def main() -> DueQueue:
         loop = asyncio.get_running_loop()
         queue = DueQueue()
-        queue.add(loop, loop.time() + 0.01, cast(Forwarding, cast(Any, Item([], "x", 1))), 1)
+        queue.add(loop, loop.time() + 0.01, cast(Due, cast(Any, Item([], "x", 1))), 1)
         assert queue.timer is not None
         await asyncio.sleep(0.05)
         return queue
