@@ -36,6 +36,21 @@ def require_tool(name: str) -> str:
     return path
 
 
+PEERS = Path(os.environ.get("RPCBALANCER_PEERS_DIR") or ROOT.parent / "shared" / "peers")
+"""The peers' own sample config files, unchanged (see their README there)."""
+
+
+def peer_file(name: str) -> Path:
+    """A peer project's sample config file, read where it lies (never copied here). Missing,
+    it skips the test, unless RPCBALANCER_REQUIRE_SERVICES is set: then it fails."""
+    path = PEERS / name
+    if not path.is_file():
+        if os.environ.get("RPCBALANCER_REQUIRE_SERVICES"):
+            pytest.fail(f"{path} is required (RPCBALANCER_REQUIRE_SERVICES is set)")
+        pytest.skip(f"{path} is not here (RPCBALANCER_REQUIRE_SERVICES unset)")
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -105,6 +120,21 @@ class BalancerProcess:
     def rpc(self, method: str, params: Any = None, ident: Any = 1, **kw: Any) -> requests.Response:
         body = {"jsonrpc": "2.0", "method": method, "params": params or [], "id": ident}
         return requests.post(self.url + "/", json=body, timeout=kw.pop("timeout", 15), **kw)
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate (its own CA) for localhost and 127.0.0.1: (cert, key)."""
+    openssl = require_tool("openssl")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
 
 
 @pytest.fixture(scope="session")

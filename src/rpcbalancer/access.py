@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import re
+from collections.abc import Callable
 
 from .config import ApiKey, ApiKeys, MethodRules
 
@@ -45,10 +46,22 @@ def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
 
 
 class KeyRing:
-    def __init__(self, config: ApiKeys) -> None:
+    def __init__(self, config: ApiKeys, endpoint: MethodFilter) -> None:
         self.config = config
         self.header = config.header.lower()
         self._by_digest = {_digest(k.key): k for k in config.keys}
+        self._rules: dict[str, Callable[[str], bool]] = {}
+        for key in config.keys:
+            if key.methods.allow or key.methods.deny:
+                own = MethodFilter(key.methods)
+                self._rules[key.name] = (
+                    own.allowed if not endpoint.active else _both(endpoint.allowed, own.allowed)
+                )
+
+    def rules(self, key: ApiKey) -> Callable[[str], bool] | None:
+        """What ``key`` may call (the endpoint's rules and its own), or None when the
+        endpoint's rules alone decide."""
+        return self._rules.get(key.name)
 
     def find(self, offered: str | None) -> ApiKey | None:
         if not offered or len(offered) > 256:
@@ -60,6 +73,10 @@ class KeyRing:
         if path.count("/") != 1 or len(path) < 17:
             return None
         return self.find(path[1:])
+
+
+def _both(first: Callable[[str], bool], second: Callable[[str], bool]) -> Callable[[str], bool]:
+    return lambda method: first(method) and second(method)
 
 
 def _digest(key: str) -> bytes:

@@ -43,7 +43,7 @@ from mangum import Mangum
 from . import jsonrpc
 from .app import App
 from .balancer import Balancer
-from .config import Config, from_mapping, read_yaml
+from .config import Config, display_url, from_mapping, read_yaml
 from .errors import ConfigError
 from .gateway import Gateway, HttpRequest, HttpResponse
 from .store import shown_url
@@ -150,10 +150,10 @@ class LambdaHost:
         canary = self.balancer.canary
         wait = None if context is None else max(1.0, _remaining(context) - 5.0)
         records = self.loop.run_until_complete(canary.once(wait))
-        names = {node.url: node.name for node in self.balancer.fleet.nodes}
+        names = {node.key: node.name for node in self.balancer.fleet.nodes}
         nodes = [
             {
-                "node": names.get(r.node, r.node),
+                "node": names.get(r.node) or display_url(r.node),
                 "ok": r.ok,
                 "latency_ms": None if r.latency is None else round(r.latency * 1000, 1),
                 "head": r.head_block,

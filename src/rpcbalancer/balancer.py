@@ -40,6 +40,7 @@ from .router import Router
 from .store import open_store
 from .store.redis import RedisStore
 from .upstream import H1Transport, Transport
+from .versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Balancer:
             hedge=config.hedge,
             node_concurrency=config.node_concurrency,
             queue_size=config.queue_size,
+            user_agent=config.user_agent,
         )
         self.prober = Prober(
             self.fleet,
@@ -110,7 +112,10 @@ class Balancer:
             timeout=config.probe.timeout,
             concurrency=config.probe.concurrency,
             clock=clock,
+            user_agent=config.user_agent,
         )
+        self.versions = Versions(self.prober, config.probe.timeout)
+        """Each node's version answer, for the original reply shape (``annotate: body``)."""
         self.store = None if config.store.lower() == "none" else open_store(config.store)
         self.canary = Canary(
             self.fleet,
@@ -132,7 +137,7 @@ class Balancer:
             DnsExpander(config.nodes, self.fleet, resolver=resolver) if config.resolve_dns else None
         )
         self.methods = MethodFilter(config.methods)
-        self.keys = KeyRing(config.api_keys) if config.api_keys is not None else None
+        self.keys = KeyRing(config.api_keys, self.methods) if config.api_keys is not None else None
         self.limiter = LocalLimiter(
             clock, config.rate_limit.max_clients if config.rate_limit else 100_000
         )

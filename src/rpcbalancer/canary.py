@@ -99,7 +99,7 @@ class Canary:
         mono, wall = self.clock(), self.wall()
         records = [
             ProbeRecord.from_result(
-                node.url, result, mono_now=mono, wall_now=wall, canary=self.owner
+                node.key, result, mono_now=mono, wall_now=wall, canary=self.owner
             )
             for node, result in results
         ]
@@ -124,7 +124,7 @@ class Canary:
             async with asyncio.timeout(5.0):
                 latest = await self.store.latest()
                 # Only this fleet's nodes count: one store may serve several fleets.
-                mine = {node.url for node in self.fleet.nodes}
+                mine = {node.key for node in self.fleet.nodes}
                 newest = max((r.at for url, r in latest.items() if url in mine), default=0.0)
                 if self.wall() - newest < self.interval * 0.8:
                     self.health.ok()
@@ -216,7 +216,7 @@ class StoreView:
         mono, wall = self.clock(), self.wall()
         applied = 0
         for node in self.fleet.nodes:
-            record = latest.get(node.url)
+            record = latest.get(node.key)
             if record is None or wall - record.at > self.stale_after:
                 continue
             self.fresh_at = max(self.fresh_at, record.at)

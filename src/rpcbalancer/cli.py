@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .config import Config, load, parse_duration
@@ -67,6 +68,19 @@ def serve(
         tls_cert=str(tls_cert) if tls_cert else None,
         tls_key=str(tls_key) if tls_key else None,
     )
+    try:
+        prepare(cfg)
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    from .server import serve as run
+
+    run(cfg, workers=workers)
+
+
+def prepare(cfg: Config) -> None:
+    """What ``serve`` does before it serves: the log, a warning for each node whose TLS is
+    not verified, and the server certificate loaded once (a bad one stops the start)."""
     _logging(cfg.log_level, cfg.log_format)
     for node in cfg.nodes:
         if not node.verify_tls:
@@ -75,14 +89,7 @@ def serve(
             )
     from .server import tls_context
 
-    try:
-        tls_context(cfg)
-    except ConfigError as exc:
-        err.print(f"[red]config error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    from .server import serve as run
-
-    run(cfg, workers=workers)
+    tls_context(cfg)
 
 
 @cli.command()
@@ -96,8 +103,8 @@ def probe(config: ConfigOption = None) -> None:
     table = Table(title=f"{cfg.chain} nodes, probed once")
     for column in ("node", "up", "latency", "head block", "lag", "version", "excluded because"):
         table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
+    for row in rows:  # as text: names and errors hold brackets that are not markup
+        table.add_row(*(Text(cell) for cell in row))
     Console().print(table)
     if not usable:
         err.print("[red]no node is usable[/red]")
@@ -171,8 +178,8 @@ def status(
         "last seen",
     ):
         table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
+    for row in rows:  # as text: names and errors hold brackets that are not markup
+        table.add_row(*(Text(cell) for cell in row))
     Console().print(table)
     if not usable:
         err.print(

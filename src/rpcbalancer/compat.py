@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .config import display_url
+
 log = logging.getLogger(__name__)
 
 # Keys that exist only in DoctorLai's format; one of them marks a file as theirs.
@@ -38,6 +40,8 @@ _MARKERS = frozenset(
         "logging_max_body_len",
         "loggging_max_body_len",
         "version",
+        "debug",
+        "weighted_routing",
     }
 )
 
@@ -61,6 +65,8 @@ _IGNORED = {
     "plimit": "probes run in the background with their own concurrency (probe.concurrency)",
     "firstK": "probes run in the background, not per request",
     "sticky": "nodes are chosen from background probes, so no per-client choice is cached",
+    "debug": "use log_level: debug",
+    "weighted_routing": "probes run in the background, in no order; weights act in the strategy",
 }
 
 
@@ -74,8 +80,8 @@ def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
     ignored: list[str] = []
 
     weights = data.get("weights") or {}
-    headers = data.get("headers") or {}
     verify = data.get("rejectUnauthorized", True) is not False
+    shared, by_url = _split_headers(data.get("headers"))
     if isinstance(data.get("nodes"), list):
         nodes = []
         for entry in data["nodes"]:
@@ -86,13 +92,16 @@ def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
             url = node.get("url")
             if isinstance(weights, dict) and url in weights:
                 node.setdefault("weight", weights[url])
-            if headers and isinstance(headers, dict):
-                own = node.get("headers")
-                node["headers"] = {**headers, **(own if isinstance(own, dict) else {})}
+            own = by_url.pop(_same_url(url), None) if isinstance(url, str) else None
+            if shared or own:
+                given = node.get("headers")
+                given = given if isinstance(given, dict) else {}
+                node["headers"] = {**shared, **(own or {}), **given}
             if not verify:
                 node.setdefault("verify_tls", False)
             nodes.append(node)
         out["nodes"] = nodes
+    ignored += [f"headers for {display_url(url)} (not one of the nodes)" for url in by_url]
     if not verify:
         log.warning(
             "%s: rejectUnauthorized is false: TLS certificates of nodes are NOT verified", source
@@ -164,3 +173,19 @@ def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
     if ignored:
         log.warning("%s: DoctorLai config keys not carried over: %s", source, "; ".join(ignored))
     return out
+
+
+def _same_url(url: str) -> str:
+    """A node URL as the ``headers`` mapping is matched against it (a trailing ``/`` aside)."""
+    return url.strip().rstrip("/")
+
+
+def _split_headers(headers: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """DoctorLai's ``headers`` maps a node URL to the headers sent to that node alone:
+    ``(headers for every node, {node URL: its own headers})``. A plain ``name: value``
+    entry (no URL) goes to every node."""
+    if not isinstance(headers, dict):
+        return {}, {}
+    shared = {k: v for k, v in headers.items() if not isinstance(v, dict)}
+    by_url = {_same_url(str(k)): v for k, v in headers.items() if isinstance(v, dict)}
+    return shared, by_url

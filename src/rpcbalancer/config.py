@@ -11,6 +11,7 @@ A file written for DoctorLai/steem-load-balancer is recognised and mapped (see `
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -24,7 +25,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -91,10 +94,26 @@ class NodeConfig(_Model):
 
     url: str
     name: str = ""
-    """Shown in headers, logs and status; defaults to the URL without credentials or query."""
+    """Shown in headers, logs, status and metric labels instead of the URL; defaults to the
+    URL without credentials or query, with every part that came from ``${ENV}`` (an API key
+    in the path) shown as ``[redacted]``."""
     weight: float = Field(1.0, ge=0)
     headers: dict[str, str] = Field(default_factory=dict)
     verify_tls: bool = True
+    _masked: str | None = PrivateAttr(default=None)
+    """The URL with every value from the environment masked, when it had any."""
+
+    @property
+    def key(self) -> str:
+        """The node's identity in the shared health store: its URL, unless the URL may hold
+        a secret (a value from the environment, credentials, a query, a key-like path);
+        then its shown form and a digest of the whole, so that no store holds the secret."""
+        shown = display_url(self._masked or self.url)
+        parts = urlsplit(self.url)
+        plain = not parts.query and "@" not in parts.netloc and REDACTED not in shown
+        if self._masked is None and plain:
+            return self.url
+        return f"{shown}#{hashlib.sha256(self.url.encode()).hexdigest()[:16]}"
 
     @field_validator("url")
     @classmethod
@@ -110,9 +129,13 @@ class NodeConfig(_Model):
         return url
 
     @model_validator(mode="after")
-    def _default_name(self) -> NodeConfig:
+    def _default_name(self, info: ValidationInfo) -> NodeConfig:
+        masks = info.context.get("masks") if isinstance(info.context, dict) else None
+        masked = masks.get(self.url) if masks else None
+        if masked is not None:
+            self._masked = masked.strip()
         if not self.name:
-            object.__setattr__(self, "name", display_url(self.url))
+            object.__setattr__(self, "name", display_url(self._masked or self.url))
         return self
 
 
@@ -262,9 +285,10 @@ class ApiKey(_Model):
     key: str = Field(min_length=16, max_length=256)
     """The secret itself; give it as ``${ENV_VAR}`` so it never sits in the file."""
     rate_limit: RateLimit | None = None
-    methods: MethodRules = MethodRules()
-    api_keys: ApiKeys | None = None
     """This key's own limit (instead of the per-address one)."""
+    methods: MethodRules = MethodRules()
+    """What this key may call, on top of the endpoint's own ``methods`` rules (a method
+    must pass both): a key for reads only, say, with ``deny: ["*broadcast*"]``."""
 
 
 class ApiKeys(_Model):
@@ -384,8 +408,19 @@ class Config(_Model):
         seen: set[str] = set()
         for node in self.nodes:
             if node.url in seen:
-                raise ValueError(f"nodes: {display_url(node.url)} is listed twice")
+                raise ValueError(f"nodes: {node.name} is listed twice")
             seen.add(node.url)
+        names: dict[str, int] = {}
+        for node in self.nodes:
+            if node.name in names and "name" in node.model_fields_set:
+                raise ValueError(f"nodes: the name {node.name!r} is given to two nodes")
+            names[node.name] = names.get(node.name, 0) + 1
+        for name in [n for n, count in names.items() if count > 1]:
+            # Two URLs that differ only in what is not shown (a key, a query): number them,
+            # so that headers, logs and metric labels still tell them apart.
+            same = [n for n in self.nodes if n.name == name]
+            for k, node in enumerate(same[1:], start=2):
+                object.__setattr__(node, "name", f"{name} #{k}")
         from .chains import CHAINS  # late: chains imports nothing of config at import
 
         if self.chain not in CHAINS:
@@ -393,15 +428,29 @@ class Config(_Model):
         return self
 
 
+REDACTED = "[redacted]"
+_MASK = "xrpcbalancerredactedx"
+"""Stands for a value from the environment inside a URL while it is parsed (a host name may
+hold it), then shown as ``[redacted]``."""
+_KEYLIKE = re.compile(r"(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{24,}")
+
+
 def display_url(url: str) -> str:
-    """A URL fit to show: no credentials, no query string."""
-    parts = urlsplit(url)
+    """A URL fit to show: no credentials, no query string, and no secret in the path: a
+    value that came from the environment, or any path segment that looks like an API key
+    (24 or more letters and digits mixed), is shown as ``[redacted]``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return REDACTED
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    path = parts.path.rstrip("/")
-    return f"{parts.scheme}://{netloc}{path}"
+    netloc = f"{host}:{port}" if port else host
+    segments = [REDACTED if _KEYLIKE.fullmatch(seg) else seg for seg in parts.path.split("/")]
+    path = "/".join(segments).rstrip("/")
+    return f"{parts.scheme}://{netloc}{path}".replace(_MASK, REDACTED)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -409,27 +458,51 @@ def display_url(url: str) -> str:
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _substitute(value: Any, env: Mapping[str, str], found: set[str], missing: set[str]) -> Any:
-    if isinstance(value, dict):
-        return {k: _substitute(v, env, found, missing) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, env, found, missing) for v in value]
-    if not isinstance(value, str) or "${" not in value:
-        return value
+class _Substitution:
+    """What replacing ``${VAR}`` placeholders found: the values that came from the
+    environment (secrets), the variables that were not set, and each resulting string with
+    its environment values masked (so a node URL can be shown without its key)."""
 
-    def replace(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in env:
-            if env[name]:
-                found.add(env[name])
-            return env[name]
-        if default is None:
-            missing.add(name)
-            return ""
-        return default
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.found: set[str] = set()
+        self.missing: set[str] = set()
+        self.masks: dict[str, str] = {}
 
-    whole = _PLACEHOLDER.fullmatch(value)
-    result = _PLACEHOLDER.sub(replace, value)
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: self(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self(v) for v in value]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+        return self._string(value)
+
+    def _string(self, value: str) -> Any:
+        env = self.env
+        secret = False
+
+        def replace(match: re.Match[str], masked: bool = False) -> str:
+            nonlocal secret
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                if env[name]:
+                    self.found.add(env[name])
+                    secret = True
+                return _MASK if masked and env[name] else env[name]
+            if default is None:
+                self.missing.add(name)
+                return ""
+            return default
+
+        whole = _PLACEHOLDER.fullmatch(value)
+        result = _PLACEHOLDER.sub(replace, value)
+        if secret:
+            self.masks[result.strip()] = _PLACEHOLDER.sub(lambda m: replace(m, True), value)
+        return _typed(result, whole is not None)
+
+
+def _typed(result: str, whole: bool) -> Any:
     if whole and result and "\n" not in result:
         import yaml
 
@@ -486,14 +559,14 @@ def from_mapping(
     from . import compat
 
     env = os.environ if env is None else env
-    found: set[str] = set()
-    missing: set[str] = set()
-    data = _substitute(dict(raw), env, found, missing)
-    if missing:
+    substitute = _Substitution(env)
+    data = substitute(dict(raw))
+    found = substitute.found
+    if substitute.missing:
         log.warning(
             "%s: environment variables not set, replaced by empty values: %s",
             source,
-            ", ".join(sorted(missing)),
+            ", ".join(sorted(substitute.missing)),
         )
     if compat.is_doctorlai(data):
         data = compat.from_doctorlai(data, source)
@@ -511,7 +584,7 @@ def from_mapping(
             data[key] = value
     data["secrets"] = frozenset(found)
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={"masks": substitute.masks})
     except ValidationError as exc:
         raise ConfigError(f"{source}: " + _describe(exc, found)) from None
 

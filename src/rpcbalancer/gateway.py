@@ -10,6 +10,7 @@ id echoed, and an HTTP status by cause (400 bad request, 502 bad upstream, 503 n
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import posixpath
 import time
@@ -31,7 +32,7 @@ from .jsonrpc import RpcCall, RpcProblem
 from .metrics import PROMETHEUS_TYPE, render
 from .nodes import LATENCY_BUCKETS
 from .ratelimit import retry_after
-from .router import Forwarding, Outcome, ProxyRequest
+from .router import Outcome, ProxyRequest
 from .statuspage import PAGE_SECURITY as _PAGE_SECURITY
 from .statuspage import STATUS_PAGE
 from .views import health_doc, history_doc, status_doc
@@ -218,14 +219,19 @@ class Gateway:
         forwarded = headers.get("x-forwarded-for")
         ip = client_ip(req.peer, forwarded, balancer.trusted_proxies)
         method = req.method
+        keys = balancer.keys
+        allowed: Callable[[str], bool] | None = (
+            balancer.methods.allowed if balancer.methods.active else None
+        )
+        if keys is not None:
+            key = key or keys.find(headers.get(keys.header))
+            if key is not None:
+                allowed = keys.rules(key) or allowed
         call: RpcCall | None = None
         if method == "POST" or method.upper() == "POST":
             limits = self.config.limits
             parsed = jsonrpc.parse(
-                req.body,
-                max_batch=limits.max_batch,
-                max_depth=limits.max_depth,
-                allowed=balancer.methods.allowed if balancer.methods.active else None,
+                req.body, max_batch=limits.max_batch, max_depth=limits.max_depth, allowed=allowed
             )
             if isinstance(parsed, RpcProblem):
                 response = _error(parsed.http_status, parsed.body())
@@ -233,11 +239,8 @@ class Gateway:
             call = parsed
         elif method.upper() not in ("GET", "HEAD"):
             return self._done(req, None, None, self._not_allowed(ALLOW), start, rid, ip)
-        keys = balancer.keys
-        if keys is not None:
-            key = key or keys.find(headers.get(keys.header))
-            if key is None and keys.config.required:
-                return self._done(req, call, None, self._unauthorized(call), start, rid, ip)
+        if keys is not None and key is None and keys.config.required:
+            return self._done(req, call, None, self._unauthorized(call), start, rid, ip)
         return _Job(req, path, key, call, start, rid, ip, forwarded)
 
     def _rate_limit(self, job: _Job) -> RateLimit | None:
@@ -269,7 +272,7 @@ class Gateway:
         response = self._limited(job.call, limit, wait)
         return self._done(job.req, job.call, None, response, job.start, job.rid, job.ip)
 
-    def _dispatch(self, job: _Job, reply: Reply) -> Forwarding | None:
+    def _dispatch(self, job: _Job, reply: Reply) -> Cancellable | None:
         """Send the admitted request on to a node; ``reply`` gets the answer."""
         call, req = job.call, job.req
         if call is not None and not call.methods:  # every batch member was answered here
@@ -293,7 +296,7 @@ class Gateway:
             "x-request-id": job.rid,
         }
 
-        def answered(outcome: Outcome) -> None:
+        def finish(outcome: Outcome) -> None:
             try:
                 response = self._complete(job, outcome)
             except Exception:
@@ -301,7 +304,28 @@ class Gateway:
                 response = internal_error()
             reply(response)
 
-        return balancer.router.start(
+        answered = finish
+        staged: _Staged | None = None
+        if self.annotate == "body":
+            # The original reply shape needs the serving node's version: when no probe has
+            # read it yet, it is asked first (once per node), within the request's deadline.
+            staged = _Staged()
+
+            def answered(outcome: Outcome) -> None:
+                node = outcome.node
+                versions = balancer.versions
+                if node is not None and outcome.response is not None:
+                    now = balancer.clock()
+                    if not versions.known(node, now)[0]:
+                        left = job.start + balancer.router.total - now
+                        assert staged is not None
+                        staged.stage = versions.ask(
+                            node, max(0.001, left), lambda _answer: finish(outcome)
+                        )
+                        return
+                finish(outcome)
+
+        forwarding = balancer.router.start(
             ProxyRequest(
                 method="POST" if call is not None else "GET",
                 path=job.path,
@@ -312,6 +336,11 @@ class Gateway:
             ),
             answered,
         )
+        if staged is None:
+            return forwarding
+        if staged.stage is None:
+            staged.stage = forwarding
+        return staged
 
     def _complete(self, job: _Job, outcome: Outcome) -> HttpResponse:
         call, req = job.call, job.req
@@ -422,7 +451,8 @@ class Gateway:
             headers.append(("x-rpc-node-version", probe.version))
         body = resp.body
         if self.annotate == "body":
-            body = _annotate(body, node.name, probe.version_doc if probe else None)
+            _, version = self.balancer.versions.known(node, self.balancer.clock())
+            body = _annotate(body, node.name, version)
         return HttpResponse(resp.status, headers, body)
 
     def _failure(self, outcome: Outcome, call: RpcCall | None) -> HttpResponse:
@@ -531,6 +561,21 @@ class Gateway:
         )
 
 
+class _Staged:
+    """The handle of a request that may wait for its node's version after the forwarding
+    (``annotate: body``): cancels whichever stage is under way."""
+
+    __slots__ = ("stage",)
+
+    def __init__(self) -> None:
+        self.stage: Cancellable | None = None
+
+    def cancel(self) -> None:
+        stage, self.stage = self.stage, None
+        if stage is not None:
+            stage.cancel()
+
+
 def _reply_with(task: asyncio.Future[HttpResponse], req: HttpRequest, reply: Reply) -> None:
     if task.cancelled():
         return
@@ -574,18 +619,24 @@ def _outcome_kind(outcome: Outcome | None, status: int) -> str:
 
 def _annotate(body: bytes, server: str, version: Any) -> bytes:
     """The original design's reply: a JSON object gains ``__server__`` and ``__version__``.
-    Anything else (a batch array, a non-JSON body) is returned as it is."""
-    if body.lstrip()[:1] != b"{":
+    Anything else (a batch array, a non-JSON body) is returned as it is. The node's own
+    bytes are kept (big integers stay exact): the two fields are added at the object's end,
+    so they win over any copy the node sent itself."""
+    text = body.strip()
+    if text[:1] != b"{" or text[-1:] != b"}":
         return body
     try:
-        doc = orjson.loads(body)
+        doc = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return body
+        try:  # integers beyond 64 bits, which orjson refuses
+            doc = json.loads(text)
+        except (ValueError, RecursionError):
+            return body
     if not isinstance(doc, dict):
         return body
-    doc["__server__"] = server
-    doc["__version__"] = version
-    return orjson.dumps(doc)
+    added = jsonrpc.dumps({"__server__": server, "__version__": version})[1:-1]
+    inside = text[1:-1].strip()
+    return b"{" + inside + (b"," if inside else b"") + added + b"}"
 
 
 def _safe_path(path: str) -> str | None:

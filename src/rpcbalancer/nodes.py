@@ -103,6 +103,7 @@ class Node:
         "host_header",
         "index",
         "inflight",
+        "key",
         "last_error",
         "latencies",
         "latency_sum",
@@ -135,6 +136,8 @@ class Node:
         self.spec = spec
         self.url = spec.url
         self.name = spec.name
+        self.key = spec.key
+        """The node's identity in the health store (see :attr:`NodeConfig.key`)."""
         self.host_header: str | None = None
         self.sni: str | None = None
         if address is not None:
@@ -143,6 +146,7 @@ class Node:
             netloc = f"{literal}:{parts.port}" if parts.port else literal
             self.url = urlunsplit(parts._replace(netloc=netloc))
             self.name = f"{spec.name} [{address}]"
+            self.key = self.url if spec.key == spec.url else f"{spec.key} [{address}]"
             self.host_header = parts.netloc.rpartition("@")[2]
             self.sni = parts.hostname if parts.scheme == "https" else None
         self.weight = spec.weight

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import orjson
 
@@ -27,16 +27,27 @@ log = logging.getLogger(__name__)
 PROBE_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 
 
+def probe_headers(user_agent: str) -> dict[str, str]:
+    """The headers of a probe call: JSON, and the configured ``user_agent`` (a node behind a
+    CDN may refuse unknown agents, and must see probes as it sees requests)."""
+    return {**PROBE_HEADERS, "user-agent": user_agent}
+
+
 async def ask(
-    transport: Transport, node: Node, call: ProbeCall, timeout: float, clock: Callable[[], float]
+    transport: Transport,
+    node: Node,
+    call: ProbeCall,
+    timeout: float,
+    clock: Callable[[], float],
+    headers: Mapping[str, str] = PROBE_HEADERS,
 ) -> Answer:
     """One probe call; failures come back as an :class:`Answer` with ``error`` set."""
     start = clock()
     try:
         if call.body is None:
-            resp = await transport.send(node, "GET", None, PROBE_HEADERS, None, timeout)
+            resp = await transport.send(node, "GET", None, headers, None, timeout)
         else:
-            resp = await transport.send(node, "POST", None, PROBE_HEADERS, call.body, timeout)
+            resp = await transport.send(node, "POST", None, headers, call.body, timeout)
     except UpstreamError as exc:
         return Answer(error=exc.reason, latency=clock() - start)
     return Answer(status=resp.status, body=resp.body, latency=clock() - start)
@@ -49,12 +60,13 @@ async def race(
     timeout: float,
     clock: Callable[[], float],
     penalty: float,
+    headers: Mapping[str, str] = PROBE_HEADERS,
 ) -> Node | None:
     """Ping every node at once; the first healthy answer wins, the rest are cancelled.
     Every ping is measured on its node (a failure with at least ``penalty`` seconds)."""
 
     async def ping(node: Node) -> Node | None:
-        answer = await ask(transport, node, call, timeout, clock)
+        answer = await ask(transport, node, call, timeout, clock, headers)
         if answer.error is not None:
             node.record(clock(), answer.latency, False, error=answer.error, penalty=penalty)
             return None
@@ -100,9 +112,12 @@ async def probe_node(
     *,
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
+    headers: Mapping[str, str] = PROBE_HEADERS,
 ) -> ProbeResult:
     calls = chain.probe_calls()
-    answers = await asyncio.gather(*(ask(transport, node, c, timeout, clock) for c in calls))
+    answers = await asyncio.gather(
+        *(ask(transport, node, c, timeout, clock, headers) for c in calls)
+    )
     by_name = dict(zip((c.name for c in calls), answers, strict=True))
     reading = chain.read(by_name)
     # The latency that ranks nodes is that of the head call: a real JSON-RPC call.
@@ -135,8 +150,10 @@ class Prober:
         timeout: float,
         concurrency: int = 16,
         clock: Callable[[], float] = time.monotonic,
+        user_agent: str = "rpcbalancer",
     ) -> None:
         self.fleet = fleet
+        self.headers = probe_headers(user_agent)
         self.chain = chain
         self.transport = transport
         self.timeout = timeout
@@ -153,7 +170,12 @@ class Prober:
         async def one(node: Node) -> None:
             async with self._limit:
                 result = await probe_node(
-                    self.transport, self.chain, node, self.timeout, clock=self.clock
+                    self.transport,
+                    self.chain,
+                    node,
+                    self.timeout,
+                    clock=self.clock,
+                    headers=self.headers,
                 )
             node.apply_probe(result)
             done[node.index] = (node, result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .balancer import Balancer
-from .config import Config, NodeConfig
+from .config import Config, NodeConfig, display_url
 from .nodes import Fleet, Health, Node, parse_version
 from .store import ProbeRecord, open_store
 
@@ -42,6 +42,14 @@ async def run_probe(config: Config) -> tuple[list[tuple[str, ...]], int]:
     return rows, usable
 
 
+def _unknown(key: str) -> NodeConfig:
+    """A node the store knows and this config does not (another fleet's, or renamed)."""
+    try:
+        return NodeConfig(url=key.partition("#")[0], name=display_url(key))
+    except ValueError:
+        return NodeConfig(url="http://unknown.invalid", name=display_url(key))
+
+
 def _pct(values: list[float], q: float) -> str:
     if not values:
         return "-"
@@ -60,9 +68,9 @@ async def run_status(config: Config, window: float = 3600.0) -> tuple[list[tuple
         history = await store.history(wall - window)
     finally:
         await store.close()
-    urls = list(dict.fromkeys([*(n.url for n in config.nodes if n.url in latest), *latest]))
-    by_url = {n.url: n for n in config.nodes}
-    nodes = [Node(i, by_url.get(url) or NodeConfig(url=url)) for i, url in enumerate(urls)]
+    by_key = {n.key: n for n in config.nodes}
+    keys = list(dict.fromkeys([*(k for k in by_key if k in latest), *latest]))
+    nodes = [Node(i, by_key.get(key) or _unknown(key)) for i, key in enumerate(keys)]
     fleet = Fleet(
         nodes or [Node(0, config.nodes[0])],
         Health(
@@ -73,7 +81,7 @@ async def run_status(config: Config, window: float = 3600.0) -> tuple[list[tuple
     )
     mono = time.monotonic()
     for node in nodes:
-        node.apply_probe(latest[node.url].to_result(mono_now=mono, wall_now=wall))
+        node.apply_probe(latest[node.key].to_result(mono_now=mono, wall_now=wall))
     latencies: dict[str, list[float]] = {}
     last_error: dict[str, ProbeRecord] = {}
     for record in history:
@@ -85,17 +93,17 @@ async def run_status(config: Config, window: float = 3600.0) -> tuple[list[tuple
     rows: list[tuple[str, ...]] = []
     usable = 0
     for node in nodes:
-        record = latest[node.url]
+        record = latest[node.key]
         reason = fleet.exclusion(node, mono, best)
         usable += reason is None
         lag = fleet.lag(node, best)
-        failed = last_error.get(node.url)
+        failed = last_error.get(node.key)
         rows.append(
             (
                 node.name,
                 "usable" if reason is None else f"excluded: {reason}",
-                _pct(latencies.get(node.url, []), 0.5),
-                _pct(latencies.get(node.url, []), 0.99),
+                _pct(latencies.get(node.key, []), 0.5),
+                _pct(latencies.get(node.key, []), 0.99),
                 str(record.head_block) if record.head_block is not None else "-",
                 str(lag) if lag is not None else "-",
                 record.version or "-",

@@ -62,7 +62,7 @@ from .errors import (
 from .jsonrpc import looks_like_json, response_errors
 from .nodes import Fleet, Node
 from .policies import BasePolicy, PickContext, Race
-from .probe import race
+from .probe import probe_headers, race
 from .upstream import Transport, UpstreamResponse, running_loop, starter
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,10 @@ class Router:
         hedge: HedgeConfig | None = None,
         node_concurrency: int = 0,
         queue_size: int = 0,
+        user_agent: str = "rpcbalancer",
     ) -> None:
         self.fleet = fleet
+        self.ping_headers = probe_headers(user_agent)
         self.policy = policy
         self.transport = transport
         self.chain = chain
@@ -176,7 +178,9 @@ class Router:
     async def _race(self, nodes: Sequence[Node], deadline: float) -> Node | None:
         timeout = max(0.001, min(self.per_try, deadline - self.clock()))
         call = self.chain.probe_calls()[0]
-        return await race(self.transport, nodes, call, timeout, self.clock, self.per_try)
+        return await race(
+            self.transport, nodes, call, timeout, self.clock, self.per_try, self.ping_headers
+        )
 
     async def _wait_for_slot(self, deadline: float, waiter: asyncio.Future[None]) -> bool:
         """Wait in line (``waiter``, already in it) until a try ends somewhere; False when

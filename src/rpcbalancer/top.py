@@ -60,9 +60,7 @@ def frame(doc: dict[str, Any], source: str) -> Group:
         state = Text("usable", "green") if usable else Text(f"excluded: {node['reason']}", "red")
         name = Text(("▶ " if node["name"] == b.get("choice") else "  ") + node["name"])
         latency = node["latency_ms"]
-        table.add_row(
-            name,
-            state,
+        cells = (
             f"{_ms(latency['p50'])} / {_ms(latency['p99'])}",
             str(node["head_block"] if node["head_block"] is not None else "–"),
             str(node["lag"] if node["lag"] is not None else "–"),
@@ -72,6 +70,8 @@ def frame(doc: dict[str, Any], source: str) -> Group:
             str(node["inflight"]),
             "–" if node.get("score") is None else f"{node['score']:.3g}",
         )
+        # As text, never markup: what nodes report may hold brackets.
+        table.add_row(name, state, *(Text(cell) for cell in cells))
     return Group(summary, table)
 
 

@@ -127,7 +127,7 @@ def history_doc(
     if records:
         since = max(since, min(r.at for r in records) - 1.0)
     width = max(1.0, (until - since) / buckets)
-    names = {node.url: node.name for node in fleet.nodes}
+    names = {node.key: node.name for node in fleet.nodes}
     grouped: dict[str, list[list[ProbeRecord]]] = {
         name: [[] for _ in range(buckets)] for name in names.values()
     }

@@ -174,7 +174,22 @@ def test_original_mapping_template_post_answers_the_json_with_server_and_version
     assert doc["id"] == 7
     assert doc["result"]["head_block_number"] > 0
     assert doc["__server__"] in fleet.urls
-    assert "__version__" in doc
+    # A fresh container races without a store: no probe has read the version, so the
+    # winner is asked, as the original design did; its whole answer is __version__.
+    assert doc["__version__"]["result"]["blockchain_version"] == "0.23.1"
+    assert doc["__version__"]["jsonrpc"] == "2.0"
+
+
+def test_original_mapping_template_version_failure_is_its_text(
+    fleet: FleetThread, make_host: Callable[..., LambdaHost]
+) -> None:
+    for name in fleet.nodes:
+        fleet.set(name, fail_methods="get_version")
+    host = make_host()
+    doc = host.invoke(original_event("POST", json.dumps({**RPC, "id": 8})), Context())
+    assert doc["id"] == 8 and doc["result"]["head_block_number"] > 0
+    assert isinstance(doc["__version__"], str)
+    assert "get_version failed: HTTP 503" in doc["__version__"]
 
 
 def test_original_mapping_template_empty_body_is_a_get(

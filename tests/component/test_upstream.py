@@ -356,37 +356,6 @@ async def test_nginx_as_a_node(transport: H1Transport, nginx_node: int) -> None:
     assert len(big.body) == 3002
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 'localhost' (also its own CA)."""
-    openssl = require_tool("openssl")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 async def test_tls_nodes_with_sni_and_verification(
     certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, raw_server: Any
 ) -> None:

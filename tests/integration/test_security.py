@@ -17,6 +17,7 @@ import requests
 from rpcbalancer.sim import FleetThread
 
 from ..conftest import require_tool
+from .test_server import run_cli
 
 DGP = {"jsonrpc": "2.0", "method": "condenser_api.get_dynamic_global_properties", "params": []}
 BROADCAST = {"jsonrpc": "2.0", "method": "condenser_api.broadcast_transaction", "params": [{}]}
@@ -126,6 +127,47 @@ def test_method_rules_refuse_without_touching_a_node(
     assert fleet["fast"].broadcasts == []
 
 
+def test_method_rules_per_api_key(fleet: FleetThread, balancer_process: Any) -> None:
+    """A key's own ``methods`` apply on top of the endpoint's: a read-only key cannot
+    broadcast, alone or inside a batch; another key can; the endpoint's deny holds for all."""
+    reader, writer = KEY, KEY[::-1]
+    lb = balancer_process(
+        {
+            "nodes": [fleet["fast"].url],
+            "store": "none",
+            "methods": {"deny": ["*.get_version"]},
+            "api_keys": {
+                "keys": [
+                    {"name": "reader", "key": "${READER}", "methods": {"deny": ["*broadcast*"]}},
+                    {"name": "writer", "key": "${WRITER}"},
+                    {"name": "blocks", "key": "${BLOCKS}", "methods": {"allow": ["*.get_block"]}},
+                ]
+            },
+        },
+        env={"READER": reader, "WRITER": writer, "BLOCKS": KEY + "-blocks"},
+    )
+    before = node_calls(fleet)
+    refused = post(lb.url, {**BROADCAST, "id": 1}, headers={"X-API-Key": reader})
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == -32601 and refused.json()["id"] == 1
+    by_path = post(f"{lb.url}/{reader}", {**BROADCAST, "id": 2})
+    assert by_path.status_code == 403
+    assert node_calls(fleet) == before and fleet["fast"].broadcasts == []
+    mixed = post(lb.url, [{**DGP, "id": 1}, {**BROADCAST, "id": 2}], headers={"X-API-Key": reader})
+    answers = {a["id"]: a for a in mixed.json()}
+    assert "result" in answers[1] and answers[2]["error"]["code"] == -32601
+    assert fleet["fast"].broadcasts == []
+    assert post(lb.url, {**BROADCAST, "id": 3}, headers={"X-API-Key": writer}).status_code == 200
+    assert len(fleet["fast"].broadcasts) == 1
+    version = {"jsonrpc": "2.0", "method": "condenser_api.get_version", "params": [], "id": 4}
+    for key in (reader, writer):  # the endpoint's own rule holds for every key
+        assert post(lb.url, version, headers={"X-API-Key": key}).status_code == 403
+    blocks = {"X-API-Key": KEY + "-blocks"}
+    block = {"jsonrpc": "2.0", "method": "condenser_api.get_block", "params": [1], "id": 5}
+    assert post(lb.url, block, headers=blocks).status_code == 200
+    assert post(lb.url, {**DGP, "id": 6}, headers=blocks).status_code == 403
+
+
 def test_jsonrpc_validation_as_the_spec_says(fleet: FleetThread, balancer_process: Any) -> None:
     lb = balancer_process(
         {"nodes": [fleet["fast"].url], "store": "none", "limits": {"max_batch": 5, "max_depth": 8}}
@@ -192,15 +234,11 @@ def test_never_a_relay(fleet: FleetThread, balancer_process: Any) -> None:
     assert not sent & {"x-secret", "proxy-authorization", "cookie"}
 
 
-def test_tls_termination(fleet: FleetThread, balancer_process: Any, tmp_path: Path) -> None:
-    openssl, curl = require_tool("openssl"), require_tool("curl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+def test_tls_termination(
+    fleet: FleetThread, balancer_process: Any, certificate: tuple[Path, Path]
+) -> None:
+    curl = require_tool("curl")
+    cert, key = certificate
     lb = balancer_process(
         {"nodes": [fleet["fast"].url], "store": "none"},
         args=("--tls-cert", str(cert), "--tls-key", str(key)),
@@ -269,3 +307,64 @@ def test_unverified_node_tls_is_a_warning_at_start(
         }
     )
     assert "node lenient: verify_tls is false: its TLS certificate is NOT verified" in lb.log
+
+
+def test_a_key_in_a_node_url_never_leaks(
+    fleet: FleetThread, balancer_process: Any, tmp_path: Path
+) -> None:
+    """EVM providers put the key in the path (Infura's /v3/KEY) or the query: every part of
+    a node URL that came from ${ENV} is shown as [redacted], through a session that kills
+    and revives the node, in every answer, header, page, metric, log line and store row."""
+    path_key, query_key = "0123456789abcdef0123456789abcdef", "q-Key-9876543210"
+    node = fleet["fast"].url
+    store = tmp_path / "health.db"
+    config = {
+        "nodes": [
+            node + "/v3/${PATH_KEY}",
+            {"url": fleet["medium"].url + "/rpc?apikey=${QUERY_KEY}"},
+            {"url": fleet["slow"].url + "/v2/${PATH_KEY}", "name": "named"},
+        ],
+        "store": f"sqlite:///{store}",
+        "annotate": "body",
+        "explain": True,
+        "probe": {"interval": 0.5},
+        "access_log": {"bodies": True},
+        "log_level": "debug",
+        "circuit_breaker": {"failures": 1, "cooldown": 0.5},
+    }
+    lb = balancer_process(config, env={"PATH_KEY": path_key, "QUERY_KEY": query_key})
+    seen: list[str] = []
+
+    def visit() -> None:
+        for i in range(6):
+            answer = post(lb.url, {**DGP, "id": i}, headers={"X-RPC-Explain": "1"})
+            seen.extend([answer.text, json.dumps(dict(answer.headers))])
+        for path in ("/status.json", "/status", "/health", "/metrics", "/status/history.json"):
+            seen.append(requests.get(lb.url + path, timeout=5).text)
+
+    visit()
+    names = {json.loads(text).get("__server__") for text in seen if text.startswith('{"')}
+    assert f"{node}/v3/[redacted]" in names or "named" in names
+    fleet.kill("fast")
+    time.sleep(1.0)
+    visit()
+    fleet.revive("fast")
+    time.sleep(1.5)
+    visit()
+    status = run_cli(
+        "status",
+        "--config",
+        str(lb.log_path.with_suffix(".yaml")),
+        env={"PATH_KEY": path_key, "QUERY_KEY": query_key},
+    )
+    assert "named" in status.stdout and "[redacted]" in status.stdout, status.stderr
+    seen += [status.stdout, status.stderr, lb.log]
+    time.sleep(1.2)  # the access log is written every second
+    seen.append(lb.log)
+    status_json = json.loads(requests.get(lb.url + "/status.json", timeout=5).text)
+    shown = {n["name"] for n in status_json["nodes"]}
+    assert shown == {f"{node}/v3/[redacted]", fleet["medium"].url + "/rpc", "named"}
+    for key in (path_key, query_key):
+        for text in seen:
+            assert key not in text
+        assert key.encode() not in store.read_bytes()

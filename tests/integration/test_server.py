@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,36 @@ def test_race_strategy_end_to_end(fleet: FleetThread, balancer_process: Any) -> 
     served = Counter(lb.rpc(DGP, ident=i).headers["x-rpc-node"] for i in range(10))
     assert fleet["stale"].url not in served
     assert served.most_common(1)[0][0] in (fleet["fast"].url, fleet["medium"].url)
+
+
+def test_original_shape_version_is_asked_once_when_unknown(
+    fleet: FleetThread, balancer_process: Any
+) -> None:
+    """Racing without a store, a node whose version no probe could read is asked on the
+    first request that needs it: concurrent requests share that one call, and
+    ``__version__`` is never null (the answer, or the failure's text)."""
+    for name in fleet.nodes:
+        fleet.set(name, fail_methods="get_version")  # the first probe round cannot read it
+    lb = balancer_process(
+        {
+            "nodes": [fleet["fast"].url],
+            "strategy": "race",
+            "store": "none",
+            "annotate": "body",
+            "probe": {"interval": 600},
+        }
+    )
+    first = lb.rpc(DGP, ident=1).json()
+    assert first["__version__"] == "get_version failed: HTTP 503"  # the original's error text
+    fleet.set("fast", fail_methods="")
+    time.sleep(5.2)  # a failure is the answer for a few seconds, then the node is asked again
+    before = fleet["fast"].counts["condenser_api.get_version"]
+    with ThreadPoolExecutor(8) as pool:
+        docs = list(pool.map(lambda i: lb.rpc(DGP, ident=i).json(), range(8)))
+    for doc in docs:
+        assert doc["__version__"]["result"]["blockchain_version"] == "0.23.1"
+        assert doc["__server__"] == fleet["fast"].url
+    assert fleet["fast"].counts["condenser_api.get_version"] == before + 1
 
 
 def test_nodes_from_the_environment(fleet: FleetThread, balancer_process: Any) -> None:

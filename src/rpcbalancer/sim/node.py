@@ -45,6 +45,8 @@ class Behaviour:
     """Share of requests never answered."""
     lag: int = 0
     """Blocks behind the chain head."""
+    fail_methods: str = ""
+    """Comma-separated JSON-RPC methods answered 503 with an HTML page (the whole request)."""
     version: str = "0.23.1"
     status: str = "OK"
     block_interval: float = 3.0
@@ -77,6 +79,9 @@ class FakeNode:
         self.name = name
         self.host = host
         self.last_headers: dict[str, str] = {}
+        self.header_values: dict[str, set[str]] = {}
+        """Every value each header had in the requests this node got (lower-case names; at
+        most 16 values a name), probes included."""
         self.behaviour = behaviour or Behaviour()
         self.chain = chain
         self.rng = random.Random(seed)
@@ -147,17 +152,14 @@ class FakeNode:
         if delay > 0:
             await asyncio.sleep(delay)
         if self.rng.random() < b.fail_rate:
-            return web.Response(
-                status=503,
-                content_type="text/html",
-                text="<html><body><h1>503 Service Unavailable</h1></body></html>",
-            )
+            return _unavailable()
         return None
 
     async def _get(self, request: web.Request) -> web.Response:
         if request.path == "/__stats__":  # for the benchmark: never misbehaves
             return web.json_response({"tagged": self.tagged, "counts": dict(self.counts)})
         self.counts["GET " + request.path] += 1
+        self._note_headers(request)
         failed = await self._misbehave()
         if failed is not None:
             return failed
@@ -174,8 +176,16 @@ class FakeNode:
             }
         )
 
+    def _note_headers(self, request: web.Request) -> None:
+        seen = self.header_values
+        for name, value in request.headers.items():
+            values = seen.setdefault(name.lower(), set())
+            if len(values) < 16:
+                values.add(value)
+
     async def _post(self, request: web.Request) -> web.Response:
         self.last_headers = dict(request.headers)
+        self._note_headers(request)
         raw = await request.read()
         try:
             doc = orjson.loads(raw)
@@ -193,6 +203,10 @@ class FakeNode:
             if _method(member).startswith(("condenser_api.broadcast", "network_broadcast_api")):
                 self.broadcasts.append(member)
         failed = await self._misbehave()
+        if failed is None and self.behaviour.fail_methods:
+            broken = self.behaviour.fail_methods.split(",")
+            if any(_method(m).rpartition(".")[2] in broken for m in members):
+                failed = _unavailable()
         if failed is not None:
             return failed
         answers = [self._answer(m) for m in members]
@@ -298,6 +312,14 @@ def _method(member: Any) -> str:
     if method == "call" and isinstance(params, list) and len(params) >= 2:
         return f"{params[0]}.{params[1]}"
     return method
+
+
+def _unavailable() -> web.Response:
+    return web.Response(
+        status=503,
+        content_type="text/html",
+        text="<html><body><h1>503 Service Unavailable</h1></body></html>",
+    )
 
 
 def _json(doc: Any) -> web.Response:
