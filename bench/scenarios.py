@@ -1,6 +1,7 @@
 """Tail latency and availability on a bad day: rpcbalancer beside nginx and HAProxy.
 
     .venv/bin/python bench/scenarios.py [--seconds 30] [--rate 200] [--only tail,hang]
+        [--repeat N] [--balancers rpcbalancer,nginx] [--src OTHER_CHECKOUT]
 
 For each scenario, a fleet of 3 fake Steem nodes (one `python -m rpcbalancer.sim` process,
 scripted over time) stands behind each balancer in turn: rpcbalancer (its default strategy,
@@ -17,7 +18,10 @@ chain head, a recent block found. Upstream requests per client request come from
 nodes' own count of the benchmark's JSON-RPC ids (probes are not counted).
 
 Writes bench/results/scenarios.md (the table) and scenarios.json; with matplotlib
-installed, one PNG chart per scenario. Every process is stopped by its PID.
+installed, one PNG chart per scenario. ``--repeat N`` runs every pair N times (one row each, and
+the count of requests slower than 1 s: the tail a client notices). ``--src DIR`` runs
+rpcbalancer from another checkout (``DIR/src``): before/after pairs in one session. Every process
+is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -153,6 +157,7 @@ def check(kind: str, status: int, body: bytes) -> tuple[bool, bool]:
 async def run_load(url: str, seconds: float, rate: float, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     latencies: list[float] = []
+    slow: list[dict[str, Any]] = []
     errors = stale = members = 0
     loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=2000)
@@ -168,6 +173,9 @@ async def run_load(url: str, seconds: float, rate: float, seed: int) -> dict[str
                 if body is None:
                     async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
                         data, status = await resp.read(), resp.status
+                        how = {
+                            k: v for k, v in resp.headers.items() if k.lower().startswith("x-rpc")
+                        }
                 else:
                     async with session.post(
                         url,
@@ -176,10 +184,15 @@ async def run_load(url: str, seconds: float, rate: float, seed: int) -> dict[str
                         headers={"content-type": "application/json"},
                     ) as resp:
                         data, status = await resp.read(), resp.status
+                        how = {
+                            k: v for k, v in resp.headers.items() if k.lower().startswith("x-rpc")
+                        }
                 failed, old = check(kind, status, data)
-            except (aiohttp.ClientError, TimeoutError):
-                failed, old = True, False
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failed, old, how = True, False, {"error": type(exc).__name__}
             latencies.append(loop.time() - due)
+            if latencies[-1] > 1.0:  # the tail a client notices: how was it served?
+                slow.append({"at": round(due - start, 2), "ms": round(latencies[-1] * 1000), **how})
             errors += failed
             stale += old
 
@@ -198,6 +211,9 @@ async def run_load(url: str, seconds: float, rate: float, seed: int) -> dict[str
         "members": members,
         "errors": errors,
         "stale": stale,
+        "over_1s": sum(1 for x in latencies if x > 1.0),
+        "slow": slow[:20],
+        "max": latencies[-1] * 1000,
         "p50": q[499] * 1000,
         "p99": q[989] * 1000,
         "p999": q[998] * 1000,
@@ -261,8 +277,15 @@ backend nodes
     return path
 
 
+SOURCE: Path | None = None
+"""Another checkout whose ``src`` runs as rpcbalancer (``--src``)."""
+
+
 def start_balancer(name: str, tmp: Path, port: int, nodes: list[str]) -> subprocess.Popen[bytes]:
     pin = ["taskset", "-c", "1"]
+    env = dict(os.environ)
+    if SOURCE is not None and name.startswith("rpcbalancer"):
+        env["PYTHONPATH"] = str(SOURCE / "src")
     if name.startswith("rpcbalancer"):
         config = tmp / f"{name}.json"
         strategy = "race" if name.endswith("race") else "fastest"
@@ -283,7 +306,9 @@ def start_balancer(name: str, tmp: Path, port: int, nodes: list[str]) -> subproc
         cmd = ["nginx", "-c", str(nginx_conf(tmp, port, nodes)), "-p", str(tmp)]
     else:
         cmd = ["haproxy", "-f", str(haproxy_conf(tmp, port, nodes))]
-    return subprocess.Popen(pin + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        pin + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
 
 
 async def tagged(nodes: list[str]) -> int:
@@ -390,34 +415,42 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--only", help="comma-separated scenarios")
     parser.add_argument("--balancers", default="rpcbalancer,rpcbalancer-race,nginx,haproxy")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each pair")
+    parser.add_argument("--src", type=Path, help="run rpcbalancer from this checkout")
     args = parser.parse_args()
+    global SOURCE
+    SOURCE = args.src.resolve() if args.src else None
     for tool in ("nginx", "haproxy", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed (apt-get install nginx-light haproxy util-linux)")
     RESULTS.mkdir(exist_ok=True)
     table = [
-        "| scenario | balancer | p50 ms | p99 ms | p99.9 ms | errors % | stale % | upstream/client |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | balancer | p50 ms | p99 ms | p99.9 ms | max ms | over 1 s | errors % "
+        "| stale % | upstream/client |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     everything: dict[str, Any] = {}
     for name, (behaviours, script) in scenarios(args.seconds).items():
         if args.only and name not in args.only.split(","):
             continue
         results = {}
-        for balancer in args.balancers.split(","):
-            try:
-                r = run_scenario(name, behaviours, script, balancer, args.seconds, args.rate)
-            except Exception as exc:  # one broken run must not lose the others
-                print(f"| {name} | {balancer} | run failed: {type(exc).__name__}: {exc} |")
-                continue
-            results[balancer] = r
-            row = (
-                f"| {name} | {balancer} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} | "
-                f"{100 * r['errors'] / r['requests']:.2f} | {100 * r['stale'] / r['requests']:.2f} | "
-                f"{r['upstream_ratio']:.2f} |"
-            )
-            table.append(row)
-            print(row, flush=True)
+        for run in range(args.repeat):
+            for balancer in args.balancers.split(","):
+                try:
+                    r = run_scenario(name, behaviours, script, balancer, args.seconds, args.rate)
+                except Exception as exc:  # one broken run must not lose the others
+                    print(f"| {name} | {balancer} | run failed: {type(exc).__name__}: {exc} |")
+                    continue
+                results[balancer if args.repeat == 1 else f"{balancer}#{run + 1}"] = r
+                row = (
+                    f"| {name} | {balancer} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} | "
+                    f"{r['max']:.0f} | {r['over_1s']} | {100 * r['errors'] / r['requests']:.2f} | "
+                    f"{100 * r['stale'] / r['requests']:.2f} | {r['upstream_ratio']:.2f} |"
+                )
+                table.append(row)
+                print(row, flush=True)
+                for how in r["slow"]:
+                    print(f"    slow: {how}", flush=True)
         chart(name, results)
         everything[name] = {
             b: {k: v for k, v in r.items() if k != "latencies"} for b, r in results.items()

@@ -5,6 +5,11 @@ Every client request deposits ``ratio`` of a token, and a small floor of
 hedge withdraws a whole token. So under load, extra tries stay near ``ratio`` of the
 traffic however sick the fleet is: a dying fleet is never hit with a retry storm. Sans-IO:
 the time comes in as ``now``.
+
+Hedges are optional (the first try may still answer) and retries are a request's last
+chance (its try has failed), so hedges may not take the last ``reserve`` tokens: a burst of
+hedges (a stall that made every request in flight look slow at once) cannot leave a failed
+try without its retry.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ class RetryBudget:
         self, ratio: float = 0.1, min_per_second: float = 3.0, burst: float = 20.0
     ) -> None:
         self.ratio = ratio
+        self.reserve = min(burst / 4, burst - 1)
+        """Tokens hedges leave for retries (none when the bucket holds but one)."""
         self.min_per_second = min_per_second
         self.burst = burst
         self._tokens = burst
@@ -47,10 +54,11 @@ class RetryBudget:
             self._at = now
         self._deposits += 1
 
-    def withdraw(self, now: float) -> bool:
-        """May one more try go out? Takes a token when it may."""
+    def withdraw(self, now: float, reserve: float = 0.0) -> bool:
+        """May one more try go out? Takes a token when it may, leaving at least ``reserve``
+        tokens behind (hedges keep a reserve for retries)."""
         self._refill(now)
-        if self._tokens >= 1.0:
+        if self._tokens >= 1.0 + reserve:
             self._tokens -= 1.0
             self.spent += 1
             return True

@@ -24,7 +24,10 @@ A read that has not answered after about its node's p95 latency is *hedged*: the
 request goes to a second node as well, the first good answer wins and the other try is
 cancelled (which does not count against its node). Hedges and retries draw on one retry
 budget (about 10% of the traffic), so a sick fleet sees at most that many extra requests
-instead of a retry storm.
+instead of a retry storm. A hedge the budget cannot pay for now is asked for again later
+(twice the wait, then twice again) while its try is still out: tokens come back with the
+traffic, and a try that hangs must not wait for its whole timeout because a burst of hedges
+spent them a moment before. Hedges leave the budget's last tokens to retries.
 
 The router raises nothing for upstream trouble: it returns an :class:`Outcome` that holds
 either the answer or the error that ended the request, plus what was tried, and the
@@ -228,6 +231,7 @@ class Forwarding:
         "deadline",
         "done",
         "due_token",
+        "hedge_wait",
         "last_error",
         "last_node",
         "last_response",
@@ -255,6 +259,9 @@ class Forwarding:
         self.due_token = 0
         """Nonzero while this attempt's hedge is still to come: the token it was queued with
         in the hedge queue (which skips an entry whose token is no longer held)."""
+        self.hedge_wait = 0.0
+        """How long this attempt waited for its hedge so far (it doubles when the budget
+        says not yet)."""
         self.waiting: asyncio.Task[None] | None = None
         self.over = False
 
@@ -316,9 +323,14 @@ class Forwarding:
         attempt.start()
         delay = router._hedge_delay(node, self.req, choices)
         if delay is not None and not self.over and self.tries:
-            loop = router.loop = running_loop(router.loop)
-            self.due_token = self.attempt
-            router.hedges.add(loop, loop.time() + delay, self, self.attempt)
+            self.hedge_wait = delay
+            self._hedge_in(delay)
+
+    def _hedge_in(self, delay: float) -> None:
+        router = self.router
+        loop = router.loop = running_loop(router.loop)
+        self.due_token = self.attempt
+        router.hedges.add(loop, loop.time() + delay, self, self.attempt)
 
     def due(self, token: int) -> None:
         """The hedge queue: this attempt's first try has not answered in time."""
@@ -328,12 +340,22 @@ class Forwarding:
         router = self.router
         now = router.clock()
         second = router._another(self.req, self.outcome, now)
-        if second is not None and router.budget.withdraw(now):
-            self.outcome.tried.append(second)
-            self.outcome.hedged = True
-            hedge = Try(self, second)
-            self.tries.append(hedge)
-            hedge.start()
+        if second is None:
+            return
+        budget = router.budget
+        if not budget.withdraw(now, budget.reserve):
+            # Not now: ask again after twice the wait, while the try may still be saved.
+            wait = self.hedge_wait
+            started = self.tries[0].started
+            if now + wait < min(self.deadline, started + router.per_try):
+                self.hedge_wait = 2 * wait
+                self._hedge_in(wait)
+            return
+        self.outcome.tried.append(second)
+        self.outcome.hedged = True
+        hedge = Try(self, second)
+        self.tries.append(hedge)
+        hedge.start()
 
     def _ended(
         self, finished: Try, resp: UpstreamResponse | None, error: UpstreamError | None

@@ -390,6 +390,31 @@ async def test_hedges_and_retries_stop_when_the_budget_is_spent(harness: Any) ->
     assert third.status == 502 and dict(third.headers)["x-rpc-attempts"] == "1"  # no retry
 
 
+async def test_a_hedge_the_budget_refused_is_asked_again_while_the_try_hangs(
+    harness: Any,
+) -> None:
+    """A burst of hedges can spend the budget just before a try hangs: that try's hedge is
+    asked for again as tokens come back, so the request is answered in a fraction of a
+    second, not after the try's whole timeout."""
+    h = await harness(
+        {"a": Behaviour(latency=0.003), "b": Behaviour(latency=0.003)},
+        strategy="first",
+        hedge={"min_delay": 0.02, "max_delay": 0.05},
+        budget={"ratio": 0.0, "min_per_second": 10.0, "burst": 1.0},
+        timeouts={"per_try": 3, "total": 6},
+        circuit_breaker={"failures": 100},
+    )
+    await warm(h)
+    h.nodes["a"].set(hang_rate=1.0)
+    for i in range(3):  # the first takes the one token; the others wait for the refill
+        resp = await h.call(DGP, ident=i)
+        assert resp.status == 200 and h.name_of(resp) == "b"
+        # Hedged, not retried after the 3 s try: answered while the try on a still hung.
+        assert dict(resp.headers)["x-rpc-hedged"] == "1"
+        assert dict(resp.headers)["x-rpc-attempts"] == "2"
+    assert h.balancer.router.budget.spent == 3
+
+
 async def test_broadcasts_are_never_hedged(harness: Any) -> None:
     h = await harness(
         {"a": Behaviour(latency=0.003), "b": Behaviour(latency=0.003)},
