@@ -20,7 +20,8 @@ nodes' own count of the benchmark's JSON-RPC ids (probes are not counted).
 Writes bench/results/scenarios.md (the table) and scenarios.json; with matplotlib
 installed, one PNG chart per scenario. ``--repeat N`` runs every pair N times (one row each, and
 the count of requests slower than 1 s: the tail a client notices). ``--src DIR`` runs
-rpcbalancer from another checkout (``DIR/src``): before/after pairs in one session. Every process
+rpcbalancer from another checkout (``DIR/src``) for the balancers named with ``@``
+(``--balancers rpcbalancer,rpcbalancer@old``): before/after pairs in one run. Every process
 is stopped by its PID.
 """
 
@@ -93,6 +94,39 @@ def scenarios(seconds: float) -> dict[str, tuple[dict[str, dict[str, float]], li
         ),
         "flap": ({n: dict(base) for n in NODES}, flap),
     }
+
+
+PUBLIC_SECONDS = 120.0
+PUBLIC_RATE = 100.0
+
+
+def public() -> tuple[dict[str, dict[str, float]], list[Any]]:
+    """A fleet that looks like the public Steem API from one region: eight nodes with medians
+    from 30 to 400 ms and heavy tails (log-normal, p99 about 4x the median, and 1% of
+    answers at 3x the median on top), the fastest one 100 blocks behind, one answering 503
+    for a minute from 20 s, one dying at 60 s for good. Two minutes at 100 requests/s, long
+    enough for the canary's rounds to matter."""
+    medians = {
+        "lag30": 0.030,
+        "n35": 0.035,
+        "n50": 0.050,
+        "n80": 0.080,
+        "n120": 0.120,
+        "n180": 0.180,
+        "n260": 0.260,
+        "n400": 0.400,
+    }
+    behaviours = {
+        name: {"latency": m, "jitter": 0.6, "tail_rate": 0.01, "tail_latency": 3 * m}
+        for name, m in medians.items()
+    }
+    behaviours["lag30"]["lag"] = 100
+    script = [
+        [20.0, "n50", {"fail_rate": 1.0}],
+        [80.0, "n50", {"fail_rate": 0.0}],
+        [60.0, "n80", {"dead": True}],
+    ]
+    return behaviours, script
 
 
 # -- the load ------------------------------------------------------------------------------
@@ -281,19 +315,27 @@ SOURCE: Path | None = None
 """Another checkout whose ``src`` runs as rpcbalancer (``--src``)."""
 
 
+VARIANTS = {
+    "rpcbalancer": {"strategy": "fastest"},
+    "rpcbalancer-ewma": {"strategy": {"name": "fastest", "model": "peak_ewma"}},
+    "rpcbalancer-race": {"strategy": "race"},
+}
+"""rpcbalancer as the benchmark runs it: the default, the classic peak-EWMA rule, the race."""
+
+
 def start_balancer(name: str, tmp: Path, port: int, nodes: list[str]) -> subprocess.Popen[bytes]:
     pin = ["taskset", "-c", "1"]
     env = dict(os.environ)
-    if SOURCE is not None and name.startswith("rpcbalancer"):
+    name, _, other = name.partition("@")  # "rpcbalancer@old": from the --src checkout
+    if SOURCE is not None and other and name.startswith("rpcbalancer"):
         env["PYTHONPATH"] = str(SOURCE / "src")
     if name.startswith("rpcbalancer"):
         config = tmp / f"{name}.json"
-        strategy = "race" if name.endswith("race") else "fastest"
         config.write_text(
             json.dumps(
                 {
                     "nodes": nodes,
-                    "strategy": strategy,
+                    **VARIANTS[name],
                     "log_level": "warning",
                     "store": f"sqlite:///{tmp}/{name}-health.db",
                     "probe": {"interval": 2},
@@ -311,13 +353,14 @@ def start_balancer(name: str, tmp: Path, port: int, nodes: list[str]) -> subproc
     )
 
 
-async def tagged(nodes: list[str]) -> int:
-    total = 0
+async def tagged(nodes: list[str]) -> list[int]:
+    """How many of the benchmark's JSON-RPC calls each node got (probes are not counted)."""
+    counts = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         for url in nodes:
             async with session.get(url + "/__stats__") as resp:
-                total += (await resp.json())["tagged"]
-    return total
+                counts.append((await resp.json())["tagged"])
+    return counts
 
 
 def run_scenario(
@@ -332,12 +375,12 @@ def run_scenario(
     procs: list[subprocess.Popen[bytes]] = []
     try:
         args = []
-        for node in NODES:
+        for node in behaviours:
             spec = ",".join(f"{k}={v}" for k, v in behaviours[node].items())
             args += ["--node", f"{node}:{spec}" if spec else node]
         # The script's clock starts with the fleet; the load starts LEAD seconds later.
         timed = [[at + LEAD, node, change] for at, node, change in script]
-        timed += [[LEAD + seconds + 0.5, n, {"dead": False}] for n in NODES]
+        timed += [[LEAD + seconds + 0.5, n, {"dead": False}] for n in behaviours]
         fleet_started = time.monotonic()
         fleet = subprocess.Popen(
             [
@@ -363,8 +406,9 @@ def run_scenario(
         time.sleep(max(0.0, fleet_started + LEAD - 0.2 - time.monotonic()))
         result = asyncio.run(run_load(f"http://127.0.0.1:{port}/", seconds, rate, seed=7))
         time.sleep(max(0.0, fleet_started + LEAD + seconds + 1.0 - time.monotonic()))
-        upstream = asyncio.run(tagged(urls))
-        result["upstream_ratio"] = upstream / max(1, result["members"])
+        per_node = asyncio.run(tagged(urls))
+        result["per_node"] = dict(zip(behaviours, per_node, strict=True))
+        result["upstream_ratio"] = sum(per_node) / max(1, result["members"])
         return result
     finally:
         stop_all(procs)
@@ -430,14 +474,21 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     everything: dict[str, Any] = {}
-    for name, (behaviours, script) in scenarios(args.seconds).items():
+    plan = {
+        name: (behaviours, script, args.seconds, args.rate)
+        for name, (behaviours, script) in scenarios(args.seconds).items()
+    }
+    plan["public"] = (*public(), PUBLIC_SECONDS, PUBLIC_RATE)
+    for name, (behaviours, script, seconds, rate) in plan.items():
         if args.only and name not in args.only.split(","):
             continue
+        if name == "public" and not args.only:
+            continue  # two minutes a run: asked for by name
         results = {}
         for run in range(args.repeat):
             for balancer in args.balancers.split(","):
                 try:
-                    r = run_scenario(name, behaviours, script, balancer, args.seconds, args.rate)
+                    r = run_scenario(name, behaviours, script, balancer, seconds, rate)
                 except Exception as exc:  # one broken run must not lose the others
                     print(f"| {name} | {balancer} | run failed: {type(exc).__name__}: {exc} |")
                     continue
@@ -449,7 +500,8 @@ def main() -> None:
                 )
                 table.append(row)
                 print(row, flush=True)
-                for how in r["slow"]:
+                print(f"    forwarded per node: {r['per_node']}", flush=True)
+                for how in r["slow"][:5]:
                     print(f"    slow: {how}", flush=True)
         chart(name, results)
         everything[name] = {

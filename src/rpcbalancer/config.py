@@ -145,10 +145,15 @@ class StrategyConfig(_Model):
     name: Strategy = "fastest"
     race_ttl: Seconds = Field(0.0, ge=0)
     """race: reuse the winner of a race for this many seconds (0: race every request)."""
+    model: Literal["load", "peak_ewma"] = "load"
+    """fastest: ``load`` predicts each node's latency at the load the request would meet
+    (learned per node from the answers); ``peak_ewma`` is the classic rule, peak-EWMA
+    latency x (in flight + 1), kept for comparison."""
     decay: Seconds = Field(10.0, gt=0)
-    """fastest: seconds over which an unused node's latency estimate fades."""
-    choices: int = Field(3, ge=2)
-    """fastest: how many random nodes are compared per pick (2: power of two choices)."""
+    """fastest with ``model: peak_ewma``: seconds over which an unused node's estimate fades."""
+    choices: int | None = Field(None, ge=2)
+    """fastest: how many random nodes are compared per pick (2: power of two choices); by
+    default every node up to 16 with ``model: load``, 3 with ``peak_ewma``."""
 
 
 class Timeouts(_Model):
@@ -184,7 +189,8 @@ class HedgeConfig(_Model):
     min_delay: Seconds = Field(0.01, ge=0)
     max_delay: Seconds = Field(1.0, gt=0)
     min_samples: int = Field(20, ge=1)
-    """Answers a node must have given before its latency is trusted to time a hedge."""
+    """Answers a node must have given before its ``quantile`` times its hedges; until then
+    they wait three times its predicted latency."""
 
 
 class BudgetConfig(_Model):

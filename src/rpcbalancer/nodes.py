@@ -4,12 +4,13 @@ Theory of operation
 -------------------
 Every node carries two kinds of knowledge, and both decide where a request goes:
 
-* **Passive** measurements, from every request forwarded to it: a *peak EWMA* of its
-  latency (a sample above the average replaces it at once, a sample below pulls it down
-  slowly, so a node that turns slow is noticed on its first slow answer and forgiven only
-  gradually), the number of requests in flight, a window of recent outcomes and a count of
-  consecutive failures. A failed try is recorded with a latency of at least the try's
-  timeout, so a node that fails fast never looks fast.
+* **Passive** measurements, from every request forwarded to it: its latency as a function of
+  its load (:class:`~.latency.LoadLatency`: what the next answer will take with the requests
+  now in flight, and never less than the mean age of those still out), a *peak EWMA* of its
+  latency (the classic estimate, kept for comparison: a sample above the average replaces it
+  at once, one below pulls it down slowly), the number of requests in flight, a window of
+  recent outcomes and a count of consecutive failures. A failed try is recorded with a
+  latency of at least the try's timeout, so a node that fails fast never looks fast.
 * **Active** results, from the probes (and, later, the shared canary): whether the node is
   up, its head block and head time, its version.
 
@@ -36,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .config import NodeConfig
+from .latency import BUCKETS, LoadLatency
 
 _OUTCOME_WINDOW = 64  # recent outcomes kept per node for the error rate
 _LATENCY_WINDOW = 512  # recent successful latencies kept per node for percentiles
@@ -107,6 +109,7 @@ class Node:
         "last_error",
         "latencies",
         "latency_sum",
+        "model",
         "name",
         "on_change",
         "passive_at",
@@ -118,6 +121,7 @@ class Node:
         "slow_start",
         "sni",
         "spec",
+        "started_sum",
         "url",
         "verify_tls",
         "weight",
@@ -154,7 +158,11 @@ class Node:
         self.verify_tls = spec.verify_tls
         self._ewma: float | None = None
         self._ewma_at = 0.0
+        self.model = LoadLatency()
+        """Latency by load, learned from the answers (the ``fastest`` strategy's estimate)."""
         self.inflight = 0
+        self.started_sum = 0.0
+        """The start times of the tries in flight, added up: their mean age is cheap."""
         self.recent: deque[bool] = deque(maxlen=_OUTCOME_WINDOW)
         self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self.consecutive_failures = 0
@@ -191,13 +199,25 @@ class Node:
 
     # -- passive measurement ------------------------------------------------------------
 
-    def begin(self) -> None:
-        self.inflight += 1
+    def begin(self, now: float) -> int:
+        """A try goes out now; returns the load it goes under (in flight, itself included)."""
         self.requests += 1
+        self.started_sum += now
+        self.inflight += 1
+        return self.inflight
 
-    def cancel(self) -> None:
-        """A try begun with :meth:`begin` was abandoned: no outcome to record."""
-        self.inflight = max(0, self.inflight - 1)
+    def _leave(self, started: float) -> None:
+        inflight = self.inflight - 1
+        if inflight <= 0:
+            self.inflight = 0
+            self.started_sum = 0.0  # (no rounding left over)
+        else:
+            self.inflight = inflight
+            self.started_sum -= started
+
+    def cancel(self, started: float) -> None:
+        """A try begun at ``started`` was abandoned: no outcome to record."""
+        self._leave(started)
 
     def end(
         self,
@@ -208,10 +228,12 @@ class Node:
         error: str | None = None,
         penalty: float = 0.0,
         health: Health | None = None,
+        load: int = 1,
     ) -> None:
-        """Record the outcome of a try begun with :meth:`begin`."""
-        self.inflight = max(0, self.inflight - 1)
-        self.record(now, latency, ok, error=error, penalty=penalty, health=health)
+        """Record the outcome of a try begun with :meth:`begin` ``latency`` seconds ago,
+        under ``load`` (what :meth:`begin` returned)."""
+        self._leave(now - latency)
+        self.record(now, latency, ok, error=error, penalty=penalty, health=health, load=load)
 
     def record(
         self,
@@ -222,8 +244,10 @@ class Node:
         error: str | None = None,
         penalty: float = 0.0,
         health: Health | None = None,
+        load: int = 1,
     ) -> None:
-        self.observe_latency(now, latency if ok else max(latency, penalty))
+        sample = latency if ok else max(latency, penalty)
+        self.observe_latency(now, sample, load)
         self.hist[bisect_left(LATENCY_BUCKETS, latency)] += 1
         self.latency_sum += latency
         self.recent.append(ok)
@@ -304,11 +328,49 @@ class Node:
             self._quantile[q] = cached
         return cached
 
-    def observe_latency(self, now: float, sample: float, tau: float = 10.0) -> None:
+    def predicted_cost(self, now: float) -> float:
+        """The ``fastest`` strategy's cost (lower wins): :meth:`predicted` / (weight x
+        slow-start ramp); 0 for a node never measured (explore it), infinite at weight 0.
+        In one call: it runs for every node of every request."""
+        weight = self.weight
+        if weight <= 0:
+            return math.inf
+        table = self.model.table()
+        if table is None:
+            return 0.0
+        inflight = self.inflight
+        b = inflight.bit_length()  # the bucket of a load of inflight + 1
+        predicted = table[b if b < BUCKETS else BUCKETS - 1]
+        if inflight:
+            age = now - self.started_sum / inflight
+            if age > predicted:
+                predicted = age
+        slow = self.slow_start
+        if slow > 0 and now < self.ramp_from + slow:
+            weight *= max(0.1, min(1.0, 0.1 + 0.9 * (now - self.ramp_from) / slow))
+        return predicted / weight
+
+    def predicted(self, now: float) -> float | None:
+        """The latency of a request sent to this node now (seconds): the model's at the load
+        it would go under, and never less than the mean age of the tries still out (a node
+        that hangs is avoided before its tries time out). None before any answer."""
+        predicted = self.model.predict(self.inflight + 1)
+        if predicted is None:
+            return None
+        inflight = self.inflight
+        if inflight:
+            age = now - self.started_sum / inflight
+            if age > predicted:
+                return age
+        return predicted
+
+    def observe_latency(self, now: float, sample: float, load: int = 1) -> None:
+        """A latency seen by an answer, a probe or a race ping (sent under ``load``)."""
+        self.model.observe(now, sample, load)
         if self._ewma is None or sample >= self._ewma:
             self._ewma = sample
         else:
-            weight = math.exp(-max(0.0, now - self._ewma_at) / tau)
+            weight = math.exp(-max(0.0, now - self._ewma_at) / 10.0)
             self._ewma = self._ewma * weight + sample * (1.0 - weight)
         self._ewma_at = now
 
@@ -357,6 +419,7 @@ class Node:
             # Back from down: start afresh from the probe's latency (the failure penalties
             # it collected while down would keep it idle for a minute), through a slow start.
             self._ewma = None
+            self.model.restart()
             self.consecutive_failures = 0
             self.ejected_until = 0.0
             self.ramp_from = result.at

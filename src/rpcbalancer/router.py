@@ -161,14 +161,19 @@ class Router:
 
     def _hedge_delay(self, node: Node, req: ProxyRequest, choices: int) -> float | None:
         """How long to wait for ``node`` before asking a second one, or None for no hedge:
-        never for a broadcast, never without a second node, never before the node's
-        latency is known well enough to time it."""
+        never for a broadcast, never without a second node. A node with too few answers to
+        know its quantile (one the strategy seldom picks) is hedged after three times its
+        predicted latency; one never measured is not hedged."""
         hedge = self.hedge
         if hedge is None or not hedge.enabled or req.broadcast or choices < 2:
             return None
-        quantile = node.quantile(hedge.quantile, hedge.min_samples, self.clock())
+        now = self.clock()
+        quantile = node.quantile(hedge.quantile, hedge.min_samples, now)
         if quantile is None:
-            return None
+            predicted = node.predicted(now)
+            if predicted is None:
+                return None
+            quantile = 3.0 * predicted
         return min(hedge.max_delay, max(hedge.min_delay, quantile))
 
     def _another(self, req: ProxyRequest, outcome: Outcome, now: float) -> Node | None:
@@ -489,12 +494,13 @@ _RELEASED_OUTCOME = Outcome()  # never written: a request that is over changes n
 class Try:
     """One try of a request on one node: started at once, judged when it ends."""
 
-    __slots__ = ("exchange", "forwarding", "live", "node", "started")
+    __slots__ = ("exchange", "forwarding", "live", "load", "node", "started")
 
     def __init__(self, forwarding: Forwarding, node: Node) -> None:
         self.forwarding = forwarding
         self.node = node
         self.started = 0.0
+        self.load = 1
         self.exchange: Cancellable | None = None
         self.live = True
 
@@ -504,7 +510,7 @@ class Try:
         req = forwarding.req
         self.started = now = router.clock()
         timeout = max(0.001, min(router.per_try, forwarding.deadline - now))
-        self.node.begin()
+        self.load = self.node.begin(now)
         exchange = router.start_request(
             self.node,
             req.method,
@@ -537,6 +543,7 @@ class Try:
                 error=error.reason,
                 penalty=router.per_try,
                 health=router.fleet.health,
+                load=self.load,
             )
             router._slot_freed()
             forwarding._ended(self, None, error)
@@ -549,6 +556,7 @@ class Try:
             error=fault,
             penalty=router.per_try,
             health=router.fleet.health,
+            load=self.load,
         )
         router._slot_freed()
         if fault is None:
@@ -567,5 +575,5 @@ class Try:
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.cancel()
-        self.node.cancel()  # abandoned by us, not failed by the node
+        self.node.cancel(self.started)  # abandoned by us, not failed by the node
         self.forwarding.router._slot_freed()

@@ -26,6 +26,8 @@ def node_view(fleet: Fleet, node: Node, now: float, best: int | None) -> dict[st
         "reason": reason,
         "weight": node.weight,
         "latency_ms": {
+            "predicted": _ms(node.predicted(now)),
+            "alone": _ms(node.model.level),
             "ewma": _ms(node.ewma),
             "p50": _ms(node.percentile(0.5)),
             "p99": _ms(node.percentile(0.99)),

@@ -29,7 +29,7 @@ def test_an_unused_node_estimate_fades() -> None:
 
 def test_fast_failures_do_not_look_fast() -> None:
     (node,) = make_nodes(1)
-    node.begin()
+    node.begin(0.999)
     node.end(1.0, 0.001, False, error="reset", penalty=5.0)
     assert node.ewma == pytest.approx(5.0)
     assert node.inflight == 0
@@ -189,10 +189,10 @@ def test_a_returning_node_ramps_up() -> None:
 def test_latency_quantiles_for_hedging_need_enough_samples() -> None:
     (node,) = make_nodes(1)
     for i in range(10):
-        node.begin()
+        node.begin(0.0)
         node.end(0.0, 0.001 * (i + 1), True)
     assert node.quantile(0.95, min_samples=20) is None
     for i in range(10, 100):
-        node.begin()
+        node.begin(0.0)
         node.end(0.0, 0.001 * (i + 1), True)
     assert node.quantile(0.95, min_samples=20) == pytest.approx(0.096)

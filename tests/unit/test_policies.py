@@ -132,12 +132,12 @@ def test_fastest_sends_most_traffic_to_the_fast_node() -> None:
     assert counts[0] > 2 * counts[1]
 
 
-def test_fastest_accounts_for_load_in_flight() -> None:
+def test_fastest_peak_ewma_prices_load_in_flight() -> None:
     nodes = make_nodes(2)
     nodes[0].observe_latency(0.0, 0.010)
     nodes[1].observe_latency(0.0, 0.015)
     nodes[0].inflight = 4  # 0.010 * 5 > 0.015 * 1
-    assert picks("fastest", nodes, 20) == {1: 20}
+    assert picks("fastest", nodes, 20, model="peak_ewma") == {1: 20}
 
 
 def test_fastest_explores_an_unmeasured_node() -> None:
@@ -193,8 +193,13 @@ def test_fastest_compares_a_small_fleet_whole_and_samples_a_large_one() -> None:
     assert picks("fastest", nodes, 600) == {0: 600}  # three nodes: every pick sees the best
     two = picks("fastest", nodes, 3000, choices=2)  # power of two: a third never sees it
     assert 800 < two[1] < 1200 and two[2] == 0
-    many = make_nodes(10)
+    many = make_nodes(20)
     for node in many:
         node.observe_latency(0.0, 0.001 * (node.index + 1))
+    # The load model compares a public-sized fleet whole (up to 16)...
+    assert picks("fastest", many[:10], 500) == {0: 500}
+    # ... samples a larger one, as the classic rule samples three.
     sampled = picks("fastest", many, 5000)
-    assert sampled[9] == 0 and sampled[0] > sampled[5] > 0
+    assert sampled[19] == 0 and 3000 < sampled[0] < 5000 and sampled[1] > 0
+    classic = picks("fastest", many[:10], 5000, model="peak_ewma")
+    assert classic[9] == 0 and classic[0] > classic[5] > 0

@@ -1,55 +1,84 @@
-"""``fastest`` (the default): power of d choices over peak-EWMA latency x load.
+"""``fastest`` (the default): the node that will answer this request soonest.
 
-``choices`` distinct nodes (3 by default) are drawn at random and the one with the lower
-cost serves, where cost = latency estimate x (requests in flight + 1) / (weight x slow-start
-ramp). Comparing a few random nodes rather than taking the global minimum keeps many
-balancers (or one balancer under a burst) from all piling onto the same node at once in a
-large fleet; a fleet no larger than ``choices`` is compared whole.
-A node with no measurement yet costs nothing, so it is explored at once; the estimate of
-an unused node fades (see ``Node.latency``), so a node that was slow is tried again later.
+With ``model: load`` (the default) each node's cost is the latency a request sent to it now
+is predicted to take at the load it would meet (``Node.predicted``: learned per node from its
+answers, see :mod:`..latency`, and never below the mean age of its tries still out), divided
+by its weight and its slow-start ramp. Every node is compared, up to ``choices`` (16): a
+public fleet is a handful of very different nodes, where comparing two random ones would
+send a share of the traffic to the slower of two slow nodes. A fleet larger than that is
+sampled.
+
+``model: peak_ewma`` is the classic rule (Finagle's, Envoy's), kept for comparison: peak-EWMA
+latency x (in flight + 1) over ``choices`` random nodes (3). It fits large fleets of alike
+servers that serve one request at a time; on API nodes, which serve many at once, it prices
+four requests in flight as four times slower and spills bursts onto slow nodes.
+
+A node with no measurement yet costs nothing, so it is explored at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..nodes import Node
 from .base import BasePolicy, PickContext, ms
 
+LOAD_CHOICES = 16
+EWMA_CHOICES = 3
+
 
 class Fastest(BasePolicy):
     name = "fastest"
-    how = "lowest latency x load: latency estimate x (in flight + 1) / (weight x ramp)"
+
+    @property
+    def how(self) -> str:  # type: ignore[override]
+        if self.params.model == "peak_ewma":
+            return "lowest latency x load: peak-EWMA latency x (in flight + 1) / (weight x ramp)"
+        return "lowest predicted latency at the node's load / (weight x ramp)"
 
     def explain(self, node: Node, now: float) -> tuple[float | None, str]:
-        latency = node.latency(now, self.params.decay)
+        if self.params.model == "peak_ewma":
+            latency = node.latency(now, self.params.decay)
+            return self.cost(node, now), (
+                f"latency {ms(latency)} x (in flight {node.inflight} + 1) / "
+                f"(weight {node.weight:g} x ramp {node.ramp(now):.2f})"
+            )
+        level = node.model.level
+        shape = node.model.shape(node.inflight + 1)
         return self.cost(node, now), (
-            f"latency {ms(latency)} x (in flight {node.inflight} + 1) / "
+            f"predicted {ms(node.predicted(now))} (latency {ms(level)} x load "
+            f"{shape:.2f} at {node.inflight + 1} in flight) / "
             f"(weight {node.weight:g} x ramp {node.ramp(now):.2f})"
         )
 
     def cost(self, node: Node, now: float) -> float:
-        return node.load_cost(now, self.params.decay)
+        if self.params.model == "peak_ewma":
+            return self._ewma_cost(node, now)
+        return node.predicted_cost(now)
 
     def pick(self, nodes: Sequence[Node], ctx: PickContext) -> Node:
         count = len(nodes)
         if count == 1:
             return nodes[0]
         now = ctx.now
-        choices = self.params.choices
+        params = self.params
+        cost: Callable[[Node, float], float]
+        if params.model == "peak_ewma":
+            choices = params.choices or EWMA_CHOICES
+            cost = self._ewma_cost
+        else:
+            choices = params.choices or LOAD_CHOICES
+            cost = Node.predicted_cost
         if count <= choices:
-            # A small fleet (API nodes usually come in a handful): compare every node. With
-            # three nodes, two random choices would never see the best one a third of the
-            # time and send that third to the second best.
-            decay = self.params.decay
-            start = int(self.rng.random() * count)  # ties go round, not to the first
+            # Compare every node, starting at a random one so that ties go round.
+            start = int(self.rng.random() * count)
             best = nodes[start]
-            best_cost = best.load_cost(now, decay)
+            best_cost = cost(best, now)
             for k in range(1, count):
                 node = nodes[(start + k) % count]
-                cost = node.load_cost(now, decay)
-                if cost < best_cost:
-                    best, best_cost = node, cost
+                c = cost(node, now)
+                if c < best_cost:
+                    best, best_cost = node, c
             return best
         if choices == 2:
             # One draw gives both indexes: the integer part picks the first node, the
@@ -60,6 +89,10 @@ class Fastest(BasePolicy):
             if j >= i:
                 j += 1
             a, b = nodes[i], nodes[j]
-            return a if self.cost(a, now) <= self.cost(b, now) else b
+            return a if cost(a, now) <= cost(b, now) else b
         sample = self.rng.sample(range(count), choices)
-        return min((nodes[i] for i in sample), key=lambda n: self.cost(n, now))
+        return min((nodes[i] for i in sample), key=lambda node: cost(node, now))
+
+    def _ewma_cost(self, node: Node, now: float) -> float:
+        return node.load_cost(now, self.params.decay)
+
