@@ -28,14 +28,14 @@ from urllib.parse import urlsplit
 
 import httptools
 import uvloop
+from rpcbalancer.h1server import H1Server
 
 from rpcbalancer.callbacks import Cancellable
 from rpcbalancer.config import from_mapping
 from rpcbalancer.errors import UpstreamError
-from rpcbalancer.gateway import HttpRequest, HttpResponse, Reply
-from rpcbalancer.h1server import H1Server
-from rpcbalancer.nodes import Node
-from rpcbalancer.upstream import H1Transport, UpstreamResponse
+from rpcbalancer.fleet.nodes import Node
+from rpcbalancer.proxy.gateway import HttpRequest, HttpResponse, Reply
+from rpcbalancer.upstream.pool import H1Transport, UpstreamResponse
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:

@@ -31,7 +31,7 @@ from urllib.request import Request, urlopen
 
 from common import DGP_BODY
 
-from rpcbalancer.lambda_package import build, find_python
+from rpcbalancer.hosts.lambda_package import build, find_python
 from rpcbalancer.sim import Behaviour, FleetThread
 from rpcbalancer.sim.lambda_api import LambdaFunction, install_runtime
 

@@ -15,8 +15,8 @@ import random
 import time
 
 from rpcbalancer.config import NodeConfig, StrategyConfig
-from rpcbalancer.nodes import Node
-from rpcbalancer.policies import PickContext, make_policy
+from rpcbalancer.fleet.nodes import Node
+from rpcbalancer.fleet.policies import PickContext, make_policy
 
 
 def fleet(count: int) -> list[Node]:
@@ -59,14 +59,14 @@ def main() -> None:
         ):
             policy = make_policy(params, random.Random(1))
 
-            def run(n: int, pick=policy.pick) -> None:  # type: ignore[no-untyped-def]
+            def run(n: int, pick=policy.pick, nodes=nodes) -> None:  # type: ignore[no-untyped-def]
                 for _ in range(n):
                     pick(nodes, ctx)
 
             cells.append(f"{best_of(5, run, args.picks) * 1e6:.2f} µs")
         node = nodes[0]
 
-        def answer(n: int) -> None:
+        def answer(n: int, node: Node = node) -> None:
             for i in range(n):
                 load = node.begin(2.0 + i * 1e-6)
                 node.end(2.001 + i * 1e-6, 0.001, True, load=load)

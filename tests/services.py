@@ -175,7 +175,7 @@ class MotoServer(ServerProcess):
 
 async def empty_postgres(url: str) -> None:
     """PostgreSQL tables are shared by the whole run: tests that use them start empty."""
-    from rpcbalancer.store import open_store
+    from rpcbalancer.health.store import open_store
 
     store = open_store(url)
     await store.open()

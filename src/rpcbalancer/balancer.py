@@ -22,25 +22,25 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from .access import KeyRing, MethodFilter
-from .accesslog import AccessLog, RequestIds
-from .budget import RetryBudget
-from .canary import Canary, StoreView
-from .chains import CHAINS, Chain
-from .clientip import parse_networks
 from .config import Config
-from .dns import DnsExpander, Resolver, system_resolver
-from .metrics import SnapshotFolder, Stats
-from .nodes import Fleet, Health, Node, OutlierRule, eject_outliers, parse_version
+from .fleet.nodes import Fleet, Health, Node, OutlierRule, eject_outliers, parse_version
+from .fleet.policies import Race, make_policy
+from .health.canary import Canary, StoreView
+from .health.chains import CHAINS, Chain
+from .health.probe import Prober
+from .health.store import open_store
+from .health.store.redis import RedisStore
+from .health.versions import Versions
+from .observe.accesslog import AccessLog, RequestIds
+from .observe.metrics import SnapshotFolder, Stats
 from .periodic import Periodic
-from .policies import Race, make_policy
-from .probe import Prober
-from .ratelimit import LocalLimiter, RedisLimiter
-from .router import Router
-from .store import open_store
-from .store.redis import RedisStore
-from .upstream import H1Transport, Transport
-from .versions import Versions
+from .proxy.access import KeyRing, MethodFilter
+from .proxy.budget import RetryBudget
+from .proxy.clientip import parse_networks
+from .proxy.ratelimit import LocalLimiter, RedisLimiter
+from .proxy.router import Router
+from .upstream.dns import DnsExpander, Resolver, system_resolver
+from .upstream.pool import H1Transport, Transport
 
 log = logging.getLogger(__name__)
 

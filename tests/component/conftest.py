@@ -12,7 +12,7 @@ import pytest
 
 from rpcbalancer.balancer import Balancer
 from rpcbalancer.config import from_mapping
-from rpcbalancer.gateway import Gateway, HttpRequest, HttpResponse
+from rpcbalancer.proxy.gateway import Gateway, HttpRequest, HttpResponse
 from rpcbalancer.sim import Behaviour, FakeNode
 
 from ..services import empty_postgres

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from rpcbalancer import aws_lambda
+from rpcbalancer.hosts import aws_lambda
 from rpcbalancer.aws_lambda import LambdaHost, event_kind, lambda_config
 from rpcbalancer.errors import ConfigError
 from rpcbalancer.sim import Behaviour, FleetThread

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from rpcbalancer.balancer import Balancer
-from rpcbalancer.canary import LEASE
 from rpcbalancer.config import from_mapping
+from rpcbalancer.health.canary import LEASE
 from rpcbalancer.sim import Behaviour, FakeNode
 
 from ..conftest import free_port

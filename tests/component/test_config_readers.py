@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from pydantic import BaseModel
 
-from rpcbalancer import cli
+from rpcbalancer.commands import cli
 from rpcbalancer.config import Config, from_mapping
-from rpcbalancer.server import serve_async
+from rpcbalancer.hosts.standalone import serve_async
 from rpcbalancer.sim import Behaviour, FakeNode
 
 from ..conftest import free_port
@@ -60,7 +60,9 @@ def reads() -> Iterator[set[tuple[str, str]]]:
                 model.__getattribute__ = original  # type: ignore[method-assign]
 
 
-def full_config(tmp: Path, nodes: list[str], cert: Path, key: Path, strategy: str) -> Config:
+def full_config(
+    tmp: Path, nodes: list[str], cert: Path, key: Path, strategy: str, model: str
+) -> Config:
     """A config that sets every key (each section given, every node option used)."""
     return from_mapping(
         {
@@ -70,7 +72,8 @@ def full_config(tmp: Path, nodes: list[str], cert: Path, key: Path, strategy: st
                  "verify_tls": False},
                 nodes[1],
             ],
-            "strategy": {"name": strategy, "race_ttl": 1, "decay": 5, "choices": 2},
+            "strategy": {"name": strategy, "race_ttl": 1, "decay": 5, "choices": 2,
+                         "model": model},
             "timeouts": {"connect": 1, "per_try": 2, "total": 4},
             "retries": 1,
             "node_concurrency": 8,
@@ -162,10 +165,23 @@ async def exercise(config: Config, cert: Path) -> None:
         await asyncio.wait_for(server, 15)
 
 
+# Each strategy reads its own keys, by design: (strategy, model, keys it leaves unread).
+RUNS = [
+    ("fastest", "load", {"race_ttl", "decay"}),
+    ("fastest", "peak_ewma", {"race_ttl"}),
+    ("race", "load", {"decay", "choices", "model"}),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["fastest", "race"])
+@pytest.mark.parametrize(("strategy", "model", "others"), RUNS)
 async def test_every_config_key_is_read(
-    strategy: str, reads: set[tuple[str, str]], tmp_path: Path, certificate: tuple[Path, Path]
+    strategy: str,
+    model: str,
+    others: set[str],
+    reads: set[tuple[str, str]],
+    tmp_path: Path,
+    certificate: tuple[Path, Path],
 ) -> None:
     cert, key = certificate
     nodes = [FakeNode("a", Behaviour(latency=0.002)), FakeNode("b", Behaviour(latency=0.004))]
@@ -173,7 +189,7 @@ async def test_every_config_key_is_read(
         await node.start()
     try:
         urls = [nodes[0].url.replace("127.0.0.1", "localhost"), nodes[1].url]
-        config = full_config(tmp_path, urls, cert, key, strategy)
+        config = full_config(tmp_path, urls, cert, key, strategy, model)
         reads.clear()  # what validation itself touched does not count
         await exercise(config, cert)
     finally:
@@ -182,8 +198,5 @@ async def test_every_config_key_is_read(
     models: set[type[BaseModel]] = set()
     _models(Config, models)
     everything = {(m.__name__, f) for m in models for f in m.model_fields}
-    # Read only by the other strategy, by design.
-    other = {("StrategyConfig", "race_ttl")} if strategy == "fastest" else {
-        ("StrategyConfig", "decay"), ("StrategyConfig", "choices")}  # fmt: skip
-    unread = sorted(everything - reads - other)
+    unread = sorted(everything - reads - {("StrategyConfig", key) for key in others})
     assert not unread, unread

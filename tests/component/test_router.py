@@ -11,7 +11,7 @@ import orjson
 
 from rpcbalancer.balancer import Balancer
 from rpcbalancer.config import from_mapping
-from rpcbalancer.gateway import Gateway, HttpRequest, HttpResponse
+from rpcbalancer.proxy.gateway import Gateway, HttpRequest, HttpResponse
 from rpcbalancer.sim import Behaviour
 
 DGP = "condenser_api.get_dynamic_global_properties"
@@ -343,7 +343,7 @@ async def test_dns_names_become_one_node_per_address() -> None:
 
 
 async def test_the_system_resolver_resolves_localhost() -> None:
-    from rpcbalancer.dns import system_resolver
+    from rpcbalancer.upstream.dns import system_resolver
 
     assert "127.0.0.1" in await system_resolver("localhost", 80)
 

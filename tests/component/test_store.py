@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from rpcbalancer.errors import ConfigError
-from rpcbalancer.store import HealthStore, ProbeRecord, open_store
-from rpcbalancer.store.sqlite import path_of
+from rpcbalancer.health.store import HealthStore, ProbeRecord, open_store
+from rpcbalancer.health.store.sqlite import path_of
 
 
 @pytest.fixture

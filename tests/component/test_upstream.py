@@ -23,8 +23,8 @@ from rpcbalancer.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from rpcbalancer.nodes import Node
-from rpcbalancer.upstream import H1Transport
+from rpcbalancer.fleet.nodes import Node
+from rpcbalancer.upstream.pool import H1Transport
 
 from ..conftest import free_port, require_tool
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from rpcbalancer.lambda_package import build
+from rpcbalancer.hosts.lambda_package import build
 from rpcbalancer.sim import Behaviour, FleetThread, stop_process
 
 from ..apigw import TEMPLATE

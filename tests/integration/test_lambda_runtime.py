@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from rpcbalancer.lambda_package import build, find_python
+from rpcbalancer.hosts.lambda_package import build, find_python
 from rpcbalancer.sim import Behaviour, FleetThread
 from rpcbalancer.sim.lambda_api import LambdaFunction, install_runtime
 

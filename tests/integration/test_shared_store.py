@@ -15,8 +15,8 @@ import orjson
 import pytest
 import requests
 
+from rpcbalancer.health.store import ProbeRecord, open_store
 from rpcbalancer.sim import FleetThread
-from rpcbalancer.store import ProbeRecord, open_store
 
 from ..services import RedisServer
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rpcbalancer.config import NodeConfig
-from rpcbalancer.nodes import Fleet, Health, Node, ProbeResult
+from rpcbalancer.fleet.nodes import Fleet, Health, Node, ProbeResult
 
 
 def make_nodes(count: int, weights: list[float] | None = None) -> list[Node]:

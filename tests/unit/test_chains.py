@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import orjson
 
-from rpcbalancer.chains import CHAINS, Answer
-from rpcbalancer.probe import ping_ok
-from rpcbalancer.router import judge
-from rpcbalancer.upstream import UpstreamResponse
+from rpcbalancer.health.chains import CHAINS, Answer
+from rpcbalancer.health.probe import ping_ok
+from rpcbalancer.proxy.router import judge
+from rpcbalancer.upstream.pool import UpstreamResponse
 
 STEEM = CHAINS["steem"]
 

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 
 from rpcbalancer.config import StrategyConfig
-from rpcbalancer.latency import LoadLatency, bucket
-from rpcbalancer.nodes import Node
-from rpcbalancer.policies import PickContext, make_policy
+from rpcbalancer.fleet.latency import LoadLatency, bucket
+from rpcbalancer.fleet.nodes import Node
+from rpcbalancer.fleet.policies import PickContext, make_policy
 
 from .helpers import make_nodes
 

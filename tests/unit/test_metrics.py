@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from rpcbalancer.config import from_mapping
-from rpcbalancer.metrics import exclusion_kind, merge
-from rpcbalancer.nodes import LATENCY_BUCKETS, Fleet, Health, Node
-from rpcbalancer.store import ProbeRecord
-from rpcbalancer.views import history_doc
+from rpcbalancer.fleet.nodes import LATENCY_BUCKETS, Fleet, Health, Node
+from rpcbalancer.health.store import ProbeRecord
+from rpcbalancer.observe.metrics import exclusion_kind, merge
+from rpcbalancer.observe.views import history_doc
 
 
 def snapshot(pid: int, requests: int, tries: int, inflight: int) -> dict:

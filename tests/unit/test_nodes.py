@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from rpcbalancer.nodes import Health, parse_version
+from rpcbalancer.fleet.nodes import Health, parse_version
 
 from .helpers import fleet, make_nodes, probed
 
@@ -144,7 +144,7 @@ def test_a_node_back_from_down_starts_afresh() -> None:
 
 
 def test_outliers_by_success_rate_are_ejected_with_growing_time() -> None:
-    from rpcbalancer.nodes import OutlierRule, eject_outliers
+    from rpcbalancer.fleet.nodes import OutlierRule, eject_outliers
 
     f = fleet(4)
     for node in f.nodes:
@@ -162,7 +162,7 @@ def test_outliers_by_success_rate_are_ejected_with_growing_time() -> None:
 
 
 def test_outlier_ejection_spares_a_healthy_fleet_and_half_of_a_sick_one() -> None:
-    from rpcbalancer.nodes import OutlierRule, eject_outliers
+    from rpcbalancer.fleet.nodes import OutlierRule, eject_outliers
 
     f = fleet(4)
     for node in f.nodes:

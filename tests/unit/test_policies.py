@@ -6,10 +6,10 @@ from collections import Counter
 import pytest
 
 from rpcbalancer.config import StrategyConfig
-from rpcbalancer.nodes import Node
-from rpcbalancer.policies import POLICIES, PickContext, make_policy
-from rpcbalancer.policies.fastest import Fastest
-from rpcbalancer.policies.race import Race
+from rpcbalancer.fleet.nodes import Node
+from rpcbalancer.fleet.policies import POLICIES, PickContext, make_policy
+from rpcbalancer.fleet.policies.fastest import Fastest
+from rpcbalancer.fleet.policies.race import Race
 
 from .helpers import make_nodes, probed
 

@@ -1,0 +1,94 @@
+"""EVM chains: latest block (number and timestamp) and client version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ...jsonrpc import request_body
+from .base import Answer, ProbeCall, Reading, failure, json_of, sick_message
+
+_BROADCAST = frozenset(
+    {
+        "eth_sendRawTransaction",
+        "eth_sendTransaction",
+        "eth_sendRawTransactionConditional",
+        "eth_sendBundle",
+        "eth_sendPrivateTransaction",
+    }
+)
+
+
+_METHODS = frozenset(
+    {
+        "eth_blockNumber",
+        "eth_chainId",
+        "net_version",
+        "web3_clientVersion",
+        "eth_call",
+        "eth_estimateGas",
+        "eth_gasPrice",
+        "eth_maxPriorityFeePerGas",
+        "eth_feeHistory",
+        "eth_getBalance",
+        "eth_getCode",
+        "eth_getStorageAt",
+        "eth_getTransactionCount",
+        "eth_getBlockByNumber",
+        "eth_getBlockByHash",
+        "eth_getLogs",
+        "eth_getTransactionByHash",
+        "eth_getTransactionReceipt",
+        "eth_syncing",
+    }
+    | _BROADCAST
+)
+
+
+@dataclass(frozen=True)
+class Evm:
+    name: str = "evm"
+    block_interval: float = 12.0
+    metric_methods: frozenset[str] = _METHODS
+
+    def probe_calls(self) -> tuple[ProbeCall, ...]:
+        return (
+            ProbeCall("head", request_body("eth_getBlockByNumber", ["latest", False])),
+            ProbeCall("version", request_body("web3_clientVersion")),
+        )
+
+    def read(self, answers: dict[str, Answer]) -> Reading:
+        head = answers.get("head")
+        doc = json_of(head)
+        block = doc.get("result") if isinstance(doc, dict) else None
+        number = _hex(block.get("number")) if isinstance(block, dict) else None
+        if number is None or not isinstance(block, dict):
+            return Reading(ok=False, error=failure(head, "head"))
+        version_doc = json_of(answers.get("version"))
+        version = version_doc.get("result") if isinstance(version_doc, dict) else None
+        return Reading(
+            ok=True,
+            head_block=number,
+            head_time=_hex(block.get("timestamp")),
+            version=version if isinstance(version, str) else None,
+            version_doc=version_doc if isinstance(version, str) else None,
+        )
+
+    def is_broadcast(self, method: str) -> bool:
+        return method in _BROADCAST
+
+    def head_in(self, body: bytes) -> int | None:
+        return None  # answers do not say which block they were read at
+
+    def is_node_fault(self, error: dict[str, Any]) -> bool:
+        # -32005: limit exceeded (rate limited by the provider).
+        return error.get("code") == -32005 or sick_message(error)
+
+
+def _hex(value: Any) -> int | None:
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return int(value, 16)
+        except ValueError:
+            return None
+    return None

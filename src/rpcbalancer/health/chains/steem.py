@@ -1,0 +1,135 @@
+"""Steem and its forks (Hive, Blurt): jussi status, dynamic global properties, version."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ...jsonrpc import request_body
+from .base import Answer, ProbeCall, Reading, failure, json_of, sick_message
+
+_HEAD = re.compile(rb'"head_block_number"\s*:\s*(\d+)')
+_BROADCAST_PREFIXES = (
+    "condenser_api.broadcast_transaction",
+    "condenser_api.broadcast_block",
+    "network_broadcast_api.",
+    "broadcast_transaction",
+)
+
+
+_COMMON = (
+    "get_dynamic_global_properties",
+    "get_block",
+    "get_block_header",
+    "get_ops_in_block",
+    "get_accounts",
+    "lookup_accounts",
+    "get_account_history",
+    "get_content",
+    "get_content_replies",
+    "get_active_votes",
+    "get_discussions_by_created",
+    "get_discussions_by_trending",
+    "get_discussions_by_blog",
+    "get_discussions_by_feed",
+    "get_followers",
+    "get_following",
+    "get_follow_count",
+    "get_config",
+    "get_version",
+    "get_chain_properties",
+    "get_current_median_history_price",
+    "get_reward_fund",
+    "get_witness_by_account",
+    "get_witnesses_by_vote",
+    "get_state",
+    "get_transaction",
+    "broadcast_transaction",
+    "broadcast_transaction_synchronous",
+)
+_METHODS = frozenset(
+    [f"condenser_api.{m}" for m in _COMMON]
+    + [f"database_api.{m}" for m in _COMMON]
+    + [f"network_broadcast_api.{m}" for m in _COMMON if m.startswith("broadcast")]
+    + ["call", "block_api.get_block", "block_api.get_block_range", "rc_api.find_rc_accounts"]
+)
+
+
+@dataclass(frozen=True)
+class SteemLike:
+    name: str = "steem"
+    block_interval: float = 3.0
+    metric_methods: frozenset[str] = _METHODS
+
+    def probe_calls(self) -> tuple[ProbeCall, ...]:
+        return (
+            ProbeCall("status"),
+            ProbeCall("head", request_body("condenser_api.get_dynamic_global_properties")),
+            ProbeCall("version", request_body("condenser_api.get_version")),
+        )
+
+    def read(self, answers: dict[str, Answer]) -> Reading:
+        extra: dict[str, Any] = {}
+        status = answers.get("status")
+        status_doc = json_of(status)
+        # jussi answers GET / with {"status": "OK", "jussi_num": N}. A bare steemd has no such
+        # page; only a status page that says something other than OK marks the node down.
+        if isinstance(status_doc, dict) and "status" in status_doc:
+            if status_doc.get("status") != "OK":
+                return Reading(ok=False, error=f"status: {status_doc.get('status')!r}, not 'OK'")
+            if isinstance(status_doc.get("jussi_num"), int):
+                extra["jussi_num"] = status_doc["jussi_num"]
+        elif status is not None and status.status >= 500:
+            return Reading(ok=False, error=failure(status, "status"))
+
+        head = answers.get("head")
+        head_doc = json_of(head)
+        props = head_doc.get("result") if isinstance(head_doc, dict) else None
+        if not isinstance(props, dict) or not isinstance(props.get("head_block_number"), int):
+            why = failure(head, "head")
+            if isinstance(head_doc, dict) and isinstance(head_doc.get("error"), dict):
+                why = f"head: {head_doc['error'].get('message', 'JSON-RPC error')}"
+            return Reading(ok=False, error=why, extra=extra)
+        head_time = _parse_time(props.get("time"))
+        irreversible = props.get("last_irreversible_block_num")
+
+        version_doc = json_of(answers.get("version"))
+        version = None
+        if isinstance(version_doc, dict) and isinstance(version_doc.get("result"), dict):
+            raw = version_doc["result"].get("blockchain_version")
+            version = raw if isinstance(raw, str) else None
+        if version is None:
+            version_doc = None
+        return Reading(
+            ok=True,
+            head_block=props["head_block_number"],
+            head_time=head_time,
+            irreversible_block=irreversible if isinstance(irreversible, int) else None,
+            version=version,
+            version_doc=version_doc,
+            extra=extra,
+        )
+
+    def is_broadcast(self, method: str) -> bool:
+        return method.startswith(_BROADCAST_PREFIXES)
+
+    def is_node_fault(self, error: dict[str, Any]) -> bool:
+        return sick_message(error)
+
+    def head_in(self, body: bytes) -> int | None:
+        if b'"head_block_number"' not in body:
+            return None
+        match = _HEAD.search(body)
+        return int(match.group(1)) if match else None
+
+
+def _parse_time(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.rstrip("Z"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC).timestamp()

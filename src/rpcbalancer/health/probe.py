@@ -1,0 +1,209 @@
+"""Active health probes: ask every node the chain preset's questions, in the background.
+
+:func:`probe_node` does one node (its calls run concurrently, each with a timeout) and
+returns a :class:`~rpcbalancer.nodes.ProbeResult`; :class:`Prober` runs a round over the
+whole fleet with bounded concurrency (the balancer repeats it with ``periodic.Periodic``).
+The hot path never waits on a probe, except under the ``race`` strategy, whose pings
+(:func:`race`) the router sends for a request when it remembers no recent winner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import orjson
+
+from ..errors import UpstreamError
+from ..fleet.nodes import Fleet, Node, ProbeResult
+from ..upstream.pool import Transport
+from .chains import Answer, Chain, ProbeCall
+
+log = logging.getLogger(__name__)
+
+PROBE_HEADERS = {"content-type": "application/json", "accept": "application/json"}
+
+
+def probe_headers(user_agent: str) -> dict[str, str]:
+    """The headers of a probe call: JSON, and the configured ``user_agent`` (a node behind a
+    CDN may refuse unknown agents, and must see probes as it sees requests)."""
+    return {**PROBE_HEADERS, "user-agent": user_agent}
+
+
+async def ask(
+    transport: Transport,
+    node: Node,
+    call: ProbeCall,
+    timeout: float,
+    clock: Callable[[], float],
+    headers: Mapping[str, str] = PROBE_HEADERS,
+) -> Answer:
+    """One probe call; failures come back as an :class:`Answer` with ``error`` set."""
+    start = clock()
+    try:
+        if call.body is None:
+            resp = await transport.send(node, "GET", None, headers, None, timeout)
+        else:
+            resp = await transport.send(node, "POST", None, headers, call.body, timeout)
+    except UpstreamError as exc:
+        return Answer(error=exc.reason, latency=clock() - start)
+    return Answer(status=resp.status, body=resp.body, latency=clock() - start)
+
+
+async def race(
+    transport: Transport,
+    nodes: Sequence[Node],
+    call: ProbeCall,
+    timeout: float,
+    clock: Callable[[], float],
+    penalty: float,
+    headers: Mapping[str, str] = PROBE_HEADERS,
+) -> Node | None:
+    """Ping every node at once; the first healthy answer wins, the rest are cancelled.
+    Every ping is measured on its node (a failure with at least ``penalty`` seconds)."""
+
+    async def ping(node: Node) -> Node | None:
+        answer = await ask(transport, node, call, timeout, clock, headers)
+        if answer.error is not None:
+            node.record(clock(), answer.latency, False, error=answer.error, penalty=penalty)
+            return None
+        node.observe_latency(clock(), answer.latency)
+        return node if ping_ok(answer) else None
+
+    tasks = [asyncio.create_task(ping(n)) for n in nodes]
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            winner = await next_done
+            if winner is not None:
+                return winner
+        return None
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def ping_ok(answer: Answer) -> bool:
+    """A race ping's verdict: a JSON answer that does not say the node is unwell."""
+    if answer.error is not None or not 200 <= answer.status < 300:
+        return False
+    try:
+        doc = orjson.loads(answer.body)
+    except orjson.JSONDecodeError:
+        return False
+    if isinstance(doc, dict):
+        if "error" in doc:
+            return False
+        if "status" in doc and doc["status"] != "OK":
+            return False
+    return True
+
+
+async def probe_node(
+    transport: Transport,
+    chain: Chain,
+    node: Node,
+    timeout: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+    headers: Mapping[str, str] = PROBE_HEADERS,
+) -> ProbeResult:
+    calls = chain.probe_calls()
+    answers = await asyncio.gather(
+        *(ask(transport, node, c, timeout, clock, headers) for c in calls)
+    )
+    by_name = dict(zip((c.name for c in calls), answers, strict=True))
+    reading = chain.read(by_name)
+    # The latency that ranks nodes is that of the head call: a real JSON-RPC call.
+    head = by_name.get("head") or answers[0]
+    head_age = wall() - reading.head_time if reading.head_time is not None else None
+    jussi = reading.extra.get("jussi_num")
+    return ProbeResult(
+        at=clock(),
+        ok=reading.ok,
+        latency=head.latency,
+        error=reading.error,
+        head_block=reading.head_block,
+        head_age=head_age,
+        irreversible_block=reading.irreversible_block,
+        version=reading.version,
+        version_doc=reading.version_doc,
+        jussi_num=jussi if isinstance(jussi, int) else None,
+    )
+
+
+class Prober:
+    """Probes the whole fleet, one round per call of :meth:`round`."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        chain: Chain,
+        transport: Transport,
+        *,
+        timeout: float,
+        concurrency: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+        user_agent: str = "rpcbalancer",
+    ) -> None:
+        self.fleet = fleet
+        self.headers = probe_headers(user_agent)
+        self.chain = chain
+        self.transport = transport
+        self.timeout = timeout
+        self.clock = clock
+        self._limit = asyncio.Semaphore(concurrency)
+        self._usable: dict[int, bool] = {}
+        self.rounds = 0
+
+    async def round(self, deadline: float | None = None) -> list[tuple[Node, ProbeResult]]:
+        """Probe every node once and apply each result as it comes. Returns what finished,
+        in fleet order; nodes still unanswered after ``deadline`` seconds are left out."""
+        done: dict[int, tuple[Node, ProbeResult]] = {}
+
+        async def one(node: Node) -> None:
+            async with self._limit:
+                result = await probe_node(
+                    self.transport,
+                    self.chain,
+                    node,
+                    self.timeout,
+                    clock=self.clock,
+                    headers=self.headers,
+                )
+            node.apply_probe(result)
+            done[node.index] = (node, result)
+
+        nodes = list(self.fleet.nodes)
+        try:
+            async with asyncio.timeout(deadline):
+                await asyncio.gather(*(one(n) for n in nodes))
+        except TimeoutError:
+            log.warning(
+                "probe round cut at its %.1fs deadline: %d of %d nodes answered",
+                deadline or 0.0,
+                len(done),
+                len(nodes),
+            )
+        self.rounds += 1
+        self._log_changes()
+        return [done[n.index] for n in nodes if n.index in done]
+
+    def _log_changes(self) -> None:
+        """Log each node that became excluded (with the reason) or usable again, once."""
+        now = self.clock()
+        best = self.fleet.best_head()
+        for node in self.fleet.nodes:
+            reason = self.fleet.exclusion(node, now, best)
+            was = self._usable.get(node.index)
+            self._usable[node.index] = reason is None
+            if reason is not None and was is not False:
+                log.warning("node %s excluded: %s", node.name, reason)
+            elif reason is None and was is False:
+                log.info("node %s is usable again", node.name)

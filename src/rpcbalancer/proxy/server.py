@@ -1,0 +1,387 @@
+"""The data plane's HTTP/1.1 server: an ``asyncio.Protocol`` per connection, ``httptools``
+(llhttp) parsing, the gateway deciding.
+
+Theory of operation
+-------------------
+Bytes arrive in :meth:`data_received` and go straight to the parser, whose callbacks
+collect one request at a time (URL, headers, body). A complete request joins the
+connection's queue and is handed to the handler with a reply callback; the next one
+waits until that reply is written, so pipelined requests are answered in the order they
+came. No task, future or timer is made per request: on the proxy route the whole way to
+the node and back is callbacks (see :meth:`.Gateway.serve`).
+
+Limits are enforced while parsing, before anything is buffered beyond them: header bytes
+and count (431), body size (413, also up front from Content-Length or on
+``Expect: 100-continue``), the time to receive a whole request once it began (408, so a
+slow client cannot hold a connection with a trickle), and the idle time between requests
+on a kept-alive connection (closed silently). Malformed requests get 400 and the
+connection is closed, since the parser cannot find the next request after an error.
+
+Back-pressure both ways: when the peer reads slower than we write, the next response
+waits until the transport drains; when the queue of pipelined requests grows long,
+reading pauses until it shrinks. A client that half-closes (sends EOF) after its requests
+still gets every answer before the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import email.utils
+import logging
+import socket
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import cast
+
+import httptools
+import orjson
+
+from ..callbacks import Cancellable
+from ..config import ServerLimits
+from .gateway import HttpRequest, HttpResponse, Reply, internal_error
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[HttpRequest, Reply], Cancellable | None]
+"""Answers a request through the reply callback (:meth:`.Gateway.serve`)."""
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# Response header lines repeat (content type, CORS, the node names): encode each once.
+_HEADER_CACHE_SIZE = 4096
+_header_lines: dict[tuple[str, str], bytes] = {}
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _date() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
+
+
+def _error_body(status: int, message: str) -> bytes:
+    code = -32700 if status == 400 else -32600
+    return orjson.dumps({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": None})
+
+
+class H1Server(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(
+        self, handler: Handler, limits: ServerLimits, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.queue: collections.deque[tuple[HttpRequest, bool]] = collections.deque()
+        self.busy = False
+        """A request is being answered (its reply not yet written)."""
+        self.pending: Cancellable | None = None
+        """That request's handle, to stop it when the client goes away."""
+        self.answering: tuple[bool, bool] = (False, True)
+        """That request's (HEAD?, keep-alive?)."""
+        self.dispatching = False
+        self._reply_to = self._reply  # made once: a bound method is made on every access
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        self._max_body = limits.max_body
+        self._max_pipeline = limits.max_pipeline
+        self.closing = False
+        self.eof = False
+        self.reading_paused = False
+        self.writing_paused = False
+        # One timer per connection, re-armed only when it fires: per-request timers would
+        # cost a heap operation each. It checks the two deadlines below.
+        self.timer: asyncio.TimerHandle | None = None
+        self.request_started: float | None = None
+        self.last_active = 0.0
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+
+    # -- connection lifetime -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.last_active = self.loop.time()
+        self._arm(min(self.limits.idle_timeout, self.limits.request_timeout))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._disarm()
+        self.queue.clear()
+        self._abandon()  # nobody is left to answer; the router counts it abandoned
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if not self.busy and not self.queue:
+            self._close()
+            return True
+        # Half-closed with answers still owed: keep the transport open to write them.
+        return True
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._next()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except _Reject as exc:
+            self._refuse(exc.status, exc.message)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "Protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._refuse(cause.status, cause.message)
+            else:
+                self._refuse(400, f"Malformed HTTP request ({exc})")
+
+    # -- parser callbacks ----------------------------------------------------------------
+
+    # No on_message_begin: every callback costs a call into Python, so a request's state
+    # is reset when the previous one completes, and its clock starts with its first bytes.
+
+    def on_url(self, url: bytes) -> None:
+        if self.request_started is None:
+            self.request_started = self.loop.time()
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise _Reject(414, "Request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = self._header_bytes + len(name) + len(value) + 4
+        self._header_bytes = size
+        if size > self._max_header_bytes:
+            raise _Reject(431, "Request headers too large")
+        headers = self._headers
+        if len(headers) >= self._max_headers:
+            raise _Reject(431, "Too many request headers")
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        previous = headers.get(key)
+        headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        url = self._url
+        parser = self.parser
+        if url[:1] != b"/" and not (url == b"*" and parser.get_method() == b"OPTIONS"):
+            raise _Reject(400, "Only origin-form request targets are accepted (no proxying)")
+        if parser.get_http_version() not in ("1.1", "1.0"):
+            raise _Reject(505, "HTTP version not supported: use HTTP/1.1 or 1.0")
+        headers = self._headers
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self._max_body:
+            raise _Reject(413, f"Request body larger than {self._max_body} bytes")
+        expect = headers.get("expect")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise _Reject(417, "Only 'Expect: 100-continue' is supported")
+            if self.transport is not None and not self.queue and not self.busy:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._max_body:
+            raise _Reject(413, f"Request body larger than {self._max_body} bytes")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.request_started = None
+        path, _, query = self._url.partition(b"?")
+        parts = self._body
+        parser = self.parser
+        request = HttpRequest(
+            parser.get_method().decode("ascii"),
+            path.decode("latin-1"),
+            query.decode("latin-1") if query else "",
+            self._headers,
+            parts[0] if len(parts) == 1 else b"".join(parts),
+            self.peer,
+        )
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
+        keep_alive = parser.should_keep_alive()
+        queue = self.queue
+        if not (self.busy or queue or self.dispatching or self.writing_paused or self.closing):
+            self._serve(request, keep_alive)  # the usual case: one request at a time
+            return
+        queue.append((request, keep_alive))
+        if len(queue) >= self._max_pipeline and not self.reading_paused:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.reading_paused = True
+        if not self.busy:
+            self._next()
+
+    # -- answering -----------------------------------------------------------------------
+
+    def _serve(self, request: HttpRequest, keep_alive: bool) -> None:
+        """Hand one request to the handler. Its answer may come before this returns."""
+        self.busy = True
+        self.answering = (request.method == "HEAD", keep_alive)
+        self.dispatching = True  # an answer given at once must not start the next request
+        try:
+            pending = self.handler(request, self._reply_to)
+        except Exception:
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            pending = None
+            self._reply(internal_error())
+        finally:
+            self.dispatching = False
+        if self.busy:  # answered later: keep the handle to stop it if the client goes
+            self.pending = pending
+
+    def _next(self) -> None:
+        """Hand the queued requests to the handler, one at a time, in order. Loops rather
+        than recursing when answers come at once (pipelined requests answered here)."""
+        if self.dispatching:
+            return
+        queue = self.queue
+        while queue and not self.busy and not self.closing and not self.writing_paused:
+            request, keep_alive = queue.popleft()
+            if self.reading_paused and len(queue) < self._max_pipeline // 2:
+                assert self.transport is not None
+                self.transport.resume_reading()
+                self.reading_paused = False
+            self._serve(request, keep_alive)
+        if not self.busy and not queue and not self.closing:
+            self.last_active = self.loop.time()
+            if self.eof:
+                self._close()
+
+    def _reply(self, response: HttpResponse) -> None:
+        """The handler's answer to the request being answered: write it, go on."""
+        if not self.busy:
+            return  # the connection was refused or lost meanwhile
+        self.busy = False
+        self.pending = None
+        head, keep_alive = self.answering
+        # After the client's EOF, the connection closes with the last answer it is owed.
+        if keep_alive and self.eof and not self.queue:
+            keep_alive = False
+        try:
+            self._write(response, head, keep_alive)
+        except Exception:
+            log.exception("unexpected error writing an answer")
+            self._close()
+            return
+        if not keep_alive:
+            self._close()
+        elif self.queue:
+            self._next()
+        else:
+            self.last_active = self.loop.time()
+
+    def _abandon(self) -> None:
+        pending, self.pending = self.pending, None
+        self.busy = False
+        if pending is not None:
+            pending.cancel()
+
+    def _write(self, response: HttpResponse, head: bool, keep_alive: bool) -> None:
+        if self.transport is None or self.closing:
+            return
+        status = response.status
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        lines = _header_lines
+        for pair in response.headers:
+            line = lines.get(pair)
+            if line is None:
+                line = f"{pair[0]}: {pair[1]}\r\n".encode("latin-1")
+                if len(lines) < _HEADER_CACHE_SIZE:
+                    lines[pair] = line
+            parts.append(line)
+        parts.append(b"content-length: %d\r\ndate: %s\r\n" % (len(response.body), _date()))
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        if not head:
+            parts.append(response.body)
+        self.transport.write(b"".join(parts))
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request that cannot be parsed or is over a limit, then close."""
+        if self.transport is None or self.closing:
+            return
+        self.queue.clear()
+        self._abandon()
+        self._write(
+            HttpResponse(
+                status,
+                [("content-type", "application/json"), ("access-control-allow-origin", "*")],
+                _error_body(status, message),
+            ),
+            False,
+            False,
+        )
+        self._close()
+
+    def _arm(self, delay: float) -> None:
+        if not self.closing:
+            self.timer = self.loop.call_later(max(delay, 0.01), self._check)
+
+    def _check(self) -> None:
+        """The connection's timer: refuse a request that takes too long to arrive, close a
+        connection idle for too long, else sleep until the nearer of the two deadlines."""
+        self.timer = None
+        now = self.loop.time()
+        limits = self.limits
+        if self.request_started is not None:
+            left = self.request_started + limits.request_timeout - now
+            if left <= 0:
+                self._refuse(408, "Request not received in time")
+                return
+            self._arm(left)
+        elif not self.busy and not self.queue:
+            left = self.last_active + limits.idle_timeout - now
+            if left <= 0:
+                self._close()
+                return
+            self._arm(left)
+        else:  # answering: idle time starts counting when the answer is written
+            self._arm(limits.idle_timeout)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _close(self) -> None:
+        self.closing = True
+        self._disarm()
+        if self.transport is not None:
+            self.transport.close()
