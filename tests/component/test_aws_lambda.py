@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from rpcbalancer.hosts import aws_lambda
 from rpcbalancer.aws_lambda import LambdaHost, event_kind, lambda_config
 from rpcbalancer.errors import ConfigError
+from rpcbalancer.hosts import aws_lambda
 from rpcbalancer.sim import Behaviour, FleetThread
 
 from ..apigw import original_event

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import display_url
+from .urls import display_url
 
 log = logging.getLogger(__name__)
 

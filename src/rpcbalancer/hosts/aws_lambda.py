@@ -33,7 +33,6 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -42,7 +41,8 @@ from mangum import Mangum
 
 from .. import jsonrpc
 from ..balancer import Balancer
-from ..config import Config, display_url, from_mapping, read_yaml
+from ..config import Config, display_url, from_mapping
+from ..config.load import from_env_text
 from ..errors import ConfigError
 from ..health.store import shown_url
 from ..proxy.gateway import Gateway, HttpRequest, HttpResponse
@@ -76,20 +76,7 @@ ORIGINAL_HEADERS = {
 def lambda_config(env: Mapping[str, str] | None = None) -> Config:
     """The configuration for a Lambda function, from its environment."""
     env = os.environ if env is None else env
-    source = env.get("RPCBALANCER_CONFIG", "").strip()
-    raw: dict[str, Any] = {}
-    where = "RPCBALANCER_CONFIG"
-    if source:
-        if "\n" not in source and not source.startswith("{") and Path(source).is_file():
-            where = f"config file {source}"
-            raw = read_yaml(Path(source).read_text, where)
-        elif source.startswith("{"):  # JSON, read without importing a YAML parser
-            try:
-                raw = json.loads(source)
-            except ValueError:
-                raw = read_yaml(lambda: source, "RPCBALANCER_CONFIG")
-        else:
-            raw = read_yaml(lambda: source, "RPCBALANCER_CONFIG")
+    raw, where = from_env_text(env) or ({}, "RPCBALANCER_CONFIG")
     merged = {**LAMBDA_DEFAULTS, **raw}
     if isinstance(raw.get("probe"), dict):
         merged["probe"] = {**LAMBDA_DEFAULTS["probe"], **raw["probe"]}

@@ -1,0 +1,419 @@
+"""The configuration model: frozen, typed pydantic models, validated once, every key
+documented (its docstring is its entry in ``docs/configuration.md``)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .urls import REDACTED, display_url
+
+DEFAULT_NODES = (
+    "https://api.steemit.com",
+    "https://api.justyy.com",
+    "https://api.steemitdev.com",
+    "https://api2.justyy.com",
+    "https://api.pennsif.net",
+    "https://api.moecki.online",
+    "https://api.botsteem.com",
+    "https://steemapi.boylikegirl.club",
+)
+
+Strategy = Literal[
+    "fastest",
+    "race",
+    "round_robin",
+    "weighted",
+    "random",
+    "least_conn",
+    "ip_hash",
+    "first",
+    "max_block",
+    "latest_version",
+]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*")
+_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``500ms``, ``60s``, ``60``, ``1m``, ``1h`` or ``2d``."""
+    match = _DURATION.fullmatch(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a duration such as 500ms, 60s, 1m, 1h or 2d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _seconds(value: Any) -> Any:
+    """A time setting: a number of seconds, or a duration string (``"1.5s"``, ``"2d"``)."""
+    if isinstance(value, str) and not _NUMBER.fullmatch(value):
+        return parse_duration(value)
+    return value
+
+
+_NUMBER = re.compile(r"\s*-?\d+(?:\.\d+)?\s*")
+Seconds = Annotated[float, BeforeValidator(_seconds)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NodeConfig(_Model):
+    """One upstream node."""
+
+    url: str
+    name: str = ""
+    """Shown in headers, logs, status and metric labels instead of the URL; defaults to the
+    URL without credentials or query, with every part that came from ``${ENV}`` (an API key
+    in the path) shown as ``[redacted]``."""
+    weight: float = Field(1.0, ge=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+    verify_tls: bool = True
+    _masked: str | None = PrivateAttr(default=None)
+    """The URL with every value from the environment masked, when it had any."""
+
+    @property
+    def key(self) -> str:
+        """The node's identity in the shared health store: its URL, unless the URL may hold
+        a secret (a value from the environment, credentials, a query, a key-like path);
+        then its shown form and a digest of the whole, so that no store holds the secret."""
+        shown = display_url(self._masked or self.url)
+        parts = urlsplit(self.url)
+        plain = not parts.query and "@" not in parts.netloc and REDACTED not in shown
+        if self._masked is None and plain:
+            return self.url
+        return f"{shown}#{hashlib.sha256(self.url.encode()).hexdigest()[:16]}"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        url = url.strip()
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        try:
+            parts.port  # noqa: B018 - reading it validates the port
+        except ValueError as exc:
+            raise ValueError(f"has an invalid port ({exc})") from None
+        return url
+
+    @model_validator(mode="after")
+    def _default_name(self, info: ValidationInfo) -> NodeConfig:
+        masks = info.context.get("masks") if isinstance(info.context, dict) else None
+        masked = masks.get(self.url) if masks else None
+        if masked is not None:
+            self._masked = masked.strip()
+        if not self.name:
+            object.__setattr__(self, "name", display_url(self._masked or self.url))
+        return self
+
+
+class StrategyConfig(_Model):
+    """The node-selection policy and its parameters."""
+
+    name: Strategy = "fastest"
+    race_ttl: Seconds = Field(0.0, ge=0)
+    """race: reuse the winner of a race for this many seconds (0: race every request)."""
+    model: Literal["load", "peak_ewma"] = "load"
+    """fastest: ``load`` predicts each node's latency at the load the request would meet
+    (learned per node from the answers); ``peak_ewma`` is the classic rule, peak-EWMA
+    latency x (in flight + 1), kept for comparison."""
+    decay: Seconds = Field(10.0, gt=0)
+    """fastest with ``model: peak_ewma``: seconds over which an unused node's estimate fades."""
+    choices: int | None = Field(None, ge=2)
+    """fastest: how many random nodes are compared per pick (2: power of two choices); by
+    default every node up to 16 with ``model: load``, 3 with ``peak_ewma``."""
+
+
+class Timeouts(_Model):
+    connect: Seconds = Field(2.0, gt=0)
+    per_try: Seconds = Field(5.0, gt=0)
+    total: Seconds = Field(12.0, gt=0)
+    """Deadline for a whole client request, retries included."""
+
+
+class ProbeConfig(_Model):
+    interval: Seconds = Field(10.0, gt=0)
+    """Seconds between canary rounds."""
+    timeout: Seconds = Field(3.0, gt=0)
+    """Seconds one probe call may take."""
+    concurrency: int = Field(16, ge=1)
+    round_deadline: Seconds = Field(20.0, gt=0)
+    """Seconds a whole round may take; nodes not answered by then are left for the next."""
+
+
+class CircuitBreaker(_Model):
+    failures: int = Field(5, ge=1)
+    """Consecutive failed tries that eject a node."""
+    cooldown: Seconds = Field(10.0, gt=0)
+    """Seconds an ejected node sits out before one trial request."""
+
+
+class HedgeConfig(_Model):
+    """Hedged reads: a read still unanswered after about its node's ``quantile`` latency
+    goes to a second node as well; the first good answer wins."""
+
+    enabled: bool = True
+    quantile: float = Field(0.95, gt=0, lt=1)
+    min_delay: Seconds = Field(0.01, ge=0)
+    max_delay: Seconds = Field(1.0, gt=0)
+    min_samples: int = Field(20, ge=1)
+    """Answers a node must have given before its ``quantile`` times its hedges; until then
+    they wait three times its predicted latency."""
+
+
+class BudgetConfig(_Model):
+    """Retries and hedges together: at most ``ratio`` extra tries per request."""
+
+    ratio: float = Field(0.1, ge=0, le=1)
+    min_per_second: float = Field(3.0, ge=0)
+    burst: float = Field(20.0, ge=1)
+
+
+class OutlierConfig(_Model):
+    """Ejection of a node whose success rate is well below its peers'."""
+
+    enabled: bool = True
+    min_requests: int = Field(20, ge=1)
+    stdev_factor: float = Field(1.9, gt=0)
+    min_success: float = Field(0.9, ge=0, le=1)
+    """A node is an outlier only below this success rate as well."""
+    base_ejection: Seconds = Field(10.0, gt=0)
+    max_ejection: Seconds = Field(300.0, gt=0)
+    max_ejected: float = Field(0.5, ge=0, le=1)
+    """At most this share of the fleet is ejected at once."""
+    slow_start: Seconds = Field(10.0, ge=0)
+    """Seconds over which a node coming back ramps up to its full share."""
+
+
+class Listen(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    tls_cert: str | None = None
+    """PEM certificate chain: with ``tls_key``, the server speaks HTTPS (TLS 1.2 or newer)."""
+    tls_key: str | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Listen:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+
+class ServerLimits(_Model):
+    """What one client connection may send (the standalone server enforces these)."""
+
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
+    max_headers: int = Field(100, ge=8)
+    max_body: int = Field(8 * 1024 * 1024, ge=1024)
+    request_timeout: Seconds = Field(30.0, gt=0)
+    """Seconds from a request's first byte to its last (slow clients get 408)."""
+    idle_timeout: Seconds = Field(30.0, gt=0)
+    """Seconds a kept-alive connection may sit idle between requests."""
+    max_pipeline: int = Field(32, ge=1)
+    max_batch: int = Field(100, ge=1, le=10000)
+    """JSON-RPC calls in one batch."""
+    max_depth: int = Field(32, ge=2, le=512)
+    """How deep arrays and objects may nest in a request."""
+
+
+class RateLimit(_Model):
+    """A token bucket per client (address, or API key): ``rate`` calls a second on average,
+    up to ``burst`` at once. A batch costs one token per call. DoctorLai's ``windowMs`` /
+    ``maxRequests`` become ``rate = max_requests / window`` and ``burst = max_requests``."""
+
+    rate: float = Field(10.0, gt=0)
+    burst: int = Field(20, ge=1)
+    shared: bool = True
+    """With a Redis store, every instance sharing it enforces one limit."""
+    max_clients: int = Field(100_000, ge=100)
+    """Clients tracked in memory at most (the least recently seen are forgotten)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_window(cls, value: Any) -> Any:
+        if isinstance(value, dict) and ("window_ms" in value or "max_requests" in value):
+            value = dict(value)
+            window_ms, count = value.pop("window_ms", 60000), value.pop("max_requests", 600)
+            numbers = all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in (window_ms, count)
+            )
+            if not numbers or window_ms <= 0 or count < 1:
+                raise ValueError("window_ms and max_requests must be positive numbers")
+            window = float(window_ms) / 1000.0
+            value.setdefault("rate", count / window)
+            value.setdefault("burst", int(count))
+        return value
+
+
+class MethodRules(_Model):
+    """Which JSON-RPC methods this endpoint serves: shell-style patterns (``*.broadcast_*``,
+    ``condenser_api.get_*``). A method must match ``allow`` when it is not empty, and must
+    not match ``deny``."""
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+class ApiKey(_Model):
+    name: str = Field(min_length=1, max_length=64)
+    key: str = Field(min_length=16, max_length=256)
+    """The secret itself; give it as ``${ENV_VAR}`` so it never sits in the file."""
+    rate_limit: RateLimit | None = None
+    """This key's own limit (instead of the per-address one)."""
+    methods: MethodRules = MethodRules()
+    """What this key may call, on top of the endpoint's own ``methods`` rules (a method
+    must pass both): a key for reads only, say, with ``deny: ["*broadcast*"]``."""
+
+
+class ApiKeys(_Model):
+    keys: tuple[ApiKey, ...] = Field(min_length=1)
+    required: bool = True
+    """Refuse requests without a valid key (401); ``false``: keys only lift the limits."""
+    header: str = "x-api-key"
+    """The header carrying the key; a key may also be the request path (``POST /KEY``)."""
+
+
+class MetricsConfig(_Model):
+    enabled: bool = True
+    """``GET /metrics`` in Prometheus text format."""
+    methods: tuple[str, ...] = ()
+    """JSON-RPC methods allowed as metric labels besides the chain preset's common ones."""
+
+
+class AccessLogConfig(_Model):
+    enabled: bool = True
+    path: str = "-"
+    """Where the JSON lines go: ``-`` for standard output, or a file (appended to)."""
+    sample: float = Field(1.0, ge=0, le=1)
+    """Share of successful requests logged; failed ones are always logged."""
+    bodies: bool = False
+    """Log request bodies (truncated to ``body_max`` bytes, secrets redacted)."""
+    body_max: int = Field(512, ge=0, le=65536)
+
+
+class Config(_Model):
+    """The whole configuration of one balancer."""
+
+    chain: str = "steem"
+    nodes: tuple[NodeConfig, ...] = Field(min_length=1)
+    strategy: StrategyConfig = StrategyConfig()
+    timeouts: Timeouts = Timeouts()
+    retries: int = Field(2, ge=0, le=10)
+    node_concurrency: int = Field(256, ge=0)
+    """Requests in flight to one node at most (0: no cap); the rest wait for a slot."""
+    queue_size: int = Field(1024, ge=0)
+    """Requests that may wait for a slot at once; beyond, 503 at once."""
+    max_block_lag: int = Field(10, ge=0)
+    max_head_age: Seconds = Field(90.0, gt=0)
+    min_version: str | None = None
+    annotate: Literal["headers", "body"] = "headers"
+    """Headers always name the node; ``body`` also adds the original design's fields."""
+    listen: Listen = Listen()
+    limits: ServerLimits = ServerLimits()
+    store: str = "sqlite:///rpcbalancer-health.db"
+    """The shared health store; ``none`` keeps health in memory only."""
+    canary: Literal["embedded", "external"] = "embedded"
+    """``embedded``: this process probes (under the store's lease); ``external``: another
+    process does (``rpcbalancer canary``, the scheduled Lambda) and this one only reads."""
+    store_refresh: Seconds = Field(2.0, gt=0)
+    """Seconds the balancer keeps its copy of the store's view before reading it again."""
+    history_retention: Seconds = Field(86400.0, gt=0)
+    probe: ProbeConfig = ProbeConfig()
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    hedge: HedgeConfig = HedgeConfig()
+    budget: BudgetConfig = BudgetConfig()
+    outlier: OutlierConfig = OutlierConfig()
+    trusted_proxies: tuple[str, ...] = ()
+    forward_paths: bool = False
+    resolve_dns: bool = False
+    dns_refresh: Seconds = Field(60.0, gt=0)
+    user_agent: str = "rpcbalancer"
+    rate_limit: RateLimit | None = None
+    methods: MethodRules = MethodRules()
+    api_keys: ApiKeys | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    access_log: AccessLogConfig = AccessLogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    explain: bool = False
+    """Allow ``X-RPC-Explain: 1`` on a request to get the node scores in ``X-RPC-Scores``."""
+    secrets: frozenset[str] = frozenset()
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _nodes_from_strings(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [{"url": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("min_version", mode="before")
+    @classmethod
+    def _version_string(cls, value: Any) -> Any:
+        if value in ("", None):
+            return None
+        if not isinstance(value, str) or not re.fullmatch(r"\d+(\.\d+)*", value.strip()):
+            raise ValueError("must be a dotted version such as 0.23.0")
+        return value.strip()
+
+    @field_validator("store")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        value = value.strip()
+        schemes = ("sqlite", "redis", "rediss", "unix", "postgresql", "postgres", "dynamodb")
+        if value.lower() == "none" or urlsplit(value).scheme in schemes:
+            return value
+        raise ValueError(
+            "must be none, sqlite:///file.db, redis://host:port/db, postgresql://... "
+            "or dynamodb://table?region=..."
+        )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Config:
+        seen: set[str] = set()
+        for node in self.nodes:
+            if node.url in seen:
+                raise ValueError(f"nodes: {node.name} is listed twice")
+            seen.add(node.url)
+        names: dict[str, int] = {}
+        for node in self.nodes:
+            if node.name in names and "name" in node.model_fields_set:
+                raise ValueError(f"nodes: the name {node.name!r} is given to two nodes")
+            names[node.name] = names.get(node.name, 0) + 1
+        for name in [n for n, count in names.items() if count > 1]:
+            # Two URLs that differ only in what is not shown (a key, a query): number them,
+            # so that headers, logs and metric labels still tell them apart.
+            same = [n for n in self.nodes if n.name == name]
+            for k, node in enumerate(same[1:], start=2):
+                object.__setattr__(node, "name", f"{name} #{k}")
+        from ..health.chains import CHAINS  # late: chains imports nothing of config at import
+
+        if self.chain not in CHAINS:
+            raise ValueError(f"chain: unknown preset {self.chain!r} (known: {', '.join(CHAINS)})")
+        return self
