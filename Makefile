@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 CONFIG ?=
 
-.PHONY: run test lint fmt typecheck bench clean
+.PHONY: run test lint fmt typecheck bench docs clean
 
 $(BIN)/rpcbalancer: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ fmt: $(VENV)/.dev
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
+
+# The configuration reference is rendered from the config model's docstrings.
+docs: $(BIN)/rpcbalancer
+	$(BIN)/python -m rpcbalancer.config.reference > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

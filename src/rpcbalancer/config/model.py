@@ -71,20 +71,27 @@ Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class NodeConfig(_Model):
     """One upstream node."""
 
     url: str
+    """The node's ``http://`` or ``https://`` URL; a path (``/v3/${INFURA_KEY}``) and a query
+    are sent as given."""
     name: str = ""
     """Shown in headers, logs, status and metric labels instead of the URL; defaults to the
     URL without credentials or query, with every part that came from ``${ENV}`` (an API key
     in the path) shown as ``[redacted]``."""
     weight: float = Field(1.0, ge=0)
+    """The node's share for ``weighted``, ``least_conn``, ``ip_hash`` and ``fastest``; 0 drains
+    it (no new requests)."""
     headers: dict[str, str] = Field(default_factory=dict)
+    """Headers sent to this node with every request and probe (a shared secret such as
+    ``X-Edge-Key``); values from ``${ENV}`` are never shown."""
     verify_tls: bool = True
+    """``false`` accepts any TLS certificate from this node (logged as a warning at start)."""
     _masked: str | None = PrivateAttr(default=None)
     """The URL with every value from the environment masked, when it had any."""
 
@@ -128,6 +135,9 @@ class StrategyConfig(_Model):
     """The node-selection policy and its parameters."""
 
     name: Strategy = "fastest"
+    """How a node is picked among the usable ones: ``fastest``, ``race``, ``round_robin``,
+    ``weighted``, ``random``, ``least_conn``, ``ip_hash``, ``first``, ``max_block`` or
+    ``latest_version`` (see docs/how-it-chooses.md)."""
     race_ttl: Seconds = Field(0.0, ge=0)
     """race: reuse the winner of a race for this many seconds (0: race every request)."""
     model: Literal["load", "peak_ewma"] = "load"
@@ -143,9 +153,12 @@ class StrategyConfig(_Model):
 
 class Timeouts(_Model):
     connect: Seconds = Field(2.0, gt=0)
+    """Seconds to open a connection to a node."""
     per_try: Seconds = Field(5.0, gt=0)
+    """Seconds one try on one node may take; a failed try counts with at least this as its
+    latency."""
     total: Seconds = Field(12.0, gt=0)
-    """Deadline for a whole client request, retries included."""
+    """Seconds a whole client request may take, retries and hedges included: its deadline."""
 
 
 class ProbeConfig(_Model):
@@ -154,6 +167,7 @@ class ProbeConfig(_Model):
     timeout: Seconds = Field(3.0, gt=0)
     """Seconds one probe call may take."""
     concurrency: int = Field(16, ge=1)
+    """Probe calls in flight at once during a round."""
     round_deadline: Seconds = Field(20.0, gt=0)
     """Seconds a whole round may take; nodes not answered by then are left for the next."""
 
@@ -162,7 +176,8 @@ class CircuitBreaker(_Model):
     failures: int = Field(5, ge=1)
     """Consecutive failed tries that eject a node."""
     cooldown: Seconds = Field(10.0, gt=0)
-    """Seconds an ejected node sits out before one trial request."""
+    """Seconds an ejected node sits out, doubled on each repeated ejection (up to 8 times
+    this); then it gets one trial try."""
 
 
 class HedgeConfig(_Model):
@@ -170,9 +185,14 @@ class HedgeConfig(_Model):
     goes to a second node as well; the first good answer wins."""
 
     enabled: bool = True
+    """``false`` turns hedging off."""
     quantile: float = Field(0.95, gt=0, lt=1)
+    """A read is hedged once it has waited this quantile of its node's recent latency
+    (0.95: about its p95)."""
     min_delay: Seconds = Field(0.01, ge=0)
+    """Seconds a read waits at least before it is hedged."""
     max_delay: Seconds = Field(1.0, gt=0)
+    """Seconds a read waits at most before it is hedged."""
     min_samples: int = Field(20, ge=1)
     """Answers a node must have given before its ``quantile`` times its hedges; until then
     they wait three times its predicted latency."""
@@ -182,20 +202,32 @@ class BudgetConfig(_Model):
     """Retries and hedges together: at most ``ratio`` extra tries per request."""
 
     ratio: float = Field(0.1, ge=0, le=1)
+    """Share of an extra try each client request earns (0.1: one retry or hedge per ten
+    requests); 0 leaves only ``min_per_second``."""
     min_per_second: float = Field(3.0, ge=0)
+    """Extra tries a second earned however quiet the traffic, so a quiet balancer can
+    still retry."""
     burst: float = Field(20.0, ge=1)
+    """Extra tries that can be saved up at most; hedges leave the last quarter of them to
+    retries."""
 
 
 class OutlierConfig(_Model):
     """Ejection of a node whose success rate is well below its peers'."""
 
     enabled: bool = True
+    """``false`` turns outlier ejection off (the circuit breaker still acts)."""
     min_requests: int = Field(20, ge=1)
+    """Recent requests a node must have had before its success rate is judged."""
     stdev_factor: float = Field(1.9, gt=0)
+    """A node is an outlier when its success rate is below the mean of the other nodes' by
+    more than this many of their standard deviations (and by 5 points at least)."""
     min_success: float = Field(0.9, ge=0, le=1)
     """A node is an outlier only below this success rate as well."""
     base_ejection: Seconds = Field(10.0, gt=0)
+    """Seconds of a first ejection; doubled for each repeat, with jitter."""
     max_ejection: Seconds = Field(300.0, gt=0)
+    """Seconds an ejection lasts at most, however often the node was ejected."""
     max_ejected: float = Field(0.5, ge=0, le=1)
     """At most this share of the fleet is ejected at once."""
     slow_start: Seconds = Field(10.0, ge=0)
@@ -204,10 +236,13 @@ class OutlierConfig(_Model):
 
 class Listen(_Model):
     host: str = "127.0.0.1"
+    """Address the server listens on (``0.0.0.0``: every interface)."""
     port: int = Field(8080, ge=0, le=65535)
+    """TCP port the server listens on (0: any free port)."""
     tls_cert: str | None = None
     """PEM certificate chain: with ``tls_key``, the server speaks HTTPS (TLS 1.2 or newer)."""
     tls_key: str | None = None
+    """PEM private key for ``tls_cert``; the two go together."""
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> Listen:
@@ -220,13 +255,18 @@ class ServerLimits(_Model):
     """What one client connection may send (the standalone server enforces these)."""
 
     max_header_bytes: int = Field(32 * 1024, ge=1024)
+    """Bytes of request headers at most (431 beyond)."""
     max_headers: int = Field(100, ge=8)
+    """Request headers at most (431 beyond)."""
     max_body: int = Field(8 * 1024 * 1024, ge=1024)
+    """Bytes of request body at most (413 beyond, before reading it when Content-Length
+    says so)."""
     request_timeout: Seconds = Field(30.0, gt=0)
     """Seconds from a request's first byte to its last (slow clients get 408)."""
     idle_timeout: Seconds = Field(30.0, gt=0)
     """Seconds a kept-alive connection may sit idle between requests."""
     max_pipeline: int = Field(32, ge=1)
+    """Pipelined requests queued on one connection before reading from it pauses."""
     max_batch: int = Field(100, ge=1, le=10000)
     """JSON-RPC calls in one batch."""
     max_depth: int = Field(32, ge=2, le=512)
@@ -239,7 +279,9 @@ class RateLimit(_Model):
     ``maxRequests`` become ``rate = max_requests / window`` and ``burst = max_requests``."""
 
     rate: float = Field(10.0, gt=0)
+    """Calls a second each client may make on average."""
     burst: int = Field(20, ge=1)
+    """Calls a client may make at once: the size of its bucket."""
     shared: bool = True
     """With a Redis store, every instance sharing it enforces one limit."""
     max_clients: int = Field(100_000, ge=100)
@@ -268,11 +310,15 @@ class MethodRules(_Model):
     not match ``deny``."""
 
     allow: tuple[str, ...] = ()
+    """Patterns of the methods served; empty: every method not denied."""
     deny: tuple[str, ...] = ()
+    """Patterns of the methods refused (403 with -32601)."""
 
 
 class ApiKey(_Model):
     name: str = Field(min_length=1, max_length=64)
+    """The key's name, under which its rate limit and method rules are kept; the key
+    itself is never logged."""
     key: str = Field(min_length=16, max_length=256)
     """The secret itself; give it as ``${ENV_VAR}`` so it never sits in the file."""
     rate_limit: RateLimit | None = None
@@ -284,6 +330,7 @@ class ApiKey(_Model):
 
 class ApiKeys(_Model):
     keys: tuple[ApiKey, ...] = Field(min_length=1)
+    """The keys, at least one."""
     required: bool = True
     """Refuse requests without a valid key (401); ``false``: keys only lift the limits."""
     header: str = "x-api-key"
@@ -292,13 +339,14 @@ class ApiKeys(_Model):
 
 class MetricsConfig(_Model):
     enabled: bool = True
-    """``GET /metrics`` in Prometheus text format."""
+    """Serve ``GET /metrics`` in Prometheus text format."""
     methods: tuple[str, ...] = ()
     """JSON-RPC methods allowed as metric labels besides the chain preset's common ones."""
 
 
 class AccessLogConfig(_Model):
     enabled: bool = True
+    """``false``: no access log."""
     path: str = "-"
     """Where the JSON lines go: ``-`` for standard output, or a file (appended to)."""
     sample: float = Field(1.0, ge=0, le=1)
@@ -306,55 +354,98 @@ class AccessLogConfig(_Model):
     bodies: bool = False
     """Log request bodies (truncated to ``body_max`` bytes, secrets redacted)."""
     body_max: int = Field(512, ge=0, le=65536)
+    """Bytes of a request body logged at most, with ``bodies: true``."""
 
 
 class Config(_Model):
     """The whole configuration of one balancer."""
 
     chain: str = "steem"
+    """The chain preset: ``steem``, ``hive``, ``blurt`` or ``evm``; it sets the probe calls,
+    the broadcast methods and which node errors mean the node is unwell."""
     nodes: tuple[NodeConfig, ...] = Field(min_length=1)
+    """The upstream nodes: URLs, or mappings with ``url`` and the keys below; by default the
+    public Steem nodes. ``RPCBALANCER_NODES`` replaces the list."""
     strategy: StrategyConfig = StrategyConfig()
+    """The strategy: a name (``fastest``), or a mapping with ``name`` and its parameters."""
     timeouts: Timeouts = Timeouts()
+    """Time limits of connections, tries and whole requests."""
     retries: int = Field(2, ge=0, le=10)
+    """Further tries on other nodes after a failed read (0: none); broadcasts are never
+    sent twice."""
     node_concurrency: int = Field(256, ge=0)
     """Requests in flight to one node at most (0: no cap); the rest wait for a slot."""
     queue_size: int = Field(1024, ge=0)
     """Requests that may wait for a slot at once; beyond, 503 at once."""
     max_block_lag: int = Field(10, ge=0)
+    """Blocks a node may lag behind the best node before it is excluded (10: about 30 s on
+    Steem)."""
     max_head_age: Seconds = Field(90.0, gt=0)
+    """Seconds a node's head block may be old before the node is excluded."""
     min_version: str | None = None
+    """The lowest chain version a node may run (``0.23.0``); none: any version."""
     annotate: Literal["headers", "body"] = "headers"
-    """Headers always name the node; ``body`` also adds the original design's fields."""
+    """``headers``: response headers name the node (they always do); ``body`` also adds
+    ``__server__`` and ``__version__`` to JSON object replies, as the original design did."""
     listen: Listen = Listen()
+    """Where the standalone server listens, and its TLS certificate."""
     limits: ServerLimits = ServerLimits()
+    """What one client connection and one request may send."""
     store: str = "sqlite:///rpcbalancer-health.db"
-    """The shared health store; ``none`` keeps health in memory only."""
+    """The shared health store's URL (``sqlite:///file.db``, ``redis://host:port/db``,
+    ``postgresql://...``, ``dynamodb://table?region=...``); ``none`` keeps health in memory
+    only. ``RPCBALANCER_STORE`` replaces it."""
     canary: Literal["embedded", "external"] = "embedded"
     """``embedded``: this process probes (under the store's lease); ``external``: another
     process does (``rpcbalancer canary``, the scheduled Lambda) and this one only reads."""
     store_refresh: Seconds = Field(2.0, gt=0)
     """Seconds the balancer keeps its copy of the store's view before reading it again."""
     history_retention: Seconds = Field(86400.0, gt=0)
+    """Seconds of probe history the store keeps (for ``rpcbalancer status`` and the status
+    page)."""
     probe: ProbeConfig = ProbeConfig()
+    """The canary's rounds of probes."""
     circuit_breaker: CircuitBreaker = CircuitBreaker()
+    """Ejection of a node after consecutive failed tries."""
     hedge: HedgeConfig = HedgeConfig()
+    """Hedged reads: a slow read is also sent to a second node."""
     budget: BudgetConfig = BudgetConfig()
+    """The one budget retries and hedges share."""
     outlier: OutlierConfig = OutlierConfig()
+    """Ejection of a node whose success rate is well below its peers'."""
     trusted_proxies: tuple[str, ...] = ()
+    """CIDRs (``10.0.0.0/8``) of the proxies whose ``X-Forwarded-For`` names the client, for
+    rate limits, ``ip_hash`` and the log; empty: the peer address is the client."""
     forward_paths: bool = False
+    """Append the client's path and query to each node's URL; ``false``: paths other than
+    ``/`` get 404."""
     resolve_dns: bool = False
+    """Make one node of each address a node's host name resolves to (the Host header and TLS
+    SNI keep the name)."""
     dns_refresh: Seconds = Field(60.0, gt=0)
+    """Seconds between resolutions of the node names, with ``resolve_dns: true``."""
     user_agent: str = "rpcbalancer"
+    """User-Agent sent to the nodes, with requests and probes."""
     rate_limit: RateLimit | None = None
+    """A rate limit per client; none: no limit. DoctorLai's ``{window_ms, max_requests}``
+    is also accepted."""
     methods: MethodRules = MethodRules()
+    """Which JSON-RPC methods this endpoint serves."""
     api_keys: ApiKeys | None = None
+    """API keys, each with its own limit and method rules; none: no keys."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """The application log's level: ``debug``, ``info``, ``warning`` or ``error``."""
     log_format: Literal["text", "json"] = "text"
+    """``text``, or ``json`` for one JSON object per application log line."""
     access_log: AccessLogConfig = AccessLogConfig()
+    """The JSON access log, one line per request."""
     metrics: MetricsConfig = MetricsConfig()
+    """The Prometheus endpoint."""
     explain: bool = False
     """Allow ``X-RPC-Explain: 1`` on a request to get the node scores in ``X-RPC-Scores``."""
     secrets: frozenset[str] = frozenset()
+    """Filled in by the loader (not a key to write): the values that came from ``${ENV}``,
+    so that they can be redacted wherever they would be shown."""
 
     @field_validator("nodes", mode="before")
     @classmethod
