@@ -23,8 +23,9 @@ from collections.abc import Callable
 from types import TracebackType
 
 from .config import Config
-from .fleet.nodes import Fleet, Health, Node, OutlierRule, eject_outliers, parse_version
-from .fleet.policies import Race, make_policy
+from .fleet.fleet import Fleet, OutlierRule, eject_outliers
+from .fleet.nodes import Health, Node, parse_version
+from .fleet.policies import BasePolicy, Race, make_policy
 from .health.canary import Canary, StoreView
 from .health.chains import CHAINS, Chain
 from .health.probe import Prober
@@ -32,7 +33,7 @@ from .health.store import open_store
 from .health.store.redis import RedisStore
 from .health.versions import Versions
 from .observe.accesslog import AccessLog, RequestIds
-from .observe.metrics import SnapshotFolder, Stats
+from .observe.counters import SnapshotFolder, Stats
 from .periodic import Periodic
 from .proxy.access import KeyRing, MethodFilter
 from .proxy.budget import RetryBudget
@@ -163,6 +164,12 @@ class Balancer:
         self._stack: contextlib.AsyncExitStack | None = None
         self._due: dict[str, float] = {}
 
+    @property
+    def routing(self) -> BasePolicy:
+        """The strategy routing now: the configured one, or on Lambda the race until the
+        canary's records are fresh."""
+        return self.router.policy
+
     def __repr__(self) -> str:
         return f"<Balancer {self.config.chain} {self.policy.name} {self.fleet!r}>"
 
@@ -251,7 +258,7 @@ class Balancer:
 
     async def _share_counters(self) -> None:
         assert self.snapshots is not None
-        self.snapshots.write(self.stats.snapshot(self))
+        self.snapshots.write(self.stats.snapshot(self.fleet.nodes))
 
     async def _review_outliers(self) -> None:
         jitter = 0.85 + 0.3 * self.rng.random()

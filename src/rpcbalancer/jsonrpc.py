@@ -27,7 +27,7 @@ UPSTREAM_FAILED = -32003
 UNAUTHORIZED = -32004
 RATE_LIMITED = -32005
 
-_Id = str | int | float | None
+Id = str | int | float | None
 
 
 @dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
@@ -37,17 +37,17 @@ class RpcCall:
 
     methods: tuple[str, ...]
     """Method names, one per forwarded member; ``call`` is unwrapped to ``api.method``."""
-    ids: tuple[_Id, ...]
+    ids: tuple[Id, ...]
     batch: bool
     notifications: int = 0
     """Forwarded members without an ``id``: the spec gives them no answer."""
-    rejected: tuple[tuple[_Id, int, str], ...] = ()
+    rejected: tuple[tuple[Id, int, str], ...] = ()
     """Batch members answered here, not forwarded: ``(id, code, message)`` each."""
     body: bytes | None = None
     """What to forward when it is not the client's body (members were rejected)."""
 
     @property
-    def first_id(self) -> _Id:
+    def first_id(self) -> Id:
         return self.ids[0] if self.ids else None
 
     @property
@@ -62,7 +62,7 @@ class RpcProblem:
 
     code: int
     message: str
-    id: _Id = None
+    id: Id = None
     http_status: int = 400
 
     def body(self) -> bytes:
@@ -132,9 +132,9 @@ def parse(
                 f"Invalid Request: a batch of {len(doc)} calls; at most {max_batch} per request",
             )
         methods: list[str] = []
-        ids: list[_Id] = []
+        ids: list[Id] = []
         notifications = 0
-        rejected: list[tuple[_Id, int, str]] = []
+        rejected: list[tuple[Id, int, str]] = []
         kept: list[Any] = []
         for index, item in enumerate(doc):
             member = _member(item) if isinstance(item, dict) else "not an object"
@@ -205,12 +205,12 @@ def _depth(doc: Any) -> int:
     return deepest
 
 
-def _safe_id(doc: dict[str, Any]) -> _Id:
+def _safe_id(doc: dict[str, Any]) -> Id:
     value = doc.get("id")
     return value if isinstance(value, str | int | float) and not isinstance(value, bool) else None
 
 
-def _member(doc: dict[str, Any]) -> tuple[str, _Id, bool] | str:
+def _member(doc: dict[str, Any]) -> tuple[str, Id, bool] | str:
     """Return ``(method, id, is a notification)`` of a request object, or why it is invalid."""
     method = doc.get("method")
     if not isinstance(method, str) or not method:
@@ -246,7 +246,7 @@ def error_object(code: int, message: str, data: Any = None) -> dict[str, Any]:
     return error
 
 
-def error_body(ident: _Id, code: int, message: str, data: Any = None) -> bytes:
+def error_body(ident: Id, code: int, message: str, data: Any = None) -> bytes:
     return dumps({"jsonrpc": "2.0", "error": error_object(code, message, data), "id": ident})
 
 

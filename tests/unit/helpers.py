@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from rpcbalancer.config import NodeConfig
-from rpcbalancer.fleet.nodes import Fleet, Health, Node, ProbeResult
+from rpcbalancer.fleet.fleet import Fleet
+from rpcbalancer.fleet.nodes import Health, Node, ProbeResult
 
 
 def make_nodes(count: int, weights: list[float] | None = None) -> list[Node]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from rpcbalancer.config import from_mapping
-from rpcbalancer.fleet.nodes import LATENCY_BUCKETS, Fleet, Health, Node
+from rpcbalancer.fleet.fleet import Fleet
+from rpcbalancer.fleet.nodes import LATENCY_BUCKETS, Health, Node
 from rpcbalancer.health.store import ProbeRecord
-from rpcbalancer.observe.metrics import exclusion_kind, merge
+from rpcbalancer.observe.counters import merge
 from rpcbalancer.observe.views import history_doc
 
 
@@ -38,15 +39,6 @@ def test_worker_counters_add_up() -> None:
     node = total["nodes"]["a"]
     assert (node["tries"], node["failures"], node["inflight"]) == (11, 2, 3)
     assert node["hist"][0] == 11 and node["ejected_by"] == {"breaker": 2}
-
-
-def test_exclusion_reasons_become_bounded_labels() -> None:
-    assert exclusion_kind(None) == "usable"
-    assert exclusion_kind("ejected after 5 consecutive failures (back in 9s)") == "ejected"
-    assert exclusion_kind("down: head: cannot connect") == "down"
-    assert exclusion_kind("60 blocks behind the best node (max 10)") == "lagging"
-    assert exclusion_kind("head block is 95s old (max 90s)") == "stale_head"
-    assert exclusion_kind("version 0.22.0 is below min_version 0.23.0") == "old_version"
 
 
 def test_history_is_bucketed_per_node_with_median_and_good_share() -> None:

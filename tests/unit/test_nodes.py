@@ -144,7 +144,7 @@ def test_a_node_back_from_down_starts_afresh() -> None:
 
 
 def test_outliers_by_success_rate_are_ejected_with_growing_time() -> None:
-    from rpcbalancer.fleet.nodes import OutlierRule, eject_outliers
+    from rpcbalancer.fleet.fleet import OutlierRule, eject_outliers
 
     f = fleet(4)
     for node in f.nodes:
@@ -162,7 +162,7 @@ def test_outliers_by_success_rate_are_ejected_with_growing_time() -> None:
 
 
 def test_outlier_ejection_spares_a_healthy_fleet_and_half_of_a_sick_one() -> None:
-    from rpcbalancer.fleet.nodes import OutlierRule, eject_outliers
+    from rpcbalancer.fleet.fleet import OutlierRule, eject_outliers
 
     f = fleet(4)
     for node in f.nodes:
@@ -196,3 +196,19 @@ def test_latency_quantiles_for_hedging_need_enough_samples() -> None:
         node.begin(0.0)
         node.end(0.0, 0.001 * (i + 1), True)
     assert node.quantile(0.95, min_samples=20) == pytest.approx(0.096)
+
+
+def test_each_exclusion_has_a_bounded_kind_and_a_reason() -> None:
+    f = fleet(6, max_block_lag=10, max_head_age=90.0, min_version=(0, 23), breaker_failures=1)
+    ejected, down, lagging, old_head, old_version, fine = f.nodes
+    probed(ejected)
+    ejected.record(0.0, 0.01, False, error="reset", health=f.health)
+    probed(down, ok=False, error="head: cannot connect")
+    probed(lagging, head=940)
+    probed(old_head, head_age=95.0)
+    probed(old_version, version="0.22.0")
+    probed(fine)
+    kinds = [(e.kind if (e := f.excluded(n, 0.0)) else None) for n in f.nodes]
+    assert kinds == ["ejected", "down", "lagging", "stale_head", "old_version", None]
+    assert f.exclusion(lagging, 0.0) == "60 blocks behind the best node (max 10)"
+    assert str(f.excluded(old_version, 0.0)) == "version 0.22.0 is below min_version 0.23"

@@ -136,7 +136,7 @@ def canary(
             raise typer.Exit(2) from None
     cfg = _load(config, store=store)
     _logging(cfg.log_level, cfg.log_format)
-    from ..health.canary import run_canary
+    from .canary import run_canary
 
     records = asyncio.run(run_canary(cfg, interval=every, once=once))
     if once:

@@ -6,7 +6,8 @@ import time
 
 from ..balancer import Balancer
 from ..config import Config, NodeConfig, display_url
-from ..fleet.nodes import Fleet, Health, Node, parse_version
+from ..fleet.fleet import Fleet
+from ..fleet.nodes import Health, Node, parse_version
 from ..health.store import ProbeRecord, open_store
 
 

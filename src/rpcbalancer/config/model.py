@@ -71,7 +71,7 @@ Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class NodeConfig(_Model):

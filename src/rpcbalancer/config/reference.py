@@ -1,14 +1,18 @@
 """The configuration reference, ``docs/configuration.md``, rendered from the model.
 
-Every key's description is its field's docstring (the models set
-``use_attribute_docstrings``), its type, bounds and default come from the field itself, so
-the page cannot drift from the code: ``make docs`` writes it
+Every key's description is its field's docstring (read from the model's source here, when
+the page is rendered: importing the config costs nothing for it), its type, bounds and
+default come from the field itself, so the page cannot drift from the code: ``make docs`` writes it
 (``python -m rpcbalancer.config.reference > docs/configuration.md``) and a test fails when
 the file and :func:`render` differ.
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
+import itertools
+import textwrap
 import types
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
@@ -51,25 +55,51 @@ class Entry:
 def entries(model: type[BaseModel] = Config, prefix: str = "") -> list[Entry]:
     """Every key of ``model``, depth first: ``nodes[].url``, ``api_keys.keys[].name``."""
     rows: list[Entry] = []
+    described = docstrings(model)
     for name, field in model.model_fields.items():
         if not prefix and name in INTERNAL:
             continue
         key = prefix + name
-        rows.append(_entry(key, field))
+        rows.append(_entry(key, field, described.get(name, "")))
         sub, many = _submodel(field.annotation)
         if sub is not None:
             rows += entries(sub, key + ("[]." if many else "."))
     return rows
 
 
-def _entry(key: str, field: FieldInfo) -> Entry:
+def docstrings(model: type[BaseModel]) -> dict[str, str]:
+    """Each field's docstring (the string just after its annotated assignment), read from
+    the model's source, its parents' included."""
+    found: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or cls is BaseModel:
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(cls))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(source).body[0]
+        assert isinstance(body, ast.ClassDef)
+        for first, second in itertools.pairwise(body.body):
+            if (
+                isinstance(first, ast.AnnAssign)
+                and isinstance(first.target, ast.Name)
+                and isinstance(second, ast.Expr)
+                and isinstance(second.value, ast.Constant)
+                and isinstance(second.value.value, str)
+            ):
+                found[first.target.id] = inspect.cleandoc(second.value.value)
+    return found
+
+
+def _entry(key: str, field: FieldInfo, description: str) -> Entry:
     kind = _SHAPES.get(key) or _type(field.annotation, field.metadata)
     bounds = _bounds(field.metadata)
     return Entry(
         key=key,
         type=f"{kind}, {bounds}" if bounds else kind,
         default=_DEFAULTS.get(key) or _default(field),
-        description=" ".join((field.description or "").split()).replace("``", "`"),
+        description=" ".join(description.split()).replace("``", "`"),
     )
 
 

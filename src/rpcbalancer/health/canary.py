@@ -19,17 +19,14 @@ applies the results locally, and says so in the log once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
-import signal
 import socket
 import time
 from collections.abc import Callable
 
-from ..config import Config
-from ..fleet.nodes import Fleet
+from ..fleet.fleet import Fleet
 from .probe import Prober
 from .store import HealthStore, ProbeRecord, shown_url
 
@@ -230,37 +227,3 @@ class StoreView:
     def stale(self) -> bool:
         """Whether the store has brought nothing fresh lately (down, empty or abandoned)."""
         return self.health.down or self.wall() - self.fresh_at > self.stale_after
-
-
-async def run_canary(config: Config, *, interval: float | None, once: bool) -> list[ProbeRecord]:
-    """The ``rpcbalancer canary`` command: one round (``once``) or rounds until stopped."""
-    from ..balancer import Balancer
-
-    balancer = Balancer(config)
-    canary = balancer.canary
-    if interval is not None:
-        canary.interval = interval
-    store = balancer.store
-    try:
-        if store is not None:
-            await store.open()
-        if balancer.dns is not None:
-            await balancer.dns.refresh()
-        if once:
-            return await canary.once()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        while not stop.is_set():
-            started = loop.time()
-            if await canary.tick():
-                log.info("round %d: probed %d nodes", canary.rounds, len(balancer.fleet.nodes))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, canary.interval - (loop.time() - started))):
-                    await stop.wait()
-        return []
-    finally:
-        await balancer.transport.aclose()
-        if store is not None:
-            await store.close()

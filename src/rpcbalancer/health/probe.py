@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 import orjson
 
 from ..errors import UpstreamError
-from ..fleet.nodes import Fleet, Node, ProbeResult
+from ..fleet.fleet import Fleet
+from ..fleet.nodes import Node, ProbeResult
 from ..upstream.pool import Transport
 from .chains import Answer, Chain, ProbeCall
 

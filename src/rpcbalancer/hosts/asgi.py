@@ -10,11 +10,10 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import orjson
-
 from ..balancer import Balancer
 from ..config import Config
-from ..proxy.gateway import Gateway, HttpRequest, HttpResponse
+from ..messages import HttpRequest, HttpResponse, error_response, internal_error
+from ..proxy.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +71,7 @@ class App:
             if not message.get("more_body", False):
                 break
         if too_large:
-            response = HttpResponse(
-                413,
-                [("content-type", "application/json")],
-                orjson.dumps(
-                    {
-                        "jsonrpc": "2.0",
-                        "id": None,
-                        "error": {
-                            "code": -32600,
-                            "message": f"Request body larger than {MAX_BODY} bytes",
-                        },
-                    }
-                ),
-            )
+            response = error_response("too_large", f"Request body larger than {MAX_BODY} bytes")
         else:
             client = scope.get("client")
             request = HttpRequest(
@@ -100,17 +86,7 @@ class App:
                 response = await self.gateway.handle(request)
             except Exception:
                 log.exception("unexpected error handling %s %s", scope["method"], scope["path"])
-                response = HttpResponse(
-                    500,
-                    [("content-type", "application/json")],
-                    orjson.dumps(
-                        {
-                            "jsonrpc": "2.0",
-                            "id": None,
-                            "error": {"code": -32603, "message": "Internal error in the balancer"},
-                        }
-                    ),
-                )
+                response = internal_error()
         await send_response(send, response, head=scope["method"] == "HEAD")
 
 

@@ -45,7 +45,8 @@ from ..config import Config, display_url, from_mapping
 from ..config.load import from_env_text
 from ..errors import ConfigError
 from ..health.store import shown_url
-from ..proxy.gateway import Gateway, HttpRequest, HttpResponse
+from ..messages import HttpRequest, HttpResponse, error_response, internal_error
+from ..proxy.gateway import Gateway
 from .asgi import App
 
 log = logging.getLogger(__name__)
@@ -224,11 +225,7 @@ class LambdaHost:
             return await gateway.handle(request)
         except Exception:
             log.exception("unexpected error handling %s %s", request.method, request.path)
-            return HttpResponse(
-                500,
-                [("content-type", "application/json")],
-                jsonrpc.error_body(None, jsonrpc.INTERNAL_ERROR, "Internal error in the balancer"),
-            )
+            return internal_error()
 
     def _too_large_http(self, event: Any, context: Any, size: int) -> dict[str, Any]:
         handler = self.adapter.infer(event, context)
@@ -316,28 +313,33 @@ def _too_large(request_body: bytes, size: int) -> HttpResponse:
         f"The answer ({size:,} bytes) is larger than AWS Lambda's {MAX_PAYLOAD // 2**20} MB "
         "response limit; ask for less data per request"
     )
-    body = jsonrpc.error_body_for(
-        call if isinstance(call, jsonrpc.RpcCall) else None, jsonrpc.UPSTREAM_FAILED, message
-    )
-    return HttpResponse(502, [("content-type", "application/json")], body)
+    return error_response("upstream", message, call if isinstance(call, jsonrpc.RpcCall) else None)
 
 
 def _bad_event(why: str) -> dict[str, Any]:
     log.warning("malformed event: %s", why)
-    body = jsonrpc.error_body(None, jsonrpc.INVALID_REQUEST, f"Malformed event: {why[:200]}")
-    return {"statusCode": 400, "headers": dict(ORIGINAL_HEADERS), "body": body.decode()}
+    return _original_error("invalid", f"Malformed event: {why[:200]}")
 
 
 def _unknown_event(event: Any) -> dict[str, Any]:
     keys = ", ".join(sorted(map(str, event)))[:200] if isinstance(event, dict) else type(event)
     log.warning("unsupported event (keys: %s)", keys)
-    body = jsonrpc.error_body(
-        None,
-        jsonrpc.INVALID_REQUEST,
+    return _original_error(
+        "invalid",
         "Unsupported Lambda event: expected API Gateway (mapping template, REST or HTTP API), "
         "a Function URL, an ALB, a JSON-RPC payload or an EventBridge schedule",
     )
-    return {"statusCode": 400, "headers": dict(ORIGINAL_HEADERS), "body": body.decode()}
+
+
+def _original_error(kind: str, message: str) -> dict[str, Any]:
+    """An error in the shape the original design returned: ``statusCode``, ``headers``
+    (CORS, no caching) and the JSON-RPC error as ``body``."""
+    response = error_response(kind, message)
+    return {
+        "statusCode": response.status,
+        "headers": dict(ORIGINAL_HEADERS),
+        "body": response.body.decode(),
+    }
 
 
 # -- the functions Lambda calls ----------------------------------------------------------------
@@ -364,10 +366,7 @@ def handler(event: Any, context: Any) -> Any:
     """The balancer function."""
     host = _get_host()
     if host is None:
-        body = jsonrpc.error_body(
-            None, jsonrpc.INTERNAL_ERROR, f"The balancer is misconfigured: {_broken}"
-        )
-        return {"statusCode": 500, "headers": dict(ORIGINAL_HEADERS), "body": body.decode()}
+        return _original_error("internal", f"The balancer is misconfigured: {_broken}")
     return host.invoke(event, context)
 
 

@@ -24,10 +24,9 @@ import orjson
 
 from ..config import AccessLogConfig
 
-if TYPE_CHECKING:  # the gateway imports this module
+if TYPE_CHECKING:
     from ..jsonrpc import RpcCall
-    from ..proxy.gateway import HttpRequest, HttpResponse
-    from ..proxy.router import Outcome
+    from ..messages import HttpRequest, HttpResponse
 
 _VALID_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 BATCH_METHODS_SHOWN = 5
@@ -103,7 +102,6 @@ class AccessLog:
 def access_line(
     req: HttpRequest,
     call: RpcCall | None,
-    outcome: Outcome | None,
     response: HttpResponse,
     seconds: float,
     rid: str,
@@ -111,8 +109,10 @@ def access_line(
     kind: str,
     log: AccessLog,
     secret_path: bool,
+    served: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The access line of one request (``secret_path``: its path is an API key)."""
+    """The access line of one request (``secret_path``: its path is an API key; ``served``:
+    the node, attempts, hedged and error of a forwarded one)."""
     line: dict[str, Any] = {
         "ts": round(time.time(), 3),
         "id": rid,
@@ -132,13 +132,13 @@ def access_line(
             line["methods"] = [m[:100] for m in call.methods[:BATCH_METHODS_SHOWN]]
         else:
             line["method"] = call.methods[0][:100] if call.methods else ""
-    if outcome is not None:
-        line["node"] = outcome.node.name if outcome.node is not None else None
-        line["attempts"] = len(outcome.tried)
-        if outcome.hedged:
+    if served is not None:
+        line["node"] = served["node"]
+        line["attempts"] = served["attempts"]
+        if served["hedged"]:
             line["hedged"] = True
-        if outcome.error is not None:
-            line["error"] = str(outcome.error)[:300]
+        if served["error"] is not None:
+            line["error"] = served["error"]
     elif kind != "ok":
         line["error"] = _message_of(response.body)
     if log.config.bodies and req.body:

@@ -19,201 +19,26 @@ names it, anything else counts as ``other``; nodes come from the config.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import time
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..fleet.fleet import EXCLUSION_KINDS
 from ..fleet.nodes import LATENCY_BUCKETS
+from .counters import SnapshotFolder, Stats, merge
 
 if TYPE_CHECKING:
-    from ..balancer import Balancer
-    from ..jsonrpc import RpcCall
+    from .source import Observed
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OUTCOMES = (
-    "ok",
-    "client_error",
-    "rate_limited",
-    "denied",
-    "no_node",
-    "timeout",
-    "upstream_error",
-    "internal",
-)
-KINDS = ("ejected", "down", "lagging", "stale_head", "old_version")
 
 
-def exclusion_kind(reason: str | None) -> str:
-    """A bounded label for :meth:`Fleet.exclusion`'s free-text reason."""
-    if reason is None:
-        return "usable"
-    if reason.startswith("ejected"):
-        return "ejected"
-    if reason.startswith("down"):
-        return "down"
-    if "blocks behind" in reason:
-        return "lagging"
-    if reason.startswith("head block"):
-        return "stale_head"
-    return "old_version"
-
-
-class Stats:
-    """What the gateway counts, per process."""
-
-    __slots__ = (
-        "bytes_in",
-        "bytes_out",
-        "duration",
-        "duration_sum",
-        "hedge_wins",
-        "hedges",
-        "methods",
-        "requests",
-        "retries",
-    )
-
-    def __init__(self, methods: Iterable[str]) -> None:
-        self.methods = frozenset(methods)
-        self.requests: dict[tuple[str, str], int] = {}
-        self.duration = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.duration_sum = 0.0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.hedges = 0
-        self.hedge_wins = 0
-        self.retries = 0
-
-    def method_label(self, call: RpcCall | None) -> str:
-        if call is None:
-            return "GET"
-        if call.batch:
-            return "batch"
-        method = call.methods[0] if call.methods else ""
-        return method if method in self.methods else "other"
-
-    def snapshot(self, balancer: Balancer) -> dict[str, Any]:
-        """The counters of this process (JSON-able), gateway and nodes."""
-        return {
-            "pid": os.getpid(),
-            "at": time.time(),
-            "requests": [[m, o, n] for (m, o), n in self.requests.items()],
-            "duration": list(self.duration),
-            "duration_sum": self.duration_sum,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "hedges": self.hedges,
-            "hedge_wins": self.hedge_wins,
-            "retries": self.retries,
-            "nodes": {
-                n.name: {
-                    "tries": n.requests,
-                    "failures": n.failures,
-                    "hist": list(n.hist),
-                    "sum": n.latency_sum,
-                    "ejected_by": dict(n.ejected_by),
-                    "inflight": n.inflight,
-                }
-                for n in balancer.fleet.nodes
-            },
-        }
-
-
-def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Counters of several processes added up."""
-    total: dict[str, Any] = {
-        "workers": 0,
-        "requests": {},
-        "duration": [0] * (len(LATENCY_BUCKETS) + 1),
-        "duration_sum": 0.0,
-        "bytes_in": 0,
-        "bytes_out": 0,
-        "hedges": 0,
-        "hedge_wins": 0,
-        "retries": 0,
-        "nodes": {},
-    }
-    for snap in snapshots:
-        total["workers"] += 1
-        for method, outcome, count in snap["requests"]:
-            total["requests"][method, outcome] = total["requests"].get((method, outcome), 0) + count
-        total["duration"] = _add(total["duration"], snap["duration"])
-        for key in ("duration_sum", "bytes_in", "bytes_out", "hedges", "hedge_wins", "retries"):
-            total[key] += snap[key]
-        for name, node in snap["nodes"].items():
-            into = total["nodes"].setdefault(
-                name,
-                {
-                    "tries": 0,
-                    "failures": 0,
-                    "hist": [0] * len(node["hist"]),
-                    "sum": 0.0,
-                    "ejected_by": {},
-                    "inflight": 0,
-                },
-            )
-            for key in ("tries", "failures", "sum", "inflight"):
-                into[key] += node[key]
-            into["hist"] = _add(into["hist"], node["hist"])
-            for cause, count in node["ejected_by"].items():
-                into["ejected_by"][cause] = into["ejected_by"].get(cause, 0) + count
-    return total
-
-
-def _add(a: list[int], b: list[int]) -> list[int]:
-    return [x + y for x, y in zip(a, b, strict=True)]
-
-
-class SnapshotFolder:
-    """The shared folder of worker snapshots (one file per worker, replaced atomically)."""
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        self.mine = self.folder / f"worker-{os.getpid()}.json"
-
-    def write(self, snapshot: dict[str, Any]) -> None:
-        partial = self.mine.with_suffix(".partial")
-        partial.write_text(json.dumps(snapshot))
-        partial.replace(self.mine)
-
-    def others(self) -> Iterator[dict[str, Any]]:
-        for path in sorted(self.folder.glob("worker-*.json")):
-            if path == self.mine:
-                continue
-            try:
-                snap: dict[str, Any] = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue  # being replaced, or gone
-            if _alive(int(snap.get("pid", 0))):
-                yield snap
-
-    def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            self.mine.unlink()
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def render(balancer: Balancer, stats: Stats, folder: SnapshotFolder | None) -> bytes:
+def render(balancer: Observed, stats: Stats, folder: SnapshotFolder | None) -> bytes:
     """The Prometheus text exposition of everything this server counts and knows now."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    snapshots = [stats.snapshot(balancer)]
+    snapshots = [stats.snapshot(balancer.fleet.nodes)]
     if folder is not None:
         snapshots += list(folder.others())
     registry = CollectorRegistry(auto_describe=False)
@@ -222,7 +47,7 @@ def render(balancer: Balancer, stats: Stats, folder: SnapshotFolder | None) -> b
 
 
 class _Collector:
-    def __init__(self, balancer: Balancer, totals: dict[str, Any]) -> None:
+    def __init__(self, balancer: Observed, totals: dict[str, Any]) -> None:
         self.balancer = balancer
         self.totals = totals
 
@@ -240,7 +65,7 @@ class _Collector:
             "The balancer's version, chain and the strategy routing now",
             labels=["version", "chain", "strategy"],
         )
-        info.add_metric([__version__, b.chain.name, b.router.policy.name], 1)
+        info.add_metric([__version__, b.chain.name, b.routing.name], 1)
         yield info
         yield GaugeMetricFamily(
             "rpcbalancer_workers", "Worker processes counted in this scrape", value=t["workers"]
@@ -326,8 +151,9 @@ class _Collector:
         head = gauge("rpcbalancer_node_head_block", "Head block number seen", labels=["node"])
         lag = gauge("rpcbalancer_node_block_lag", "Blocks behind the best node", labels=["node"])
         for node in fleet.nodes:
-            kind = exclusion_kind(fleet.exclusion(node, now, best))
-            for option in ("usable", *KINDS):
+            excluded = fleet.excluded(node, now, best)
+            kind = "usable" if excluded is None else excluded.kind
+            for option in ("usable", *EXCLUSION_KINDS):
                 state.add_metric([node.name, option], 1.0 if option == kind else 0.0)
             probe = node.probe
             if probe is None:

@@ -6,11 +6,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..fleet.nodes import Fleet, Node
+from ..fleet.fleet import Fleet
+from ..fleet.nodes import Node
 from ..health.store import ProbeRecord, shown_url
 
 if TYPE_CHECKING:
-    from ..balancer import Balancer
+    from .source import Observed
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -69,14 +70,14 @@ def health_doc(fleet: Fleet, now: float) -> tuple[bool, dict[str, Any]]:
     return ok, {"status": "ok" if ok else "unavailable", "usable": usable, "nodes": nodes}
 
 
-def status_doc(balancer: Balancer) -> dict[str, Any]:
+def status_doc(balancer: Observed) -> dict[str, Any]:
     """Everything the status page shows, now: the balancer, each node, and why the current
     choice is what it is (each usable node's score under the policy routing now)."""
     fleet = balancer.fleet
     now = balancer.clock()
     best = fleet.best_head()
     usable, failopen = fleet.candidates(now)
-    policy = balancer.router.policy
+    policy = balancer.routing
     total = sum(n.requests for n in fleet.nodes) or 1
     nodes = []
     choice: tuple[float, str] | None = None

@@ -60,7 +60,8 @@ from ..errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from ..fleet.nodes import Fleet, Node
+from ..fleet.fleet import Fleet
+from ..fleet.nodes import Node
 from ..fleet.policies import BasePolicy, PickContext, Race
 from ..health.chains import Chain
 from ..health.probe import probe_headers, race

@@ -37,11 +37,10 @@ from http import HTTPStatus
 from typing import cast
 
 import httptools
-import orjson
 
 from ..callbacks import Cancellable
 from ..config import ServerLimits
-from .gateway import HttpRequest, HttpResponse, Reply, internal_error
+from ..messages import HttpRequest, HttpResponse, Reply, error_response, internal_error
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,10 @@ Handler = Callable[[HttpRequest, Reply], Cancellable | None]
 
 
 class _Reject(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.kind = kind
+        """Its entry in the failure table (:data:`~rpcbalancer.messages.FAILURES`)."""
         self.message = message
 
 
@@ -69,11 +69,6 @@ def _date() -> bytes:
     if _date_cache[0] != now:
         _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode())
     return _date_cache[1]
-
-
-def _error_body(status: int, message: str) -> bytes:
-    code = -32700 if status == 400 else -32600
-    return orjson.dumps({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": None})
 
 
 class H1Server(asyncio.Protocol):
@@ -156,15 +151,15 @@ class H1Server(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except _Reject as exc:
-            self._refuse(exc.status, exc.message)
+            self._refuse(exc.kind, exc.message)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "Protocol upgrades are not supported")
+            self._refuse("invalid", "Protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, _Reject):
-                self._refuse(cause.status, cause.message)
+                self._refuse(cause.kind, cause.message)
             else:
-                self._refuse(400, f"Malformed HTTP request ({exc})")
+                self._refuse("parse", f"Malformed HTTP request ({exc})")
 
     # -- parser callbacks ----------------------------------------------------------------
 
@@ -177,16 +172,16 @@ class H1Server(asyncio.Protocol):
         self._url += url
         self._header_bytes += len(url)
         if self._header_bytes > self.limits.max_header_bytes:
-            raise _Reject(414, "Request target too long")
+            raise _Reject("uri_too_long", "Request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = self._header_bytes + len(name) + len(value) + 4
         self._header_bytes = size
         if size > self._max_header_bytes:
-            raise _Reject(431, "Request headers too large")
+            raise _Reject("headers_too_large", "Request headers too large")
         headers = self._headers
         if len(headers) >= self._max_headers:
-            raise _Reject(431, "Too many request headers")
+            raise _Reject("headers_too_large", "Too many request headers")
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = headers.get(key)
@@ -196,24 +191,24 @@ class H1Server(asyncio.Protocol):
         url = self._url
         parser = self.parser
         if url[:1] != b"/" and not (url == b"*" and parser.get_method() == b"OPTIONS"):
-            raise _Reject(400, "Only origin-form request targets are accepted (no proxying)")
+            raise _Reject("invalid", "Only origin-form request targets are accepted (no proxying)")
         if parser.get_http_version() not in ("1.1", "1.0"):
-            raise _Reject(505, "HTTP version not supported: use HTTP/1.1 or 1.0")
+            raise _Reject("http_version", "HTTP version not supported: use HTTP/1.1 or 1.0")
         headers = self._headers
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
-            raise _Reject(413, f"Request body larger than {self._max_body} bytes")
+            raise _Reject("too_large", f"Request body larger than {self._max_body} bytes")
         expect = headers.get("expect")
         if expect is not None:
             if expect.lower() != "100-continue":
-                raise _Reject(417, "Only 'Expect: 100-continue' is supported")
+                raise _Reject("expectation", "Only 'Expect: 100-continue' is supported")
             if self.transport is not None and not self.queue and not self.busy:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > self._max_body:
-            raise _Reject(413, f"Request body larger than {self._max_body} bytes")
+            raise _Reject("too_large", f"Request body larger than {self._max_body} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -333,21 +328,13 @@ class H1Server(asyncio.Protocol):
             parts.append(response.body)
         self.transport.write(b"".join(parts))
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, kind: str, message: str) -> None:
         """Answer a request that cannot be parsed or is over a limit, then close."""
         if self.transport is None or self.closing:
             return
         self.queue.clear()
         self._abandon()
-        self._write(
-            HttpResponse(
-                status,
-                [("content-type", "application/json"), ("access-control-allow-origin", "*")],
-                _error_body(status, message),
-            ),
-            False,
-            False,
-        )
+        self._write(error_response(kind, message), False, False)
         self._close()
 
     def _arm(self, delay: float) -> None:
@@ -363,7 +350,7 @@ class H1Server(asyncio.Protocol):
         if self.request_started is not None:
             left = self.request_started + limits.request_timeout - now
             if left <= 0:
-                self._refuse(408, "Request not received in time")
+                self._refuse("request_timeout", "Request not received in time")
                 return
             self._arm(left)
         elif not self.busy and not self.queue:

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 from ..config import NodeConfig
-from ..fleet.nodes import Fleet, Node
+from ..fleet.fleet import Fleet
+from ..fleet.nodes import Node
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,165 @@
+"""The counters of one process: plain integers bumped on the hot path, and how the workers of
+one server share them (each writes a snapshot to a shared folder every second; the worker
+that answers a scrape adds the live ones up). :mod:`.metrics` renders them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..fleet.nodes import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from ..fleet.nodes import Node
+    from ..jsonrpc import RpcCall
+
+
+class Stats:
+    """What the gateway counts, per process."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "duration",
+        "duration_sum",
+        "hedge_wins",
+        "hedges",
+        "methods",
+        "requests",
+        "retries",
+    )
+
+    def __init__(self, methods: Iterable[str]) -> None:
+        self.methods = frozenset(methods)
+        self.requests: dict[tuple[str, str], int] = {}
+        self.duration = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.duration_sum = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.hedges = 0
+        self.hedge_wins = 0
+        self.retries = 0
+
+    def method_label(self, call: RpcCall | None) -> str:
+        if call is None:
+            return "GET"
+        if call.batch:
+            return "batch"
+        method = call.methods[0] if call.methods else ""
+        return method if method in self.methods else "other"
+
+    def snapshot(self, nodes: Iterable[Node]) -> dict[str, Any]:
+        """The counters of this process (JSON-able), gateway and nodes."""
+        return {
+            "pid": os.getpid(),
+            "at": time.time(),
+            "requests": [[m, o, n] for (m, o), n in self.requests.items()],
+            "duration": list(self.duration),
+            "duration_sum": self.duration_sum,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "hedges": self.hedges,
+            "hedge_wins": self.hedge_wins,
+            "retries": self.retries,
+            "nodes": {
+                n.name: {
+                    "tries": n.requests,
+                    "failures": n.failures,
+                    "hist": list(n.hist),
+                    "sum": n.latency_sum,
+                    "ejected_by": dict(n.ejected_by),
+                    "inflight": n.inflight,
+                }
+                for n in nodes
+            },
+        }
+
+
+def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Counters of several processes added up."""
+    total: dict[str, Any] = {
+        "workers": 0,
+        "requests": {},
+        "duration": [0] * (len(LATENCY_BUCKETS) + 1),
+        "duration_sum": 0.0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "hedges": 0,
+        "hedge_wins": 0,
+        "retries": 0,
+        "nodes": {},
+    }
+    for snap in snapshots:
+        total["workers"] += 1
+        for method, outcome, count in snap["requests"]:
+            total["requests"][method, outcome] = total["requests"].get((method, outcome), 0) + count
+        total["duration"] = _add(total["duration"], snap["duration"])
+        for key in ("duration_sum", "bytes_in", "bytes_out", "hedges", "hedge_wins", "retries"):
+            total[key] += snap[key]
+        for name, node in snap["nodes"].items():
+            into = total["nodes"].setdefault(
+                name,
+                {
+                    "tries": 0,
+                    "failures": 0,
+                    "hist": [0] * len(node["hist"]),
+                    "sum": 0.0,
+                    "ejected_by": {},
+                    "inflight": 0,
+                },
+            )
+            for key in ("tries", "failures", "sum", "inflight"):
+                into[key] += node[key]
+            into["hist"] = _add(into["hist"], node["hist"])
+            for cause, count in node["ejected_by"].items():
+                into["ejected_by"][cause] = into["ejected_by"].get(cause, 0) + count
+    return total
+
+
+def _add(a: list[int], b: list[int]) -> list[int]:
+    return [x + y for x, y in zip(a, b, strict=True)]
+
+
+class SnapshotFolder:
+    """The shared folder of worker snapshots (one file per worker, replaced atomically)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.mine = self.folder / f"worker-{os.getpid()}.json"
+
+    def write(self, snapshot: dict[str, Any]) -> None:
+        partial = self.mine.with_suffix(".partial")
+        partial.write_text(json.dumps(snapshot))
+        partial.replace(self.mine)
+
+    def others(self) -> Iterator[dict[str, Any]]:
+        for path in sorted(self.folder.glob("worker-*.json")):
+            if path == self.mine:
+                continue
+            try:
+                snap: dict[str, Any] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # being replaced, or gone
+            if _alive(int(snap.get("pid", 0))):
+                yield snap
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self.mine.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

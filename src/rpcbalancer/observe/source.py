@@ -1,0 +1,48 @@
+"""What the views and the metrics read of a running balancer, as a protocol: the composition
+root (:class:`~rpcbalancer.balancer.Balancer`) satisfies it, and nothing here imports it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..fleet.fleet import Fleet
+    from ..fleet.policies import BasePolicy
+    from ..health.canary import StoreView
+    from ..health.chains import Chain
+    from ..health.store import HealthStore
+    from .counters import Stats
+
+
+class Observed(Protocol):
+    @property
+    def fleet(self) -> Fleet: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def chain(self) -> Chain: ...
+
+    @property
+    def policy(self) -> BasePolicy:
+        """The configured strategy."""
+        ...
+
+    @property
+    def routing(self) -> BasePolicy:
+        """The strategy routing now (on Lambda, the race until the canary's records come)."""
+        ...
+
+    @property
+    def store(self) -> HealthStore | None: ...
+
+    @property
+    def view(self) -> StoreView | None: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def started_at(self) -> float: ...
