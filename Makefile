@@ -27,6 +27,7 @@ test: $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/import_graph.py
 
 fmt: $(VENV)/.dev
 	$(BIN)/ruff format .

@@ -28,14 +28,14 @@ from urllib.parse import urlsplit
 
 import httptools
 import uvloop
-from rpcbalancer.h1server import H1Server
 
 from rpcbalancer.callbacks import Cancellable
 from rpcbalancer.config import from_mapping
 from rpcbalancer.errors import UpstreamError
 from rpcbalancer.fleet.nodes import Node
-from rpcbalancer.proxy.gateway import HttpRequest, HttpResponse, Reply
-from rpcbalancer.upstream.pool import H1Transport, UpstreamResponse
+from rpcbalancer.messages import HttpRequest, HttpResponse, Reply
+from rpcbalancer.proxy.server import H1Server
+from rpcbalancer.upstream.pool import H1Transport, NodeRequest, UpstreamResponse
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -142,7 +142,9 @@ def _layers_handler(urls: list[str]) -> Callable[[HttpRequest, Reply], Cancellab
             status, body = (resp.status, resp.body) if resp is not None else (502, b"{}")
             reply(HttpResponse(status, [("content-type", "application/json")], body))
 
-        return transport.start(next(nodes), "POST", None, headers, request.body, 5.0, True, done)
+        return transport.start(
+            next(nodes), NodeRequest("POST", None, headers, request.body), 5.0, done
+        )
 
     return handle
 

@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 
-from rpcbalancer.sim import stop_process
+from rpcbalancer.sim import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,12 +49,6 @@ def peer_file(name: str) -> Path:
             pytest.fail(f"{path} is required (RPCBALANCER_REQUIRE_SERVICES is set)")
         pytest.skip(f"{path} is not here (RPCBALANCER_REQUIRE_SERVICES unset)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class BalancerProcess:

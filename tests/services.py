@@ -18,11 +18,7 @@ from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from rpcbalancer.sim import free_port
 
 
 def missing(what: str) -> None:

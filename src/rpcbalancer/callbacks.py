@@ -1,6 +1,7 @@
 """The data plane's callback style, and its one bridge back to ``await``.
 
-The proxy path runs on callbacks (see :mod:`.h1server`, :mod:`.gateway`, :mod:`.router`,
+The proxy path runs on callbacks (see :mod:`.proxy.server`, :mod:`.proxy.gateway`,
+:mod:`.proxy.forwarding`,
 :mod:`.upstream`): an operation is started with a ``done`` callback and returns a handle
 that can stop it. The hosts that await (ASGI, Lambda, the probes) use :func:`until_called`.
 Timers are shared rather than made per request: :class:`DueQueue`.

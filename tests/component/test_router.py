@@ -523,5 +523,5 @@ async def test_ended_requests_waiting_in_the_hedge_queue_hold_no_bodies(harness:
     waiting = list(h.balancer.router.hedges.items)
     assert len(waiting) >= 10  # their hedges are not due for half a second
     for _, forwarding, _ in waiting:
-        assert forwarding.over
+        assert forwarding.state.value == "done"
         assert forwarding.req.body is None and forwarding.outcome.response is None

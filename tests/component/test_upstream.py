@@ -24,7 +24,7 @@ from rpcbalancer.errors import (
     UpstreamTimeout,
 )
 from rpcbalancer.fleet.nodes import Node
-from rpcbalancer.upstream.pool import H1Transport
+from rpcbalancer.upstream.pool import H1Transport, NodeRequest
 
 from ..conftest import free_port, require_tool
 
@@ -120,7 +120,7 @@ async def test_chunked_answers_are_reassembled(transport: H1Transport) -> None:
     port = runner.addresses[0][1]
     try:
         resp = await transport.send(
-            node_at(f"http://127.0.0.1:{port}"), "POST", None, HEADERS, BODY, 5.0
+            node_at(f"http://127.0.0.1:{port}"), NodeRequest("POST", None, HEADERS, BODY), 5.0
         )
         assert resp.status == 200
         assert resp.body == b'{"jsonrpc":"2.0","id":1,"result":"chunked"}'
@@ -133,7 +133,9 @@ async def test_keep_alive_reuses_one_connection(transport: H1Transport, raw_serv
     handler, connections = keep_alive_node()
     node = node_at(await raw_server(handler))
     for _ in range(5):
-        assert (await transport.send(node, "POST", None, HEADERS, BODY, 5.0)).body == b"{}"
+        assert (
+            await transport.send(node, NodeRequest("POST", None, HEADERS, BODY), 5.0)
+        ).body == b"{}"
     assert connections() == 1
 
 
@@ -152,7 +154,9 @@ async def test_connection_close_answers_are_not_reused(
 
     node = node_at(await raw_server(handler))
     for _ in range(3):
-        assert (await transport.send(node, "POST", None, HEADERS, BODY, 5.0)).body == b"{}"
+        assert (
+            await transport.send(node, NodeRequest("POST", None, HEADERS, BODY), 5.0)
+        ).body == b"{}"
     assert connections == 3
 
 
@@ -174,8 +178,8 @@ async def test_a_connection_the_node_closed_while_idle_is_retried_fresh(
         writer.transport.abort()
 
     node = node_at(await raw_server(handler))
-    assert (await transport.send(node, "POST", None, HEADERS, BODY, 5.0)).body == b"{}"
-    assert (await transport.send(node, "POST", None, HEADERS, BODY, 5.0)).body == b"{}"
+    assert (await transport.send(node, NodeRequest("POST", None, HEADERS, BODY), 5.0)).body == b"{}"
+    assert (await transport.send(node, NodeRequest("POST", None, HEADERS, BODY), 5.0)).body == b"{}"
     assert served == 2
 
 
@@ -184,9 +188,9 @@ async def test_broadcasts_never_ride_a_reused_connection(
 ) -> None:
     handler, connections = keep_alive_node()
     node = node_at(await raw_server(handler))
-    await transport.send(node, "POST", None, HEADERS, BODY, 5.0)
-    await transport.send(node, "POST", None, HEADERS, BODY, 5.0, idempotent=False)
-    await transport.send(node, "POST", None, HEADERS, BODY, 5.0, idempotent=False)
+    await transport.send(node, NodeRequest("POST", None, HEADERS, BODY), 5.0)
+    await transport.send(node, NodeRequest("POST", None, HEADERS, BODY, idempotent=False), 5.0)
+    await transport.send(node, NodeRequest("POST", None, HEADERS, BODY, idempotent=False), 5.0)
     assert connections() == 3
 
 
@@ -199,7 +203,7 @@ async def test_an_answer_delimited_by_close(transport: H1Transport, raw_server: 
         writer.close()
 
     resp = await transport.send(
-        node_at(await raw_server(handler)), "POST", None, HEADERS, BODY, 5.0
+        node_at(await raw_server(handler)), NodeRequest("POST", None, HEADERS, BODY), 5.0
     )
     assert resp.body == b'{"old":"school"}'
 
@@ -223,7 +227,7 @@ async def test_broken_answers_are_clear_errors(
 
     node = node_at(await raw_server(handler))
     with pytest.raises(error) as info:
-        await transport.send(node, "POST", None, HEADERS, BODY, 5.0)
+        await transport.send(node, NodeRequest("POST", None, HEADERS, BODY), 5.0)
     assert text in str(info.value) and node.name in str(info.value)
 
 
@@ -241,9 +245,11 @@ async def test_slow_drip_within_and_beyond_the_timeout(
         writer.close()
 
     node = node_at(await raw_server(handler))
-    assert (await transport.send(node, "POST", None, HEADERS, BODY, 5.0)).body == b'{"a":"dri"}'
+    assert (
+        await transport.send(node, NodeRequest("POST", None, HEADERS, BODY), 5.0)
+    ).body == b'{"a":"dri"}'
     with pytest.raises(UpstreamTimeout, match=r"no answer within 0\.05s"):
-        await transport.send(node, "POST", None, HEADERS, BODY, 0.05)
+        await transport.send(node, NodeRequest("POST", None, HEADERS, BODY), 0.05)
 
 
 async def test_oversized_answers_are_refused(raw_server: Any) -> None:
@@ -256,17 +262,23 @@ async def test_oversized_answers_are_refused(raw_server: Any) -> None:
     client = H1Transport(max_body=1000)
     try:
         with pytest.raises(UpstreamBadResponse, match="larger than 1000 bytes"):
-            await client.send(node_at(await raw_server(handler)), "POST", None, HEADERS, BODY, 5)
+            await client.send(
+                node_at(await raw_server(handler)), NodeRequest("POST", None, HEADERS, BODY), 5
+            )
     finally:
         await client.aclose()
 
 
 async def test_connect_failures_are_connect_errors(transport: H1Transport) -> None:
     with pytest.raises(UpstreamConnectError, match="connection refused") as info:
-        await transport.send(node_at(f"http://127.0.0.1:{free_port()}"), "GET", None, {}, None, 2)
+        await transport.send(
+            node_at(f"http://127.0.0.1:{free_port()}"), NodeRequest("GET", None, {}, None), 2
+        )
     assert info.value.sent is False
     with pytest.raises(UpstreamConnectError, match="cannot resolve"):
-        await transport.send(node_at("http://nowhere.invalid"), "GET", None, {}, None, 2)
+        await transport.send(
+            node_at("http://nowhere.invalid"), NodeRequest("GET", None, {}, None), 2
+        )
 
 
 async def test_redirects_are_answers_not_followed(transport: H1Transport, raw_server: Any) -> None:
@@ -278,7 +290,9 @@ async def test_redirects_are_answers_not_followed(transport: H1Transport, raw_se
         await writer.drain()
         writer.close()
 
-    resp = await transport.send(node_at(await raw_server(handler)), "GET", None, {}, None, 5)
+    resp = await transport.send(
+        node_at(await raw_server(handler)), NodeRequest("GET", None, {}, None), 5
+    )
     assert resp.status == 302 and resp.headers == ()
 
 
@@ -293,14 +307,8 @@ async def test_request_framing_and_headers(transport: H1Transport, raw_server: A
 
     url = await raw_server(handler)
     node = node_at(url + "/rpc", headers={"X-Edge-Key": "k", "User-Agent": "node-ua"})
-    await transport.send(
-        node,
-        "POST",
-        None,
-        {"user-agent": "lb", "x-forwarded-for": "192.0.2.1", "content-length": "999"},
-        BODY,
-        5,
-    )
+    headers = {"user-agent": "lb", "x-forwarded-for": "192.0.2.1", "content-length": "999"}
+    await transport.send(node, NodeRequest("POST", None, headers, BODY), 5)
     request = seen[0]
     head, _, body = request.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
@@ -347,12 +355,12 @@ http {{ access_log off; keepalive_timeout 1s;
 async def test_nginx_as_a_node(transport: H1Transport, nginx_node: int) -> None:
     node = node_at(f"http://127.0.0.1:{nginx_node}")
     for _ in range(3):
-        resp = await transport.send(node, "POST", None, HEADERS, BODY, 5)
+        resp = await transport.send(node, NodeRequest("POST", None, HEADERS, BODY), 5)
         assert resp.body == b'{"jsonrpc":"2.0","id":1,"result":"nginx"}'
     await asyncio.sleep(1.5)  # nginx drops the idle keep-alive connection meanwhile
-    resp = await transport.send(node, "POST", None, HEADERS, BODY, 5)
+    resp = await transport.send(node, NodeRequest("POST", None, HEADERS, BODY), 5)
     assert resp.status == 200
-    big = await transport.send(node, "GET", "/big", {}, None, 5)
+    big = await transport.send(node, NodeRequest("GET", "/big", {}, None), 5)
     assert len(big.body) == 3002
 
 
@@ -376,12 +384,16 @@ async def test_tls_nodes_with_sni_and_verification(
     port = int((await raw_server(handler, ssl=context)).rsplit(":", 1)[1])
     strict = H1Transport()
     with pytest.raises(UpstreamConnectError, match="TLS failed"):
-        await strict.send(node_at(f"https://localhost:{port}"), "GET", None, {}, None, 5)
+        await strict.send(
+            node_at(f"https://localhost:{port}"), NodeRequest("GET", None, {}, None), 5
+        )
     await strict.aclose()
 
     relaxed = H1Transport()
     resp = await relaxed.send(
-        node_at(f"https://localhost:{port}", verify_tls=False), "GET", None, {}, None, 5
+        node_at(f"https://localhost:{port}", verify_tls=False),
+        NodeRequest("GET", None, {}, None),
+        5,
     )
     assert resp.status == 200
     await relaxed.aclose()
@@ -389,7 +401,7 @@ async def test_tls_nodes_with_sni_and_verification(
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust our CA, verify for real
     trusting = H1Transport()
     pinned = Node(0, NodeConfig(url=f"https://localhost:{port}"), address="127.0.0.1")
-    resp = await trusting.send(pinned, "GET", None, {}, None, 5)
+    resp = await trusting.send(pinned, NodeRequest("GET", None, {}, None), 5)
     assert resp.status == 200
     assert server_names[-1] == "localhost"  # SNI keeps the name, the address is pinned
     await trusting.aclose()
@@ -401,7 +413,7 @@ async def test_prune_closes_only_connections_idle_too_long(raw_server: Any) -> N
     transport = H1Transport(idle_ttl=0.2)
     try:
         await asyncio.gather(
-            *(transport.send(node, "POST", None, HEADERS, BODY, 5.0) for _ in range(3))
+            *(transport.send(node, NodeRequest("POST", None, HEADERS, BODY), 5.0) for _ in range(3))
         )
         assert connections() == 3
         assert sum(len(q) for q in transport._idle.values()) == 3

@@ -20,7 +20,7 @@ import orjson
 from ..errors import UpstreamError
 from ..fleet.fleet import Fleet
 from ..fleet.nodes import Node, ProbeResult
-from ..upstream.pool import Transport
+from ..upstream.pool import NodeRequest, Transport
 from .chains import Answer, Chain, ProbeCall
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,8 @@ async def ask(
     """One probe call; failures come back as an :class:`Answer` with ``error`` set."""
     start = clock()
     try:
-        if call.body is None:
-            resp = await transport.send(node, "GET", None, headers, None, timeout)
-        else:
-            resp = await transport.send(node, "POST", None, headers, call.body, timeout)
+        method = "GET" if call.body is None else "POST"
+        resp = await transport.send(node, NodeRequest(method, None, headers, call.body), timeout)
     except UpstreamError as exc:
         return Answer(error=exc.reason, latency=clock() - start)
     return Answer(status=resp.status, body=resp.body, latency=clock() - start)

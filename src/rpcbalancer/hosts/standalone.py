@@ -79,11 +79,11 @@ async def serve_async(
         server.close()
         deadline = time.monotonic() + GRACE
         while time.monotonic() < deadline:
-            if not any(c.busy for c in connections if not c.closing):
+            if not any(c.busy for c in connections if not c.closed):
                 break
             await asyncio.sleep(0.05)
         for conn in list(connections):
-            conn._close()
+            conn.close()
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:

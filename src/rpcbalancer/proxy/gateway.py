@@ -301,7 +301,7 @@ class Gateway:
                 path=job.path,
                 headers=headers,
                 body=(call.body or req.body) if call is not None else None,
-                broadcast=broadcast,
+                idempotent=not broadcast,
                 client_ip=job.ip,
             ),
             answered,

@@ -33,6 +33,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from enum import Enum
 from http import HTTPStatus
 from typing import cast
 
@@ -46,6 +47,40 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[HttpRequest, Reply], Cancellable | None]
 """Answers a request through the reply callback (:meth:`.Gateway.serve`)."""
+
+
+class Phase(Enum):
+    """Where a connection is: waiting for a request, answering one (the handler has it and
+    the reply is not written yet), or closed. Pipelined requests wait in its queue."""
+
+    IDLE = "idle"
+    ANSWERING = "answering"
+    CLOSED = "closed"
+
+
+IDLE, ANSWERING, CLOSED = Phase.IDLE, Phase.ANSWERING, Phase.CLOSED
+
+
+class FlowControl:
+    """Back-pressure both ways on one connection: reading pauses while too many pipelined
+    requests wait, writing waits while the peer reads slower than we write."""
+
+    __slots__ = ("reading_paused", "transport", "writing_paused")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.reading_paused = False
+        self.writing_paused = False
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
 
 class _Reject(Exception):
@@ -84,8 +119,8 @@ class H1Server(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
         self.queue: collections.deque[tuple[HttpRequest, bool]] = collections.deque()
-        self.busy = False
-        """A request is being answered (its reply not yet written)."""
+        self.phase = IDLE
+        self.flow: FlowControl | None = None
         self.pending: Cancellable | None = None
         """That request's handle, to stop it when the client goes away."""
         self.answering: tuple[bool, bool] = (False, True)
@@ -96,10 +131,9 @@ class H1Server(asyncio.Protocol):
         self._max_headers = limits.max_headers
         self._max_body = limits.max_body
         self._max_pipeline = limits.max_pipeline
-        self.closing = False
         self.eof = False
-        self.reading_paused = False
-        self.writing_paused = False
+        """The client half-closed: the answers it is owed are written, then the connection
+        closes."""
         # One timer per connection, re-armed only when it fires: per-request timers would
         # cost a heap operation each. It checks the two deadlines below.
         self.timer: asyncio.TimerHandle | None = None
@@ -113,8 +147,17 @@ class H1Server(asyncio.Protocol):
 
     # -- connection lifetime -------------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        return self.phase is ANSWERING
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is CLOSED
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.flow = FlowControl(self.transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
         sock = transport.get_extra_info("socket")
@@ -125,28 +168,30 @@ class H1Server(asyncio.Protocol):
         self._arm(min(self.limits.idle_timeout, self.limits.request_timeout))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        self.phase = CLOSED
         self._disarm()
         self.queue.clear()
         self._abandon()  # nobody is left to answer; the router counts it abandoned
 
     def eof_received(self) -> bool:
         self.eof = True
-        if not self.busy and not self.queue:
-            self._close()
+        if self.phase is IDLE and not self.queue:
+            self.close()
             return True
         # Half-closed with answers still owed: keep the transport open to write them.
         return True
 
     def pause_writing(self) -> None:
-        self.writing_paused = True
+        assert self.flow is not None
+        self.flow.writing_paused = True
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
+        assert self.flow is not None
+        self.flow.writing_paused = False
         self._next()
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.phase is CLOSED:
             return
         try:
             self.parser.feed_data(data)
@@ -202,7 +247,7 @@ class H1Server(asyncio.Protocol):
         if expect is not None:
             if expect.lower() != "100-continue":
                 raise _Reject("expectation", "Only 'Expect: 100-continue' is supported")
-            if self.transport is not None and not self.queue and not self.busy:
+            if self.transport is not None and not self.queue and self.phase is IDLE:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -231,22 +276,22 @@ class H1Server(asyncio.Protocol):
         self._body_size = 0
         keep_alive = parser.should_keep_alive()
         queue = self.queue
-        if not (self.busy or queue or self.dispatching or self.writing_paused or self.closing):
+        flow = self.flow
+        assert flow is not None
+        if self.phase is IDLE and not (queue or self.dispatching or flow.writing_paused):
             self._serve(request, keep_alive)  # the usual case: one request at a time
             return
         queue.append((request, keep_alive))
-        if len(queue) >= self._max_pipeline and not self.reading_paused:
-            assert self.transport is not None
-            self.transport.pause_reading()
-            self.reading_paused = True
-        if not self.busy:
+        if len(queue) >= self._max_pipeline:
+            flow.pause_reading()
+        if self.phase is IDLE:
             self._next()
 
     # -- answering -----------------------------------------------------------------------
 
     def _serve(self, request: HttpRequest, keep_alive: bool) -> None:
         """Hand one request to the handler. Its answer may come before this returns."""
-        self.busy = True
+        self.phase = ANSWERING
         self.answering = (request.method == "HEAD", keep_alive)
         self.dispatching = True  # an answer given at once must not start the next request
         try:
@@ -257,8 +302,8 @@ class H1Server(asyncio.Protocol):
             self._reply(internal_error())
         finally:
             self.dispatching = False
-        if self.busy:  # answered later: keep the handle to stop it if the client goes
-            self.pending = pending
+        if self.phase is ANSWERING:  # answered later: keep its handle, to stop it if the
+            self.pending = pending  # client goes
 
     def _next(self) -> None:
         """Hand the queued requests to the handler, one at a time, in order. Loops rather
@@ -266,23 +311,23 @@ class H1Server(asyncio.Protocol):
         if self.dispatching:
             return
         queue = self.queue
-        while queue and not self.busy and not self.closing and not self.writing_paused:
+        flow = self.flow
+        assert flow is not None
+        while queue and self.phase is IDLE and not flow.writing_paused:
             request, keep_alive = queue.popleft()
-            if self.reading_paused and len(queue) < self._max_pipeline // 2:
-                assert self.transport is not None
-                self.transport.resume_reading()
-                self.reading_paused = False
+            if len(queue) < self._max_pipeline // 2:
+                flow.resume_reading()
             self._serve(request, keep_alive)
-        if not self.busy and not queue and not self.closing:
+        if self.phase is IDLE and not queue:
             self.last_active = self.loop.time()
             if self.eof:
-                self._close()
+                self.close()
 
     def _reply(self, response: HttpResponse) -> None:
         """The handler's answer to the request being answered: write it, go on."""
-        if not self.busy:
+        if self.phase is not ANSWERING:
             return  # the connection was refused or lost meanwhile
-        self.busy = False
+        self.phase = IDLE
         self.pending = None
         head, keep_alive = self.answering
         # After the client's EOF, the connection closes with the last answer it is owed.
@@ -292,10 +337,10 @@ class H1Server(asyncio.Protocol):
             self._write(response, head, keep_alive)
         except Exception:
             log.exception("unexpected error writing an answer")
-            self._close()
+            self.close()
             return
         if not keep_alive:
-            self._close()
+            self.close()
         elif self.queue:
             self._next()
         else:
@@ -303,12 +348,13 @@ class H1Server(asyncio.Protocol):
 
     def _abandon(self) -> None:
         pending, self.pending = self.pending, None
-        self.busy = False
+        if self.phase is ANSWERING:
+            self.phase = IDLE
         if pending is not None:
             pending.cancel()
 
     def _write(self, response: HttpResponse, head: bool, keep_alive: bool) -> None:
-        if self.transport is None or self.closing:
+        if self.transport is None or self.phase is CLOSED:
             return
         status = response.status
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
@@ -330,15 +376,15 @@ class H1Server(asyncio.Protocol):
 
     def _refuse(self, kind: str, message: str) -> None:
         """Answer a request that cannot be parsed or is over a limit, then close."""
-        if self.transport is None or self.closing:
+        if self.transport is None or self.phase is CLOSED:
             return
         self.queue.clear()
         self._abandon()
         self._write(error_response(kind, message), False, False)
-        self._close()
+        self.close()
 
     def _arm(self, delay: float) -> None:
-        if not self.closing:
+        if self.phase is not CLOSED:
             self.timer = self.loop.call_later(max(delay, 0.01), self._check)
 
     def _check(self) -> None:
@@ -353,10 +399,10 @@ class H1Server(asyncio.Protocol):
                 self._refuse("request_timeout", "Request not received in time")
                 return
             self._arm(left)
-        elif not self.busy and not self.queue:
+        elif self.phase is IDLE and not self.queue:
             left = self.last_active + limits.idle_timeout - now
             if left <= 0:
-                self._close()
+                self.close()
                 return
             self._arm(left)
         else:  # answering: idle time starts counting when the answer is written
@@ -367,8 +413,8 @@ class H1Server(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
 
-    def _close(self) -> None:
-        self.closing = True
+    def close(self) -> None:
+        self.phase = CLOSED
         self._disarm()
         if self.transport is not None:
             self.transport.close()

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from .fleet import FleetThread
 from .node import Behaviour, FakeNode, chain_head, running
-from .process import stop_process
+from .process import free_port, stop_process
 
-__all__ = ["Behaviour", "FakeNode", "FleetThread", "chain_head", "running", "stop_process"]
+__all__ = [
+    "Behaviour",
+    "FakeNode",
+    "FleetThread",
+    "chain_head",
+    "free_port",
+    "running",
+    "stop_process",
+]

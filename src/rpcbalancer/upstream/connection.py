@@ -237,14 +237,23 @@ _lines: dict[tuple[str, str], bytes] = {}
 _CACHE_SIZE = 4096
 
 
-def encode_request(
-    method: str,
-    node: Node,
-    target: Target,
-    path: str | None,
-    headers: Mapping[str, str],
-    body: bytes | None,
-) -> bytes:
+@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
+class NodeRequest:
+    """What crosses the transport seam: one request for a node."""
+
+    method: str
+    path: str | None
+    """The path (and query) in place of the node URL's own, or None for the node's URL."""
+    headers: Mapping[str, str]
+    body: bytes | None
+    idempotent: bool = True
+    """False for a broadcast: it never takes a reused connection, so that a failure can
+    always tell "never sent" from "may have arrived"."""
+
+
+def encode_request(node: Node, target: Target, request: NodeRequest) -> bytes:
+    """The bytes of ``request`` for ``node``."""
+    method, path, headers, body = request.method, request.path, request.headers, request.body
     # The request line, Host and the node's own headers are the same for every request to a
     # node: encoded once (keyed by the node itself, which the cache keeps alive: its id
     # could otherwise be reused by a node made later). The request's headers follow.

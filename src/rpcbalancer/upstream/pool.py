@@ -1,8 +1,8 @@
 """The node transport: the only module that talks to nodes.
 
-One method, :meth:`Transport.send`: send a request to a node, get its status, headers and
-body back, or an :class:`~rpcbalancer.errors.UpstreamError`. The router, the probes and the
-race all go through it. The data plane uses the same request at the callback level,
+One method, :meth:`Transport.send`: send a :class:`NodeRequest` to a node, get its status,
+headers and body back, or an :class:`~rpcbalancer.errors.UpstreamError`. The router, the
+probes and the race all go through it. The data plane uses the same request at the callback level,
 :meth:`H1Transport.start`: no task, future or timer of its own per request, which is what a
 forwarded request costs most in Python (``send`` is a thin wrapper over it).
 
@@ -21,7 +21,7 @@ loop (uvloop in the server, the default loop in Lambda). What it guarantees:
   up to ``max_body`` bytes; redirects are answers (never followed);
 * ``https://`` nodes get TLS with SNI and certificate verification (unless the node says
   ``verify_tls: false``); a pinned address (DNS expansion) keeps the name for SNI and Host;
-* every failure becomes an :class:`UpstreamError` here or in :mod:`.h1client` (one
+* every failure becomes an :class:`UpstreamError` here or in :mod:`.connection` (one
   connection: the request's bytes, the answer's parsing, the try's deadline), and nowhere
   else.
 """
@@ -34,19 +34,28 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 from ..callbacks import Cancellable, until_called
 from ..errors import UpstreamConnectError, UpstreamError
 from ..fleet.nodes import Node
-from .connection import MAX_BODY, Connection, Stale, Target, UpstreamResponse, encode_request
+from .connection import (
+    MAX_BODY,
+    Connection,
+    NodeRequest,
+    Stale,
+    Target,
+    UpstreamResponse,
+    encode_request,
+)
 
 __all__ = [
     "Done",
     "Exchange",
     "H1Transport",
+    "NodeRequest",
     "Starter",
     "Transport",
     "UpstreamResponse",
@@ -58,19 +67,9 @@ log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
-    async def send(
-        self,
-        node: Node,
-        method: str,
-        path: str | None,
-        headers: Mapping[str, str],
-        body: bytes | None,
-        timeout: float,
-        *,
-        idempotent: bool = True,
-    ) -> UpstreamResponse:
-        """Send one request to ``node``; ``path`` (with query) replaces the node URL's path
-        when given. Raises an :class:`UpstreamError` on any failure."""
+    async def send(self, node: Node, request: NodeRequest, timeout: float) -> UpstreamResponse:
+        """Send ``request`` to ``node`` within ``timeout`` seconds. Raises an
+        :class:`UpstreamError` on any failure."""
         ...
 
     async def aclose(self) -> None: ...
@@ -85,15 +84,7 @@ class Starter(Protocol):
     the answer or the error, unless the returned handle is cancelled first."""
 
     def __call__(
-        self,
-        node: Node,
-        method: str,
-        path: str | None,
-        headers: Mapping[str, str],
-        body: bytes | None,
-        timeout: float,
-        idempotent: bool,
-        done: Done,
+        self, node: Node, request: NodeRequest, timeout: float, done: Done
     ) -> Cancellable: ...
 
 
@@ -112,21 +103,10 @@ def starter(transport: Transport) -> Starter:
     if start is not None:
         return cast(Starter, start)
 
-    def via_send(
-        node: Node,
-        method: str,
-        path: str | None,
-        headers: Mapping[str, str],
-        body: bytes | None,
-        timeout: float,
-        idempotent: bool,
-        done: Done,
-    ) -> Cancellable:
+    def via_send(node: Node, request: NodeRequest, timeout: float, done: Done) -> Cancellable:
         async def run() -> None:
             try:
-                resp = await transport.send(
-                    node, method, path, headers, body, timeout, idempotent=idempotent
-                )
+                resp = await transport.send(node, request, timeout)
             except UpstreamError as exc:
                 done(None, exc)
                 return
@@ -182,7 +162,7 @@ class Exchange:
 
     def begin(self, loop: asyncio.AbstractEventLoop) -> None:
         client = self.client
-        conn = client._take_idle(self.target, loop.time()) if self.reuse else None
+        conn = client.take_idle(self.target, loop.time()) if self.reuse else None
         if conn is None:
             self.connecting = loop.create_task(self._connect())
             return
@@ -190,12 +170,12 @@ class Exchange:
 
     def _send(self, conn: Connection) -> None:
         self.conn = conn
-        self.client._busy.add(conn)
+        self.client.busy.add(conn)
         conn.request(self)
 
     async def _connect(self) -> None:
         try:
-            conn = await self.client._connect(self.node, self.target, self.deadline)
+            conn = await self.client.connect(self.node, self.target, self.deadline)
         except UpstreamError as exc:
             self.connecting = None
             self._end(None, exc)
@@ -212,19 +192,19 @@ class Exchange:
 
     def answered(self, conn: Connection, response: UpstreamResponse) -> None:
         client = self.client
-        client._busy.discard(conn)
+        client.busy.discard(conn)
         self.conn = None
         self._end(response, None)
         # Back to the pool after the answer has been handed on, so that whatever the
         # answer sets off at once (a pipelined request) does not land on this connection
         # while its parser is still inside this callback.
         if conn.reusable:
-            client._give_back(self.target, conn, conn.loop.time())
+            client.give_back(self.target, conn, conn.loop.time())
         else:
             conn.abort()
 
     def failed(self, conn: Connection, exc: Exception) -> None:
-        self.client._busy.discard(conn)
+        self.client.busy.discard(conn)
         self.conn = None
         conn.abort()
         if isinstance(exc, Stale) and not self.over:
@@ -250,7 +230,7 @@ class Exchange:
         self.over = True
         conn, self.conn = self.conn, None
         if conn is not None:
-            self.client._busy.discard(conn)
+            self.client.busy.discard(conn)
             conn.abort()
         if self.connecting is not None:
             self.connecting.cancel()
@@ -274,7 +254,7 @@ class H1Transport:
         self._idle: dict[tuple[str, str, int, str | None, bool], collections.deque[Connection]] = {}
         self._targets: dict[tuple[str, str | None, str | None, bool], Target] = {}
         self._tls: dict[bool, ssl.SSLContext] = {}
-        self._busy: set[Connection] = set()
+        self.busy: set[Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._node_targets: dict[Node, Target] = {}
         """Each node's target, found without building a key on every request."""
@@ -317,45 +297,23 @@ class H1Transport:
             self._tls[verify] = context
         return context
 
-    def start(
-        self,
-        node: Node,
-        method: str,
-        path: str | None,
-        headers: Mapping[str, str],
-        body: bytes | None,
-        timeout: float,
-        idempotent: bool,
-        done: Done,
-    ) -> Exchange:
-        """Send a request to ``node``; ``done(answer, None)`` or ``done(None, error)`` is
+    def start(self, node: Node, request: NodeRequest, timeout: float, done: Done) -> Exchange:
+        """Send ``request`` to ``node``; ``done(answer, None)`` or ``done(None, error)`` is
         called once, from the loop, unless the returned exchange is cancelled first."""
         target = self._target(node)
-        data = encode_request(method, node, target, path, headers, body)
+        data = encode_request(node, target, request)
         loop = self._loop = running_loop(self._loop)
         exchange = Exchange(
-            self, node, target, data, timeout, loop.time() + timeout, done, idempotent
+            self, node, target, data, timeout, loop.time() + timeout, done, request.idempotent
         )
         exchange.begin(loop)
         return exchange
 
-    async def send(
-        self,
-        node: Node,
-        method: str,
-        path: str | None,
-        headers: Mapping[str, str],
-        body: bytes | None,
-        timeout: float,
-        *,
-        idempotent: bool = True,
-    ) -> UpstreamResponse:
+    async def send(self, node: Node, request: NodeRequest, timeout: float) -> UpstreamResponse:
         def begin(
             done: Callable[[tuple[UpstreamResponse | None, UpstreamError | None]], None],
         ) -> Exchange:
-            return self.start(
-                node, method, path, headers, body, timeout, idempotent, lambda r, e: done((r, e))
-            )
+            return self.start(node, request, timeout, lambda r, e: done((r, e)))
 
         response, error = await until_called(begin)
         if error is not None:
@@ -363,7 +321,7 @@ class H1Transport:
         assert response is not None
         return response
 
-    def _take_idle(self, target: Target, now: float) -> Connection | None:
+    def take_idle(self, target: Target, now: float) -> Connection | None:
         idle = self._idle.get(target.key)
         while idle:
             conn = idle.pop()  # most recently used first: the likeliest to be alive
@@ -373,7 +331,7 @@ class H1Transport:
             conn.abort()
         return None
 
-    def _give_back(self, target: Target, conn: Connection, now: float) -> None:
+    def give_back(self, target: Target, conn: Connection, now: float) -> None:
         idle = self._idle.setdefault(target.key, collections.deque())
         if len(idle) >= self.max_idle_per_node:
             conn.abort()
@@ -381,7 +339,7 @@ class H1Transport:
         conn.idle_since = now
         idle.append(conn)
 
-    async def _connect(self, node: Node, target: Target, deadline: float) -> Connection:
+    async def connect(self, node: Node, target: Target, deadline: float) -> Connection:
         loop = asyncio.get_running_loop()
         budget = min(self.connect_timeout, max(deadline - loop.time(), 0.0))
         try:
@@ -427,7 +385,7 @@ class H1Transport:
         for idle in self._idle.values():
             while idle:
                 idle.pop().abort()
-        for conn in list(self._busy):
+        for conn in list(self.busy):
             conn.abort()
         self._idle.clear()
         await asyncio.sleep(0)  # let the transports finish closing

@@ -1,0 +1,480 @@
+"""One forwarded request as a state machine: :class:`Forwarding` (its tries, hedges and
+retries) and :class:`Try` (one try on one node). The :class:`~.router.Router` starts them and
+holds what every request shares (see its module for the theory of operation); here a
+forwarding sees the router through :class:`Routing`, the parts it uses.
+
+The states, and what moves a forwarding on (``step`` picks a node and starts a try)::
+
+    PICKING --step--> TRYING --hedge due, budget pays--> HEDGED
+       |  \\                |  \\                           |
+       |   '--race-------> RACING --winner--> TRYING      | an answer: DONE
+       |   '--all nodes at their cap--> QUEUED --slot--> PICKING
+       |                    |  a failure, tries and time left: PICKING
+       '-- no node, no try, no time, no budget: DONE       '-- cancel: CANCELLED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+from ..callbacks import Cancellable, DueQueue
+from ..errors import (
+    NoHealthyNode,
+    RpcBalancerError,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from ..fleet.fleet import Fleet
+from ..fleet.nodes import Node
+from ..fleet.policies import BasePolicy, PickContext, Race
+from ..health.chains import Chain
+from ..jsonrpc import looks_like_json, response_errors
+from ..upstream.pool import NodeRequest, Starter, UpstreamResponse, running_loop
+from .budget import RetryBudget
+from .slots import SlotLine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
+class ProxyRequest(NodeRequest):
+    """A request to forward: what goes to the node, and what the router decides on."""
+
+    client_ip: str = ""
+
+    @property
+    def broadcast(self) -> bool:
+        """A transaction: never hedged, never sent twice (not idempotent)."""
+        return not self.idempotent
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a forwarded request ended."""
+
+    response: UpstreamResponse | None = None
+    error: RpcBalancerError | None = None
+    node: Node | None = None
+    tried: list[Node] = field(default_factory=list)
+    hedged: bool = False
+
+    @property
+    def attempts(self) -> int:
+        return len(self.tried)
+
+
+def judge(resp: UpstreamResponse, chain: Chain) -> str | None:
+    """Why a node's answer is the node's fault, or None when it is a proper answer."""
+    if resp.status >= 500 or resp.status == 429:
+        return f"answered HTTP {resp.status}"
+    if resp.status >= 400:
+        return None  # the client asked for something wrong; another node would agree
+    errors = response_errors(resp.body)
+    if errors is None:
+        return "answered with a body that is not JSON"
+    for error in errors:
+        if chain.is_node_fault(error):
+            return f"answered a node error: {error.get('message')}"
+    return None
+
+
+class Routing(Protocol):
+    """What a forwarding uses of its router."""
+
+    fleet: Fleet
+    policy: BasePolicy
+    chain: Chain
+    per_try: float
+    total: float
+    retries: int
+    clock: Callable[[], float]
+    budget: RetryBudget
+    slots: SlotLine
+    hedges: DueQueue
+    loop: asyncio.AbstractEventLoop | None
+    start_request: Starter
+
+    def hedge_delay(self, node: Node, req: ProxyRequest, choices: int) -> float | None: ...
+
+    def another(self, req: ProxyRequest, tried: list[Node], now: float) -> Node | None: ...
+
+    async def ping_race(self, nodes: Sequence[Node], deadline: float) -> Node | None: ...
+
+    def why_none(self) -> str: ...
+
+
+class State(Enum):
+    PICKING = "picking"
+    """Between tries: the next one is being chosen."""
+    QUEUED = "queued"
+    """Every usable node is at its ``node_concurrency`` cap: waiting in line for a slot."""
+    RACING = "racing"
+    """The race strategy's pings are out."""
+    TRYING = "trying"
+    """One try is out (its hedge may come)."""
+    HEDGED = "hedged"
+    """Two tries are out: the first good answer wins."""
+    DONE = "done"
+    """Answered or failed: ``done`` was called."""
+    CANCELLED = "cancelled"
+    """Nobody waits for the answer any more."""
+
+
+_OVER = (State.DONE, State.CANCELLED)
+
+
+class Forwarding:
+    """One request through the router: tries, hedges and retries, driven by callbacks.
+
+    :meth:`step` starts the next try (or ends the request); each try reports back to
+    :meth:`ended`; the hedge queue calls :meth:`due`. The request ends exactly once, in
+    :meth:`finish`, which hands the outcome to ``done``.
+    """
+
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "done",
+        "due_token",
+        "hedge_wait",
+        "last_error",
+        "outcome",
+        "req",
+        "router",
+        "state",
+        "tries",
+        "waiting",
+    )
+
+    def __init__(self, router: Routing, req: ProxyRequest, done: Callable[[Outcome], None]) -> None:
+        start = router.clock()
+        router.budget.deposit(start)
+        self.router = router
+        self.req = req
+        self.done = done
+        self.deadline = start + router.total
+        self.outcome = Outcome()
+        self.state = State.PICKING
+        self.attempts = 0
+        """Attempts started: the first try, then each retry (a hedge is not one)."""
+        self.last_error: RpcBalancerError | None = None
+        self.tries: list[Try] = []
+        self.due_token = 0
+        """Nonzero while this attempt's hedge is still to come: the token it was queued with
+        in the hedge queue (which skips an entry whose token is no longer held)."""
+        self.hedge_wait = 0.0
+        """How long this attempt waited for its hedge so far (it doubles when the budget
+        says not yet)."""
+        self.waiting: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Forwarding {self.state.value} attempts={self.attempts} tried={self.outcome.tried}>"
+        )
+
+    # -- tries ---------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Start the next attempt, or end the request when none may be made."""
+        router = self.router
+        outcome = self.outcome
+        self.state = State.PICKING
+        if self.attempts > router.retries:
+            self.finish()
+            return
+        now = router.clock()
+        if now >= self.deadline:
+            self.last_error = UpstreamTimeout(
+                outcome.tried[-1].name if outcome.tried else "balancer",
+                f"the {router.total:g}s deadline passed after {len(outcome.tried)} tries",
+            )
+            self.finish()
+            return
+        candidates, failopen = router.fleet.candidates(now)
+        tried = outcome.tried
+        left = [n for n in candidates if n not in tried] if tried else candidates
+        if not left:
+            self.finish()
+            return
+        cap = router.slots.cap
+        if cap:
+            free = [n for n in left if n.inflight < cap]
+            if not free:  # every node is at its cap: wait for a slot, in line
+                self._queue()
+                return
+            left = free
+        if self.attempts and not router.budget.withdraw(now):
+            self.finish()  # the retry budget is spent: no retry storm on a sick fleet
+            return
+        self.attempts += 1
+        if failopen:
+            self._launch(left[0], len(left))  # least bad first
+            return
+        policy = router.policy
+        if isinstance(policy, Race):
+            winner = policy.remembered(left, now)
+            if winner is None:
+                self.state = State.RACING
+                self._await(self._race(policy, left))
+                return
+            self._launch(winner, len(left))
+            return
+        self._launch(
+            policy.pick(left, PickContext(now=now, client_ip=self.req.client_ip)), len(left)
+        )
+
+    def _launch(self, node: Node, choices: int) -> None:
+        self.state = State.TRYING
+        self._try(node)
+        delay = self.router.hedge_delay(node, self.req, choices)
+        if delay is not None and self.state is State.TRYING:
+            self.hedge_wait = delay
+            self._hedge_in(delay)
+
+    def _try(self, node: Node) -> None:
+        self.outcome.tried.append(node)
+        attempt = Try(self, node)
+        self.tries.append(attempt)
+        attempt.start()
+
+    def _hedge_in(self, delay: float) -> None:
+        router = self.router
+        loop = router.loop = running_loop(router.loop)
+        self.due_token = self.attempts
+        router.hedges.add(loop, loop.time() + delay, self, self.attempts)
+
+    def due(self, token: int) -> None:
+        """The hedge queue: this attempt's first try has not answered in time."""
+        if token != self.due_token or self.state is not State.TRYING:
+            return
+        self.due_token = 0
+        router = self.router
+        now = router.clock()
+        second = router.another(self.req, self.outcome.tried, now)
+        if second is None:
+            return
+        budget = router.budget
+        if not budget.withdraw(now, budget.reserve):
+            # Not now: ask again after twice the wait, while the try may still be saved.
+            wait = self.hedge_wait
+            started = self.tries[0].started
+            if now + wait < min(self.deadline, started + router.per_try):
+                self.hedge_wait = 2 * wait
+                self._hedge_in(wait)
+            return
+        self.state = State.HEDGED
+        self.outcome.hedged = True
+        self._try(second)
+
+    def ended(
+        self, finished: Try, resp: UpstreamResponse | None, error: UpstreamError | None
+    ) -> None:
+        """A try is over: the answer wins; a failure waits for the other try of a hedge,
+        else leads to the next attempt (a broadcast that may have arrived ends here)."""
+        if self.state in _OVER:
+            return
+        tries = self.tries
+        tries.remove(finished)
+        outcome = self.outcome
+        if error is None:
+            for other in tries:
+                other.cancel()  # the hedge's loser: its node is not blamed
+            tries.clear()
+            outcome.response, outcome.node = resp, finished.node
+            self.finish(answered=True)
+            return
+        self.last_error = error
+        if tries:
+            self.state = State.TRYING  # the other try of the hedge may still answer
+            return
+        self.due_token = 0  # failed before the hedge was due: an ordinary retry follows
+        if not self.req.idempotent and (resp is not None or error.sent):
+            # The node may have the transaction: its answer, whatever it is, is final.
+            outcome.response, outcome.node = resp, finished.node
+            self.finish()
+            return
+        self.step()
+
+    # -- the slow steps ------------------------------------------------------------------
+
+    def _await(self, step: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await step
+            finally:
+                self.waiting = None
+
+        self.waiting = asyncio.get_running_loop().create_task(run())
+
+    async def _race(self, policy: Race, nodes: list[Node]) -> None:
+        router = self.router
+        winner = await router.ping_race(nodes, self.deadline)
+        if self.state is not State.RACING:
+            return
+        if winner is None:
+            if router.clock() >= self.deadline:
+                self.last_error = UpstreamTimeout(
+                    "balancer",
+                    f"no node answered the race ping within the {router.total:g}s deadline",
+                )
+            else:
+                self.last_error = NoHealthyNode("no node answered the race ping in time")
+            self.finish()
+            return
+        policy.remember(winner, router.clock())
+        self._launch(winner, len(nodes))
+
+    def _queue(self) -> None:
+        slots = self.router.slots
+        if slots.full():
+            self.last_error = NoHealthyNode(
+                f"every node has {slots.cap} requests in flight and "
+                f"{len(slots)} more are waiting: try again shortly"
+            )
+            self.finish()
+            return
+        self.state = State.QUEUED
+        waiter = slots.join()  # in line now: the next request sees it
+
+        async def wait() -> None:
+            if not await slots.wait(waiter, self.deadline):
+                self.last_error = UpstreamTimeout(
+                    "balancer",
+                    f"no node had a free slot within the {self.router.total:g}s deadline",
+                )
+                self.finish()
+            elif self.state is State.QUEUED:
+                self.step()
+
+        self._await(wait())
+
+    # -- the end -------------------------------------------------------------------------
+
+    def finish(self, *, answered: bool = False) -> None:
+        """End the request: with the answer when ``answered``, else with the error that
+        ended it (a broadcast keeps the answer of the node that may have it)."""
+        if self.state in _OVER:
+            return
+        self.state = State.DONE
+        outcome = self.outcome
+        if not answered and not (outcome.response is not None and not self.req.idempotent):
+            outcome.response = None
+            outcome.error = self.last_error or NoHealthyNode(self.router.why_none())
+        done = self.done
+        self._release()
+        try:
+            done(outcome)
+        except Exception:
+            log.exception("unexpected error answering a forwarded request")
+
+    def cancel(self) -> None:
+        """Nobody waits for the answer any more: stop every try (their nodes are not blamed)."""
+        if self.state in _OVER:
+            return
+        self.state = State.CANCELLED
+        for t in self.tries:
+            t.cancel()
+        self.tries.clear()
+        if self.waiting is not None:
+            self.waiting.cancel()
+        self._release()
+
+    def _release(self) -> None:
+        """Let go of the bodies: the hedge queue may hold this object until its hedge's
+        time (up to ``hedge.max_delay``), long after the request ended."""
+        self.done = _nothing
+        self.due_token = 0
+        self.req = _RELEASED
+        self.outcome = _RELEASED_OUTCOME
+
+
+def _nothing(outcome: Outcome) -> None:
+    pass
+
+
+_RELEASED = ProxyRequest(method="GET", path=None, headers={}, body=None)
+_RELEASED_OUTCOME = Outcome()  # never written: a request that is over changes nothing
+
+
+class Try:
+    """One try of a request on one node: started at once, judged when it ends."""
+
+    __slots__ = ("exchange", "forwarding", "live", "load", "node", "started")
+
+    def __init__(self, forwarding: Forwarding, node: Node) -> None:
+        self.forwarding = forwarding
+        self.node = node
+        self.started = 0.0
+        self.load = 1
+        self.exchange: Cancellable | None = None
+        self.live = True
+
+    def start(self) -> None:
+        forwarding = self.forwarding
+        router = forwarding.router
+        self.started = now = router.clock()
+        timeout = max(0.001, min(router.per_try, forwarding.deadline - now))
+        self.load = self.node.begin(now)
+        exchange = router.start_request(self.node, forwarding.req, timeout, self.ended)
+        if self.live:  # (a transport may answer before returning)
+            self.exchange = exchange
+
+    def ended(self, resp: UpstreamResponse | None, exc: UpstreamError | None) -> None:
+        """The transport's answer: judge it, record it on the node, report to the request."""
+        forwarding = self.forwarding
+        router = forwarding.router
+        node = self.node
+        self.exchange = None
+        if not self.live:
+            return
+        self.live = False
+        now = router.clock()
+        if exc is not None or resp is None:
+            error = exc or UpstreamError(node.name, "no answer")
+            node.end(
+                now,
+                now - self.started,
+                False,
+                error=error.reason,
+                penalty=router.per_try,
+                health=router.fleet.health,
+                load=self.load,
+            )
+            router.slots.freed()
+            forwarding.ended(self, None, error)
+            return
+        fault = judge(resp, router.chain)
+        node.end(
+            now,
+            now - self.started,
+            fault is None,
+            error=fault,
+            penalty=router.per_try,
+            health=router.fleet.health,
+            load=self.load,
+        )
+        router.slots.freed()
+        if fault is None:
+            head = router.chain.head_in(resp.body)
+            if head is not None:
+                node.observe_head(now, head)  # freshness between probes
+            forwarding.ended(self, resp, None)
+            return
+        poor = resp if not forwarding.req.idempotent and looks_like_json(resp.body) else None
+        forwarding.ended(self, poor, UpstreamBadResponse(node.name, fault, resp.status))
+
+    def cancel(self) -> None:
+        if not self.live:
+            return
+        self.live = False
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.cancel()
+        self.node.cancel(self.started)  # abandoned by us, not failed by the node
+        self.forwarding.router.slots.freed()
