@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from rpcbalancer.sim import Behaviour, FleetThread
+from rpcbalancer.sim import Behaviour, FleetThread, free_port
 
-from ..conftest import ROOT, free_port, require_tool
+from ..conftest import ROOT, require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

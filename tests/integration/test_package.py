@@ -24,9 +24,9 @@ import pytest
 import requests
 
 from rpcbalancer import __version__
-from rpcbalancer.sim import Behaviour, FleetThread, stop_process
+from rpcbalancer.sim import Behaviour, FleetThread, free_port, stop_process
 
-from ..conftest import ROOT, free_port
+from ..conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
