@@ -10,6 +10,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rpcbalancer.sim import free_port
+
+__all__ = ["DGP_BODY", "free_port", "serve_cmd", "stop_all", "wait_port"]
+
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout

@@ -50,7 +50,7 @@ from ..messages import (
     internal_error,
     outcome_of,
 )
-from ..observe.accesslog import access_line
+from ..observe.accesslog import AccessLog, access_line
 from .clientip import client_ip
 from .control import ALLOW, Control, not_allowed, preflight
 from .ratelimit import retry_after
@@ -383,7 +383,6 @@ class Gateway:
         stats.duration_sum += seconds
         stats.bytes_in += len(req.body)
         stats.bytes_out += len(response.body)
-        served = None
         if outcome is not None:
             attempts = len(outcome.tried)
             if outcome.hedged:
@@ -393,12 +392,6 @@ class Gateway:
                     stats.hedge_wins += 1
             if attempts > 1:
                 stats.retries += attempts - 1
-            served = {
-                "node": outcome.node.name if outcome.node is not None else None,
-                "attempts": len(outcome.tried),
-                "hedged": outcome.hedged,
-                "error": str(outcome.error)[:300] if outcome.error is not None else None,
-            }
         response.headers.append(("x-request-id", job.rid))
         access = balancer.access_log
         if access is not None and (
@@ -406,16 +399,27 @@ class Gateway:
             or access.config.sample >= 1.0
             or balancer.rng.random() < access.config.sample
         ):
-            keys = balancer.keys
-            secret_path = (
-                req.path != "/" and keys is not None and keys.from_path(req.path) is not None
-            )
-            access.write(
-                access_line(
-                    req, call, response, seconds, job.rid, job.ip, kind, access, secret_path, served
-                )
-            )
+            self._log(access, job, response, seconds, kind)
         return response
+
+    def _log(
+        self, access: AccessLog, job: Job, response: HttpResponse, seconds: float, kind: str
+    ) -> None:
+        req, outcome = job.req, job.outcome
+        served = None
+        if outcome is not None:
+            served = {
+                "node": outcome.node.name if outcome.node is not None else None,
+                "attempts": len(outcome.tried),
+                "hedged": outcome.hedged,
+                "error": str(outcome.error)[:300] if outcome.error is not None else None,
+            }
+        keys = self.balancer.keys
+        secret_path = req.path != "/" and keys is not None and keys.from_path(req.path) is not None
+        line = access_line(
+            req, job.call, response, seconds, job.rid, job.ip, kind, access, secret_path, served
+        )
+        access.write(line)
 
 
 class _Staged:
