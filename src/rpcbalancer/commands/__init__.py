@@ -1,1 +1,1 @@
-"""commands"""
+"""The ``rpcbalancer`` command and what only it uses."""

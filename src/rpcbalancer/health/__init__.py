@@ -1,1 +1,1 @@
-"""health"""
+"""Active health: probes, the canary and its shared store, chain presets, node versions."""
