@@ -23,11 +23,12 @@ from collections.abc import Callable
 from types import TracebackType
 
 from .config import Config
-from .fleet.fleet import Fleet, OutlierRule, eject_outliers
+from .fleet.fleet import Fleet, FleetSet, OutlierRule, eject_outliers
 from .fleet.nodes import Health, Node, parse_version
 from .fleet.policies import BasePolicy, Race, make_policy
 from .health.canary import Canary, StoreView
 from .health.chains import CHAINS, Chain
+from .health.chains.call import CallProbe
 from .health.probe import Prober
 from .health.store import open_store
 from .health.store.redis import RedisStore
@@ -38,8 +39,9 @@ from .periodic import Periodic
 from .proxy.access import KeyRing, MethodFilter
 from .proxy.budget import RetryBudget
 from .proxy.clientip import parse_networks
+from .proxy.dispatch import Dispatcher
 from .proxy.ratelimit import LocalLimiter, RedisLimiter
-from .proxy.router import Router
+from .proxy.router import Group, Router
 from .upstream.dns import DnsExpander, Resolver, system_resolver
 from .upstream.pool import H1Transport, Transport
 
@@ -61,24 +63,15 @@ class Balancer:
         self.background = background
         self.clock = clock
         self.chain: Chain = CHAINS[config.chain]
-        self.fleet = Fleet(
-            [Node(i, spec) for i, spec in enumerate(config.nodes)],
-            Health(
-                max_block_lag=config.max_block_lag,
-                max_head_age=config.max_head_age,
-                min_version=parse_version(config.min_version),
-                breaker_failures=config.circuit_breaker.failures,
-                breaker_cooldown=config.circuit_breaker.cooldown,
-                slow_start=config.outlier.slow_start,
-            ),
+        health = Health(
+            max_block_lag=config.max_block_lag,
+            max_head_age=config.max_head_age,
+            min_version=parse_version(config.min_version),
+            breaker_failures=config.circuit_breaker.failures,
+            breaker_cooldown=config.circuit_breaker.cooldown,
+            slow_start=config.outlier.slow_start,
         )
         self.rng = rng or random.Random()
-        self.policy = make_policy(config.strategy, self.rng)
-        self.race = (
-            self.policy
-            if isinstance(self.policy, Race)
-            else Race(config.strategy.model_copy(update={"name": "race"}), self.rng)
-        )
         self.outliers = OutlierRule(
             min_requests=config.outlier.min_requests,
             stdev_factor=config.outlier.stdev_factor,
@@ -89,22 +82,49 @@ class Balancer:
         )
         self.transport = transport or H1Transport(config.timeouts.connect)
         self.trusted_proxies = parse_networks(config.trusted_proxies)
-        self.router = Router(
-            self.fleet,
-            self.policy,
-            self.transport,
-            self.chain,
-            per_try=config.timeouts.per_try,
-            total=config.timeouts.total,
-            retries=config.retries,
-            clock=clock,
-            budget=RetryBudget(
-                config.budget.ratio, config.budget.min_per_second, config.budget.burst
-            ),
-            hedge=config.hedge,
-            node_concurrency=config.node_concurrency,
-            queue_size=config.queue_size,
-            user_agent=config.user_agent,
+        budget = RetryBudget(config.budget.ratio, config.budget.min_per_second, config.budget.burst)
+        self.groups: dict[str, Group] = {}
+        """Every group of backends by name, ``default`` first (see :mod:`.proxy.routes`)."""
+        presets: dict[str, Chain | None] = {}
+        index = 0
+        for name, spec in config.groups().items():
+            nodes = []
+            for node in spec.nodes:
+                nodes.append(Node(index, node, group=name))
+                index += 1
+            fleet = Fleet(nodes, health)
+            params = spec.strategy or config.strategy
+            policy = make_policy(params, self.rng)
+            router = Router(
+                fleet,
+                policy,
+                self.transport,
+                self.chain,
+                per_try=spec.timeout or config.timeouts.per_try,
+                total=config.timeouts.total,
+                retries=config.retries if spec.retries is None else spec.retries,
+                clock=clock,
+                budget=budget,
+                hedge=config.hedge,
+                node_concurrency=config.node_concurrency,
+                queue_size=config.queue_size,
+                user_agent=config.user_agent,
+            )
+            self.groups[name] = Group(name, spec, fleet, policy, router)
+            if spec.probe == "passive":
+                presets[name] = None
+            elif not isinstance(spec.probe, str):
+                presets[name] = CallProbe(self.chain, spec.probe.method, spec.probe.params)
+        first = next(iter(self.groups.values()))
+        self.fleet = FleetSet({name: group.fleet for name, group in self.groups.items()})
+        """Every node of every group (probes, the store, views and metrics go over it)."""
+        self.policy = first.policy
+        self.router = first.router
+        """The first group's (``default``): the routes send everything else there."""
+        self.race = (
+            self.policy
+            if isinstance(self.policy, Race)
+            else Race(config.strategy.model_copy(update={"name": "race"}), self.rng)
         )
         self.prober = Prober(
             self.fleet,
@@ -114,6 +134,7 @@ class Balancer:
             concurrency=config.probe.concurrency,
             clock=clock,
             user_agent=config.user_agent,
+            presets=presets,
         )
         self.versions = Versions(self.prober, config.probe.timeout)
         """Each node's version answer, for the original reply shape (``annotate: body``)."""
@@ -135,7 +156,9 @@ class Balancer:
             else None
         )
         self.dns = (
-            DnsExpander(config.nodes, self.fleet, resolver=resolver) if config.resolve_dns else None
+            DnsExpander(first.spec.nodes, first.fleet, resolver=resolver)
+            if config.resolve_dns
+            else None
         )
         self.methods = MethodFilter(config.methods)
         self.keys = KeyRing(config.api_keys, self.methods) if config.api_keys is not None else None
@@ -160,6 +183,8 @@ class Balancer:
         folder = os.environ.get("RPCBALANCER_METRICS_DIR")
         self.snapshots = SnapshotFolder(folder) if folder and background else None
         """Where workers of one server share their counters (see :mod:`.metrics`)."""
+        self.dispatcher = Dispatcher(config, self.chain, self.groups, self.stats, clock)
+        """Routes, the answer cache and coalescing (idle with one group and no cache)."""
         self.started_at = time.time()
         self._stack: contextlib.AsyncExitStack | None = None
         self._due: dict[str, float] = {}
@@ -176,6 +201,8 @@ class Balancer:
     async def __aenter__(self) -> Balancer:
         stack = contextlib.AsyncExitStack()
         stack.push_async_callback(self.transport.aclose)
+        if self.dispatcher.cache is not None:
+            stack.push_async_callback(self.dispatcher.cache.aclose)
         if self.shared_limiter is not None:
             stack.push_async_callback(self.shared_limiter.aclose)
         if self.access_log is not None:
@@ -262,8 +289,9 @@ class Balancer:
 
     async def _review_outliers(self) -> None:
         jitter = 0.85 + 0.3 * self.rng.random()
-        for node in eject_outliers(self.fleet, self.clock(), self.outliers, jitter):
-            log.warning("node %s ejected as an outlier: %s", node.name, node.last_error)
+        for group in self.groups.values():
+            for node in eject_outliers(group.fleet, self.clock(), self.outliers, jitter):
+                log.warning("node %s ejected as an outlier: %s", node.name, node.last_error)
 
     async def _fallback(self) -> None:
         """External canary: probe for ourselves while the store brings nothing fresh."""

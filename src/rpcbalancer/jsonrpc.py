@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -45,6 +45,8 @@ class RpcCall:
     """Batch members answered here, not forwarded: ``(id, code, message)`` each."""
     body: bytes | None = None
     """What to forward when it is not the client's body (members were rejected)."""
+    members: tuple[dict[str, Any], ...] = field(default=(), compare=False, repr=False)
+    """The forwarded members as parsed (their ``params`` route and key the cache)."""
 
     @property
     def first_id(self) -> Id:
@@ -121,7 +123,11 @@ def parse(
         if allowed is not None and not allowed(member[0]):
             return RpcProblem(METHOD_NOT_FOUND, _not_here(member[0]), member[1], http_status=403)
         return RpcCall(
-            methods=(member[0],), ids=(member[1],), batch=False, notifications=int(member[2])
+            methods=(member[0],),
+            ids=(member[1],),
+            batch=False,
+            notifications=int(member[2]),
+            members=(doc,),
         )
     if isinstance(doc, list):
         if not doc:
@@ -159,6 +165,7 @@ def parse(
             notifications=notifications,
             rejected=tuple(rejected),
             body=forward,
+            members=tuple(kept),
         )
     return RpcProblem(INVALID_REQUEST, "Invalid Request: expected a JSON object or array")
 

@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from rpcbalancer.balancer import Balancer
@@ -27,15 +28,36 @@ class Harness:
         self.balancer: Balancer | None = None
         self.gateway: Gateway | None = None
 
-    async def start(self, behaviours: dict[str, Behaviour], **config: Any) -> Harness:
-        for i, (name, behaviour) in enumerate(behaviours.items()):
-            node = FakeNode(name, behaviour, seed=i, chain=config.get("chain", "steem"))
+    async def start(
+        self,
+        behaviours: dict[str, Behaviour],
+        extra: dict[str, tuple[str, Behaviour]] | None = None,
+        translate: bool = False,
+        **config: Any,
+    ) -> Harness:
+        """``behaviours`` are the nodes (group ``default``); ``extra`` are more nodes, of a
+        kind of their own (``hivemind``), named in ``config`` by their names in place of
+        URLs; ``translate``: the default group translates legacy calls to appbase."""
+        chain = config.get("chain", "steem")
+        kinds = {name: (chain, b) for name, b in behaviours.items()} | (extra or {})
+        for i, (name, (kind, behaviour)) in enumerate(kinds.items()):
+            node = FakeNode(name, behaviour, seed=i, chain=kind)
             await node.start()
             self.stack.push_async_callback(node.stop)
             self.nodes[name] = node
         # Health stays in memory unless a test brings a store of its own.
-        data = {"nodes": [n.url for n in self.nodes.values()], "store": "none", **config}
-        balancer = Balancer(from_mapping(data, env={}), rng=random.Random(3))
+        data: dict[str, Any] = {
+            "nodes": [self.nodes[name].url for name in behaviours],
+            "store": "none",
+            **config,
+        }
+        if translate:
+            default = {"nodes": data.pop("nodes"), "translate_to_appbase": True}
+            data["upstreams"] = {"default": default, **data.get("upstreams", {})}
+        text = orjson.dumps(data)
+        for name in extra or {}:
+            text = text.replace(b'"%s"' % name.encode(), b'"%s"' % self.nodes[name].url.encode())
+        balancer = Balancer(from_mapping(orjson.loads(text), env={}), rng=random.Random(3))
         self.balancer = await self.stack.enter_async_context(balancer)
         self.gateway = Gateway(balancer)
         return self

@@ -35,7 +35,8 @@ def _nested(annotation: Any) -> tuple[type[BaseModel] | None, str]:
     candidates = [annotation, *get_args(annotation)]
     for arg in candidates:
         if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg, "[]." if get_origin(annotation) is tuple else "."
+            origin = get_origin(annotation)
+            return arg, "[]." if origin is tuple else ".<name>." if origin is dict else "."
     return None, ""
 
 

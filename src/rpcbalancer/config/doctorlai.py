@@ -25,7 +25,6 @@ _MARKERS = frozenset(
         "port",
         "rateLimit",
         "circuitBreaker",
-        "cache",
         "weights",
         "sticky",
         "user_agent",
@@ -71,12 +70,15 @@ _IGNORED = {
 
 
 def is_doctorlai(data: dict[str, Any]) -> bool:
-    return bool(_MARKERS & data.keys())
+    """Whether ``data`` is DoctorLai's format. Its ``cache: {enabled, ttl}`` (the chosen node
+    remembered for ttl seconds) is told from our answer cache by its ``ttl``."""
+    cache = data.get("cache")
+    return bool(_MARKERS & data.keys()) or (isinstance(cache, dict) and "ttl" in cache)
 
 
 def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
     """Translate a DoctorLai configuration mapping into ours (our own keys pass through)."""
-    out = {k: v for k, v in data.items() if k not in _MARKERS and k != "headers"}
+    out = {k: v for k, v in data.items() if k not in _MARKERS and k not in ("headers", "cache")}
     ignored: list[str] = []
 
     weights = data.get("weights") or {}

@@ -152,6 +152,7 @@ def from_mapping(
     source: str = "config",
 ) -> Config:
     from . import doctorlai as compat
+    from . import drone, jussi
 
     env = os.environ if env is None else env
     substitute = _Substitution(env)
@@ -165,7 +166,12 @@ def from_mapping(
         )
     if compat.is_doctorlai(data):
         data = compat.from_doctorlai(data, source)
-    data.setdefault("nodes", list(DEFAULT_NODES))
+    elif jussi.is_jussi(data):
+        data = jussi.from_jussi(data, source)
+    elif drone.is_drone(data):
+        data = drone.from_drone(data, source)
+    if not (isinstance(data.get("upstreams"), dict) and data["upstreams"]):
+        data.setdefault("nodes", list(DEFAULT_NODES))
     if env.get("RPCBALANCER_NODES"):
         data["nodes"] = [u.strip() for u in env["RPCBALANCER_NODES"].split(",") if u.strip()]
     if env.get("RPCBALANCER_STORE"):

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from .ttl import parse_ttl
 from .urls import REDACTED, display_url
 
 DEFAULT_NODES = (
@@ -344,6 +345,98 @@ class MetricsConfig(_Model):
     """JSON-RPC methods allowed as metric labels besides the chain preset's common ones."""
 
 
+def _ttl(value: Any) -> Any:
+    return parse_ttl(value)
+
+
+Ttl = Annotated[float, BeforeValidator(_ttl)]
+
+
+class ProbeCallConfig(_Model):
+    """A probe for backends that are not chain nodes (hivemind, say): one JSON-RPC call,
+    healthy when it gets a result."""
+
+    method: str = Field(min_length=1)
+    """The JSON-RPC method to call (``hive.db_head_state``)."""
+    params: list[Any] | dict[str, Any] = Field(default_factory=list)
+    """Its parameters."""
+
+
+class UpstreamGroup(_Model):
+    """A named group of backends: its own nodes, strategy, probes, timeout and retries."""
+
+    nodes: tuple[NodeConfig, ...] = Field(min_length=1)
+    """The group's nodes, as ``nodes`` takes them (URLs, or mappings with ``url``...)."""
+    strategy: StrategyConfig | None = None
+    """The group's strategy; none: the top-level ``strategy``."""
+    probe: Literal["chain", "passive"] | ProbeCallConfig = "chain"
+    """``chain``: the chain preset's probes (head block, version); ``passive``: no active
+    probe, health from the answers alone; or one call ``{method, params}``."""
+    timeout: Seconds | None = None
+    """Seconds a try may take on this group; none: ``timeouts.per_try``."""
+    retries: int | None = Field(None, ge=0, le=10)
+    """Further tries after a failed read on this group; none: the top-level ``retries``."""
+    translate_to_appbase: bool = False
+    """Forward the legacy calls routed here (``get_block``, ``call`` of ``database_api``) as
+    ``condenser_api.*`` calls."""
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _nodes_from_strings(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [{"url": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class RouteConfig(_Model):
+    """What a method prefix is served by, and how (unset: a shorter prefix decides)."""
+
+    upstream: str | None = None
+    """The group that serves it."""
+    ttl: Ttl | None = None
+    """How long an answer is cached: seconds, ``0`` or ``NO_EXPIRE`` (forever), ``-1`` or
+    ``NO_CACHE``, ``-2`` or ``EXPIRE_IF_REVERSIBLE`` (forever once its block is
+    irreversible); none: the chain preset's default for the method."""
+    timeout: Seconds | None = Field(None, ge=0)
+    """Seconds a try may take (``0``: no limit but the request's own deadline)."""
+    retries: int | None = Field(None, ge=0, le=10)
+    """Further tries after a failed read."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _group_name(cls, value: Any) -> Any:
+        return {"upstream": value} if isinstance(value, str) else value
+
+
+class CacheConfig(_Model):
+    """The answer cache: repeated reads answered without asking a node."""
+
+    enabled: bool = False
+    """Answer repeated reads from the cache (the chain preset gives each method a sensible
+    TTL; ``routes`` override it)."""
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Bytes of answers kept in this process at most (least recently used go first)."""
+    max_item_bytes: int = Field(1024 * 1024, ge=64)
+    """Answers larger than this are never cached."""
+    url: str | None = None
+    """A Redis URL (may be the health store's) for a cache shared by every instance; none:
+    in this process only. Redis down: in-process only, never a failed request."""
+    coalesce: bool = True
+    """Identical reads in flight share one upstream call."""
+
+    @field_validator("url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+
 class AccessLogConfig(_Model):
     enabled: bool = True
     """``false``: no access log."""
@@ -363,9 +456,10 @@ class Config(_Model):
     chain: str = "steem"
     """The chain preset: ``steem``, ``hive``, ``blurt`` or ``evm``; it sets the probe calls,
     the broadcast methods and which node errors mean the node is unwell."""
-    nodes: tuple[NodeConfig, ...] = Field(min_length=1)
+    nodes: tuple[NodeConfig, ...] = ()
     """The upstream nodes: URLs, or mappings with ``url`` and the keys below; by default the
-    public Steem nodes. ``RPCBALANCER_NODES`` replaces the list."""
+    public Steem nodes. ``RPCBALANCER_NODES`` replaces the list. They are the group
+    ``default`` when ``upstreams`` names other groups."""
     strategy: StrategyConfig = StrategyConfig()
     """The strategy: a name (``fastest``), or a mapping with ``name`` and its parameters."""
     timeouts: Timeouts = Timeouts()
@@ -443,6 +537,19 @@ class Config(_Model):
     """The Prometheus endpoint."""
     explain: bool = False
     """Allow ``X-RPC-Explain: 1`` on a request to get the node scores in ``X-RPC-Scores``."""
+    upstreams: dict[str, UpstreamGroup] = Field(default_factory=dict)
+    """Named groups of backends (``hivemind``, ``hafah``...) that ``routes`` send methods
+    to; ``nodes`` are the group ``default``. The first group (``default`` when there are
+    ``nodes``) serves what no route names. Empty: one group, ``default``."""
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
+    """Method prefixes (``appbase.condenser_api.get_block``, ``bridge``, a legacy ``steemd``)
+    to a group (a name) or ``{upstream, ttl, timeout, retries}``; the longest prefix decides
+    each setting. The chain preset adds its own routes under these."""
+    equivalent_methods: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """A method (as sent, ``block_api.get_block``) and the dotted names routed and cached as
+    it (``appbase.condenser_api.get_block``)."""
+    cache: CacheConfig = CacheConfig()
+    """The answer cache and the merging of identical reads in flight."""
     secrets: frozenset[str] = frozenset()
     """Filled in by the loader (not a key to write): the values that came from ``${ENV}``,
     so that they can be redacted wherever they would be shown."""
@@ -458,6 +565,21 @@ class Config(_Model):
     @classmethod
     def _strategy_from_string(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+    def groups(self) -> dict[str, UpstreamGroup]:
+        """Every group by name, ``default`` first (made of ``nodes`` when they are given)."""
+        found: dict[str, UpstreamGroup] = {}
+        if self.nodes:
+            found["default"] = UpstreamGroup(nodes=self.nodes)
+        found.update(self.upstreams)
+        return found
+
+    def all_nodes(self) -> tuple[NodeConfig, ...]:
+        """Every node of every group."""
+        nodes = list(self.nodes)
+        for group in self.upstreams.values():
+            nodes += group.nodes
+        return tuple(nodes)
 
     @field_validator("min_version", mode="before")
     @classmethod
@@ -487,20 +609,31 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _check_relations(self) -> Config:
+        if not self.nodes and not self.upstreams:
+            raise ValueError("nodes: give at least one node (or groups in upstreams)")
+        if self.nodes and "default" in self.upstreams:
+            raise ValueError("upstreams.default: the nodes are the group default: give one")
+        groups = {*(["default"] if self.nodes else []), *self.upstreams}
+        for prefix, route in self.routes.items():
+            if route.upstream is not None and route.upstream not in groups:
+                known = ", ".join(sorted(groups))
+                raise ValueError(
+                    f"routes.{prefix}.upstream: no group {route.upstream!r} (known: {known})"
+                )
         seen: set[str] = set()
-        for node in self.nodes:
+        for node in self.all_nodes():
             if node.url in seen:
                 raise ValueError(f"nodes: {node.name} is listed twice")
             seen.add(node.url)
         names: dict[str, int] = {}
-        for node in self.nodes:
+        for node in self.all_nodes():
             if node.name in names and "name" in node.model_fields_set:
                 raise ValueError(f"nodes: the name {node.name!r} is given to two nodes")
             names[node.name] = names.get(node.name, 0) + 1
         for name in [n for n, count in names.items() if count > 1]:
             # Two URLs that differ only in what is not shown (a key, a query): number them,
             # so that headers, logs and metric labels still tell them apart.
-            same = [n for n in self.nodes if n.name == name]
+            same = [n for n in self.all_nodes() if n.name == name]
             for k, node in enumerate(same[1:], start=2):
                 object.__setattr__(node, "name", f"{name} #{k}")
         from ..health.chains import CHAINS  # late: chains imports nothing of config at import

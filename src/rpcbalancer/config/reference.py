@@ -15,7 +15,7 @@ import itertools
 import textwrap
 import types
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel, BeforeValidator
@@ -23,7 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from .doctorlai import _IGNORED
-from .model import DEFAULT_NODES, Config, _seconds
+from .model import DEFAULT_NODES, Config, _seconds, _ttl
 
 # Fields the loader fills in and a file never sets.
 INTERNAL = frozenset({"secrets"})
@@ -61,9 +61,9 @@ def entries(model: type[BaseModel] = Config, prefix: str = "") -> list[Entry]:
             continue
         key = prefix + name
         rows.append(_entry(key, field, described.get(name, "")))
-        sub, many = _submodel(field.annotation)
+        sub, joint = _submodel(field.annotation)
         if sub is not None:
-            rows += entries(sub, key + ("[]." if many else "."))
+            rows += entries(sub, key + joint)
     return rows
 
 
@@ -103,16 +103,21 @@ def _entry(key: str, field: FieldInfo, description: str) -> Entry:
     )
 
 
-def _submodel(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
-    """The model a field holds (directly, as an option, or as a list) and whether a list."""
+def _submodel(annotation: Any) -> tuple[type[BaseModel] | None, str]:
+    """The model a field holds (directly, as an option, in a list or as a mapping's values)
+    and how its keys are written below the field's: ``.``, ``[].`` or ``.<name>.``."""
     for arg in (annotation, *_options(annotation)):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg, False
+            return arg, "."
     if get_origin(annotation) is tuple:
         item = get_args(annotation)[0]
         if isinstance(item, type) and issubclass(item, BaseModel):
-            return item, True
-    return None, False
+            return item, "[]."
+    if get_origin(annotation) is dict:
+        item = get_args(annotation)[1]
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item, ".<name>."
+    return None, ""
 
 
 def _options(annotation: Any) -> tuple[Any, ...]:
@@ -130,13 +135,19 @@ _NAMES: dict[Any, str] = {
 
 
 def _type(annotation: Any, metadata: list[Any]) -> str:
+    if get_origin(annotation) is Annotated:  # Seconds or Ttl inside an option
+        base, *more = get_args(annotation)
+        return _type(base, [*metadata, *more])
     if annotation is float and any(_is_seconds(m) for m in metadata):
         return "duration"
+    if annotation is float and any(_is_ttl(m) for m in metadata):
+        return "TTL"
     if annotation in _NAMES:
         return _NAMES[annotation]
     options = _options(annotation)
     if options:
-        return " or ".join(_type(a, metadata) for a in options) + " or none"
+        optional = type(None) in get_args(annotation)
+        return " or ".join(_type(a, metadata) for a in options) + (" or none" if optional else "")
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Literal:
         return "one of " + ", ".join(f"`{a}`" for a in args)
@@ -157,6 +168,10 @@ def _plural(name: str) -> str:
 
 def _is_seconds(meta: Any) -> bool:
     return isinstance(meta, BeforeValidator) and meta.func is _seconds
+
+
+def _is_ttl(meta: Any) -> bool:
+    return isinstance(meta, BeforeValidator) and meta.func is _ttl
 
 
 def _bounds(metadata: list[Any]) -> str:

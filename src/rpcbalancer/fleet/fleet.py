@@ -194,3 +194,58 @@ def eject_outliers(fleet: Fleet, now: float, rule: OutlierRule, jitter: float) -
         ejected.append(node)
         allowed -= 1
     return ejected
+
+
+class FleetSet:
+    """Every group's fleet seen as one, for what goes over all the nodes (probes, the
+    store, views, metrics): each node is judged by its own group's fleet (a hivemind node's
+    head is never compared with a chain node's)."""
+
+    def __init__(self, fleets: dict[str, Fleet]) -> None:
+        if not fleets:
+            raise ValueError("a fleet set needs at least one fleet")
+        self.fleets = fleets
+        self.health = next(iter(fleets.values())).health
+
+    def __repr__(self) -> str:
+        return f"<FleetSet {self.fleets!r}>"
+
+    @property
+    def nodes(self) -> list[Node]:
+        if len(self.fleets) == 1:
+            return next(iter(self.fleets.values())).nodes
+        return [node for fleet in self.fleets.values() for node in fleet.nodes]
+
+    def fleet_of(self, node: Node) -> Fleet:
+        return self.fleets.get(node.group) or next(iter(self.fleets.values()))
+
+    def best_head(self) -> int | None:
+        """None: heads are compared within a group only (pass None on to the methods)."""
+        if len(self.fleets) == 1:
+            return next(iter(self.fleets.values())).best_head()
+        return None
+
+    def lag(self, node: Node, best: int | None = None) -> int | None:
+        return self.fleet_of(node).lag(node, best if len(self.fleets) == 1 else None)
+
+    def exclusion(self, node: Node, now: float, best: int | None = None) -> str | None:
+        return self.fleet_of(node).exclusion(node, now, best if len(self.fleets) == 1 else None)
+
+    def excluded(self, node: Node, now: float, best: int | None = None) -> Exclusion | None:
+        return self.fleet_of(node).excluded(node, now, best if len(self.fleets) == 1 else None)
+
+    def candidates(self, now: float) -> tuple[list[Node], bool]:
+        """Every group's usable nodes, and whether any group fails open."""
+        usable: list[Node] = []
+        failopen = False
+        for fleet in self.fleets.values():
+            nodes, fails = fleet.candidates(now)
+            if fails:
+                failopen = True
+            else:
+                usable += nodes
+        return usable, failopen
+
+    def invalidate(self) -> None:
+        for fleet in self.fleets.values():
+            fleet.invalidate()

@@ -99,11 +99,13 @@ class Node:
         "ejected_until",
         "ejections",
         "failures",
+        "group",
         "headers",
         "hist",
         "host_header",
         "index",
         "inflight",
+        "irreversible",
         "key",
         "last_error",
         "latencies",
@@ -132,6 +134,7 @@ class Node:
         spec: NodeConfig,
         *,
         address: str | None = None,
+        group: str = "default",
     ) -> None:
         """``address`` pins the node to one IP address of its host name (DNS expansion):
         it connects there, and still sends the name as Host header and TLS SNI."""
@@ -141,6 +144,8 @@ class Node:
         self.name = spec.name
         self.key = spec.key
         """The node's identity in the health store (see :attr:`NodeConfig.key`)."""
+        self.group = group
+        """The name of the group of backends it serves in (``default``)."""
         self.host_header: str | None = None
         self.sni: str | None = None
         if address is not None:
@@ -180,6 +185,10 @@ class Node:
         """Called when something that decides exclusion changed (set by the fleet)."""
         self.passive_head: int | None = None
         """The head block this node's latest answer to a client reported."""
+        self.irreversible: int | None = None
+        """The last irreversible block this node reported (probes, answers passing through);
+        the answer cache keeps a block forever only when the node that served it had it
+        irreversible."""
         self.passive_at = 0.0
         self.slow_start = 0.0
         self.ramp_from = -1e18
@@ -411,9 +420,16 @@ class Node:
             return self.passive_head
         return probe.head_block
 
+    def observe_irreversible(self, block: int) -> None:
+        """A last irreversible block this node reported (it never moves back here)."""
+        if self.irreversible is None or block > self.irreversible:
+            self.irreversible = block
+
     def apply_probe(self, result: ProbeResult) -> None:
         recovered = result.ok and self.probe is not None and not self.probe.ok
         self.probe = result
+        if result.irreversible_block is not None:
+            self.observe_irreversible(result.irreversible_block)
         if recovered:
             # Back from down: start afresh from the probe's latency (the failure penalties
             # it collected while down would keep it idle for a minute), through a slow start.

@@ -26,7 +26,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from ..fleet.fleet import Fleet
+from ..fleet.fleet import Fleet, FleetSet
 from .probe import Prober
 from .store import HealthStore, ProbeRecord, shown_url
 
@@ -67,7 +67,7 @@ class StoreHealth:
 class Canary:
     def __init__(
         self,
-        fleet: Fleet,
+        fleet: Fleet | FleetSet,
         prober: Prober,
         store: HealthStore | None,
         *,
@@ -181,7 +181,7 @@ class StoreView:
 
     def __init__(
         self,
-        fleet: Fleet,
+        fleet: Fleet | FleetSet,
         store: HealthStore,
         *,
         stale_after: float,

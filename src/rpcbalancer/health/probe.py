@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 import orjson
 
 from ..errors import UpstreamError
-from ..fleet.fleet import Fleet
+from ..fleet.fleet import Fleet, FleetSet
 from ..fleet.nodes import Node, ProbeResult
 from ..upstream.pool import NodeRequest, Transport
 from .chains import Answer, Chain, ProbeCall
@@ -142,7 +142,7 @@ class Prober:
 
     def __init__(
         self,
-        fleet: Fleet,
+        fleet: Fleet | FleetSet,
         chain: Chain,
         transport: Transport,
         *,
@@ -150,10 +150,13 @@ class Prober:
         concurrency: int = 16,
         clock: Callable[[], float] = time.monotonic,
         user_agent: str = "rpcbalancer",
+        presets: Mapping[str, Chain | None] | None = None,
     ) -> None:
         self.fleet = fleet
         self.headers = probe_headers(user_agent)
         self.chain = chain
+        self.presets = dict(presets or {})
+        """What each group is probed with, when not the chain preset (None: not probed)."""
         self.transport = transport
         self.timeout = timeout
         self.clock = clock
@@ -167,10 +170,12 @@ class Prober:
         done: dict[int, tuple[Node, ProbeResult]] = {}
 
         async def one(node: Node) -> None:
+            preset = self.preset_of(node)
+            assert preset is not None
             async with self._limit:
                 result = await probe_node(
                     self.transport,
-                    self.chain,
+                    preset,
                     node,
                     self.timeout,
                     clock=self.clock,
@@ -179,7 +184,7 @@ class Prober:
             node.apply_probe(result)
             done[node.index] = (node, result)
 
-        nodes = list(self.fleet.nodes)
+        nodes = [n for n in self.fleet.nodes if self.preset_of(n) is not None]
         try:
             async with asyncio.timeout(deadline):
                 await asyncio.gather(*(one(n) for n in nodes))
@@ -193,6 +198,14 @@ class Prober:
         self.rounds += 1
         self._log_changes()
         return [done[n.index] for n in nodes if n.index in done]
+
+    def preset_of(self, node: Node) -> Chain | None:
+        """What ``node`` is probed with: its group's probe, else the chain preset's; None for
+        a group whose health comes from the answers alone."""
+        presets = self.presets
+        if presets and node.group in presets:
+            return presets[node.group]
+        return self.chain
 
     def _log_changes(self) -> None:
         """Log each node that became excluded (with the reason) or usable again, once."""

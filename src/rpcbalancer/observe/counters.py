@@ -53,6 +53,10 @@ class Stats:
         method = call.methods[0] if call.methods else ""
         return method if method in self.methods else "other"
 
+    def label_of(self, method: str) -> str:
+        """A method as a metric label: itself when it is a known one, else ``other``."""
+        return method if method in self.methods else "other"
+
     def snapshot(self, nodes: Iterable[Node]) -> dict[str, Any]:
         """The counters of this process (JSON-able), gateway and nodes."""
         return {

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ..fleet.fleet import Fleet
+    from ..fleet.fleet import FleetSet
     from ..fleet.policies import BasePolicy
     from ..health.canary import StoreView
     from ..health.chains import Chain
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 class Observed(Protocol):
     @property
-    def fleet(self) -> Fleet: ...
+    def fleet(self) -> FleetSet: ...
 
     @property
     def clock(self) -> Callable[[], float]: ...

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..fleet.fleet import Fleet
+from ..fleet.fleet import Fleet, FleetSet
 from ..fleet.nodes import Node
 from ..health.store import ProbeRecord, shown_url
 
@@ -18,7 +18,7 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 2)
 
 
-def node_view(fleet: Fleet, node: Node, now: float, best: int | None) -> dict[str, Any]:
+def node_view(fleet: Fleet | FleetSet, node: Node, now: float, best: int | None) -> dict[str, Any]:
     reason = fleet.exclusion(node, now, best)
     probe = node.probe
     return {
@@ -58,7 +58,7 @@ def node_view(fleet: Fleet, node: Node, now: float, best: int | None) -> dict[st
     }
 
 
-def health_doc(fleet: Fleet, now: float) -> tuple[bool, dict[str, Any]]:
+def health_doc(fleet: Fleet | FleetSet, now: float) -> tuple[bool, dict[str, Any]]:
     best = fleet.best_head()
     nodes = []
     usable = 0
@@ -122,7 +122,12 @@ def status_doc(balancer: Observed) -> dict[str, Any]:
 
 
 def history_doc(
-    records: list[ProbeRecord], fleet: Fleet, *, since: float, until: float, buckets: int = 60
+    records: list[ProbeRecord],
+    fleet: Fleet | FleetSet,
+    *,
+    since: float,
+    until: float,
+    buckets: int = 60,
 ) -> dict[str, Any]:
     """The canary's history as a chart wants it: per node and per time bucket, the median
     probe latency of the good probes and the share of probes that were good. A history

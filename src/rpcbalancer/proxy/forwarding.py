@@ -47,6 +47,15 @@ class ProxyRequest(NodeRequest):
     """A request to forward: what goes to the node, and what the router decides on."""
 
     client_ip: str = ""
+    per_try: float | None = None
+    """Seconds a try may take, when the route says (0: only the deadline limits it)."""
+    retries: int | None = None
+    """Further tries after a failure, when the route says."""
+    deadline: float | None = None
+    """When the request must be answered (the clock's time), when sooner than the router's
+    own deadline (a client's ``X-RPC-Timeout``, Lambda's time left)."""
+    avoid: tuple[Node, ...] = ()
+    """Nodes to try last (they just failed the same read for another request)."""
 
     @property
     def broadcast(self) -> bool:
@@ -163,6 +172,8 @@ class Forwarding:
         self.req = req
         self.done = done
         self.deadline = start + router.total
+        if req.deadline is not None and req.deadline < self.deadline:
+            self.deadline = req.deadline
         self.outcome = Outcome()
         self.state = PICKING
         self.attempts = 0
@@ -189,7 +200,8 @@ class Forwarding:
         router = self.router
         outcome = self.outcome
         self.state = PICKING
-        if self.attempts > router.retries:
+        retries = self.req.retries
+        if self.attempts > (router.retries if retries is None else retries):
             self.finish()
             return
         now = router.clock()
@@ -203,6 +215,10 @@ class Forwarding:
         candidates, failopen = router.fleet.candidates(now)
         tried = outcome.tried
         left = [n for n in candidates if n not in tried] if tried else candidates
+        avoid = self.req.avoid
+        if avoid:
+            fresh = [n for n in left if n not in avoid]
+            left = fresh or left
         if not left:
             self.finish()
             return
@@ -423,7 +439,12 @@ class Try:
         forwarding = self.forwarding
         router = forwarding.router
         self.started = now = router.clock()
-        timeout = max(0.001, min(router.per_try, forwarding.deadline - now))
+        per_try = forwarding.req.per_try
+        if per_try is None:
+            per_try = router.per_try
+        elif per_try == 0:
+            per_try = forwarding.deadline - now
+        timeout = max(0.001, min(per_try, forwarding.deadline - now))
         self.load = self.node.begin(now)
         exchange = router.start_request(self.node, forwarding.req, timeout, self.ended)
         if self.live:  # (a transport may answer before returning)

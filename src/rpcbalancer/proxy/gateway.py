@@ -24,13 +24,9 @@ no task per request) and :meth:`Gateway.handle` (awaitable: ASGI, Lambda).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import posixpath
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
-
-import orjson
 
 from .. import jsonrpc
 from ..balancer import Balancer
@@ -51,8 +47,10 @@ from ..messages import (
     outcome_of,
 )
 from ..observe.accesslog import AccessLog, access_line
+from .answering import Staged, annotate, reply_with, safe_path, with_rejected
 from .clientip import client_ip
 from .control import ALLOW, Control, not_allowed, preflight
+from .dispatch import Dispatched
 from .ratelimit import retry_after
 from .router import Outcome, ProxyRequest
 
@@ -124,7 +122,7 @@ class Gateway:
                 return None
             return self._dispatch(job, reply)
         task: asyncio.Future[HttpResponse] = asyncio.ensure_future(self.handle(req))
-        task.add_done_callback(lambda t: _reply_with(t, req, reply))
+        task.add_done_callback(lambda t: reply_with(t, req, reply))
         return task
 
     async def _other(self, req: HttpRequest) -> HttpResponse:
@@ -141,7 +139,7 @@ class Gateway:
             if key is not None:
                 return await self._proxy(req, None, key)
         if self.config.forward_paths:
-            path = _safe_path(req.path)
+            path = safe_path(req.path)
             if path is None:
                 return error_response("invalid", "Invalid path")
             return await self._proxy(req, path + (f"?{req.query}" if req.query else ""))
@@ -249,13 +247,6 @@ class Gateway:
             job.answer = HttpResponse(200, [JSON, *CORS], answers)
             reply(self._account(job))
             return None
-        chain = balancer.chain
-        if call is None:
-            broadcast = False
-        elif len(call.methods) == 1:
-            broadcast = chain.is_broadcast(call.methods[0])
-        else:
-            broadcast = any(chain.is_broadcast(m) for m in call.methods)
         forwarded = job.forwarded
         headers = {
             "content-type": "application/json",
@@ -264,6 +255,15 @@ class Gateway:
             "x-forwarded-for": f"{forwarded}, {req.peer}" if forwarded else req.peer,
             "x-request-id": job.rid,
         }
+        if call is not None and balancer.dispatcher.active:
+            return self._dispatch_routed(job, call, headers, reply)
+        chain = balancer.chain
+        if call is None:
+            broadcast = False
+        elif len(call.methods) == 1:
+            broadcast = chain.is_broadcast(call.methods[0])
+        else:
+            broadcast = any(chain.is_broadcast(m) for m in call.methods)
 
         def finish(outcome: Outcome) -> None:
             job.outcome = outcome
@@ -275,11 +275,11 @@ class Gateway:
             reply(self._account(job))
 
         answered = finish
-        staged: _Staged | None = None
+        staged: Staged | None = None
         if self.annotate == "body":
             # The original reply shape needs the serving node's version: when no probe has
             # read it yet, it is asked first (once per node), within the request's deadline.
-            staged = _Staged()
+            staged = Staged()
 
             def answered(outcome: Outcome) -> None:
                 node = outcome.node
@@ -303,6 +303,7 @@ class Gateway:
                 body=(call.body or req.body) if call is not None else None,
                 idempotent=not broadcast,
                 client_ip=job.ip,
+                deadline=self._deadline(job),
             ),
             answered,
         )
@@ -311,6 +312,93 @@ class Gateway:
         if staged.stage is None:
             staged.stage = forwarding
         return staged
+
+    def _deadline(self, job: Job) -> float | None:
+        """A client's own deadline (``X-RPC-Timeout: seconds``), when shorter than ours."""
+        asked = job.req.headers.get("x-rpc-timeout")
+        if asked is None:
+            return None
+        try:
+            seconds = float(asked)
+        except ValueError:
+            return None
+        if not 0 < seconds < self.balancer.router.total:
+            return None
+        return job.start + seconds
+
+    def _dispatch_routed(
+        self, job: Job, call: RpcCall, headers: dict[str, str], reply: Reply
+    ) -> Cancellable | None:
+        """Through the routes, the answer cache and coalescing (:mod:`.dispatch`)."""
+        balancer = self.balancer
+        dispatcher = balancer.dispatcher
+        no_cache = "no-cache" in job.req.headers.get("cache-control", "")
+        deadline = self._deadline(job)
+        staged = Staged()
+
+        def finish(result: Dispatched) -> None:
+            job.outcome = result.outcome
+            try:
+                job.answer = self._respond_dispatched(job, result)
+            except Exception:
+                log.exception("unexpected error answering %s %s", job.req.method, job.req.path)
+                job.answer = internal_error()
+            reply(self._account(job))
+
+        def finished(result: Dispatched) -> None:
+            # The original reply shape needs the serving node's version (asked once).
+            outcome = result.outcome
+            node = outcome.node if outcome is not None else None
+            now = balancer.clock()
+            if (
+                self.annotate == "body"
+                and result.body is None
+                and node is not None
+                and outcome is not None
+                and outcome.response is not None
+                and not balancer.versions.known(node, now)[0]
+            ):
+                left = job.start + balancer.router.total - now
+                staged.stage = balancer.versions.ask(
+                    node, max(0.001, left), lambda _answer: finish(result)
+                )
+                return
+            finish(result)
+
+        if call.batch:
+            handle = dispatcher.batch(call, deadline, no_cache, job.ip, headers, finished)
+        else:
+            handle = dispatcher.single(
+                call, call.first_id, deadline, no_cache, job.ip, headers, finished
+            )
+        if staged.stage is None:
+            staged.stage = handle
+        return staged
+
+    def _respond_dispatched(self, job: Job, result: Dispatched) -> HttpResponse:
+        call = job.call
+        if result.body is None and result.outcome is not None:
+            response = self._respond(job, result.outcome)
+        else:
+            body = result.body or b""
+            if call is not None and call.rejected:
+                body = with_rejected(body, call)
+            response = HttpResponse(result.status, [JSON, *CORS], body)
+            nodes = list(dict.fromkeys(result.nodes))
+            if nodes:
+                response.headers.append(("x-rpc-node", ", ".join(nodes)))
+                if self.annotate == "body" and call is not None and not call.batch:
+                    balancer = self.balancer
+                    node = next((n for n in balancer.fleet.nodes if n.name == nodes[0]), None)
+                    version = None
+                    if node is not None:
+                        version = balancer.versions.known(node, balancer.clock())[1]
+                    response.body = annotate(response.body, nodes[0], version)
+        if result.groups:
+            response.headers.append(("x-rpc-upstream", ",".join(dict.fromkeys(result.groups))))
+        if result.cache:
+            response.headers.append(("x-cache", result.cache))
+        return response
 
     def _respond(self, job: Job, outcome: Outcome) -> HttpResponse:
         """The client's answer from how the forwarding ended."""
@@ -342,13 +430,13 @@ class Gateway:
         body = resp.body
         if self.annotate == "body":
             _, version = self.balancer.versions.known(node, self.balancer.clock())
-            body = _annotate(body, node.name, version)
+            body = annotate(body, node.name, version)
         status = resp.status
         if call is not None and status < 400:
             if call.silent:  # notifications only: the spec gives them no answer
                 return HttpResponse(204, [CORS[0]])
             if call.rejected:
-                body = _with_rejected(body, call)
+                body = with_rejected(body, call)
         response = HttpResponse(status, headers, body)
         if self.config.explain and job.req.headers.get("x-rpc-explain") == "1":
             response.headers.append(("x-rpc-scores", self._scores()))
@@ -422,32 +510,6 @@ class Gateway:
         access.write(line)
 
 
-class _Staged:
-    """The handle of a request that may wait for its node's version after the forwarding
-    (``annotate: body``): cancels whichever stage is under way."""
-
-    __slots__ = ("stage",)
-
-    def __init__(self) -> None:
-        self.stage: Cancellable | None = None
-
-    def cancel(self) -> None:
-        stage, self.stage = self.stage, None
-        if stage is not None:
-            stage.cancel()
-
-
-def _reply_with(task: asyncio.Future[HttpResponse], req: HttpRequest, reply: Reply) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("unexpected error answering %s %s", req.method, req.path, exc_info=exc)
-        reply(internal_error())
-        return
-    reply(task.result())
-
-
 def _outcome_kind(outcome: Outcome | None, status: int) -> str:
     """A bounded label for how a request ended (the failure table's, or the status's)."""
     if outcome is not None and outcome.response is None:
@@ -455,47 +517,3 @@ def _outcome_kind(outcome: Outcome | None, status: int) -> str:
     if outcome is not None and status >= 500:
         return "upstream_error"  # a node's own error, passed on (a broadcast's)
     return outcome_of(status)
-
-
-def _with_rejected(body: bytes, call: RpcCall) -> bytes:
-    """A node's batch answer with the answers of the members refused here added."""
-    try:
-        answers = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body
-    if not isinstance(answers, list):
-        answers = [answers]
-    return jsonrpc.dumps(answers + jsonrpc.rejected_answers(call))
-
-
-def _annotate(body: bytes, server: str, version: object) -> bytes:
-    """The original design's reply: a JSON object gains ``__server__`` and ``__version__``.
-    Anything else (a batch array, a non-JSON body) is returned as it is. The node's own
-    bytes are kept (big integers stay exact): the two fields are added at the object's end,
-    so they win over any copy the node sent itself."""
-    text = body.strip()
-    if text[:1] != b"{" or text[-1:] != b"}":
-        return body
-    try:
-        doc = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        try:  # integers beyond 64 bits, which orjson refuses
-            doc = json.loads(text)
-        except (ValueError, RecursionError):
-            return body
-    if not isinstance(doc, dict):
-        return body
-    added = jsonrpc.dumps({"__server__": server, "__version__": version})[1:-1]
-    inside = text[1:-1].strip()
-    return b"{" + inside + (b"," if inside else b"") + added + b"}"
-
-
-def _safe_path(path: str) -> str | None:
-    """A client path fit to append to a node URL: absolute, normalised, no way up."""
-    if not path.startswith("/") or "\\" in path or "\x00" in path:
-        return None
-    segments = path.split("/")
-    if ".." in segments or "." in segments:
-        return None
-    normal = posixpath.normpath(path)
-    return normal if normal.startswith("/") and not normal.startswith("//") else None

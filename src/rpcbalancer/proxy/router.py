@@ -61,9 +61,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ..callbacks import DueQueue, until_called
 from ..config import HedgeConfig
+from ..config.model import UpstreamGroup
 from ..fleet.fleet import Fleet
 from ..fleet.nodes import Node
 from ..fleet.policies import BasePolicy, PickContext
@@ -74,7 +76,7 @@ from .budget import RetryBudget
 from .forwarding import Forwarding, Outcome, ProxyRequest, judge
 from .slots import SlotLine
 
-__all__ = ["Forwarding", "Outcome", "ProxyRequest", "Router", "judge"]
+__all__ = ["Forwarding", "Group", "Outcome", "ProxyRequest", "Router", "judge"]
 
 
 class Router:
@@ -164,3 +166,14 @@ class Router:
             f"{n.name}: {self.fleet.exclusion(n, now, best) or 'tried'}" for n in self.fleet.nodes
         ]
         return "no node can serve this request (" + "; ".join(reasons) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A named group of backends: its nodes and the router that picks among them."""
+
+    name: str
+    spec: UpstreamGroup
+    fleet: Fleet
+    policy: BasePolicy
+    router: Router

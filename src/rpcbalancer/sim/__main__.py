@@ -18,6 +18,8 @@ import orjson
 from .node import Behaviour, FakeNode
 
 _TYPES = {f.name: f.type for f in fields(Behaviour)}
+_KINDS: dict[str, str] = {}
+"""Nodes given a kind of their own with ``chain=`` (``--node hm:chain=hivemind``)."""
 
 
 def parse_node(text: str) -> tuple[str, Behaviour]:
@@ -25,6 +27,9 @@ def parse_node(text: str) -> tuple[str, Behaviour]:
     values: dict[str, object] = {}
     for item in filter(None, spec.split(",")):
         key, _, raw = item.partition("=")
+        if key == "chain":  # the node's kind (hivemind): taken by main
+            _KINDS[name] = raw
+            continue
         kind = _TYPES.get(key)
         if kind is None:
             raise argparse.ArgumentTypeError(f"unknown behaviour field {key!r}")
@@ -62,7 +67,10 @@ async def main(argv: list[str]) -> None:
         '[seconds, "node", {"dead": true}], ...]',
     )
     args = parser.parse_args(argv)
-    nodes = [FakeNode(name, b, chain=args.chain, seed=i) for i, (name, b) in enumerate(args.node)]
+    nodes = [
+        FakeNode(name, b, chain=_KINDS.get(name, args.chain), seed=i)
+        for i, (name, b) in enumerate(args.node)
+    ]
     for i, node in enumerate(nodes):
         await node.start(args.port if i == 0 and args.port else None)
     sys.stdout.write(orjson.dumps({n.name: n.url for n in nodes}).decode() + "\n")

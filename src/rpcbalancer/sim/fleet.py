@@ -21,10 +21,17 @@ T = TypeVar("T")
 
 class FleetThread:
     def __init__(
-        self, behaviours: Mapping[str, Behaviour], *, chain: str = "steem", seed: int = 1
+        self,
+        behaviours: Mapping[str, Behaviour],
+        *,
+        chain: str = "steem",
+        seed: int = 1,
+        chains: Mapping[str, str] | None = None,
     ) -> None:
+        """``chains`` gives some nodes a kind of their own (``hivemind``)."""
+        kinds = chains or {}
         self.nodes = {
-            name: FakeNode(name, b, chain=chain, seed=seed + i)
+            name: FakeNode(name, b, chain=kinds.get(name, chain), seed=seed + i)
             for i, (name, b) in enumerate(behaviours.items())
         }
         self._loop = asyncio.new_event_loop()

@@ -45,6 +45,9 @@ class Behaviour:
     """Share of requests never answered."""
     lag: int = 0
     """Blocks behind the chain head."""
+    fork: int = 0
+    """This node is on a fork for its last ``fork`` blocks: it serves other blocks (other
+    ids) at those reversible heights, until set back to 0 (it converges)."""
     fail_methods: str = ""
     """Comma-separated JSON-RPC methods answered 503 with an HTML page (the whole request)."""
     version: str = "0.23.1"
@@ -239,6 +242,8 @@ class FakeNode:
         api, _, name = method.rpartition(".")
         if self.chain == "evm":
             return self._evm(method, params, head)
+        if self.chain == "hivemind":
+            return self._hivemind(method, params, head)
         if name == "get_dynamic_global_properties":
             return {
                 "head_block_number": head,
@@ -261,8 +266,9 @@ class FakeNode:
             )
             if not isinstance(number, int) or number > head:
                 return None if api == "condenser_api" else {}
+            forked = b.fork and number > head - b.fork
             block = {
-                "block_id": f"{number:08x}" + "0" * 32,
+                "block_id": f"{number:08x}" + ("f" if forked else "0") * 32,
                 "previous": f"{number - 1:08x}",
                 "timestamp": _iso(block_time(number, b.block_interval)),
                 "witness": self.name,
@@ -278,6 +284,30 @@ class FakeNode:
         if name == "get_accounts":
             names = params[0] if isinstance(params, list) and params else []
             return [{"name": n, "balance": "1.000 STEEM"} for n in names if isinstance(n, str)]
+        return _MISSING
+
+    def _hivemind(self, method: str, params: Any, head: int) -> Any:
+        """A hivemind-like backend: the social calls, from a fixed set of posts."""
+        name = method.rpartition(".")[2]
+        args = params if isinstance(params, dict) else {}
+        if method == "hive.db_head_state":
+            return {"db_head_block": head, "db_head_age": 1}
+        if method in ("bridge.get_post", "condenser_api.get_content"):
+            author = args.get("author") or (
+                params[0] if isinstance(params, list) and params else "a"
+            )
+            permlink = args.get("permlink") or (
+                params[1] if isinstance(params, list) and len(params) > 1 else "p"
+            )
+            return _post(str(author), str(permlink))
+        if name.startswith(("get_ranked_posts", "get_account_posts", "get_discussions_by_")):
+            return [_post(f"author{i}", f"post-{head // 100}-{i}") for i in range(3)]
+        if name in ("get_profile", "get_community"):
+            return {"name": args.get("account") or args.get("name") or "someone", "id": 1}
+        if name in ("get_followers", "get_following"):
+            return [{"follower": "f1", "following": "g1", "what": ["blog"]}]
+        if name == "get_follow_count":
+            return {"account": "a", "follower_count": 10, "following_count": 5}
         return _MISSING
 
     def _evm(self, method: str, params: Any, head: int) -> Any:
@@ -300,6 +330,17 @@ class FakeNode:
 
 
 _MISSING = object()
+
+
+def _post(author: str, permlink: str) -> dict[str, Any]:
+    return {
+        "author": author,
+        "permlink": permlink,
+        "title": f"A post by {author}",
+        "body": "Lorem ipsum " * 8,
+        "net_votes": len(permlink),
+        "children": 0,
+    }
 
 
 def _method(member: Any) -> str:

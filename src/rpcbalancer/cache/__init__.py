@@ -1,0 +1,178 @@
+"""The answer cache: repeated reads answered without asking a node.
+
+Keys are the chain, the group, the method as routes read it (after ``call`` unwrapping and
+``equivalent_methods``) and its parameters in one canonical spelling; never the request id:
+a hit is the cached ``result`` with the asking client's own id. Two tiers: this process
+(:class:`~.memory.MemoryTier`, bounded in bytes) and, with ``cache.url``, Redis
+(:class:`~.shared.RedisTier`), which every instance shares and which is never required. What
+is kept and for how long is :mod:`.policy`'s: the TTL of the route or the chain preset's,
+forever for a block once irreversible (by the node that served it), until the chain moves on
+for a block that is not yet.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ..config.model import CacheConfig
+from ..config.ttl import FOREVER, IF_IRREVERSIBLE, NO_CACHE
+from ..jsonrpc import dumps
+from .memory import Entry, MemoryTier
+from .policy import (
+    BY_HASH,
+    BY_NUMBER_FINAL,
+    Finality,
+    block_in_answer,
+    block_of,
+    default_ttl,
+    empty,
+    evm_block_of,
+)
+from .shared import RedisTier
+
+__all__ = [
+    "AnswerCache",
+    "Entry",
+    "Finality",
+    "default_ttl",
+    "result_of",
+]
+
+EVENTS = ("hit", "miss", "coalesced", "bypass", "stored", "skipped")
+
+
+class AnswerCache:
+    def __init__(
+        self,
+        config: CacheConfig,
+        chain: str,
+        block_interval: float,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.chain = chain
+        self.block_interval = block_interval
+        self.wall = wall
+        self.memory = MemoryTier(config.max_bytes)
+        self.shared = RedisTier(config.url) if config.url else None
+        self.counts: dict[tuple[str, str], int] = {}
+        """Events by (method label, event): the metrics read them."""
+
+    def __repr__(self) -> str:
+        return f"<AnswerCache {self.memory!r} shared={self.shared!r}>"
+
+    def count(self, label: str, event: str) -> None:
+        key = (label, event)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def totals(self) -> dict[str, int]:
+        out = dict.fromkeys(EVENTS, 0)
+        for (_, event), n in self.counts.items():
+            out[event] += n
+        return out
+
+    def get(self, key: str, finality: Finality) -> Entry | None:
+        """The in-process entry for ``key`` when it may be served now."""
+        entry = self.memory.get(key, self.wall())
+        if entry is not None and entry.head is not None and finality.head > entry.head:
+            self.memory.discard(key)  # the chain moved on: a fork must not outlive it
+            return None
+        return entry
+
+    async def get_shared(self, key: str, finality: Finality) -> Entry | None:
+        if self.shared is None:
+            return None
+        entry = await self.shared.get(key)
+        if entry is None or self.wall() >= entry.expires:
+            return None
+        if entry.head is not None and finality.head > entry.head:
+            return None
+        self.memory.put(key, entry)
+        return entry
+
+    def keep(
+        self,
+        key: str,
+        parts: tuple[str, ...],
+        params: Any,
+        ttl: float,
+        result: Any,
+        node: str,
+        node_irreversible: int | None,
+        finality: Finality,
+    ) -> Entry | None:
+        """The entry to keep for an answer (``result``: its parsed ``result``), or None when
+        it must not be cached: empty, too large, or a block that is not the one asked for."""
+        if ttl == NO_CACHE or empty(result):
+            return None
+        now = self.wall()
+        head: int | None = None
+        if ttl == IF_IRREVERSIBLE:
+            asked = block_of(parts, params)
+            if asked is None:
+                return None
+            held = block_in_answer(result)
+            if held is not None and held != asked and parts[-1] != "get_block_range":
+                return None  # a node that answers with another block: never keep it
+            if node_irreversible is not None and asked <= node_irreversible:
+                expires = math.inf
+            else:
+                expires = now + self.block_interval
+                head = finality.head
+        elif ttl == BY_HASH:
+            expires = math.inf
+        elif ttl == BY_NUMBER_FINAL:
+            block = evm_block_of(parts[-1], params)
+            if not isinstance(block, int) or block > finality.irreversible:
+                return None
+            expires = math.inf
+        elif ttl == FOREVER:
+            expires = math.inf
+        elif ttl > 0:
+            expires = now + ttl
+        else:
+            return None
+        text = dumps(result)
+        if len(text) > self.config.max_item_bytes:
+            return None
+        return Entry(text, node, expires, head)
+
+    def put(self, key: str, entry: Entry) -> None:
+        self.memory.put(key, entry)
+
+    async def put_shared(self, key: str, entry: Entry) -> None:
+        if self.shared is not None:
+            await self.shared.put(key, entry)
+
+    async def aclose(self) -> None:
+        if self.shared is not None:
+            await self.shared.aclose()
+
+
+_MISSING = object()
+
+
+def result_of(body: bytes) -> Any:
+    """The ``result`` of a single JSON-RPC answer, or a sentinel when it has none (an error,
+    not JSON)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        import json
+
+        try:  # integers beyond 64 bits, which orjson refuses
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return _MISSING
+    if not isinstance(doc, dict) or "error" in doc or "result" not in doc:
+        return _MISSING
+    return doc["result"]
+
+
+def has_result(value: Any) -> bool:
+    return value is not _MISSING

@@ -1,0 +1,51 @@
+"""A probe for backends that are not chain nodes (hivemind, HAfAH): one JSON-RPC call, healthy
+when it gets a result. Such a backend has no head block to compare, so no lag exclusion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...jsonrpc import request_body
+from .base import Answer, ProbeCall, Reading, failure, json_of
+
+
+@dataclass(frozen=True)
+class CallProbe:
+    chain: Any
+    """The chain preset the rest (broadcasts, node faults) is taken from."""
+    method: str
+    params: Any = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.chain.name)
+
+    @property
+    def block_interval(self) -> float:
+        return float(self.chain.block_interval)
+
+    @property
+    def metric_methods(self) -> frozenset[str]:
+        return frozenset(self.chain.metric_methods)
+
+    def probe_calls(self) -> tuple[ProbeCall, ...]:
+        return (ProbeCall("head", request_body(self.method, self.params)),)
+
+    def read(self, answers: dict[str, Answer]) -> Reading:
+        answer = answers.get("head")
+        doc = json_of(answer)
+        if isinstance(doc, dict) and "result" in doc and "error" not in doc:
+            return Reading(ok=True)
+        if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+            return Reading(ok=False, error=f"head: {doc['error'].get('message', 'error')}")
+        return Reading(ok=False, error=failure(answer, "head"))
+
+    def is_broadcast(self, method: str) -> bool:
+        return bool(self.chain.is_broadcast(method))
+
+    def is_node_fault(self, error: dict[str, Any]) -> bool:
+        return bool(self.chain.is_node_fault(error))
+
+    def head_in(self, body: bytes) -> int | None:
+        return None
