@@ -21,7 +21,9 @@ import random
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
+from .cache import AnswerCache
 from .config import Config
 from .fleet.fleet import Fleet, FleetSet, OutlierRule, eject_outliers
 from .fleet.nodes import Health, Node, parse_version
@@ -188,6 +190,18 @@ class Balancer:
         self.started_at = time.time()
         self._stack: contextlib.AsyncExitStack | None = None
         self._due: dict[str, float] = {}
+
+    @property
+    def answer_cache(self) -> AnswerCache | None:
+        return self.dispatcher.cache
+
+    @property
+    def routes_view(self) -> list[dict[str, Any]]:
+        """Each configured route: its prefix and what it sets."""
+        return [
+            {"prefix": prefix, **route.model_dump(exclude_none=True)}
+            for prefix, route in self.config.routes.items()
+        ]
 
     @property
     def routing(self) -> BasePolicy:

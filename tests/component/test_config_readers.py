@@ -118,6 +118,22 @@ def full_config(
                            "bodies": True, "body_max": 64},
             "metrics": {"enabled": True, "methods": ["condenser_api.get_state"]},
             "explain": True,
+            "upstreams": {
+                "social": {
+                    "nodes": [{"url": nodes[1] + "/social", "name": "social"}],
+                    "strategy": strategy,
+                    "probe": {"method": "condenser_api.get_version", "params": []},
+                    "timeout": 2,
+                    "retries": 1,
+                    "translate_to_appbase": True,
+                }
+            },
+            "routes": {"appbase.condenser_api.get_version": {"upstream": "social", "ttl": 5,
+                                                             "timeout": 1, "retries": 0}},
+            "equivalent_methods": {"condenser_api.get_dynamic_global_properties":
+                                   ["appbase.database_api.get_dynamic_global_properties"]},
+            "cache": {"enabled": True, "max_bytes": 1 << 20, "max_item_bytes": 1 << 16,
+                      "url": None, "coalesce": True},
         },
         env={},
     )  # fmt: skip
@@ -157,6 +173,10 @@ async def exercise(config: Config, cert: Path) -> None:
                 async with client.post(base + "/", json=[body, body]) as r:
                     assert r.status == 200
                 await asyncio.sleep(0.05)
+            version = {"jsonrpc": "2.0", "method": "condenser_api.get_version", "id": 2}
+            for _ in range(2):  # routed to its group, then a hit
+                async with client.post(base + "/", json=version) as r:
+                    assert r.status == 200
             for path in ("/status.json", "/metrics", "/health", "/status", "/extra/path"):
                 async with client.get(base + path) as resp:
                     await resp.read()

@@ -89,6 +89,7 @@ async def test_a_broadcast_in_a_batch_is_never_sent_twice(harness: Any) -> None:
     )  # fmt: skip
     batch = [rpc(DGP, [], 1), rpc("condenser_api.broadcast_transaction", [{}], 2)]
     status, _, _ = await post(h, batch)
+    assert status == 200
     sent = sum(n.counts["condenser_api.broadcast_transaction"] for n in h.nodes.values())
     assert sent == 1  # the node failed it: its answer stands, no other node gets it
 
@@ -126,7 +127,7 @@ async def test_a_fork_is_never_served_from_the_cache_after_the_chain_moved_on(
     await post(h, rpc(DGP, [], 2))
     h.balancer.dispatcher._looked.clear()
     status, headers, body = await post(h, block)
-    assert headers["x-cache"] == "miss"
+    assert status == 200 and headers["x-cache"] == "miss"
     assert orjson.loads(body)["result"]["block_id"].endswith("0" * 32)
 
 
@@ -203,6 +204,7 @@ async def test_translate_to_appbase_and_params_routes(harness: Any) -> None:
     old = chain_head(time.time()) - 50
     status, headers, body = await post(h, rpc("get_block", [old], 4))
     assert status == 200 and orjson.loads(body)["id"] == 4
+    assert headers["x-rpc-upstream"] == "default"
     assert h.nodes["a"].counts["condenser_api.get_block"] == 1  # forwarded as condenser_api
     await post(h, rpc("get_state", ["/trending"], 5))  # its group does not translate
     assert h.nodes["HM"].counts["get_state"] == 1 and "get_state" not in h.nodes["a"].counts

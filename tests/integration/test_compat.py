@@ -68,3 +68,106 @@ def test_doctorlai_sample_config_serves_with_headers_per_node(
         status = session.get(lb.url + "/status.json", timeout=5, verify=ca).text
         assert EDGE_KEY not in status and EDGE_KEY not in lb.log
         assert json.loads(status)["balancer"]["strategy"] == "max_block"
+
+
+def _serve(text: str, urls: dict[str, str], tmp_path: Path, name: str) -> Path:
+    """The peer's file with only its backend URLs pointed at the simulated nodes."""
+    for theirs, ours in urls.items():
+        assert theirs in text, theirs
+        text = text.replace(theirs, ours)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _served_by(fleet: FleetThread, before: dict[str, int]) -> set[str]:
+    return {name for name, n in fleet.nodes.items() if sum(n.counts.values()) > before[name]}
+
+
+def _ask(lb: Any, fleet: FleetThread, method: str, params: Any) -> tuple[Any, set[str]]:
+    before = {name: sum(n.counts.values()) for name, n in fleet.nodes.items()}
+    resp = requests.post(
+        lb.url, json={"jsonrpc": "2.0", "method": method, "params": params, "id": 1}, timeout=10
+    )
+    return resp, _served_by(fleet, before)
+
+
+def test_jussi_dev_config_serves_as_it_is(balancer_process: Any, tmp_path: Path) -> None:
+    text = peer_file("jussi-DEV_config.json").read_text()
+    with FleetThread({"steemd": Behaviour(latency=0.002)}) as fleet:
+        path = _serve(text, {"https://api.steemit.com": fleet["steemd"].url}, tmp_path, "j.json")
+        lb = balancer_process(None, config_path=path, env={"RPCBALANCER_STORE": "none"})
+        old = fleet["steemd"].head() - 100
+        legacy, _ = _ask(lb, fleet, "get_block", [old])
+        assert legacy.status_code == 200 and legacy.headers["x-rpc-upstream"] == "steemd"
+        assert legacy.json()["result"]["block_id"].startswith(f"{old:08x}")
+        assert fleet["steemd"].counts["condenser_api.get_block"] == 1  # translated to appbase
+        dgp, _ = _ask(lb, fleet, DGP["method"], [])
+        assert dgp.status_code == 200 and "head_block_number" in dgp.json()["result"]
+        warning = [line for line in lb.log.splitlines() if "jussi config keys" in line]
+        assert len(warning) == 1 and "blacklist_accounts" in warning[0]
+
+
+def test_jussi_hivemind_example_routes_each_method_to_its_backend(
+    balancer_process: Any, tmp_path: Path
+) -> None:
+    text = peer_file("jussi-EXAMPLE_hivemind_upstream_config.json").read_text()
+    behaviours = {n: Behaviour(latency=0.002) for n in ("steemd", "history", "hivemind")}
+    with FleetThread(behaviours, chains={"hivemind": "hivemind"}) as fleet:
+        urls = {
+            "https://your.account.history.steemd.url": fleet["history"].url,
+            "https://your.steemd.url": fleet["steemd"].url,
+            "https://your.hivemind.url": fleet["hivemind"].url,
+        }
+        path = _serve(text, urls, tmp_path, "hivemind.json")
+        lb = balancer_process(None, config_path=path, env={"RPCBALANCER_STORE": "none"})
+        followers, served = _ask(lb, fleet, "condenser_api.get_followers", ["a", None, "blog", 1])
+        assert followers.status_code == 200 and served == {"hivemind"}
+        history, served = _ask(lb, fleet, "condenser_api.get_account_history", ["a", -1, 1])
+        assert history.status_code == 200 and served == {"history"}
+        head, served = _ask(lb, fleet, "hive.db_head_state", {})
+        assert served == {"hivemind"} and head.json()["result"]["db_head_block"] > 0
+        dgp, served = _ask(lb, fleet, DGP["method"], [])
+        assert served == {"steemd"} and dgp.headers["x-rpc-upstream"] == "steemd"
+
+
+def test_drone_example_config_routes_each_method_to_its_backend(
+    balancer_process: Any, tmp_path: Path
+) -> None:
+    text = peer_file("drone-config.example.yaml").read_text()
+    names = {
+        "hived": "http://haproxy:7008",
+        "hivemind": "http://haproxy:7002",
+        "hafah": "http://haproxy:7003",
+        "hived-sync": "http://haproxy:7006",
+        "hafsql": "http://haproxy:7007",
+    }
+    behaviours = {name: Behaviour(latency=0.002) for name in names}
+    with FleetThread(behaviours, chains={"hivemind": "hivemind"}) as fleet:
+        path = _serve(
+            text, {url: fleet[name].url for name, url in names.items()}, tmp_path, "config.yaml"
+        )
+        lb = balancer_process(
+            None,
+            config_path=path,
+            args=("--host", "127.0.0.1"),
+            env={"RPCBALANCER_STORE": "none"},
+        )
+        post, served = _ask(lb, fleet, "bridge.get_post", {"author": "a", "permlink": "p"})
+        assert served == {"hivemind"} and post.headers["x-rpc-upstream"] == "hivemind"
+        assert post.json()["result"]["author"] == "a"
+        old = fleet["hived"].head() - 100
+        block, served = _ask(lb, fleet, "condenser_api.get_block", [old])
+        assert served == {"hived"} and block.headers["x-cache"] == "miss"
+        again, served = _ask(lb, fleet, "condenser_api.get_block", [old])
+        assert served == set() and again.headers["x-cache"] == "hit"  # EXPIRE_IF_REVERSIBLE
+        _, served = _ask(lb, fleet, "block_api.get_block", {"block_num": old})
+        assert served == {"hafah"}
+        _, served = _ask(lb, fleet, "condenser_api.broadcast_transaction_synchronous", [{}])
+        assert served == {"hived-sync"}
+        assert len(fleet["hived-sync"].broadcasts) == 1
+        _, served = _ask(lb, fleet, "get_dynamic_global_properties", [])  # legacy: translated
+        assert served == {"hived"}
+        assert fleet["hived"].counts["condenser_api.get_dynamic_global_properties"] >= 1
+        warning = [line for line in lb.log.splitlines() if "drone config keys" in line]
+        assert len(warning) == 1 and "operator_message" in warning[0]

@@ -53,6 +53,7 @@ class AnswerCache:
         chain: str,
         block_interval: float,
         wall: Callable[[], float] = time.time,
+        counts: dict[tuple[str, str], int] | None = None,
     ) -> None:
         self.config = config
         self.chain = chain
@@ -60,8 +61,9 @@ class AnswerCache:
         self.wall = wall
         self.memory = MemoryTier(config.max_bytes)
         self.shared = RedisTier(config.url) if config.url else None
-        self.counts: dict[tuple[str, str], int] = {}
-        """Events by (method label, event): the metrics read them."""
+        self.counts: dict[tuple[str, str], int] = {} if counts is None else counts
+        """Events by (method label, event): the metrics read them (the process's
+        :class:`~rpcbalancer.observe.counters.Stats` hands its own dict in)."""
 
     def __repr__(self) -> str:
         return f"<AnswerCache {self.memory!r} shared={self.shared!r}>"

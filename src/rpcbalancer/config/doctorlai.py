@@ -27,7 +27,6 @@ _MARKERS = frozenset(
         "circuitBreaker",
         "weights",
         "sticky",
-        "user_agent",
         "rejectUnauthorized",
         "sslCertPath",
         "sslKeyPath",
@@ -78,7 +77,9 @@ def is_doctorlai(data: dict[str, Any]) -> bool:
 
 def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
     """Translate a DoctorLai configuration mapping into ours (our own keys pass through)."""
-    out = {k: v for k, v in data.items() if k not in _MARKERS and k not in ("headers", "cache")}
+    out = {k: v for k, v in data.items() if k not in _MARKERS and k != "headers"}
+    if isinstance(data.get("cache"), dict) and "ttl" in data["cache"]:
+        del out["cache"]  # theirs: the chosen node remembered (see below), not answers
     ignored: list[str] = []
 
     weights = data.get("weights") or {}

@@ -25,6 +25,7 @@ class Stats:
     __slots__ = (
         "bytes_in",
         "bytes_out",
+        "cache",
         "duration",
         "duration_sum",
         "hedge_wins",
@@ -44,6 +45,8 @@ class Stats:
         self.hedges = 0
         self.hedge_wins = 0
         self.retries = 0
+        self.cache: dict[tuple[str, str], int] = {}
+        """Answer cache events by (method label, event): the cache counts into it."""
 
     def method_label(self, call: RpcCall | None) -> str:
         if call is None:
@@ -70,6 +73,7 @@ class Stats:
             "hedges": self.hedges,
             "hedge_wins": self.hedge_wins,
             "retries": self.retries,
+            "cache": [[m, e, n] for (m, e), n in self.cache.items()],
             "nodes": {
                 n.name: {
                     "tries": n.requests,
@@ -96,6 +100,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "hedges": 0,
         "hedge_wins": 0,
         "retries": 0,
+        "cache": {},
         "nodes": {},
     }
     for snap in snapshots:
@@ -105,6 +110,8 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         total["duration"] = _add(total["duration"], snap["duration"])
         for key in ("duration_sum", "bytes_in", "bytes_out", "hedges", "hedge_wins", "retries"):
             total[key] += snap[key]
+        for method, event, count in snap.get("cache", []):
+            total["cache"][method, event] = total["cache"].get((method, event), 0) + count
         for name, node in snap["nodes"].items():
             into = total["nodes"].setdefault(
                 name,

@@ -129,7 +129,33 @@ class _Collector:
         )
         yield ejections
         yield inflight
+        yield from self._cache(CounterMetricFamily, GaugeMetricFamily)
         yield from self._health(GaugeMetricFamily)
+
+    def _cache(self, counter: Any, gauge: Any) -> Iterator[Any]:
+        """The answer cache: events by method, and its size in this process."""
+        cache = self.balancer.answer_cache
+        if cache is None:
+            return
+        events = counter(
+            "rpcbalancer_cache_events",
+            "Answer cache events by JSON-RPC method (common ones; others: other): hit, miss, "
+            "coalesced, bypass, stored, skipped",
+            labels=["method", "event"],
+        )
+        for (method, event), count in sorted(self.totals["cache"].items()):
+            events.add_metric([method, event], count)
+        yield events
+        memory = cache.memory
+        yield counter(
+            "rpcbalancer_cache_evictions",
+            "Answers evicted from this process's cache to stay within cache.max_bytes",
+            value=memory.evictions,
+        )
+        yield gauge(
+            "rpcbalancer_cache_bytes", "Bytes of answers cached in this process", value=memory.bytes
+        )
+        yield gauge("rpcbalancer_cache_items", "Answers cached in this process", value=len(memory))
 
     def _health(self, gauge: Any) -> Iterator[Any]:
         b = self.balancer

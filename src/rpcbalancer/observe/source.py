@@ -4,9 +4,10 @@ root (:class:`~rpcbalancer.balancer.Balancer`) satisfies it, and nothing here im
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from ..cache import AnswerCache
     from ..fleet.fleet import FleetSet
     from ..fleet.policies import BasePolicy
     from ..health.canary import StoreView
@@ -46,3 +47,11 @@ class Observed(Protocol):
 
     @property
     def started_at(self) -> float: ...
+
+    @property
+    def answer_cache(self) -> AnswerCache | None: ...
+
+    @property
+    def routes_view(self) -> list[dict[str, Any]]:
+        """The configured routes and the groups, for status documents."""
+        ...

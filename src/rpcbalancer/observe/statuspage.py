@@ -79,12 +79,17 @@ function render(doc) {
     "<span>usable: <b id=\\"usable\\">" + b.usable + " of " + doc.nodes.length + "</b>" +
     (b.failing_open ? " (failing open)" : "") + "</span>" +
     "<span>store: " + store + "</span>" +
-    "<span>requests: " + b.requests + ", hedged " + b.hedges + ", retried " + b.retries + "</span>";
+    "<span>requests: " + b.requests + ", hedged " + b.hedges + ", retried " + b.retries +
+    "</span>" + "<span>cache: " + (b.cache ? "<b id=\\"hits\\">" + pct(b.cache.hit_ratio) +
+      "</b> hits, " + b.cache.items + " answers" : "off") + "</span>" +
+    (b.groups.length > 1 ? "<span>groups: " + b.groups.map((g) =>
+      esc(g.name) + " " + g.usable + "/" + g.nodes).join(", ") + "</span>" : "");
   const rows = doc.nodes.map((n) => {
     const series = history && history.nodes ? history.nodes[n.name] : null;
     return '<tr data-node="' + esc(n.name) + '" data-state="' + esc(n.state) + '"' +
       (n.name === b.choice ? ' class="choice"' : "") + ">" +
-      "<td>" + esc(n.name) + "</td>" +
+      "<td>" + esc(n.name) + (b.groups.length > 1 ? ' <span class="muted small">' +
+        esc(n.group) + "</span>" : "") + "</td>" +
       '<td><span class="state">' + esc(n.state) + "</span>" +
       (n.reason ? '<div class="reason">' + esc(n.reason) + "</div>" : "") + "</td>" +
       '<td class="num">' + ms(n.latency_ms.p50) + " / " + ms(n.latency_ms.p99) + "</td>" +

@@ -23,6 +23,7 @@ def node_view(fleet: Fleet | FleetSet, node: Node, now: float, best: int | None)
     probe = node.probe
     return {
         "name": node.name,
+        "group": node.group,
         "state": "usable" if reason is None else "excluded",
         "reason": reason,
         "weight": node.weight,
@@ -116,8 +117,43 @@ def status_doc(balancer: Observed) -> dict[str, Any]:
             "requests": sum(stats.requests.values()),
             "hedges": stats.hedges,
             "retries": stats.retries,
+            "groups": _groups(fleet, now),
+            "routes": balancer.routes_view,
+            "cache": _cache(balancer),
         },
         "nodes": nodes,
+    }
+
+
+def _groups(fleet: Fleet | FleetSet, now: float) -> list[dict[str, Any]]:
+    fleets = fleet.fleets if isinstance(fleet, FleetSet) else {"default": fleet}
+    out = []
+    for name, members in fleets.items():
+        usable, failopen = members.candidates(now)
+        out.append(
+            {
+                "name": name,
+                "nodes": len(members.nodes),
+                "usable": 0 if failopen else len(usable),
+                "failing_open": failopen,
+            }
+        )
+    return out
+
+
+def _cache(balancer: Observed) -> dict[str, Any] | None:
+    cache = balancer.answer_cache
+    if cache is None:
+        return None
+    totals = cache.totals()
+    asked = totals["hit"] + totals["miss"] + totals["coalesced"]
+    return {
+        **totals,
+        "hit_ratio": round(totals["hit"] / asked, 4) if asked else None,
+        "items": len(cache.memory),
+        "bytes": cache.memory.bytes,
+        "max_bytes": cache.config.max_bytes,
+        "shared": None if cache.shared is None else cache.shared.down_since is None,
     }
 
 

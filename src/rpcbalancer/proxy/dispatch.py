@@ -105,7 +105,7 @@ class Dispatcher:
         self.routes = RouteTable(rules, next(iter(self.groups)))
         self.renamer = Renamer(config.equivalent_methods, self.legacy)
         self.cache = (
-            AnswerCache(config.cache, config.chain, chain.block_interval)
+            AnswerCache(config.cache, config.chain, chain.block_interval, counts=stats.cache)
             if config.cache.enabled
             else None
         )
@@ -260,6 +260,7 @@ class Dispatcher:
                 plan, deadline, client_ip, headers, leader.ended, body=_body(plan)
             )
             return leader
+
         def ended(outcome: Outcome) -> None:
             self.learn(plan, outcome)
             finish(Dispatched(outcome=outcome, groups=[plan.group.name], cache=state))
