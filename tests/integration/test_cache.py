@@ -65,3 +65,45 @@ def test_two_balancers_share_hits_and_survive_redis_going_away(
             assert 'rpcbalancer_cache_events_total{event="hit"' in metrics
     finally:
         redis.stop()
+
+
+def test_groups_routes_and_the_cache_are_seen_in_status_metrics_and_top(
+    balancer_process: Any,
+) -> None:
+    from .test_server import run_cli
+
+    behaviours = {"chain": Behaviour(latency=0.002), "social": Behaviour(latency=0.002)}
+    with FleetThread(behaviours, chains={"social": "hivemind"}) as fleet:
+        lb = balancer_process(
+            {
+                "nodes": [fleet["chain"].url],
+                "upstreams": {"hivemind": {"nodes": [fleet["social"].url], "probe": "passive"}},
+                "routes": {"bridge": {"upstream": "hivemind", "ttl": 6}},
+                "store": "none",
+                "cache": {"enabled": True},
+            }
+        )
+        for i in range(3):
+            post = read(lb, "bridge.get_post", {"author": "a", "permlink": "p"}, i)
+            assert post.headers["x-rpc-upstream"] == "hivemind"
+        assert post.headers["x-cache"] == "hit"
+        doc = requests.get(lb.url + "/status.json", timeout=5).json()
+        groups = {g["name"]: g for g in doc["balancer"]["groups"]}
+        assert groups["hivemind"]["nodes"] == 1 and groups["default"]["usable"] == 1
+        assert doc["balancer"]["routes"] == [
+            {"prefix": "bridge", "upstream": "hivemind", "ttl": 6.0}
+        ]
+        assert doc["balancer"]["cache"]["hit_ratio"] == round(2 / 3, 4)
+        assert {n["group"] for n in doc["nodes"]} == {"default", "hivemind"}
+        metrics = requests.get(lb.url + "/metrics", timeout=5).text
+        assert (
+            f'rpcbalancer_node_group{{group="hivemind",node="{fleet["social"].url}"}} 1.0'
+            in metrics
+        )
+        assert 'rpcbalancer_route{group="hivemind",prefix="bridge"} 1.0' in metrics
+        assert 'rpcbalancer_cache_events_total{event="hit",method="other"} 2.0' in metrics
+        assert "rpcbalancer_cache_items 1.0" in metrics
+        top = run_cli("top", "--url", lb.url, "--once")
+        assert (
+            "cache: 66.7% hits" in top.stdout and "groups: default 1/1, hivemind 1/1" in top.stdout
+        )

@@ -29,6 +29,18 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
+def _cache(cache: dict[str, Any] | None) -> str:
+    if not cache:
+        return ""
+    return f"  cache: {_pct(cache.get('hit_ratio'))} hits, {cache.get('items', 0)} answers"
+
+
+def _groups(groups: list[dict[str, Any]]) -> str:
+    if len(groups) < 2:
+        return ""
+    return "  groups: " + ", ".join(f"{g['name']} {g['usable']}/{g['nodes']}" for g in groups)
+
+
 def frame(doc: dict[str, Any], source: str) -> Group:
     b = doc["balancer"]
     summary = Text.assemble(
@@ -40,6 +52,8 @@ def frame(doc: dict[str, Any], source: str) -> Group:
         (" (failing open)" if b.get("failing_open") else "", "bold red"),
         f"  requests: {b.get('requests', 0)}  hedged: {b.get('hedges', 0)}",
         f"  retried: {b.get('retries', 0)}",
+        _cache(b.get("cache")),
+        _groups(b.get("groups") or []),
     )
     table = Table(expand=True, header_style="bold")
     for column, justify in (
@@ -59,6 +73,8 @@ def frame(doc: dict[str, Any], source: str) -> Group:
         usable = node["state"] == "usable"
         state = Text("usable", "green") if usable else Text(f"excluded: {node['reason']}", "red")
         name = Text(("▶ " if node["name"] == b.get("choice") else "  ") + node["name"])
+        if len(b.get("groups") or []) > 1:
+            name.append(f" ({node.get('group', '')})", "dim")
         latency = node["latency_ms"]
         cells = (
             f"{_ms(latency['p50'])} / {_ms(latency['p99'])}",

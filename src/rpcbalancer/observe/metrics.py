@@ -176,7 +176,13 @@ class _Collector:
         )
         head = gauge("rpcbalancer_node_head_block", "Head block number seen", labels=["node"])
         lag = gauge("rpcbalancer_node_block_lag", "Blocks behind the best node", labels=["node"])
+        group = gauge(
+            "rpcbalancer_node_group",
+            "1 for the group of backends each node serves in",
+            labels=["node", "group"],
+        )
         for node in fleet.nodes:
+            group.add_metric([node.name, node.group], 1.0)
             excluded = fleet.excluded(node, now, best)
             kind = "usable" if excluded is None else excluded.kind
             for option in ("usable", *EXCLUSION_KINDS):
@@ -192,7 +198,15 @@ class _Collector:
             behind = fleet.lag(node, best)
             if behind is not None:
                 lag.add_metric([node.name], behind)
-        yield from (state, up, probe_latency, probe_age, head, lag)
+        yield from (state, up, probe_latency, probe_age, head, lag, group)
+        routes = gauge(
+            "rpcbalancer_route",
+            "1 for each configured route: its method prefix and the group it names",
+            labels=["prefix", "group"],
+        )
+        for route in b.routes_view:
+            routes.add_metric([route["prefix"], route.get("upstream", "")], 1.0)
+        yield routes
         if b.view is not None:
             yield gauge(
                 "rpcbalancer_store_up",
