@@ -244,6 +244,10 @@ class FakeNode:
             return self._evm(method, params, head)
         if self.chain == "hivemind":
             return self._hivemind(method, params, head)
+        if self.chain == "full":  # a whole API node behind jussi: chain and social calls
+            social = self._hivemind(method, params, head)
+            if social is not _MISSING:
+                return social
         if name == "get_dynamic_global_properties":
             return {
                 "head_block_number": head,
