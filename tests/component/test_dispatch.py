@@ -208,3 +208,23 @@ async def test_translate_to_appbase_and_params_routes(harness: Any) -> None:
     assert h.nodes["a"].counts["condenser_api.get_block"] == 1  # forwarded as condenser_api
     await post(h, rpc("get_state", ["/trending"], 5))  # its group does not translate
     assert h.nodes["HM"].counts["get_state"] == 1 and "get_state" not in h.nodes["a"].counts
+
+
+async def test_a_null_from_a_lagging_node_is_asked_of_another_node(harness: Any) -> None:
+    h = await harness(
+        {"behind": Behaviour(latency=0.002, lag=50), "ahead": Behaviour(latency=0.002)},
+        strategy="first",
+        max_block_lag=100,  # the lagging node stays usable: it is first in line
+        max_head_age=1000,
+    )
+    head = chain_head(time.time())
+    recent = await post(h, rpc("condenser_api.get_block", [head - 5], 1))
+    assert orjson.loads(recent[2])["result"]["block_id"].startswith(f"{head - 5:08x}")
+    assert recent[1]["x-rpc-node"] == h.nodes["ahead"].url
+    assert recent[1]["x-rpc-attempts"] == "2"
+    # A block to come: no node has it, none is asked twice, null is the answer.
+    future = await post(h, rpc("condenser_api.get_block", [head + 1000], 2))
+    assert orjson.loads(future[2])["result"] is None and future[1]["x-rpc-attempts"] == "1"
+    # A transaction one node has not seen: every node is asked before null stands.
+    missing = await post(h, rpc("condenser_api.get_transaction", ["ab" * 20], 3))
+    assert missing[0] == 200 and missing[1]["x-rpc-attempts"] == "2"

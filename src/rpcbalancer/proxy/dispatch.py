@@ -278,8 +278,12 @@ class Dispatcher:
         body: bytes,
         broadcast: bool | None = None,
         avoid: tuple[Node, ...] = (),
+        single: bool = True,
     ) -> Cancellable:
         route = plan.route
+        retry_empty = single and self.chain.empty_is_unsure(
+            plan.name.parts[-1], plan.name.params, plan.group.fleet.best_head
+        )
         return plan.group.router.start(
             ProxyRequest(
                 method="POST",
@@ -292,6 +296,7 @@ class Dispatcher:
                 retries=route.retries,
                 deadline=deadline,
                 avoid=avoid,
+                retry_empty=retry_empty,
             ),
             done,
         )
@@ -659,6 +664,7 @@ class Batch:
                 ended,
                 body=dumps(members),
                 broadcast=broadcast,
+                single=False,
             )
         )
 

@@ -56,6 +56,10 @@ class ProxyRequest(NodeRequest):
     own deadline (a client's ``X-RPC-Timeout``, Lambda's time left)."""
     avoid: tuple[Node, ...] = ()
     """Nodes to try last (they just failed the same read for another request)."""
+    retry_empty: bool = False
+    """A ``null`` result may mean this node does not have it yet (a receipt, a transaction
+    or a block by hash, a block a lagging node has not reached): ask another node before
+    answering ``null`` (within the deadline and the retry budget)."""
 
     @property
     def broadcast(self) -> bool:
@@ -155,6 +159,7 @@ class Forwarding:
         "deadline",
         "done",
         "due_token",
+        "empty",
         "hedge_wait",
         "last_error",
         "outcome",
@@ -187,6 +192,8 @@ class Forwarding:
         """How long this attempt waited for its hedge so far (it doubles when the budget
         says not yet)."""
         self.waiting: asyncio.Task[None] | None = None
+        self.empty: tuple[UpstreamResponse, Node] | None = None
+        """A ``null`` answer kept while other nodes are asked (``retry_empty``)."""
 
     def __repr__(self) -> str:
         return (
@@ -321,6 +328,21 @@ class Forwarding:
             return
         self.step()
 
+    def ended_empty(self, finished: Try, resp: UpstreamResponse) -> None:
+        """A try answered ``null`` where another node may know better: keep the answer,
+        wait for the other try of a hedge, else ask another node (the answer stands when
+        no node, try, time or budget is left)."""
+        if self.state in _OVER:
+            return
+        self.tries.remove(finished)
+        if self.empty is None:
+            self.empty = (resp, finished.node)
+        if self.tries:
+            self.state = TRYING
+            return
+        self.due_token = 0
+        self.step()
+
     # -- the slow steps ------------------------------------------------------------------
 
     def _await(self, step: Awaitable[None]) -> None:
@@ -383,6 +405,11 @@ class Forwarding:
             return
         self.state = DONE
         outcome = self.outcome
+        if not answered and self.empty is not None:
+            # Every node asked said null (or none is left to ask): that is the answer.
+            outcome.response, outcome.node = self.empty
+            outcome.error = None
+            answered = True
         if not answered and not (outcome.response is not None and not self.req.idempotent):
             outcome.response = None
             outcome.error = self.last_error or NoHealthyNode(self.router.why_none())
@@ -489,6 +516,9 @@ class Try:
             head = router.chain.head_in(resp.body)
             if head is not None:
                 node.observe_head(now, head)  # freshness between probes
+            if forwarding.req.retry_empty and _null_result(resp.body):
+                forwarding.ended_empty(self, resp)
+                return
             forwarding.ended(self, resp, None)
             return
         poor = resp if not forwarding.req.idempotent and looks_like_json(resp.body) else None
@@ -503,3 +533,14 @@ class Try:
             exchange.cancel()
         self.node.cancel(self.started)  # abandoned by us, not failed by the node
         self.forwarding.router.slots.freed()
+
+
+def _null_result(body: bytes) -> bool:
+    """Whether a single answer says "not here": a ``null`` (or ``{}``) result, or steemd's
+    error for a transaction it has not seen."""
+    if len(body) > 512:
+        return False
+    if b"Unknown Transaction" in body:
+        return True
+    compact = body.replace(b" ", b"")
+    return b'"result":null' in compact or b'"result":{}' in compact

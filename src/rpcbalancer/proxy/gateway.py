@@ -258,10 +258,15 @@ class Gateway:
         if call is not None and balancer.dispatcher.active:
             return self._dispatch_routed(job, call, headers, reply)
         chain = balancer.chain
+        retry_empty = False
         if call is None:
             broadcast = False
         elif len(call.methods) == 1:
-            broadcast = chain.is_broadcast(call.methods[0])
+            method = call.methods[0]
+            broadcast = chain.is_broadcast(method)
+            if not call.batch and call.members:
+                params = call.members[0].get("params")
+                retry_empty = chain.empty_is_unsure(method, params, balancer.fleet.best_head)
         else:
             broadcast = any(chain.is_broadcast(m) for m in call.methods)
 
@@ -304,6 +309,7 @@ class Gateway:
                 idempotent=not broadcast,
                 client_ip=job.ip,
                 deadline=self._deadline(job),
+                retry_empty=retry_empty,
             ),
             answered,
         )

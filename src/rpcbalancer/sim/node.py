@@ -234,6 +234,9 @@ class FakeNode:
                 "id": ident,
                 "error": {"code": -32601, "message": f"Method not found: {method}"},
             }
+        if result is _UNKNOWN_TRANSACTION:
+            message = "Assert Exception:itr != idx.end(): Unknown Transaction"
+            return {"jsonrpc": "2.0", "id": ident, "error": {"code": -32000, "message": message}}
         return {"jsonrpc": "2.0", "id": ident, "result": result}
 
     def _result(self, method: str, params: Any) -> Any:
@@ -285,6 +288,8 @@ class FakeNode:
                 if not name.endswith("synchronous")
                 else {"id": "0" * 40, "block_num": head + 1, "trx_num": 0, "expired": False}
             )
+        if name == "get_transaction":  # steemd's answer for a transaction it has not seen
+            return _UNKNOWN_TRANSACTION
         if name == "get_accounts":
             names = params[0] if isinstance(params, list) and params else []
             return [{"name": n, "balance": "1.000 STEEM"} for n in names if isinstance(n, str)]
@@ -334,6 +339,7 @@ class FakeNode:
 
 
 _MISSING = object()
+_UNKNOWN_TRANSACTION = object()
 
 
 def _post(author: str, permlink: str) -> dict[str, Any]:

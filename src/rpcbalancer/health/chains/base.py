@@ -7,6 +7,7 @@ Reading is sans-IO: a preset turns the raw answers of its probe calls into a
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,6 +72,13 @@ class Chain(Protocol):
     def head_in(self, body: bytes) -> int | None:
         """The head block an answer passing through reports, if it reports one (sans-IO,
         cheap: a byte search first)."""
+        ...
+
+    def empty_is_unsure(
+        self, method: str, params: Any, best_head: Callable[[], int | None]
+    ) -> bool:
+        """Whether a ``null`` answer to this call may only mean that the node that gave it
+        does not have it yet, so that another node should be asked."""
         ...
 
 

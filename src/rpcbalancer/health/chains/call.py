@@ -3,6 +3,7 @@ when it gets a result. Such a backend has no head block to compare, so no lag ex
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,3 +50,8 @@ class CallProbe:
 
     def head_in(self, body: bytes) -> int | None:
         return None
+
+    def empty_is_unsure(
+        self, method: str, params: Any, best_head: Callable[[], int | None]
+    ) -> bool:
+        return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,18 @@ _BROADCAST = frozenset(
         "eth_sendPrivateTransaction",
     }
 )
+
+
+_BY_HASH = frozenset(
+    {
+        "eth_getTransactionReceipt",
+        "eth_getTransactionByHash",
+        "eth_getBlockByHash",
+        "eth_getTransactionByBlockHashAndIndex",
+    }
+)
+"""Lookups whose ``null`` may only mean that the node asked has not seen the hash yet (a
+transaction sent through another node): another node is asked before ``null`` stands."""
 
 
 _METHODS = frozenset(
@@ -79,6 +92,11 @@ class Evm:
 
     def head_in(self, body: bytes) -> int | None:
         return None  # answers do not say which block they were read at
+
+    def empty_is_unsure(
+        self, method: str, params: Any, best_head: Callable[[], int | None]
+    ) -> bool:
+        return method in _BY_HASH
 
     def is_node_fault(self, error: dict[str, Any]) -> bool:
         # -32005: limit exceeded (rate limited by the provider).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -117,6 +118,26 @@ class SteemLike:
 
     def is_node_fault(self, error: dict[str, Any]) -> bool:
         return sick_message(error)
+
+    def empty_is_unsure(
+        self, method: str, params: Any, best_head: Callable[[], int | None]
+    ) -> bool:
+        name = method.rpartition(".")[2]
+        if method == "call" and isinstance(params, list) and len(params) >= 2:
+            name = str(params[1])
+            params = params[2] if len(params) > 2 else []
+        if name == "get_transaction":
+            return True
+        if name in ("get_block", "get_block_header"):
+            number = params[0] if isinstance(params, list) and params else None
+            if isinstance(params, dict):
+                number = params.get("block_num")
+            if not isinstance(number, int) or number < 1:
+                return False
+            # A block the chain has reached, that a lagging node has not: ask another.
+            head = best_head()
+            return head is not None and number <= head
+        return False
 
     def head_in(self, body: bytes) -> int | None:
         if b'"head_block_number"' not in body:
