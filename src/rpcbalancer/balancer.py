@@ -197,11 +197,16 @@ class Balancer:
 
     @property
     def routes_view(self) -> list[dict[str, Any]]:
-        """Each configured route: its prefix and what it sets."""
-        return [
-            {"prefix": prefix, **route.model_dump(exclude_none=True)}
-            for prefix, route in self.config.routes.items()
-        ]
+        """Each route: its prefix and what it sets (``preset``: the chain preset's, not
+        replaced by a configured one)."""
+        views = {}
+        configured = self.config.routes
+        for rule in self.dispatcher.routes.rules:
+            view = {"prefix": rule.prefix, "upstream": rule.group, "ttl": rule.ttl}
+            view.update(timeout=rule.timeout, retries=rule.retries)
+            view["preset"] = rule.prefix not in configured or None
+            views[rule.prefix] = {k: v for k, v in view.items() if v is not None}
+        return list(views.values())
 
     @property
     def routing(self) -> BasePolicy:

@@ -90,9 +90,10 @@ def test_groups_routes_and_the_cache_are_seen_in_status_metrics_and_top(
         doc = requests.get(lb.url + "/status.json", timeout=5).json()
         groups = {g["name"]: g for g in doc["balancer"]["groups"]}
         assert groups["hivemind"]["nodes"] == 1 and groups["default"]["usable"] == 1
-        assert doc["balancer"]["routes"] == [
-            {"prefix": "bridge", "upstream": "hivemind", "ttl": 6.0}
-        ]
+        routes = {r["prefix"]: r for r in doc["balancer"]["routes"]}
+        assert routes["bridge"] == {"prefix": "bridge", "upstream": "hivemind", "ttl": 6.0}
+        followers = routes["appbase.condenser_api.get_followers"]  # the chain preset's
+        assert followers == {"prefix": followers["prefix"], "upstream": "hivemind", "preset": True}
         assert doc["balancer"]["cache"]["hit_ratio"] == round(2 / 3, 4)
         assert {n["group"] for n in doc["nodes"]} == {"default", "hivemind"}
         metrics = requests.get(lb.url + "/metrics", timeout=5).text
@@ -105,3 +106,5 @@ def test_groups_routes_and_the_cache_are_seen_in_status_metrics_and_top(
         assert "rpcbalancer_cache_items 1.0" in metrics
         top = " ".join(run_cli("top", "--url", lb.url, "--once").stdout.split())
         assert "cache: 66.7% hits" in top and "groups: default 1/1, hivemind 1/1" in top
+        followers = read(lb, "condenser_api.get_followers", ["a", None, "blog", 1], 9)
+        assert followers.headers["x-rpc-upstream"] == "hivemind"  # the chain preset's route

@@ -18,6 +18,7 @@ from rpcbalancer.proxy.routes import (
     RouteTable,
     canonical,
     name_of,
+    preset_rules,
     translated,
 )
 
@@ -203,3 +204,35 @@ def test_memory_is_bounded_in_bytes_least_recently_used_out_first() -> None:
     assert memory.bytes <= 2000
     assert memory.get("k0", 0.0) is not None and memory.get("k1", 0.0) is None
     assert memory.evictions > 0 and len(memory) * 200 >= memory.bytes
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "group"),
+    [
+        ("bridge.get_ranked_posts", {"sort": "trending"}, "hivemind"),
+        ("hive.db_head_state", {}, "hivemind"),
+        ("condenser_api.get_followers", ["a", None, "blog", 10], "hivemind"),
+        ("call", ["follow_api", "get_followers", ["a", None, "blog", 10]], "hivemind"),
+        ("get_discussions_by_trending", [{"limit": 1}], "hivemind"),
+        ("condenser_api.get_account_history", ["a", -1, 10], "hafah"),
+        ("account_history_api.get_ops_in_block", {"block_num": 5}, "hafah"),
+        ("call", ["database_api", "get_ops_in_block", [5, False]], "hafah"),
+        ("condenser_api.get_block", [5], "hived"),
+        ("database_api.find_accounts", {"accounts": ["a"]}, "hived"),
+        ("condenser_api.get_content", ["a", "p"], "special"),  # configured: replaces it
+    ],
+)  # fmt: skip
+def test_the_chain_presets_routes_send_social_calls_and_history_to_their_groups(
+    method: str, params: object, group: str
+) -> None:
+    rules = preset_rules("hived", ["hived", "hivemind", "hafah", "special"])
+    rules.append(RouteRule("appbase.condenser_api.get_content", "special"))
+    table = RouteTable(rules, "hived")
+    assert table.resolve(name_of(method, params, "hived")).group == group
+
+
+def test_the_chain_presets_route_nothing_without_those_groups_or_namespaces() -> None:
+    assert preset_rules("hived", ["default", "social"]) == []
+    assert preset_rules(None, ["default", "hivemind", "hafah"]) == []  # EVM
+    history = preset_rules("steemd", ["default", "account_history"])
+    assert {r.group for r in history} == {"account_history"}

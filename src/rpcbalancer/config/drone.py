@@ -58,6 +58,7 @@ def from_drone(data: dict[str, Any], source: str) -> dict[str, Any]:
     for prefix, seconds in (data.get("timeouts") or {}).items():
         routes.setdefault(str(prefix), {})["timeout"] = seconds
     out["routes"] = {**routes, **(out.get("routes") or {})}
+    out.setdefault("preset_routes", False)  # their routes are the whole story
 
     translate = set(data.get("translate_to_appbase") or [])
     first = urls.get("appbase") or next(iter(backends), None)

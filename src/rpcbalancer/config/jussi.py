@@ -88,6 +88,7 @@ def from_jussi(data: dict[str, Any], source: str) -> dict[str, Any]:
         routes.setdefault(prefix, {})["upstream"] = names[url]
     out["upstreams"] = upstreams
     out["routes"] = {**routes, **(out.get("routes") or {})}
+    out.setdefault("preset_routes", False)  # their routes are the whole story
 
     limits = data.get("limits")
     if isinstance(limits, dict):

@@ -545,6 +545,11 @@ class Config(_Model):
     """Method prefixes (``appbase.condenser_api.get_block``, ``bridge``, a legacy ``steemd``)
     to a group (a name) or ``{upstream, ttl, timeout, retries}``; the longest prefix decides
     each setting. The chain preset adds its own routes under these."""
+    preset_routes: bool = True
+    """The chain preset's routes: the social calls (``bridge``, ``hive``, ``follow_api``, the
+    social ``condenser_api`` calls) to a group named ``hivemind``, account history to one
+    named ``hafah`` or ``account_history``, when such a group is configured. ``false``: only
+    ``routes`` (jussi and drone configs are read so)."""
     equivalent_methods: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     """A method (as sent, ``block_api.get_block``) and the dotted names routed and cached as
     it (``appbase.condenser_api.get_block``)."""

@@ -40,7 +40,17 @@ from ..jsonrpc import Id, RpcCall, dumps, error_object
 from ..messages import FAILURES, failure_of
 from .forwarding import Outcome, ProxyRequest
 from .router import Group
-from .routes import LEGACY, Name, Renamer, Route, RouteRule, RouteTable, canonical, name_of
+from .routes import (
+    LEGACY,
+    Name,
+    Renamer,
+    Route,
+    RouteRule,
+    RouteTable,
+    canonical,
+    name_of,
+    preset_rules,
+)
 from .routes import translated as to_appbase
 
 if TYPE_CHECKING:
@@ -98,7 +108,8 @@ class Dispatcher:
         self.clock = clock
         self.legacy = LEGACY.get(config.chain) if config.chain != "evm" else None
         self.groups = groups
-        rules = [
+        rules = preset_rules(self.legacy, list(groups)) if config.preset_routes else []
+        rules += [  # after the preset's: the same prefix configured replaces the preset's
             RouteRule(prefix, r.upstream, r.ttl, r.timeout, r.retries)
             for prefix, r in config.routes.items()
         ]

@@ -47,6 +47,7 @@ __all__ = [
     "RouteTable",
     "canonical",
     "name_of",
+    "preset_rules",
     "translated",
 ]
 
@@ -151,6 +152,70 @@ def _split(prefix: str) -> tuple[tuple[str, ...], str | None]:
         # jussi's own samples write Python's quoting: ['/trending']
         value = json.loads(text.replace("'", '"'))
     return tuple(p for p in head.split(".") if p), canonical(value)
+
+
+SOCIAL_NAMESPACES = ("bridge", "hive", "follow_api", "tags_api")
+"""What a hivemind serves whole: its own namespaces, and the follow and tags APIs."""
+SOCIAL_CONDENSER = (
+    "get_followers",
+    "get_following",
+    "get_follow_count",
+    "get_content",
+    "get_content_replies",
+    "get_active_votes",
+    "get_blog",
+    "get_blog_entries",
+    "get_feed",
+    "get_feed_entries",
+    "get_account_reputations",
+    "get_reblogged_by",
+    "get_trending_tags",
+    "get_replies_by_last_update",
+    "get_discussions_by_trending",
+    "get_discussions_by_hot",
+    "get_discussions_by_created",
+    "get_discussions_by_promoted",
+    "get_discussions_by_blog",
+    "get_discussions_by_feed",
+    "get_discussions_by_comments",
+    "get_discussions_by_author_before_date",
+    "get_post_discussions_by_payout",
+    "get_comment_discussions_by_payout",
+)
+"""The social calls of ``condenser_api`` a hivemind answers (Steem's and Hive's)."""
+HISTORY_CONDENSER = ("get_account_history", "get_ops_in_block", "get_transaction")
+"""The account-history calls of ``condenser_api`` (hafah on Hive, an account-history node on
+Steem)."""
+SOCIAL_GROUP = "hivemind"
+HISTORY_GROUPS = ("hafah", "account_history")
+
+
+def preset_rules(legacy: str | None, groups: Sequence[str]) -> list[RouteRule]:
+    """The chain preset's routes: to a group named ``hivemind`` the social calls (``bridge``,
+    ``hive``, ``follow_api``, ``tags_api`` and the social ``condenser_api`` calls); to a group
+    named ``hafah`` or ``account_history`` the account history (``account_history_api`` and
+    its ``condenser_api`` calls). Nothing for a chain without namespaces (EVM), or without
+    such groups. Configured routes for the same prefix replace these."""
+    if legacy is None:
+        return []
+    rules: list[RouteRule] = []
+    if SOCIAL_GROUP in groups:
+        for namespace in SOCIAL_NAMESPACES:
+            rules.append(RouteRule(namespace, SOCIAL_GROUP))
+            if namespace.endswith("_api"):
+                rules.append(RouteRule(f"appbase.{namespace}", SOCIAL_GROUP))
+                rules.append(RouteRule(f"{legacy}.{namespace}", SOCIAL_GROUP))
+        for method in SOCIAL_CONDENSER:
+            rules.append(RouteRule(f"appbase.condenser_api.{method}", SOCIAL_GROUP))
+            rules.append(RouteRule(f"{legacy}.database_api.{method}", SOCIAL_GROUP))
+    history = next((g for g in HISTORY_GROUPS if g in groups), None)
+    if history is not None:
+        for prefix in ("appbase.account_history_api", f"{legacy}.account_history_api"):
+            rules.append(RouteRule(prefix, history))
+        for method in HISTORY_CONDENSER:
+            rules.append(RouteRule(f"appbase.condenser_api.{method}", history))
+            rules.append(RouteRule(f"{legacy}.database_api.{method}", history))
+    return rules
 
 
 class RouteTable:
