@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 CONFIG ?=
 
-.PHONY: run test lint fmt typecheck bench docs clean
+.PHONY: run test clients lint fmt typecheck bench docs clean
 
 $(BIN)/rpcbalancer: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,20 @@ run: $(BIN)/rpcbalancer
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Real client libraries for tests/integration/test_clients.py, pinned: dsteem, steem-js, dhive,
+# ethers and ganache from npm; lighthive, hive-nectar and web3.py in a venv of their own.
+# Without them those tests skip (CI installs them and insists).
+CLIENTS ?= .venv-clients
+clients: $(CLIENTS)/.installed tests/clients/js/node_modules/.package-lock.json
+
+$(CLIENTS)/.installed: tests/clients/py/requirements.txt
+	$(PYTHON) -m venv $(CLIENTS)
+	$(CLIENTS)/bin/pip install -q -r tests/clients/py/requirements.txt
+	@touch $@
+
+tests/clients/js/node_modules/.package-lock.json: tests/clients/js/package-lock.json
+	cd tests/clients/js && npm ci --no-audit --no-fund --loglevel=error
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
@@ -41,4 +55,5 @@ docs: $(BIN)/rpcbalancer
 	$(BIN)/python -m rpcbalancer.config.reference > docs/configuration.md
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS) tests/clients/js/node_modules build dist src/*.egg-info \
+		.pytest_cache .mypy_cache .ruff_cache

@@ -210,7 +210,7 @@ async def test_batches_pass_through_untouched(harness: Any) -> None:
     doc = orjson.loads(resp.body)
     assert [m["id"] for m in doc] == [1, 2]
     assert all("__server__" not in m for m in doc)
-    assert doc[1]["result"] == [{"name": "x", "balance": "1.000 STEEM"}]
+    assert [(a["name"], a["balance"]) for a in doc[1]["result"]] == [("x", "100.000 STEEM")]
 
 
 async def test_annotate_body_adds_server_and_version(harness: Any) -> None:

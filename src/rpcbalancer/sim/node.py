@@ -1,9 +1,10 @@
 """A fake API node that answers like a Steem node behind jussi (or an EVM node).
 
-It serves ``GET /`` (jussi status with ``jussi_num``), JSON-RPC calls and batches
-(``condenser_api.*``, ``database_api.*``, ``block_api.get_block``, ``call`` wrapping,
-broadcasts), and misbehaves on demand: slow, heavy-tailed, failing with 503 HTML, hanging,
-answering with a lock-timeout error, lagging the chain head, or dead (not listening).
+It serves ``GET /`` (jussi status with ``jussi_num``), JSON-RPC calls and batches (the
+Steem/Hive API real client libraries use, in :mod:`.steem_api`; ``call`` wrapping; broadcasts;
+a hivemind backend's social calls; a few EVM calls), and misbehaves on demand: slow,
+heavy-tailed, failing with 503 HTML, hanging, answering with a lock-timeout error, lagging
+the chain head, on a fork, or dead (not listening).
 
 The chain head advances in real time (one block per ``block_interval``), identical on every
 fake node of a run, so a node's staleness is exactly its ``lag``. Behaviour can be changed
@@ -24,6 +25,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from .steem_api import MISSING, UNKNOWN_TRANSACTION, SteemApi
 
 GENESIS_BLOCK = 90_000_000
 _EPOCH = 1_760_000_000.0  # a fixed origin so every fake node agrees on the head
@@ -50,7 +53,8 @@ class Behaviour:
     ids) at those reversible heights, until set back to 0 (it converges)."""
     fail_methods: str = ""
     """Comma-separated JSON-RPC methods answered 503 with an HTML page (the whole request)."""
-    version: str = "0.23.1"
+    version: str = ""
+    """The version the node reports (empty: its chain's usual one, ``0.23.1`` on Steem)."""
     status: str = "OK"
     block_interval: float = 3.0
 
@@ -87,6 +91,9 @@ class FakeNode:
         most 16 values a name), probes included."""
         self.behaviour = behaviour or Behaviour()
         self.chain = chain
+        self.api = SteemApi(chain, lambda number: block_time(number, self.behaviour.block_interval))
+        """The Steem/Hive API this node answers (``chain`` ``steem``, ``hive``, ``blurt``,
+        ``full``; ``hivemind`` uses its posts)."""
         self.rng = random.Random(seed)
         self.port = 0
         self.counts: Counter[str] = Counter()
@@ -203,7 +210,9 @@ class FakeNode:
             ident = member.get("id") if isinstance(member, dict) else None
             if isinstance(ident, str) and ident.startswith("b-"):
                 self.tagged += 1
-            if _method(member).startswith(("condenser_api.broadcast", "network_broadcast_api")):
+            if _method(member).startswith(
+                ("condenser_api.broadcast", "network_broadcast_api", "broadcast_transaction")
+            ):
                 self.broadcasts.append(member)
         failed = await self._misbehave()
         if failed is None and self.behaviour.fail_methods:
@@ -228,13 +237,13 @@ class FakeNode:
         if member.get("method") == "call" and isinstance(params, list):
             params = params[2] if len(params) > 2 else []
         result = self._result(method, params)
-        if result is _MISSING:
+        if result is MISSING:
             return {
                 "jsonrpc": "2.0",
                 "id": ident,
                 "error": {"code": -32601, "message": f"Method not found: {method}"},
             }
-        if result is _UNKNOWN_TRANSACTION:
+        if result is UNKNOWN_TRANSACTION:
             message = "Assert Exception:itr != idx.end(): Unknown Transaction"
             return {"jsonrpc": "2.0", "id": ident, "error": {"code": -32000, "message": message}}
         return {"jsonrpc": "2.0", "id": ident, "result": result}
@@ -242,58 +251,18 @@ class FakeNode:
     def _result(self, method: str, params: Any) -> Any:
         b = self.behaviour
         head = self.head()
-        api, _, name = method.rpartition(".")
+        name = method.rpartition(".")[2]
         if self.chain == "evm":
             return self._evm(method, params, head)
         if self.chain == "hivemind":
             return self._hivemind(method, params, head)
         if self.chain == "full":  # a whole API node behind jussi: chain and social calls
             social = self._hivemind(method, params, head)
-            if social is not _MISSING:
+            if social is not MISSING:
                 return social
-        if name == "get_dynamic_global_properties":
-            return {
-                "head_block_number": head,
-                "head_block_id": f"{head:08x}" + "0" * 32,
-                "time": _iso(block_time(head, b.block_interval)),
-                "last_irreversible_block_num": head - 15,
-                "current_witness": self.name,
-            }
-        if name == "get_version":
-            return {
-                "blockchain_version": b.version,
-                "steem_revision": "f" * 40,
-                "fc_revision": "f" * 40,
-            }
-        if name == "get_block":
-            number = (
-                params[0]
-                if isinstance(params, list) and params
-                else (params.get("block_num") if isinstance(params, dict) else None)
-            )
-            if not isinstance(number, int) or number > head:
-                return None if api == "condenser_api" else {}
-            forked = b.fork and number > head - b.fork
-            block = {
-                "block_id": f"{number:08x}" + ("f" if forked else "0") * 32,
-                "previous": f"{number - 1:08x}",
-                "timestamp": _iso(block_time(number, b.block_interval)),
-                "witness": self.name,
-                "transactions": [],
-            }
-            return block if api == "condenser_api" else {"block": block}
-        if name.startswith("broadcast_transaction") or api == "network_broadcast_api":
-            return (
-                {}
-                if not name.endswith("synchronous")
-                else {"id": "0" * 40, "block_num": head + 1, "trx_num": 0, "expired": False}
-            )
-        if name == "get_transaction":  # steemd's answer for a transaction it has not seen
-            return _UNKNOWN_TRANSACTION
-        if name == "get_accounts":
-            names = params[0] if isinstance(params, list) and params else []
-            return [{"name": n, "balance": "1.000 STEEM"} for n in names if isinstance(n, str)]
-        return _MISSING
+        if name == "get_version" and b.version and b.version != self.api.version:
+            return {**self.api.versions(), "blockchain_version": b.version}
+        return self.api.answer(method, params, head, b.fork)
 
     def _hivemind(self, method: str, params: Any, head: int) -> Any:
         """A hivemind-like backend: the social calls, from a fixed set of posts."""
@@ -308,16 +277,21 @@ class FakeNode:
             permlink = args.get("permlink") or (
                 params[1] if isinstance(params, list) and len(params) > 1 else "p"
             )
-            return _post(str(author), str(permlink))
+            return self.api.post(
+                str(author), str(permlink), head, bridge=method.startswith("bridge")
+            )
         if name.startswith(("get_ranked_posts", "get_account_posts", "get_discussions_by_")):
-            return [_post(f"author{i}", f"post-{head // 100}-{i}") for i in range(3)]
+            return [
+                self.api.post(f"author{i}", f"post-{head // 100}-{i}", head, bridge=True)
+                for i in range(3)
+            ]
         if name in ("get_profile", "get_community"):
             return {"name": args.get("account") or args.get("name") or "someone", "id": 1}
         if name in ("get_followers", "get_following"):
             return [{"follower": "f1", "following": "g1", "what": ["blog"]}]
         if name == "get_follow_count":
             return {"account": "a", "follower_count": 10, "following_count": 5}
-        return _MISSING
+        return MISSING
 
     def _evm(self, method: str, params: Any, head: int) -> Any:
         b = self.behaviour
@@ -330,27 +304,12 @@ class FakeNode:
                 "hash": "0x" + f"{head:064x}",
             }
         if method == "web3_clientVersion":
-            return f"Geth/v{b.version}"
+            return f"Geth/v{b.version or '1.14.0'}"
         if method == "eth_chainId":
             return "0x1"
         if method in ("eth_sendRawTransaction",):
             return "0x" + "ab" * 32
-        return _MISSING
-
-
-_MISSING = object()
-_UNKNOWN_TRANSACTION = object()
-
-
-def _post(author: str, permlink: str) -> dict[str, Any]:
-    return {
-        "author": author,
-        "permlink": permlink,
-        "title": f"A post by {author}",
-        "body": "Lorem ipsum " * 8,
-        "net_votes": len(permlink),
-        "children": 0,
-    }
+        return MISSING
 
 
 def _method(member: Any) -> str:
