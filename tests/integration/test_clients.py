@@ -265,6 +265,46 @@ def test_web3_py_through_the_balancer(evm: Any, evm_balancer: BalancerProcess) -
     assert got["batch"][0] == 1 and got["batch"][1:] == [True, True]
 
 
+def _evm_call(lb: BalancerProcess, method: str, params: list[Any]) -> requests.Response:
+    body = {"jsonrpc": "2.0", "method": method, "params": params, "id": 7}
+    answer = requests.post(lb.url, json=body, timeout=10)
+    assert answer.status_code == 200 and "error" not in answer.json(), answer.text
+    return answer
+
+
+def _signed_transfer(network: Any) -> str:
+    account = "0x90F8bf6A479f320ead074411a4B0e7944Ea8c9C1"  # account 0, unlocked in ganache
+    fees = {"maxFeePerGas": hex(20 * 10**9), "maxPriorityFeePerGas": hex(10**9)}
+    nonce = network.call("g1", "eth_getTransactionCount", [account, "latest"])
+    tx = {"from": account, "to": account, "value": "0x1", "gas": "0x5208", "nonce": nonce}
+    return str(network.call("g1", "eth_signTransaction", [{**tx, **fees}]))
+
+
+def test_final_blocks_and_found_receipts_come_from_the_cache(
+    evm: Any, evm_balancer: BalancerProcess
+) -> None:
+    """The EVM preset's cache on a real node: a block at or below the finalized one (every
+    block, on a chain that mines at once) and a receipt once found are kept; ``latest`` and a
+    receipt not found yet never are."""
+    lb = evm_balancer
+    tx_hash = evm.send(_signed_transfer(evm), via="g1")
+    block = hex(evm.head("g1"))  # the transfer's block: no client asked for it yet
+    time.sleep(0.5)  # a probe round: the new finalized block is known
+    first, again = (_evm_call(lb, "eth_getBlockByNumber", [block, False]) for _ in range(2))
+    assert (first.headers["x-cache"], again.headers["x-cache"]) == ("miss", "hit")
+    assert first.json()["result"] == again.json()["result"]
+    assert first.json()["result"]["transactions"] == [tx_hash]
+    for _ in range(2):
+        assert _evm_call(lb, "eth_getBlockByNumber", ["latest", False]).headers["x-cache"] == "miss"
+    unknown = "0x" + "ab" * 32
+    for _ in range(2):
+        missing = _evm_call(lb, "eth_getTransactionReceipt", [unknown])
+        assert missing.json()["result"] is None and missing.headers["x-cache"] == "miss"
+    found = [_evm_call(lb, "eth_getTransactionReceipt", [tx_hash]) for _ in range(2)]
+    assert [f.headers["x-cache"] for f in found] == ["miss", "hit"]
+    assert found[1].json()["result"]["transactionHash"] == tx_hash
+
+
 def test_a_receipt_one_node_has_not_seen_is_asked_of_another(
     evm: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -277,11 +317,7 @@ def test_a_receipt_one_node_has_not_seen_is_asked_of_another(
     lb = start_balancer(config, tmp_path_factory.mktemp("lb"))
     try:
         evm.hold("g3")
-        account = "0x90F8bf6A479f320ead074411a4B0e7944Ea8c9C1"  # account 0, unlocked in ganache
-        fees = {"maxFeePerGas": hex(20 * 10**9), "maxPriorityFeePerGas": hex(10**9)}
-        tx = {"from": account, "to": account, "value": "0x1", "gas": "0x5208", **fees}
-        raw = evm.call("g1", "eth_signTransaction", [tx])
-        tx_hash = evm.send(raw, via="g1")
+        tx_hash = evm.send(_signed_transfer(evm), via="g1")
         asked = evm["g3"].counts["eth_getTransactionReceipt"]
         got = values(run_client("evm.py", "wait", lb.url, tx_hash))
         assert got["receipt"]["status"] == 1

@@ -93,6 +93,21 @@ def test_evm_reading() -> None:
     assert reading.head_block == 16
     assert reading.head_time == 5
     assert reading.version == "Geth/v1.14"
+    assert reading.irreversible_block is None  # no finalized block: no finality known
+    final = evm.read(
+        {
+            "head": rpc({"number": "0x10", "timestamp": "0x5"}),
+            "final": rpc({"number": "0xc", "timestamp": "0x1"}),
+        }
+    )
+    assert final.ok and final.irreversible_block == 12
+    unknown = evm.read(
+        {
+            "head": rpc({"number": "0x10", "timestamp": "0x5"}),
+            "final": ok({"jsonrpc": "2.0", "id": 1, "error": {"code": -32602, "message": "bad"}}),
+        }
+    )
+    assert unknown.ok and unknown.irreversible_block is None
     assert evm.is_broadcast("eth_sendRawTransaction")
     assert not evm.is_broadcast("eth_call")
     assert evm.is_node_fault({"code": -32005, "message": "limit exceeded"})

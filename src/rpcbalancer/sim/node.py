@@ -298,10 +298,20 @@ class FakeNode:
         if method == "eth_blockNumber":
             return hex(head)
         if method == "eth_getBlockByNumber":
+            tag = params[0] if isinstance(params, list) and params else "latest"
+            number = {"latest": head, "pending": head, "safe": head - 32, "finalized": head - 64}
+            block = number.get(tag) if isinstance(tag, str) and not tag.startswith("0x") else None
+            if block is None:
+                try:
+                    block = int(tag, 16) if isinstance(tag, str) else int(tag)
+                except (TypeError, ValueError):
+                    return None
+            if block > head or block < 0:
+                return None
             return {
-                "number": hex(head),
-                "timestamp": hex(int(block_time(head, b.block_interval))),
-                "hash": "0x" + f"{head:064x}",
+                "number": hex(block),
+                "timestamp": hex(int(block_time(block, b.block_interval))),
+                "hash": "0x" + f"{block:064x}",
             }
         if method == "web3_clientVersion":
             return f"Geth/v{b.version or '1.14.0'}"

@@ -1,4 +1,4 @@
-"""EVM chains: latest block (number and timestamp) and client version."""
+"""EVM chains: latest block (number and timestamp), the finalized block, client version."""
 
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ class Evm:
     def probe_calls(self) -> tuple[ProbeCall, ...]:
         return (
             ProbeCall("head", request_body("eth_getBlockByNumber", ["latest", False])),
+            ProbeCall("final", request_body("eth_getBlockByNumber", ["finalized", False])),
             ProbeCall("version", request_body("web3_clientVersion")),
         )
 
@@ -77,12 +78,19 @@ class Evm:
         number = _hex(block.get("number")) if isinstance(block, dict) else None
         if number is None or not isinstance(block, dict):
             return Reading(ok=False, error=failure(head, "head"))
+        # The finalized block (the merge's finality, or a dev chain's every block): answers at
+        # or below it are kept forever by the cache. A node that does not know the tag says
+        # nothing of finality, and is no less healthy for it.
+        final_doc = json_of(answers.get("final"))
+        final = final_doc.get("result") if isinstance(final_doc, dict) else None
+        finalized = _hex(final.get("number")) if isinstance(final, dict) else None
         version_doc = json_of(answers.get("version"))
         version = version_doc.get("result") if isinstance(version_doc, dict) else None
         return Reading(
             ok=True,
             head_block=number,
             head_time=_hex(block.get("timestamp")),
+            irreversible_block=min(finalized, number) if finalized is not None else None,
             version=version if isinstance(version, str) else None,
             version_doc=version_doc if isinstance(version, str) else None,
         )
