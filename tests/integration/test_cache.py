@@ -3,6 +3,7 @@ Redis killed and brought back under load (no request fails), and what the cache 
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -108,3 +109,11 @@ def test_groups_routes_and_the_cache_are_seen_in_status_metrics_and_top(
         assert "cache: 66.7% hits" in top and "groups: default 1/1, hivemind 1/1" in top
         followers = read(lb, "condenser_api.get_followers", ["a", None, "blog", 1], 9)
         assert followers.headers["x-rpc-upstream"] == "hivemind"  # the chain preset's route
+        posts: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 5  # the access log is written every second
+        while len(posts) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            lines = [json.loads(x) for x in lb.log.splitlines() if x.startswith('{"ts"')]
+            posts = [x for x in lines if x.get("method") == "bridge.get_post"]
+        assert [x["cache"] for x in posts] == ["miss", "hit", "hit"]
+        assert {x["upstream"] for x in posts} == {"hivemind"}

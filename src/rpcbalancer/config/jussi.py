@@ -89,6 +89,7 @@ def from_jussi(data: dict[str, Any], source: str) -> dict[str, Any]:
     out["upstreams"] = upstreams
     out["routes"] = {**routes, **(out.get("routes") or {})}
     out.setdefault("preset_routes", False)  # their routes are the whole story
+    out["cache"] = {"enabled": True, **(out.get("cache") or {})}  # as jussi always caches
 
     limits = data.get("limits")
     if isinstance(limits, dict):

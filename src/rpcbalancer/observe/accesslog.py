@@ -112,7 +112,8 @@ def access_line(
     served: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The access line of one request (``secret_path``: its path is an API key; ``served``:
-    the node, attempts, hedged and error of a forwarded one)."""
+    the node, attempts, hedged and error of a forwarded one; the cache's verdict and the
+    group from the response's headers)."""
     line: dict[str, Any] = {
         "ts": round(time.time(), 3),
         "id": rid,
@@ -141,6 +142,11 @@ def access_line(
             line["error"] = served["error"]
     elif kind != "ok":
         line["error"] = _message_of(response.body)
+    for name, value in response.headers:
+        if name == "x-cache":
+            line["cache"] = value  # hit, miss, coalesced, bypass
+        elif name == "x-rpc-upstream":
+            line["upstream"] = value
     if log.config.bodies and req.body:
         line["body"] = log.body(req.body)
     return line
