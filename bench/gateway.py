@@ -1,0 +1,1051 @@
+"""The API gateway that Steem and Hive actually run: cache by irreversibility, coalescing.
+
+    .venv/bin/python bench/gateway.py [--seconds 60] [--rate 200] [--warmup 10] [--repeat 2]
+        [--only rpcbalancer-cache,nginx] [--phases side,hitpath,memory] [--minutes 5]
+        [--profile] [--from-json bench/results/gateway.json]
+
+Three phases, each bounded in time and request count, each stopping every process it
+started by its PID:
+
+``side``: the side-by-side run. A public-API-like workload (the mix below, Zipf key
+popularity) open loop at ``--rate`` requests/s (latency from the *scheduled* send time) for
+``--warmup`` + ``--seconds`` seconds against each target in turn: rpcbalancer with the
+answer cache (``rpcbalancer-cache``), rpcbalancer without it (``rpcbalancer``), nginx
+(round-robin, keep-alive, as scenarios.py), nginx with ``proxy_cache`` on POST keyed by the
+request body (``nginx-cache``) and HAProxy (leastconn, as scenarios.py). Behind each, a new
+fleet of three simulated full API nodes (chain and social calls; median 80 ms, log-normal
+jitter 0.5, 1% of answers at 500 ms), one ``python -m rpcbalancer.sim`` process. The target
+is pinned to CPU 1, the fleet and this load to CPU 0. Every answer is checked (errors, stale,
+wrong); the nodes' own count of the benchmark's ids gives upstream requests per client
+request. Then, for rpcbalancer-cache, a closed loop with one connection (no queueing) times
+the answers served from the cache (``X-Cache: hit``).
+
+``hitpath``: wrk (closed loop, 50 connections, one condenser_api.get_block of a fixed old
+block with a new id per request) against rpcbalancer-cache after one warming request,
+against nginx proxying, and against rpcbalancer without the cache (its miss path), all to
+nodes that answer at once (nginx server blocks returning fixed JSON, as throughput.py).
+
+``memory``: rpcbalancer-cache with ``cache.max_bytes`` (``--max-mib``, 32) under wrk at full
+load for ``--minutes`` with a key space far larger than the cache (random blocks among
+20 million, random accounts among 2 million), to instant nodes; RSS sampled every 15 s.
+
+Writes bench/results/gateway.md and gateway.json (``--from-json`` writes the report again
+from a run's JSON). The workload and one run's figures: bench/README.md, "Gateway". Needs
+nginx, haproxy, wrk (Debian); py-spy for ``--profile``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import itertools
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from common import free_port, serve_cmd, stop_all, wait_port  # bench/common.py, beside this file
+from scenarios import haproxy_conf, nginx_conf  # the peers exactly as scenarios.py runs them
+from throughput import cpu_seconds, print_profile, rss_mb, run_wrk, start_profile
+
+from rpcbalancer.sim.node import chain_head
+
+RESULTS = Path(__file__).parent / "results"
+TARGETS = ("rpcbalancer-cache", "rpcbalancer", "nginx", "nginx-cache", "haproxy")
+NODE = "chain=full,latency=0.08,jitter=0.5,tail_rate=0.01,tail_latency=0.5"
+"""A public API node as seen from one region: median 80 ms, p99 about 260 ms, 1% at 500 ms."""
+LEAD = 3.0  # seconds between the target's start and the load: first probes everywhere
+IRREVERSIBLE_LAG = 15  # the simulator's last irreversible block is the head less 15
+
+# -- the workload --------------------------------------------------------------------------
+
+MIX = (
+    ("block", 0.30),
+    ("dgp", 0.20),
+    ("accounts", 0.15),
+    ("content", 0.10),
+    ("ranked", 0.10),
+    ("version", 0.05),
+    ("batch", 0.08),
+    ("broadcast", 0.02),
+)
+"""Share of client requests per kind (see bench/README.md, "Gateway")."""
+READS = [(k, w) for k, w in MIX if k not in ("batch", "broadcast")]
+
+
+class Zipf:
+    """Ranks 0..n-1 with P(rank k) proportional to 1 / (k+1)**s."""
+
+    def __init__(self, n: int, s: float) -> None:
+        self.cum = list(itertools.accumulate(1.0 / (k**s) for k in range(1, n + 1)))
+
+    def draw(self, rng: random.Random) -> int:
+        return bisect.bisect_left(self.cum, rng.random() * self.cum[-1])
+
+
+BLOCKS = Zipf(3000, 1.0)  # recency rank below the last irreversible block
+ACCOUNTS = Zipf(20_000, 1.1)
+POSTS = Zipf(5_000, 1.1)
+TAGS = Zipf(100, 1.2)  # rank 0 is the front page (no tag)
+BRIDGE_SORTS = (("trending", 0.5), ("hot", 0.3), ("created", 0.2))
+CONDENSER_SORTS = (("trending", 0.5), ("created", 0.3), ("hot", 0.2))
+
+
+def _weighted(rng: random.Random, choices: tuple[tuple[str, float], ...] | list[Any]) -> str:
+    roll = rng.random() * sum(w for _, w in choices)
+    for name, weight in choices:
+        roll -= weight
+        if roll < 0:
+            return str(name)
+    return str(choices[-1][0])
+
+
+def _tag(rng: random.Random) -> str:
+    rank = TAGS.draw(rng)
+    return "" if rank == 0 else f"tag{rank}"
+
+
+@dataclass
+class Request:
+    kind: str
+    body: bytes
+    ids: list[str]
+    expects: list[tuple[Any, ...]]
+    """Per member: (kind, what the answer must hold)."""
+    batch: bool = False
+
+
+def member(
+    rng: random.Random, kind: str, ident: str, now: float
+) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """One JSON-RPC call of a kind, and what its answer must hold."""
+
+    def call(method: str, params: Any) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "method": method, "params": params, "id": ident}
+
+    if kind == "block":
+        number = chain_head(now) - IRREVERSIBLE_LAG - BLOCKS.draw(rng)
+        return call("condenser_api.get_block", [number]), ("block", number)
+    if kind == "dgp":
+        return call("condenser_api.get_dynamic_global_properties", []), ("dgp",)
+    if kind == "accounts":
+        many = 1 if rng.random() < 0.85 else rng.randint(2, 3)
+        names = [f"user{ACCOUNTS.draw(rng)}" for _ in range(many)]
+        return call("condenser_api.get_accounts", [names]), ("accounts", names)
+    if kind == "content":
+        rank = POSTS.draw(rng)
+        author, permlink = f"user{rank % 997}", f"post-{rank}"
+        if rng.random() < 0.5:
+            return call("condenser_api.get_content", [author, permlink]), (
+                "content",
+                author,
+                permlink,
+            )
+        params = {"author": author, "permlink": permlink, "observer": ""}
+        return call("bridge.get_post", params), ("content", author, permlink)
+    if kind == "ranked":
+        tag = _tag(rng)
+        if rng.random() < 0.6:
+            params = {"sort": _weighted(rng, BRIDGE_SORTS), "tag": tag, "observer": "", "limit": 20}
+            return call("bridge.get_ranked_posts", params), ("ranked",)
+        method = f"condenser_api.get_discussions_by_{_weighted(rng, CONDENSER_SORTS)}"
+        return call(method, [{"tag": tag, "limit": 20}]), ("ranked",)
+    if kind == "version":
+        return call("condenser_api.get_version", []), ("version",)
+    if kind == "broadcast":
+        tx = {
+            "ref_block_num": rng.randrange(65536),
+            "ref_block_prefix": rng.randrange(2**32),
+            "expiration": "2030-01-01T00:00:00",
+            "operations": [
+                [
+                    "vote",
+                    {
+                        "voter": f"user{rng.randrange(20_000)}",
+                        "author": "user1",
+                        "permlink": f"post-{rng.randrange(5000)}",
+                        "weight": 10000,
+                    },
+                ]
+            ],
+            "extensions": [],
+            "signatures": [f"{rng.getrandbits(256):064x}"],
+        }
+        return call("condenser_api.broadcast_transaction", [tx]), ("broadcast",)
+    raise ValueError(kind)
+
+
+def request_for(rng: random.Random, i: int, now: float, kinds: Any = MIX) -> Request:
+    """The i-th request of the mix (ids are strings starting with ``b-``: the nodes count them)."""
+    kind = _weighted(rng, kinds)
+    if kind != "batch":
+        doc, expect = member(rng, kind, f"b-{i}", now)
+        return Request(kind, json.dumps(doc).encode(), [doc["id"]], [expect])
+    docs, expects = [], []
+    for j in range(rng.randint(2, 5)):
+        doc, expect = member(rng, _weighted(rng, READS), f"b-{i}-{j}", now)
+        docs.append(doc)
+        expects.append(expect)
+    return Request("batch", json.dumps(docs).encode(), [d["id"] for d in docs], expects, True)
+
+
+# -- judging answers -----------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    error: bool = False
+    stale: bool = False
+    wrong: bool = False
+    why: str = ""
+
+
+def judge_result(expect: tuple[Any, ...], result: Any, now: float) -> Verdict:
+    kind = expect[0]
+    if kind == "block":
+        if result is None:
+            return Verdict(stale=True, why=f"block {expect[1]} not found")
+        block_id = result.get("block_id") if isinstance(result, dict) else None
+        if not isinstance(block_id, str) or not block_id.startswith(f"{expect[1]:08x}"):
+            return Verdict(wrong=True, why=f"asked block {expect[1]}, got {block_id}")
+    elif kind == "dgp":
+        head = result.get("head_block_number") if isinstance(result, dict) else None
+        if not isinstance(head, int):
+            return Verdict(wrong=True, why="dgp without head_block_number")
+        if head < chain_head(now) - 10:
+            return Verdict(stale=True, why=f"head {head}, {chain_head(now) - head} behind")
+    elif kind == "accounts":
+        names = [a.get("name") for a in result] if isinstance(result, list) else None
+        if names != expect[1]:
+            return Verdict(wrong=True, why=f"asked accounts {expect[1]}, got {names}")
+    elif kind == "content":
+        got = (result.get("author"), result.get("permlink")) if isinstance(result, dict) else None
+        if got != expect[1:]:
+            return Verdict(wrong=True, why=f"asked post {expect[1:]}, got {got}")
+    elif kind == "ranked":
+        if not isinstance(result, list) or not result:
+            return Verdict(wrong=True, why="ranked posts not a list")
+    elif kind == "version" and (not isinstance(result, dict) or "blockchain_version" not in result):
+        return Verdict(wrong=True, why="version without blockchain_version")
+    return Verdict()
+
+
+def judge(req: Request, status: int, body: bytes, now: float) -> Verdict:
+    """Error (not an answer), stale (old head, a block not found) or wrong (another id, another
+    order, another block, account or post) for one HTTP answer."""
+    if status != 200:
+        return Verdict(error=True, why=f"HTTP {status}")
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return Verdict(error=True, why="not JSON")
+    members = doc if req.batch else [doc]
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        return Verdict(wrong=True, why="not the shape asked for")
+    if len(members) != len(req.ids):
+        return Verdict(wrong=True, why=f"{len(members)} answers to {len(req.ids)} members")
+    verdict = Verdict()
+    for ident, expect, answer in zip(req.ids, req.expects, members, strict=True):
+        if answer.get("id") != ident:
+            return Verdict(wrong=True, why=f"id {answer.get('id')!r} for {ident!r}")
+        if "result" not in answer:
+            verdict = Verdict(error=True, why=str(answer.get("error"))[:120])
+            continue
+        one = judge_result(expect, answer["result"], now)
+        if one.wrong:
+            return one
+        if one.stale and not verdict.error:
+            verdict = one
+    return verdict
+
+
+# -- the open loop -------------------------------------------------------------------------
+
+
+async def tagged(nodes: list[str]) -> list[int]:
+    """How many of the benchmark's JSON-RPC members each node got (probes are not counted)."""
+    counts = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        for url in nodes:
+            async with session.get(url + "/__stats__") as resp:
+                counts.append((await resp.json())["tagged"])
+    return counts
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    if len(values) < 2:
+        return {"p50": float("nan"), "p99": float("nan"), "p999": float("nan")}
+    q = statistics.quantiles(sorted(values), n=1000)
+    return {"p50": q[499] * 1000, "p99": q[989] * 1000, "p999": q[998] * 1000}
+
+
+async def run_load(
+    url: str, nodes: list[str], warmup: float, seconds: float, rate: float, seed: int
+) -> dict[str, Any]:
+    """Open loop at ``rate`` for ``warmup + seconds``; the figures count the last ``seconds``."""
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    by_kind: dict[str, list[float]] = {}
+    cache_states: dict[str, int] = {}
+    examples: list[str] = []
+    totals = {"requests": 0, "members": 0, "errors": 0, "stale": 0, "wrong": 0}
+    before: list[int] = []
+    connector = aiohttp.TCPConnector(limit=2000)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = loop.time() + 0.2
+        first_measured = int(warmup * rate)
+        total = first_measured + int(seconds * rate)
+
+        async def one(i: int, due: float, req: Request, measured: bool) -> None:
+            headers = {"content-type": "application/json"}
+            try:
+                async with session.post(
+                    url, data=req.body, timeout=aiohttp.ClientTimeout(total=5), headers=headers
+                ) as resp:
+                    body, status = await resp.read(), resp.status
+                    state = resp.headers.get("x-cache") or resp.headers.get("x-cache-status") or "-"
+                verdict = judge(req, status, body, time.time())
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                verdict, state = Verdict(error=True, why=type(exc).__name__), "-"
+            if not measured:
+                return
+            took = loop.time() - due
+            latencies.append(took)
+            by_kind.setdefault(req.kind, []).append(took)
+            key = f"{req.kind}:{state.lower()}"
+            cache_states[key] = cache_states.get(key, 0) + 1
+            totals["errors"] += verdict.error
+            totals["stale"] += verdict.stale
+            totals["wrong"] += verdict.wrong
+            if verdict.why and len(examples) < 20:
+                examples.append(f"{req.kind}: {verdict.why}")
+
+        async def snapshot() -> None:
+            before.extend(await tagged(nodes))
+
+        tasks = []
+        for i in range(total):
+            due = start + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if i == first_measured:
+                tasks.append(asyncio.create_task(snapshot()))
+            req = request_for(rng, i, time.time())
+            measured = i >= first_measured
+            if measured:
+                totals["requests"] += 1
+                totals["members"] += len(req.ids)
+            tasks.append(asyncio.create_task(one(i, due, req, measured)))
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+    await asyncio.sleep(0.5)
+    after = await tagged(nodes)
+    upstream = sum(after) - sum(before)
+    return {
+        **totals,
+        **quantiles(latencies),
+        "max": max(latencies) * 1000,
+        "over_1s": sum(1 for x in latencies if x > 1.0),
+        "upstream": upstream,
+        "upstream_ratio": upstream / max(1, totals["members"]),
+        "per_node": [a - b for a, b in zip(after, before, strict=True)],
+        "p50_by_kind": {k: round(quantiles(v)["p50"], 2) for k, v in sorted(by_kind.items())},
+        "cache_states": dict(sorted(cache_states.items())),
+        "examples": examples,
+    }
+
+
+# -- one connection, one request at a time: latency without queueing ----------------------
+
+
+def post_raw(sock: socket.socket, body: bytes) -> tuple[int, bytes, bytes]:
+    """One POST on a keep-alive connection; (status, header block, body)."""
+    sock.sendall(
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    length = int(match.group(1)) if match else 0
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        rest += chunk
+    return int(head[9:12]), head, rest
+
+
+def one_connection(port: int, requests: int, seconds: float) -> dict[str, Any]:
+    """The hot block asked again and again on one connection (a new id each time), bounded in
+    count and time; (re)connects when the server closes (nginx: 1,000 requests a connection)."""
+    hits: list[float] = []
+    others: list[float] = []
+    deadline = time.monotonic() + seconds
+    sock: socket.socket | None = None
+    try:
+        for i in range(requests):
+            if time.monotonic() > deadline:
+                break
+            if sock is None:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            body = b'{"jsonrpc":"2.0","method":"condenser_api.get_block","params":[%d],"id":"b-%d"}'
+            started = time.perf_counter()
+            try:
+                _, head, _ = post_raw(sock, body % (HOT_BLOCK, i))
+            except ConnectionError:
+                sock.close()
+                sock = None
+                continue
+            took = time.perf_counter() - started
+            (hits if re.search(rb"(?i)\r\nx-cache: hit", head) else others).append(took)
+            if re.search(rb"(?i)\r\nconnection: close", head):
+                sock.close()
+                sock = None
+    finally:
+        if sock is not None:
+            sock.close()
+    return {
+        "hits": len(hits),
+        "others": len(others),
+        "hit": quantiles(hits),
+        "other": quantiles(others),
+    }
+
+
+def closed_loop(port: int, requests: int, seconds: float, seed: int) -> dict[str, Any]:
+    """Single reads of the mix, one at a time on one connection, bounded in count and time:
+    200 distinct reads drawn from the mix, asked in turn again and again (each time with a new
+    id), so that after the first round most are answered from the cache. The latency of the
+    answers served from the cache (``X-Cache: hit``) and of the others."""
+    rng = random.Random(seed)
+    pool = [request_for(rng, 0, time.time(), READS) for _ in range(200)]
+    hits: list[float] = []
+    others: list[float] = []
+    wrong = 0
+    deadline = time.monotonic() + seconds
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(requests):
+            if time.monotonic() > deadline:
+                break
+            base = pool[i % len(pool)]
+            doc = json.loads(base.body)
+            doc["id"] = f"b-c{i}"
+            req = Request(base.kind, json.dumps(doc).encode(), [doc["id"]], base.expects)
+            started = time.perf_counter()
+            status, head, body = post_raw(sock, req.body)
+            took = time.perf_counter() - started
+            verdict = judge(req, status, body, time.time())
+            wrong += verdict.wrong or verdict.stale
+            (hits if re.search(rb"(?i)\r\nx-cache: hit", head) else others).append(took)
+    return {
+        "hits": len(hits),
+        "others": len(others),
+        "wrong_or_stale": wrong,
+        "hit": quantiles(hits),
+        "other": quantiles(others),
+    }
+
+
+# -- the targets ---------------------------------------------------------------------------
+
+
+def nginx_cache_conf(tmp: Path, port: int, nodes: list[str]) -> Path:
+    """scenarios.py's nginx, plus proxy_cache on POST keyed by the request body (1 s)."""
+    path = nginx_conf(tmp, port, nodes)
+    text = path.read_text()
+    upstream, location = "  upstream nodes {", "    location / { "
+    assert upstream in text and location in text, "scenarios.nginx_conf changed its shape"
+    text = text.replace(
+        upstream,
+        f"  proxy_cache_path {tmp}/cache levels=1:2 keys_zone=rpc:16m max_size=256m"
+        " inactive=10s use_temp_path=off;\n" + upstream,
+    ).replace(
+        location,
+        location + 'proxy_cache rpc; proxy_cache_methods POST; proxy_cache_key "$request_body";\n'
+        "      proxy_cache_valid 200 1s; proxy_cache_lock on; proxy_cache_lock_timeout 2s;\n"
+        "      proxy_ignore_headers Cache-Control Expires Set-Cookie X-Accel-Expires;\n"
+        "      client_body_buffer_size 1m; client_body_in_single_buffer on;\n"
+        "      client_max_body_size 1m; add_header X-Cache-Status $upstream_cache_status always;\n      ",
+    )
+    path.write_text(text)
+    return path
+
+
+def rpcbalancer_conf(tmp: Path, name: str, nodes: list[str], **extra: Any) -> Path:
+    config = {
+        "nodes": nodes,
+        "strategy": "fastest",
+        "store": "none",
+        "log_level": "warning",
+        # Like nginx and HAProxy here (access_log off).
+        "access_log": {"enabled": False},
+        **extra,
+    }
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def start_target(name: str, tmp: Path, port: int, nodes: list[str]) -> subprocess.Popen[bytes]:
+    pin = ["taskset", "-c", "1"]
+    if name == "rpcbalancer-cache":
+        cmd = serve_cmd(rpcbalancer_conf(tmp, name, nodes, cache={"enabled": True}), port)
+    elif name == "rpcbalancer":
+        cmd = serve_cmd(rpcbalancer_conf(tmp, name, nodes), port)
+    elif name == "nginx":
+        cmd = ["nginx", "-c", str(nginx_conf(tmp, port, nodes)), "-p", str(tmp)]
+    elif name == "nginx-cache":
+        cmd = ["nginx", "-c", str(nginx_cache_conf(tmp, port, nodes)), "-p", str(tmp)]
+    elif name == "haproxy":
+        cmd = ["haproxy", "-f", str(haproxy_conf(tmp, port, nodes))]
+    else:
+        raise ValueError(name)
+    return subprocess.Popen(pin + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def status_json(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=5) as resp:
+        doc = json.loads(resp.read())
+    return {**doc["balancer"], "nodes": doc["nodes"]}  # type: ignore[no-any-return]
+
+
+def run_target(name: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix=f"rpcb-gateway-{name}-"))
+    tmp.chmod(0o755)  # nginx's workers (nobody, when run as root) write proxy_cache's files here
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        node_args = [arg for n in ("n1", "n2", "n3") for arg in ("--node", f"{n}:{NODE}")]
+        fleet = subprocess.Popen(
+            ["taskset", "-c", "0", sys.executable, "-m", "rpcbalancer.sim", *node_args],
+            stdout=subprocess.PIPE,
+        )
+        procs.append(fleet)
+        assert fleet.stdout is not None
+        urls = list(json.loads(fleet.stdout.readline()).values())
+        port = free_port()
+        procs.append(start_target(name, tmp, port, urls))
+        wait_port(port)
+        time.sleep(LEAD)
+        url = f"http://127.0.0.1:{port}/"
+        result = asyncio.run(run_load(url, urls, args.warmup, args.seconds, args.rate, seed))
+        if name.startswith("rpcbalancer"):
+            status = status_json(port)  # before the closed loop: the open loop's own figures
+            result["balancer"] = {
+                k: status.get(k) for k in ("requests", "hedges", "retries", "cache")
+            }
+        if name == "rpcbalancer-cache":
+            result["closed_loop"] = closed_loop(port, args.closed_requests, 30.0, seed + 1)
+        return result
+    finally:
+        stop_all(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- instant nodes, wrk --------------------------------------------------------------------
+
+HOT_BLOCK = 1_000_000
+GET_BODY = '{"status":"OK","jussi_num":100000000}'
+HIT_BODY = (
+    '{"jsonrpc":"2.0","id":1,"result":{"head_block_number":100000000,'
+    '"time":"2030-01-01T00:00:00","last_irreversible_block_num":99999980,'
+    f'"blockchain_version":"0.23.1","block_id":"{HOT_BLOCK:08x}{"0" * 32}",'
+    f'"previous":"{HOT_BLOCK - 1:08x}{"0" * 32}","witness":"w","transactions":[]}}}}'
+)
+"""One answer for every POST: a dynamic global properties answer (for the probes) that is
+also the block asked for by the hit-path test (its block_id)."""
+FILL_BODY = (
+    '{"jsonrpc":"2.0","id":1,"result":{"head_block_number":100000000,'
+    '"time":"2030-01-01T00:00:00","last_irreversible_block_num":99999980,'
+    '"blockchain_version":"0.23.1","witness":"w","transactions":[]}}'
+)
+"""For the memory test: without a block_id, any block below the irreversible one is kept."""
+HIT_LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, nil, '{"jsonrpc":"2.0","method":"condenser_api.get_block","params":[HOT],"id":"b-' .. n .. '"}')
+end
+""".replace("HOT", str(HOT_BLOCK))
+FILL_LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+request = function()
+  n = n + 1
+  local r = math.random()
+  local call
+  if r < 0.6 then
+    call = '"condenser_api.get_block","params":[' .. math.random(1, 20000000) .. ']'
+  elseif r < 0.9 then
+    call = '"condenser_api.get_accounts","params":[["user' .. math.random(1, 2000000) .. '"]]'
+  else
+    call = '"condenser_api.get_block","params":[HOT]'
+  end
+  return wrk.format(nil, nil, nil, '{"jsonrpc":"2.0","method":' .. call .. ',"id":"b-' .. n .. '"}')
+end
+""".replace("HOT", str(HOT_BLOCK))
+
+
+def instant_nodes(tmp: Path, body: str, name: str) -> tuple[list[str], list[str]]:
+    """(command, node URLs) of one nginx with three server blocks answering ``body``."""
+    ports = [free_port() for _ in range(3)]
+    servers = "\n".join(
+        f"""  server {{ listen 127.0.0.1:{p}; access_log off;
+    location / {{ default_type application/json;
+      if ($request_method = POST) {{ return 200 '{body}'; }}
+      return 200 '{GET_BODY}'; }} }}"""
+        for p in ports
+    )
+    conf = tmp / f"{name}.conf"
+    conf.write_text(
+        f"pid {tmp}/{name}.pid; error_log {tmp}/{name}.err; daemon off; worker_processes 1;\n"
+        f"events {{ worker_connections 4096; }}\nhttp {{\n{servers}\n}}\n"
+    )
+    return ["nginx", "-c", str(conf), "-p", str(tmp)], [f"http://127.0.0.1:{p}" for p in ports]
+
+
+def proxy_conf(tmp: Path, port: int, nodes: list[str]) -> Path:
+    """nginx proxying to instant nodes, as throughput.py."""
+    upstream = "\n".join(f"    server {u.removeprefix('http://')};" for u in nodes)
+    path = tmp / "proxy.conf"
+    path.write_text(
+        f"pid {tmp}/proxy.pid; error_log {tmp}/proxy.err; daemon off; worker_processes 1;\n"
+        f"events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n"
+        f"  upstream nodes {{\n{upstream}\n    keepalive 128;\n  }}\n"
+        f"  server {{ listen 127.0.0.1:{port};\n    location / {{ proxy_pass http://nodes; "
+        'proxy_http_version 1.1;\n      proxy_set_header Connection ""; '
+        "proxy_next_upstream error timeout http_503; } }\n}\n"
+    )
+    return path
+
+
+def one_post(port: int, body: bytes) -> tuple[int, bytes, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        return post_raw(sock, body)
+
+
+def hitpath(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="rpcb-gateway-hit-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    lua = tmp / "hit.lua"
+    lua.write_text(HIT_LUA)
+    results: dict[str, Any] = {"runs": []}
+    try:
+        cmd, nodes = instant_nodes(tmp, HIT_BODY, "nodes")
+        procs.append(subprocess.Popen(["taskset", "-c", "0", *cmd]))
+        for url in nodes:
+            wait_port(int(url.rsplit(":", 1)[1]))
+        loose = {"max_head_age": 10**9, "probe": {"interval": 5}}
+        ports = {name: free_port() for name in ("hit", "nginx-proxy", "miss")}
+        configs = {
+            "hit": rpcbalancer_conf(tmp, "hit", nodes, cache={"enabled": True}, **loose),
+            "miss": rpcbalancer_conf(tmp, "miss", nodes, **loose),
+        }
+        targets: dict[str, subprocess.Popen[bytes]] = {}
+        for name, port in ports.items():
+            if name == "nginx-proxy":
+                cmd = ["nginx", "-c", str(proxy_conf(tmp, port, nodes)), "-p", str(tmp)]
+            else:
+                cmd = serve_cmd(configs[name], port)
+            targets[name] = subprocess.Popen(
+                ["taskset", "-c", "1", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            procs.append(targets[name])
+        for port in ports.values():
+            wait_port(port)
+        time.sleep(1.5)
+        body = b'{"jsonrpc":"2.0","method":"condenser_api.get_block","params":[%d],"id":"b-0"}'
+        for _ in range(20):  # the warming request: once the node's irreversible is known
+            one_post(ports["hit"], body % HOT_BLOCK)
+            _, head, _ = one_post(ports["hit"], body % HOT_BLOCK)
+            if re.search(rb"(?i)\r\nx-cache: hit", head):
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("no cache hit after 20 warming requests")
+        for run in range(args.repeat):
+            row: dict[str, Any] = {}
+            for name, port in ports.items():
+                url = f"http://127.0.0.1:{port}/"
+                run_wrk(url, 2, args.connections, lua)  # warm-up
+                pid = targets[name].pid
+                before = cpu_seconds([pid])
+                spy = None
+                if args.profile and name == "hit" and run == 0:
+                    spy = start_profile(pid, args.wrk_seconds, tmp / "profile.txt")
+                r = run_wrk(url, args.wrk_seconds, args.connections, lua)
+                if spy is not None:
+                    spy.wait(timeout=60)
+                    print_profile(tmp / "profile.txt")
+                r["cpu_us_per_req"] = (cpu_seconds([pid]) - before) / max(1, r["requests"]) * 1e6
+                alone = run_wrk(url, min(args.wrk_seconds, 5.0), 1, lua)
+                r["p50_alone"], r["p99_alone"] = alone["p50"], alone["p99"]
+                row[name] = r
+                print(
+                    f"hitpath #{run + 1} {name:<12} {r['rps']:>8.0f} req/s  p50 {r['p50']:.2f} ms"
+                    f"  p99 {r['p99']:.2f} ms  CPU {r['cpu_us_per_req']:.1f} us/req  errors "
+                    f"{int(r['errors'])}  1-conn p50 {r['p50_alone']:.3f} p99 {r['p99_alone']:.3f} ms",
+                    flush=True,
+                )
+            row["hit/nginx-proxy"] = row["hit"]["rps"] / row["nginx-proxy"]["rps"]
+            row["hit/miss"] = row["hit"]["rps"] / row["miss"]["rps"]
+            print(
+                f"hitpath #{run + 1}: hit/nginx-proxy {row['hit/nginx-proxy']:.2f}x, "
+                f"hit/miss {row['hit/miss']:.2f}x",
+                flush=True,
+            )
+            results["runs"].append(row)
+        # Latency without queueing, one request at a time: a cache hit, and the floor (the
+        # same client against one instant node: loopback and this client's own cost).
+        results["one_connection"] = {
+            "hit": one_connection(ports["hit"], args.closed_requests * 5, 30.0),
+            "floor (instant node, CPU 0)": one_connection(
+                int(nodes[0].rsplit(":", 1)[1]), args.closed_requests * 5, 30.0
+            ),
+        }
+        for name, r in results["one_connection"].items():
+            q = r["hit"] if name == "hit" else r["other"]
+            print(
+                f"hitpath one connection, {name}: p50 {q['p50']:.3f} p99 {q['p99']:.3f} p99.9 "
+                f"{q['p999']:.3f} ms ({r['hits']} hits, {r['others']} others)",
+                flush=True,
+            )
+        results["cache"] = status_json(ports["hit"]).get("cache")
+        return results
+    finally:
+        stop_all(procs, grace=15)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def memory(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="rpcb-gateway-mem-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    lua = tmp / "fill.lua"
+    lua.write_text(FILL_LUA)
+    max_bytes = args.max_mib * 1024 * 1024
+    try:
+        cmd, nodes = instant_nodes(tmp, FILL_BODY, "nodes")
+        procs.append(subprocess.Popen(["taskset", "-c", "0", *cmd]))
+        for url in nodes:
+            wait_port(int(url.rsplit(":", 1)[1]))
+        port = free_port()
+        config = rpcbalancer_conf(
+            tmp,
+            "mem",
+            nodes,
+            cache={"enabled": True, "max_bytes": max_bytes},
+            max_head_age=10**9,
+            probe={"interval": 5},
+        )
+        proc = subprocess.Popen(
+            ["taskset", "-c", "1", *serve_cmd(config, port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        wait_port(port)
+        time.sleep(1.5)
+        start_rss = rss_mb([proc.pid])
+        samples: list[tuple[float, float]] = []
+        stop = threading.Event()
+        began = time.monotonic()
+
+        def sample() -> None:
+            while not stop.wait(15.0):
+                samples.append((time.monotonic() - began, rss_mb([proc.pid])))
+                print(f"memory: {samples[-1][0]:.0f}s RSS {samples[-1][1]:.1f} MB", flush=True)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        r = run_wrk(f"http://127.0.0.1:{port}/", args.minutes * 60, args.connections, lua)
+        stop.set()
+        sampler.join()
+        end_rss = rss_mb([proc.pid])
+        cache = status_json(port).get("cache") or {}
+        limit = max_bytes / 2**20 + 30
+        return {
+            "minutes": args.minutes,
+            "max_mib": args.max_mib,
+            "requests": r["requests"],
+            "rps": r["rps"],
+            "errors": r["errors"],
+            "rss_start_mb": start_rss,
+            "rss_end_mb": end_rss,
+            "rss_peak_mb": max([end_rss, *(s for _, s in samples)]),
+            "samples": samples,
+            "cache": cache,
+            "limit_mb": limit,
+            # What one cached answer costs in RSS, against what the cache counts for it.
+            "rss_per_item": (end_rss - start_rss) * 2**20 / max(1, cache.get("items") or 1),
+            "counted_per_item": (cache.get("bytes") or 0) / max(1, cache.get("items") or 1),
+        }
+    finally:
+        stop_all(procs, grace=15)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, text: str = "") -> None:
+        self.lines.append(text)
+        print(text, flush=True)
+
+
+def side_table(report: Report, runs: list[dict[str, dict[str, Any]]]) -> None:
+    report.add(
+        "| run | target | p50 ms | p99 ms | p99.9 ms | over 1 s | errors | stale | wrong "
+        "| upstream/client |"
+    )
+    report.add("|---|---|---|---|---|---|---|---|---|---|")
+    for n, run in enumerate(runs, 1):
+        for name, r in run.items():
+            report.add(
+                f"| {n} | {name} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} | "
+                f"{r['over_1s']} | {r['errors']} | {r['stale']} | {r['wrong']} | "
+                f"{r['upstream_ratio']:.2f} |"
+            )
+
+
+def verdicts(
+    report: Report,
+    runs: list[dict[str, dict[str, Any]]],
+    hit: dict[str, Any] | None,
+    mem: dict[str, Any] | None,
+) -> None:
+    def met(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    report.add("Targets (floors from the issue), per run:")
+    report.add()
+    for n, run in enumerate(runs, 1):
+        ours = run.get("rpcbalancer-cache")
+        if ours is None:
+            continue
+        ratio = ours["upstream_ratio"]
+        peers = ", ".join(
+            f"{k} {v['upstream_ratio']:.2f}" for k, v in run.items() if k != "rpcbalancer-cache"
+        )
+        report.add(
+            f"- run {n}: upstream requests per client request {ratio:.3f} (floor 0.40; {peers}): "
+            + met(ratio <= 0.40)
+        )
+        if "nginx" in run:
+            p = ours["p50"] / run["nginx"]["p50"]
+            report.add(
+                f"- run {n}: p50 {ours['p50']:.2f} ms = {p:.3f}x nginx's {run['nginx']['p50']:.1f} ms "
+                f"(floor 0.25x): " + met(p <= 0.25)
+            )
+        loop = ours.get("closed_loop")
+        if loop:
+            report.add(
+                f"- run {n}: cache hits, one connection (no queueing), p99 {loop['hit']['p99']:.3f} ms "
+                f"(p50 {loop['hit']['p50']:.3f}, p99.9 {loop['hit']['p999']:.3f}; {loop['hits']} hits "
+                f"of {loop['hits'] + loop['others']}; floor 1 ms): "
+                + met(loop["hit"]["p99"] <= 1.0)
+            )
+        bad = ours["stale"] + ours["wrong"]
+        report.add(
+            f"- run {n}: stale {ours['stale']}, wrong {ours['wrong']} of {ours['requests']} "
+            f"(floor 0 and 0): " + met(bad == 0)
+        )
+    if hit:
+        for n, row in enumerate(hit["runs"], 1):
+            a, b = row["hit/nginx-proxy"], row["hit/miss"]
+            report.add(
+                f"- hit path, wrk run {n}: {row['hit']['rps']:,.0f} req/s = {a:.2f}x nginx proxying "
+                f"({row['nginx-proxy']['rps']:,.0f}; floor 0.8x): {met(a >= 0.8)}; {b:.2f}x our miss "
+                f"path ({row['miss']['rps']:,.0f}; floor 3x): {met(b >= 3)}"
+            )
+    if hit and "one_connection" in hit:
+        h = hit["one_connection"]["hit"]["hit"]
+        report.add(
+            f"- hit path, one connection (no queueing, instant nodes): cache hits p99 {h['p99']:.3f} ms "
+            f"({hit['one_connection']['hit']['hits']} hits; floor 1 ms): " + met(h["p99"] <= 1.0)
+        )
+    if mem:
+        report.add(
+            f"- memory: RSS {mem['rss_end_mb']:.1f} MB after {mem['minutes']:g} min at full load "
+            f"(peak {mem['rss_peak_mb']:.1f}, at start {mem['rss_start_mb']:.1f}) against "
+            f"max_bytes + 30 MB = {mem['limit_mb']:.0f} MB: "
+            + met(mem["rss_end_mb"] <= mem["limit_mb"])
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per target")
+    parser.add_argument("--warmup", type=float, default=10.0, help="unmeasured seconds first")
+    parser.add_argument("--rate", type=float, default=200.0, help="client requests per second")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of every target, interleaved")
+    parser.add_argument(
+        "--only", help=f"comma-separated targets of the side run ({','.join(TARGETS)})"
+    )
+    parser.add_argument("--phases", default="side,hitpath,memory")
+    parser.add_argument("--closed-requests", type=int, default=4000)
+    parser.add_argument("--wrk-seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--minutes", type=float, default=5.0, help="of the memory test")
+    parser.add_argument(
+        "--max-mib", type=int, default=32, help="cache.max_bytes of the memory test"
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy on the hit path")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--from-json", type=Path, help="write the report again from this JSON")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "haproxy", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is needed (apt-get install wrk nginx-light haproxy util-linux)")
+    os.sched_setaffinity(0, {0})  # the load beside the nodes; targets take CPU 1
+    phases = set(args.phases.split(","))
+    targets = [t for t in TARGETS if not args.only or t in args.only.split(",")]
+    RESULTS.mkdir(exist_ok=True)
+    if args.from_json:  # the report again from a run's results (no load)
+        saved = json.loads(args.from_json.read_text())
+        args = argparse.Namespace(**{**vars(args), **saved["args"], "from_json": None})
+        write_report(args, saved["side"], saved["hitpath"], saved["memory"])
+        return
+    runs: list[dict[str, dict[str, Any]]] = []
+    hit = mem = None
+    if "side" in phases:
+        for run in range(args.repeat):
+            row: dict[str, dict[str, Any]] = {}
+            for name in targets:
+                r = run_target(name, args, args.seed + run)
+                row[name] = r
+                print(
+                    f"side #{run + 1} {name:<17} p50 {r['p50']:7.1f}  p99 {r['p99']:7.1f}  p99.9 "
+                    f"{r['p999']:7.1f} ms  errors {r['errors']}  stale {r['stale']}  wrong "
+                    f"{r['wrong']}  upstream/client {r['upstream_ratio']:.3f}",
+                    flush=True,
+                )
+                print(f"    p50 by kind: {r['p50_by_kind']}", flush=True)
+                print(f"    answers: {r['cache_states']}", flush=True)
+                for example in r["examples"][:5]:
+                    print(f"    e.g. {example}", flush=True)
+                if "closed_loop" in r:
+                    print(f"    one connection: {r['closed_loop']}", flush=True)
+                if "balancer" in r:
+                    print(f"    balancer: {r['balancer']}", flush=True)
+            runs.append(row)
+    if "hitpath" in phases:
+        hit = hitpath(args)
+    if "memory" in phases:
+        mem = memory(args)
+        print(f"memory: {mem}", flush=True)
+    write_report(args, runs, hit, mem)
+
+
+def write_report(
+    args: argparse.Namespace,
+    runs: list[dict[str, dict[str, Any]]],
+    hit: dict[str, Any] | None,
+    mem: dict[str, Any] | None,
+) -> None:
+    report = Report()
+    report.add(
+        f"Command: `python bench/gateway.py --seconds {args.seconds:g} --rate {args.rate:g} "
+        f"--warmup {args.warmup:g} --repeat {args.repeat} --phases {args.phases} "
+        f"--minutes {args.minutes:g}`"
+    )
+    report.add()
+    if runs:
+        report.add(
+            f"Side by side: open loop, {args.rate:g} req/s, {args.warmup:g} s warm-up then "
+            f"{args.seconds:g} s measured per target, a new fleet of 3 simulated full nodes "
+            "(80 ms median, jitter 0.5, 1% at 500 ms) per target; target on CPU 1, nodes and "
+            "load on CPU 0. Latency from the scheduled send time."
+        )
+        report.add()
+        side_table(report, runs)
+        report.add()
+        for n, run in enumerate(runs, 1):
+            ours = run.get("rpcbalancer-cache")
+            if ours is None:
+                continue
+            states: dict[str, int] = {}
+            for key, count in ours["cache_states"].items():
+                state = key.split(":")[1]
+                states[state] = states.get(state, 0) + count
+            shares = ", ".join(f"{k} {100 * v / ours['requests']:.1f}%" for k, v in states.items())
+            report.add(
+                f"Run {n}, rpcbalancer-cache, X-Cache of the answers: {shares} (`-`: not cacheable); "
+                f"p50 by kind (ms): {ours['p50_by_kind']}; hedges {ours['balancer']['hedges']}."
+            )
+            report.add()
+    if hit:
+        report.add(
+            f"Hit path: wrk, 1 thread, {args.connections} connections, {args.wrk_seconds:g} s, "
+            f"condenser_api.get_block of block {HOT_BLOCK} with a new id per request; instant nodes."
+        )
+        report.add()
+        report.add(
+            "| run | target | req/s | p50 ms | p99 ms | CPU µs/req | 1-conn p50 ms | 1-conn p99 ms |"
+        )
+        report.add("|---|---|---|---|---|---|---|---|")
+        for n, row in enumerate(hit["runs"], 1):
+            for name in ("hit", "nginx-proxy", "miss"):
+                r = row[name]
+                report.add(
+                    f"| {n} | {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                    f"{r['cpu_us_per_req']:.1f} | {r['p50_alone']:.3f} | {r['p99_alone']:.3f} |"
+                )
+        report.add()
+        one = hit["one_connection"]
+        h, f = one["hit"]["hit"], one["floor (instant node, CPU 0)"]["other"]
+        report.add(
+            f"One connection, one request at a time (this script's raw-socket client), "
+            f"{one['hit']['hits']} cache hits of the hot block: p50 {h['p50']:.3f} / p99 "
+            f"{h['p99']:.3f} / p99.9 {h['p999']:.3f} ms; the floor, the same client against one "
+            f"instant node (nginx `return 200`): {f['p50']:.3f} / {f['p99']:.3f} / {f['p999']:.3f} ms."
+        )
+        report.add()
+    if mem:
+        cache = mem["cache"]
+        report.add(
+            f"Memory: {mem['minutes']:g} min of wrk ({args.connections} connections) at "
+            f"{mem['rps']:,.0f} req/s, cache.max_bytes {mem['max_mib']} MiB; RSS "
+            f"{mem['rss_start_mb']:.1f} MB at start, {mem['rss_end_mb']:.1f} MB at the end (peak "
+            f"{mem['rss_peak_mb']:.1f}); the cache held {cache.get('items')} items, "
+            f"{cache.get('bytes')} bytes as it counts them: {mem['counted_per_item']:.0f} bytes an "
+            f"answer counted, {mem['rss_per_item']:.0f} bytes of RSS growth an answer."
+        )
+        report.add()
+    verdicts(report, runs, hit, mem)
+    (RESULTS / "gateway.md").write_text("\n".join(report.lines) + "\n")
+    (RESULTS / "gateway.json").write_text(
+        json.dumps({"args": vars(args), "side": runs, "hitpath": hit, "memory": mem}, indent=2)
+    )
+    print(f"wrote {RESULTS / 'gateway.md'}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
