@@ -147,6 +147,8 @@ async def test_identical_reads_in_flight_share_one_call_each_with_its_own_deadli
     assert orjson.loads(second[2])["id"] == "f"
     assert orjson.loads(second[2])["result"] == orjson.loads(first[2])["result"]
     assert h.nodes["a"].counts["condenser_api.get_accounts"] == 1
+    events = h.balancer.answer_cache.totals()  # what status and metrics report
+    assert (events["miss"], events["coalesced"], events["hit"]) == (1, 2, 0)
 
 
 async def test_when_the_shared_call_fails_each_follower_fails_over_on_its_own(

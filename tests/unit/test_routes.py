@@ -8,7 +8,7 @@ import math
 import pytest
 
 from rpcbalancer.cache import AnswerCache, Finality
-from rpcbalancer.cache.memory import Entry, MemoryTier
+from rpcbalancer.cache.memory import OVERHEAD, Entry, MemoryTier
 from rpcbalancer.cache.policy import block_in_answer, block_of, default_ttl, empty, evm_block_of
 from rpcbalancer.config.model import CacheConfig
 from rpcbalancer.config.ttl import FOREVER, IF_IRREVERSIBLE, NO_CACHE, parse_ttl
@@ -137,6 +137,8 @@ def test_preset_ttls() -> None:
     assert steem("condenser_api.get_dynamic_global_properties") == 1.0
     assert steem("condenser_api.get_config") == 60.0
     assert steem("condenser_api.get_accounts") == 3.0
+    assert steem("condenser_api.get_discussions_by_trending") == 3.0
+    assert steem("condenser_api.get_post_discussions_by_payout") == 3.0
     assert steem("condenser_api.get_account_history") == NO_CACHE
     assert steem("network_broadcast_api.broadcast_transaction") == NO_CACHE
     assert default_ttl("steem", ("appbase", "condenser_api", "get_block"), True) == NO_CACHE
@@ -203,7 +205,35 @@ def test_memory_is_bounded_in_bytes_least_recently_used_out_first() -> None:
         memory.get("k0", 0.0)  # k0 stays in use
     assert memory.bytes <= 2000
     assert memory.get("k0", 0.0) is not None and memory.get("k1", 0.0) is None
-    assert memory.evictions > 0 and len(memory) * 200 >= memory.bytes
+    assert memory.evictions > 0 and len(memory) * (100 + OVERHEAD + 3) >= memory.bytes
+
+
+def test_what_the_cache_holds_is_what_it_counts() -> None:
+    """``max_bytes`` bounds the memory the cache really holds (keys, entries, the answers'
+    own buffers: orjson's output keeps a 4 KiB buffer unless copied), not only the text."""
+    import gc
+    import tracemalloc
+
+    config = CacheConfig(enabled=True, max_bytes=1 << 20)
+    cache = AnswerCache(config, "steem", 3.0)
+    parts = ("appbase", "condenser_api", "get_accounts")
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):
+            name = f"user{i}"
+            result = [{"name": name, "balance": "1.000 STEEM", "id": i}]
+            key = f'default\x1f{".".join(parts)}\x1f[["{name}"]]'
+            entry = cache.keep(key, parts, [[name]], 3.0, result, "node", None, Finality())
+            assert entry is not None
+            cache.put(key, entry)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert cache.memory.evictions > 0 and cache.memory.bytes <= config.max_bytes
+    assert held <= 1.2 * config.max_bytes, held
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,9 @@ class AnswerCache:
         text = dumps(result)
         if len(text) > self.config.max_item_bytes:
             return None
+        # orjson's bytes keep the whole buffer they were written into (4 KiB at least): a
+        # copy of the exact size is what may live in the cache for hours.
+        text = bytes(memoryview(text))
         return Entry(text, node, expires, head)
 
     def put(self, key: str, entry: Entry) -> None:

@@ -85,6 +85,12 @@ _STEEM_FEW_SECONDS = frozenset(
         "get_witnesses_by_vote",
         "find_rc_accounts",
         "get_state",
+        "get_post_discussions_by_payout",
+        "get_comment_discussions_by_payout",
+        "get_replies_by_last_update",
+        "get_feed",
+        "get_feed_entries",
+        "get_reblogged_by",
     }
 )
 _EVM_FOREVER = frozenset({"eth_chainId", "net_version"})
@@ -142,7 +148,7 @@ def default_ttl(chain: str, parts: tuple[str, ...], broadcast: bool) -> float:
         return 1.0
     if method in _STEEM_MINUTE:
         return 60.0
-    if method in _STEEM_FEW_SECONDS:
+    if method in _STEEM_FEW_SECONDS or method.startswith("get_discussions_by_"):
         return 3.0
     return NO_CACHE
 

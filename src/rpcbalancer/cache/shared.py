@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import sys
 import time
 from typing import Any
 
@@ -69,7 +70,8 @@ class RedisTier:
             return None
         meta = orjson.loads(raw[:head_end])
         expires = float(meta.get("e", math.inf))
-        return Entry(raw[head_end + 1 :], str(meta.get("n", "")), expires, meta.get("h"))
+        node = sys.intern(str(meta.get("n", "")))  # one string per node, as in this process
+        return Entry(raw[head_end + 1 :], node, expires, meta.get("h"))
 
     async def put(self, key: str, entry: Entry) -> None:
         if not self.usable(time.monotonic()):

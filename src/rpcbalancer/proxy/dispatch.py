@@ -210,8 +210,9 @@ class Dispatcher:
                             plan, ident, deadline, client_ip, headers, label, finish
                         )
                     )
-                cache.count(label, "miss")
-        return self._join_or_forward(plan, ident, deadline, client_ip, headers, finish, state)
+        return self._join_or_forward(
+            plan, ident, deadline, client_ip, headers, finish, state, label
+        )
 
     async def _shared_then_forward(
         self,
@@ -230,7 +231,6 @@ class Dispatcher:
             cache.count(label, "hit")
             finish(self._hit(plan, entry, ident))
             return
-        cache.count(label, "miss")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def finished(result: Dispatched) -> None:
@@ -238,7 +238,9 @@ class Dispatcher:
             if not done.done():
                 done.set_result(None)
 
-        handle = self._join_or_forward(plan, ident, deadline, client_ip, headers, finished)
+        handle = self._join_or_forward(
+            plan, ident, deadline, client_ip, headers, finished, "miss", label
+        )
         try:
             await done
         except asyncio.CancelledError:
@@ -259,11 +261,20 @@ class Dispatcher:
         headers: dict[str, str],
         finish: Callable[[Dispatched], None],
         state: str = "miss",
+        label: str = "",
     ) -> Cancellable | None:
+        """Follow an identical read in flight, or forward (``state``: the cache's verdict so
+        far, counted here under ``label``: a read that follows is ``coalesced``)."""
+        cache = self.cache
         if self.coalesce and not plan.broadcast:
             leader = self.inflight.get(plan.key)
             if leader is not None:
+                if cache is not None and state == "miss":
+                    cache.count(label, "coalesced")
                 return leader.follow(plan, ident, deadline, client_ip, headers, finish)
+        if cache is not None and state == "miss":
+            cache.count(label, "miss")
+        if self.coalesce and not plan.broadcast:
             leader = Leader(self, plan, state)
             self.inflight[plan.key] = leader
             leader.finish = finish
