@@ -78,6 +78,21 @@ class Plan:
     rewritten: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What routing a method decides, its params aside."""
+
+    parts: tuple[str, ...]
+    dotted: str
+    method: str
+    """The method sent (renamed or translated, or as asked)."""
+    route: Route
+    group: Group
+    ttl: float
+    broadcast: bool
+    rewritten: bool
+
+
 @dataclass(slots=True)
 class Dispatched:
     """How a dispatched request ended, for the gateway to answer and count."""
@@ -122,6 +137,10 @@ class Dispatcher:
         )
         self.coalesce = config.cache.coalesce and (config.cache.enabled or len(self.groups) > 1)
         self.inflight: dict[str, Leader] = {}
+        self._shapes: dict[str, Shape] = {}
+        self._planned: tuple[Any, Plan | None] = (None, None)
+        """The last call :meth:`cached` planned and did not answer: :meth:`single` goes on
+        from its plan (one event loop: nothing comes between the two)."""
         self.finality: dict[str, Finality] = {name: Finality() for name in self.groups}
         self._looked: dict[str, float] = {}
         self.translates = {n for n, g in self.groups.items() if g.spec.translate_to_appbase}
@@ -153,6 +172,30 @@ class Dispatcher:
     def plan(self, member: dict[str, Any]) -> Plan:
         method = member["method"]
         params = member.get("params")
+        if method == "call" or self.routes.by_params:  # the route depends on the params
+            shape, params = self._shape(method, params)
+        else:  # everything but the key depends on the method alone: worked out once
+            known = self._shapes.get(method)
+            if known is None:
+                known = self._shape(method, None)[0]
+                if len(self._shapes) >= 4096:  # clients choose methods: keep it bounded
+                    self._shapes.clear()
+                self._shapes[method] = known
+            shape = known
+            if shape.rewritten and params is None:
+                params = []
+        name = Name(shape.parts, shape.method, params)
+        if shape.rewritten:
+            original = member
+            member = {"jsonrpc": "2.0", "method": shape.method, "params": params}
+            if "id" in original:
+                member["id"] = original["id"]
+        key = f"{shape.group.name}\x1f{shape.dotted}\x1f{canonical(params)}"
+        return Plan(name, shape.route, shape.group, shape.ttl, shape.broadcast, key, member,
+                    shape.rewritten)  # fmt: skip
+
+    def _shape(self, method: str, params: Any) -> tuple[Shape, Any]:
+        """How a method is routed (and the params it is sent with)."""
         name = name_of(method, params, self.legacy)
         if self.renamer:
             name = self.renamer.rename(name)
@@ -168,15 +211,27 @@ class Dispatcher:
         ttl = route.ttl
         if ttl is None or broadcast:
             ttl = default_ttl(self.chain.name, name.parts, broadcast)
-        if rewritten:
-            original = member
-            member = {"jsonrpc": "2.0", "method": name.method, "params": name.params}
-            if "id" in original:
-                member["id"] = original["id"]
-        key = f"{group.name}\x1f{name.dotted}\x1f{canonical(name.params)}"
-        return Plan(name, route, group, ttl, broadcast, key, member, rewritten)
+        shape = Shape(name.parts, name.dotted, sent, route, group, ttl, broadcast, rewritten)
+        return shape, name.params
 
     # -- one call ------------------------------------------------------------------------
+
+    def cached(self, call: RpcCall, no_cache: bool) -> Dispatched | None:
+        """A single read answered from this process's cache at once, or None (then
+        :meth:`single` takes the call on): the gateway asks this first, before it builds
+        anything a forwarded call needs."""
+        cache = self.cache
+        if cache is None or no_cache or call.batch or not call.members:
+            return None
+        member = call.members[0]
+        plan = self.plan(member)
+        if plan.ttl != NO_CACHE:
+            entry = cache.get(plan.key, self.finality_of(plan.group))
+            if entry is not None:
+                cache.count(self.stats.method_label(call), "hit")
+                return self._hit(plan, entry, call.first_id)
+        self._planned = (member, plan)
+        return None
 
     def single(
         self,
@@ -189,7 +244,11 @@ class Dispatcher:
         finish: Callable[[Dispatched], None],
     ) -> Cancellable | None:
         """Answer one call through ``finish`` (see the module)."""
-        plan = self.plan(call.members[0])
+        member = call.members[0]
+        planned, plan = self._planned
+        self._planned = (None, None)
+        if planned is not member or plan is None:
+            plan = self.plan(member)
         label = self.stats.method_label(call)
         cache = self.cache
         state = ""

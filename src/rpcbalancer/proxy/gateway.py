@@ -247,6 +247,13 @@ class Gateway:
             job.answer = HttpResponse(200, [JSON, *CORS], answers)
             reply(self._account(job))
             return None
+        if call is not None and balancer.dispatcher.cache is not None:
+            no_cache = "no-cache" in req.headers.get("cache-control", "")
+            hit = balancer.dispatcher.cached(call, no_cache)
+            if hit is not None:  # the fast path: nothing is built for a node
+                job.answer = self._respond_dispatched(job, hit)
+                reply(self._account(job))
+                return None
         forwarded = job.forwarded
         headers = {
             "content-type": "application/json",

@@ -234,6 +234,12 @@ class RouteTable:
     def __len__(self) -> int:
         return len(self.rules)
 
+    @property
+    def by_params(self) -> bool:
+        """Whether some route matches parameters (``params=``): then a call's route depends
+        on its params, not only on its method."""
+        return self._with_params
+
     def resolve(self, name: Name) -> Route:
         """The route of ``name``: each setting from the longest prefix that sets it."""
         params = canonical(name.params) if self._with_params else None
