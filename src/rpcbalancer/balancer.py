@@ -25,6 +25,7 @@ from typing import Any
 
 from .cache import AnswerCache
 from .config import Config
+from .failsafe.budget import RetryBudget
 from .fleet.fleet import Fleet, FleetSet, OutlierRule, eject_outliers
 from .fleet.nodes import Health, Node, parse_version
 from .fleet.policies import BasePolicy, Race, make_policy
@@ -39,9 +40,8 @@ from .observe.accesslog import AccessLog, RequestIds
 from .observe.counters import SnapshotFolder, Stats
 from .periodic import Periodic
 from .proxy.access import KeyRing, MethodFilter
-from .proxy.budget import RetryBudget
 from .proxy.clientip import parse_networks
-from .proxy.dispatch import Dispatcher
+from .proxy.plan import Planner
 from .proxy.ratelimit import LocalLimiter, RedisLimiter
 from .proxy.router import Group, Router
 from .upstream.dns import DnsExpander, Resolver, system_resolver
@@ -89,10 +89,13 @@ class Balancer:
         """Every group of backends by name, ``default`` first (see :mod:`.proxy.routes`)."""
         presets: dict[str, Chain | None] = {}
         index = 0
+        urls: set[str] = set()
         for name, spec in config.groups().items():
             nodes = []
             for node in spec.nodes:
-                nodes.append(Node(index, node, group=name))
+                # A URL listed in an earlier group too: the same server in another role.
+                nodes.append(Node(index, node, group=name, role=name if node.url in urls else None))
+                urls.add(node.url)
                 index += 1
             fleet = Fleet(nodes, health)
             params = spec.strategy or config.strategy
@@ -185,15 +188,21 @@ class Balancer:
         folder = os.environ.get("RPCBALANCER_METRICS_DIR")
         self.snapshots = SnapshotFolder(folder) if folder and background else None
         """Where workers of one server share their counters (see :mod:`.metrics`)."""
-        self.dispatcher = Dispatcher(config, self.chain, self.groups, self.stats, clock)
-        """Routes, the answer cache and coalescing (idle with one group and no cache)."""
+        self.planner = Planner(config, self.chain, self.groups)
+        """Routes: which group serves a call, with what TTL (see :mod:`.proxy.plan`)."""
+        self.answer_cache: AnswerCache | None = (
+            AnswerCache(
+                config.cache, config.chain, self.chain.block_interval, counts=self.stats.cache
+            )
+            if config.cache.enabled
+            else None
+        )
+        """The answer cache (``cache.enabled``), shared by this balancer's gateways."""
+        self.coalesce = config.cache.coalesce and (config.cache.enabled or len(self.groups) > 1)
+        """Whether identical reads in flight share one call (see :mod:`.proxy.coalesce`)."""
         self.started_at = time.time()
         self._stack: contextlib.AsyncExitStack | None = None
         self._due: dict[str, float] = {}
-
-    @property
-    def answer_cache(self) -> AnswerCache | None:
-        return self.dispatcher.cache
 
     @property
     def routes_view(self) -> list[dict[str, Any]]:
@@ -201,7 +210,7 @@ class Balancer:
         replaced by a configured one)."""
         views = {}
         configured = self.config.routes
-        for rule in self.dispatcher.routes.rules:
+        for rule in self.planner.routes.rules:
             view = {"prefix": rule.prefix, "upstream": rule.group, "ttl": rule.ttl}
             view.update(timeout=rule.timeout, retries=rule.retries)
             view["preset"] = rule.prefix not in configured or None
@@ -220,8 +229,8 @@ class Balancer:
     async def __aenter__(self) -> Balancer:
         stack = contextlib.AsyncExitStack()
         stack.push_async_callback(self.transport.aclose)
-        if self.dispatcher.cache is not None:
-            stack.push_async_callback(self.dispatcher.cache.aclose)
+        if self.answer_cache is not None:
+            stack.push_async_callback(self.answer_cache.aclose)
         if self.shared_limiter is not None:
             stack.push_async_callback(self.shared_limiter.aclose)
         if self.access_log is not None:

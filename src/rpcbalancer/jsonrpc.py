@@ -9,6 +9,7 @@ only when they might carry an error (a byte search before any parsing).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,9 @@ class RpcProblem:
 
 MAX_BATCH = 100
 MAX_DEPTH = 32
+_LONG_NUMBER = re.compile(rb"[:,\[]\s*-?\d{20}")
+"""A JSON number of 20 digits or more (or something in a string that looks like one, which
+only costs the exact parse): beyond what orjson reads as an integer."""
 
 
 def parse(
@@ -86,8 +90,10 @@ def parse(
 
     The fast path is one orjson parse. Bodies that might hide an ambiguity take a slower,
     exact one: repeated ``method``/``id``/``params`` keys are refused (a node might read
-    the other copy, and a broadcast must never pass for a read), and an id that orjson read
-    as a float is read again exactly (integers beyond 64 bits, echoed as sent).
+    the other copy, and a broadcast must never pass for a read), and a body with a number
+    that may not fit 64 bits is read again exactly (orjson reads such an integer as a
+    float: an id would not be echoed as sent, and parameters would be keyed and sent
+    wrong).
     ``allowed`` (the endpoint's method rules) refuses a call, or a batch member, by method.
     """
     try:
@@ -109,6 +115,7 @@ def parse(
         or body.count(b'"method"') > members
         or body.count(b'"id"') > members
         or body.count(b'"params"') > members
+        or _LONG_NUMBER.search(body) is not None
     ):
         try:
             doc = json.loads(body, object_pairs_hook=_refuse_repeats)
@@ -236,6 +243,16 @@ def _member(doc: dict[str, Any]) -> tuple[str, Id, bool] | str:
         if isinstance(api, str) and isinstance(name, str):
             method = f"{api}.{name}"
     return method, _safe_id(doc), "id" not in doc
+
+
+def loads(text: bytes | str) -> Any:
+    """JSON text as Python values, exactly: orjson, or the standard library when a number
+    may not fit 64 bits (orjson would read it as a float). Raises ``ValueError`` (orjson's
+    ``JSONDecodeError`` is one) or ``RecursionError`` when the text is not JSON it can read."""
+    raw = text.encode() if isinstance(text, str) else text
+    if _LONG_NUMBER.search(raw) is None:
+        return orjson.loads(raw)
+    return json.loads(raw)
 
 
 def dumps(doc: Any) -> bytes:

@@ -141,5 +141,15 @@ def error_response(
     return HttpResponse(failure.status, [JSON, *CORS, *headers], body)
 
 
+ALLOW = "GET, HEAD, POST, OPTIONS"
+"""The methods the gateway answers (``Allow``)."""
+
+
+def not_allowed(allow: str = ALLOW) -> HttpResponse:
+    return error_response(
+        "not_allowed", f"Method not allowed: use {allow}", headers=(("allow", allow),)
+    )
+
+
 def internal_error() -> HttpResponse:
     return error_response("internal", "Internal error in the balancer")

@@ -45,10 +45,13 @@ class Harness:
             await node.start()
             self.stack.push_async_callback(node.stop)
             self.nodes[name] = node
-        # Health stays in memory unless a test brings a store of its own.
+        # Health stays in memory unless a test brings a store of its own; the answer cache
+        # (on by default) stays off unless a test is about it: routing tests count what
+        # reaches the nodes.
         data: dict[str, Any] = {
             "nodes": [self.nodes[name].url for name in behaviours],
             "store": "none",
+            "cache": {"enabled": False},
             **config,
         }
         if translate:

@@ -274,7 +274,7 @@ def test_without_a_store_it_races_with_fresh_records_it_uses_the_strategy(
 def test_node_state_lives_across_warm_invocations(
     fleet: FleetThread, make_host: Callable[..., LambdaHost]
 ) -> None:
-    host = make_host(strategy="fastest")
+    host = make_host(strategy="fastest", cache={"enabled": False})  # every call to a node
     event = fixture("http-api")
     for _ in range(20):
         assert host.invoke(event, Context())["statusCode"] == 200

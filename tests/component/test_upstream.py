@@ -23,7 +23,7 @@ from rpcbalancer.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from rpcbalancer.fleet.nodes import Node
+from rpcbalancer.fleet.address import NodeAddress
 from rpcbalancer.upstream.pool import H1Transport, NodeRequest
 
 from ..conftest import free_port, require_tool
@@ -34,8 +34,9 @@ BODY = b'{"jsonrpc":"2.0","method":"condenser_api.get_version","params":[],"id":
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def node_at(url: str, **kw: Any) -> Node:
-    return Node(0, NodeConfig(url=url, **kw))
+def node_at(url: str, **kw: Any) -> NodeAddress:
+    """Where the transport sends: a node's address (the transport sees nothing else of it)."""
+    return NodeAddress.of(NodeConfig(url=url, **kw))
 
 
 @pytest.fixture
@@ -400,7 +401,7 @@ async def test_tls_nodes_with_sni_and_verification(
 
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust our CA, verify for real
     trusting = H1Transport()
-    pinned = Node(0, NodeConfig(url=f"https://localhost:{port}"), address="127.0.0.1")
+    pinned = NodeAddress.of(NodeConfig(url=f"https://localhost:{port}"), address="127.0.0.1")
     resp = await trusting.send(pinned, NodeRequest("GET", None, {}, None), 5)
     assert resp.status == 200
     assert server_names[-1] == "localhost"  # SNI keeps the name, the address is pinned

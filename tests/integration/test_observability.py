@@ -43,7 +43,9 @@ def access_lines(log: str) -> list[dict[str, Any]]:
 
 
 def test_metrics_count_known_traffic(fleet: FleetThread, balancer_process: Any) -> None:
-    lb = balancer_process({"nodes": [fleet["fast"].url, fleet["medium"].url], "store": "none"})
+    # Every call to a node (the cache, on by default, would answer the repeats).
+    config = {"store": "none", "cache": {"enabled": False}}
+    lb = balancer_process({"nodes": [fleet["fast"].url, fleet["medium"].url], **config})
     for i in range(7):
         assert lb.rpc(DGP["method"], ident=i).status_code == 200
     for i in range(3):
@@ -158,7 +160,10 @@ def test_access_log_lines_and_request_ids(fleet: FleetThread, balancer_process: 
 
 def test_scores_explain_the_choice_when_allowed(fleet: FleetThread, balancer_process: Any) -> None:
     nodes = [fleet["fast"].url, fleet["slow"].url]
-    lb = balancer_process({"nodes": nodes, "store": "none", "explain": True})
+    # Every call to a node, so that their latencies are measured (no cache).
+    lb = balancer_process(
+        {"nodes": nodes, "store": "none", "explain": True, "cache": {"enabled": False}}
+    )
     for i in range(20):
         lb.rpc(DGP["method"], ident=i)
     answer = requests.post(lb.url, json={**DGP, "id": 1}, headers={"X-RPC-Explain": "1"}, timeout=5)

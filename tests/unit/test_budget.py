@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from rpcbalancer.proxy.budget import RetryBudget
+from rpcbalancer.failsafe.budget import RetryBudget
 
 
 def test_extra_tries_stay_near_the_ratio_under_load() -> None:

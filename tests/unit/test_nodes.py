@@ -53,10 +53,10 @@ def test_breaker_ejects_after_consecutive_failures_with_growing_cooldown() -> No
     assert f.exclusion(node, 10.5 + 15) is not None
     assert f.exclusion(node, 10.5 + 20.5) is None
     node.record(31.0, 0.01, True, health=f.health)
-    assert node.consecutive_failures == 0
+    assert node.breaker.consecutive_failures == 0
     for _ in range(3):  # much later, after a clean spell: back to the base cooldown
         node.record(1000.0, 0.01, False, health=f.health)
-    assert node.ejected_until == 1010.0
+    assert node.breaker.ejected_until == 1010.0
 
 
 @pytest.mark.parametrize(
@@ -140,7 +140,7 @@ def test_a_node_back_from_down_starts_afresh() -> None:
     assert node.ewma == pytest.approx(5.0) and f.exclusion(node, 2.0) is not None
     probed(node, at=3.0, ok=True, latency=0.004)  # the probe finds it well again
     assert node.ewma == pytest.approx(0.004)
-    assert f.exclusion(node, 3.0) is None and node.consecutive_failures == 0
+    assert f.exclusion(node, 3.0) is None and node.breaker.consecutive_failures == 0
 
 
 def test_outliers_by_success_rate_are_ejected_with_growing_time() -> None:
@@ -158,7 +158,7 @@ def test_outliers_by_success_rate_are_ejected_with_growing_time() -> None:
     for i in range(40):  # still failing after it came back: ejected for twice as long
         f.nodes[2].record(111.0, 0.01, i % 2 == 1)
     eject_outliers(f, 120.0, rule, jitter=1.0)
-    assert f.nodes[2].ejected_until == 140.0
+    assert f.nodes[2].breaker.ejected_until == 140.0
 
 
 def test_outlier_ejection_spares_a_healthy_fleet_and_half_of_a_sick_one() -> None:

@@ -4,6 +4,7 @@ params matching, TTLs, blocks and finality."""
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -164,21 +165,30 @@ def test_blocks_from_requests_and_answers() -> None:
     assert not empty({"block_id": "x"}) and not empty([1]) and not empty(0)
 
 
+class Call(NamedTuple):
+    """A call as the cache reads it (a plan's key, method parts, params and TTL)."""
+
+    key: str
+    parts: tuple[str, ...]
+    params: Any
+    ttl: float
+
+
 def test_what_an_answer_must_be_to_be_kept() -> None:
     cache = AnswerCache(CacheConfig(enabled=True, max_item_bytes=200), "steem", 3.0)
     final = Finality(head=100, irreversible=85)
     block = ("appbase", "condenser_api", "get_block")
     answer = {"block_id": "0000004b" + "0" * 32}  # block 75
-    kept = cache.keep("k", block, [75], IF_IRREVERSIBLE, answer, "n1", 85, final)
+    kept = cache.keep(Call("k", block, [75], IF_IRREVERSIBLE), answer, "n1", 85, final)
     assert kept is not None and kept.expires == math.inf and kept.head is None
     # Served by a node that does not hold it irreversible yet: until the chain moves on.
-    young = cache.keep("k", block, [75], IF_IRREVERSIBLE, answer, "n1", 70, final)
+    young = cache.keep(Call("k", block, [75], IF_IRREVERSIBLE), answer, "n1", 70, final)
     assert young is not None and young.head == 100 and math.isfinite(young.expires)
     # Another block than the one asked for, an empty answer, too large: never.
-    assert cache.keep("k", block, [76], IF_IRREVERSIBLE, answer, "n1", 85, final) is None
-    assert cache.keep("k", block, [75], IF_IRREVERSIBLE, None, "n1", 85, final) is None
-    assert cache.keep("k", block, [75], 3.0, ["x" * 300], "n1", 85, final) is None
-    assert cache.keep("k", block, [75], NO_CACHE, answer, "n1", 85, final) is None
+    assert cache.keep(Call("k", block, [76], IF_IRREVERSIBLE), answer, "n1", 85, final) is None
+    assert cache.keep(Call("k", block, [75], IF_IRREVERSIBLE), None, "n1", 85, final) is None
+    assert cache.keep(Call("k", block, [75], 3.0), ["x" * 300], "n1", 85, final) is None
+    assert cache.keep(Call("k", block, [75], NO_CACHE), answer, "n1", 85, final) is None
 
 
 def test_a_young_block_is_not_served_once_the_chain_moved_on() -> None:
@@ -225,7 +235,7 @@ def test_what_the_cache_holds_is_what_it_counts() -> None:
             name = f"user{i}"
             result = [{"name": name, "balance": "1.000 STEEM", "id": i}]
             key = f'default\x1f{".".join(parts)}\x1f[["{name}"]]'
-            entry = cache.keep(key, parts, [[name]], 3.0, result, "node", None, Finality())
+            entry = cache.keep(Call(key, parts, [[name]], 3.0), result, "node", None, Finality())
             assert entry is not None
             cache.put(key, entry)
         gc.collect()

@@ -15,13 +15,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
-
-import orjson
+from typing import Any, Protocol
 
 from ..config.model import CacheConfig
 from ..config.ttl import FOREVER, IF_IRREVERSIBLE, NO_CACHE
-from ..jsonrpc import dumps
+from ..jsonrpc import dumps, loads
 from .memory import Entry, MemoryTier
 from .policy import (
     BY_HASH,
@@ -39,11 +37,31 @@ __all__ = [
     "AnswerCache",
     "Entry",
     "Finality",
+    "Keyed",
     "default_ttl",
+    "has_result",
     "result_of",
 ]
 
 EVENTS = ("hit", "miss", "coalesced", "bypass", "stored", "skipped")
+
+
+class Keyed(Protocol):
+    """A call as the cache reads it (:class:`~rpcbalancer.proxy.plan.Plan`)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The method as routes read it."""
+        ...
+
+    @property
+    def params(self) -> Any: ...
+
+    @property
+    def ttl(self) -> float: ...
 
 
 class AnswerCache:
@@ -99,19 +117,20 @@ class AnswerCache:
 
     def keep(
         self,
-        key: str,
-        parts: tuple[str, ...],
-        params: Any,
-        ttl: float,
+        call: Keyed,
         result: Any,
         node: str,
         node_irreversible: int | None,
         finality: Finality,
     ) -> Entry | None:
-        """The entry to keep for an answer (``result``: its parsed ``result``), or None when
-        it must not be cached: empty, too large, or a block that is not the one asked for."""
+        """The entry to keep for an answer to ``call`` (``result``: its parsed ``result``,
+        ``node``: the name of the node that served it, and the last irreversible block that
+        node reported), or None when it must not be cached: empty, too large, or a block
+        that is not the one asked for."""
+        ttl = call.ttl
         if ttl == NO_CACHE or empty(result):
             return None
+        parts, params = call.parts, call.params
         now = self.wall()
         head: int | None = None
         if ttl == IF_IRREVERSIBLE:
@@ -164,16 +183,11 @@ _MISSING = object()
 
 def result_of(body: bytes) -> Any:
     """The ``result`` of a single JSON-RPC answer, or a sentinel when it has none (an error,
-    not JSON)."""
+    not JSON); integers beyond 64 bits stay exact."""
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        import json
-
-        try:  # integers beyond 64 bits, which orjson refuses
-            doc = json.loads(body)
-        except (ValueError, RecursionError):
-            return _MISSING
+        doc = loads(body)
+    except (ValueError, RecursionError):
+        return _MISSING
     if not isinstance(doc, dict) or "error" in doc or "result" not in doc:
         return _MISSING
     return doc["result"]

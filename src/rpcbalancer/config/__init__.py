@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .load import from_mapping, load, read_yaml
 from .model import (
+    CHAINS,
     DEFAULT_NODES,
     STRATEGIES,
     AccessLogConfig,
@@ -37,6 +38,7 @@ from .model import (
 from .urls import REDACTED, display_url
 
 __all__ = [
+    "CHAINS",
     "DEFAULT_NODES",
     "REDACTED",
     "STRATEGIES",

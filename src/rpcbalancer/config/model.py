@@ -46,6 +46,9 @@ Strategy = Literal[
     "latest_version",
 ]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
+CHAINS: tuple[str, ...] = ("steem", "hive", "blurt", "evm")
+"""The chain presets' names; each is one module of ``health/chains`` (a test keeps the two in
+step: the config layer imports nothing above it)."""
 
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*")
@@ -416,9 +419,10 @@ class RouteConfig(_Model):
 class CacheConfig(_Model):
     """The answer cache: repeated reads answered without asking a node."""
 
-    enabled: bool = False
-    """Answer repeated reads from the cache (the chain preset gives each method a sensible
-    TTL; ``routes`` override it)."""
+    enabled: bool = True
+    """Answer repeated reads from the cache (on by default: the chain preset gives each
+    method a sensible TTL, ``routes`` override it; ``false`` turns it off, and coalescing
+    with it unless there are several groups)."""
     max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Bytes of answers kept in this process at most (least recently used go first)."""
     max_item_bytes: int = Field(1024 * 1024, ge=64)
@@ -625,24 +629,29 @@ class Config(_Model):
                 raise ValueError(
                     f"routes.{prefix}.upstream: no group {route.upstream!r} (known: {known})"
                 )
-        seen: set[str] = set()
-        for node in self.all_nodes():
-            if node.url in seen:
-                raise ValueError(f"nodes: {node.name} is listed twice")
-            seen.add(node.url)
+        for name, group in self.groups().items():
+            seen: set[str] = set()
+            for node in group.nodes:
+                if node.url in seen:
+                    where = "nodes" if name == "default" and self.nodes else f"upstreams.{name}"
+                    raise ValueError(f"{where}: {node.name} is listed twice")
+                seen.add(node.url)
+        # One URL in two groups is one node serving two roles (a full node behind both the
+        # chain routes and the hivemind ones): the balancer tells them apart by group.
+        distinct = {node.url: node for node in self.all_nodes()}.values()
         names: dict[str, int] = {}
-        for node in self.all_nodes():
+        for node in distinct:
             if node.name in names and "name" in node.model_fields_set:
                 raise ValueError(f"nodes: the name {node.name!r} is given to two nodes")
             names[node.name] = names.get(node.name, 0) + 1
         for name in [n for n, count in names.items() if count > 1]:
             # Two URLs that differ only in what is not shown (a key, a query): number them,
             # so that headers, logs and metric labels still tell them apart.
-            same = [n for n in self.all_nodes() if n.name == name]
+            same = [n for n in distinct if n.name == name]
             for k, node in enumerate(same[1:], start=2):
-                object.__setattr__(node, "name", f"{name} #{k}")
-        from ..health.chains import CHAINS  # late: chains imports nothing of config at import
-
+                for twin in self.all_nodes():
+                    if twin.url == node.url:
+                        object.__setattr__(twin, "name", f"{name} #{k}")
         if self.chain not in CHAINS:
             raise ValueError(f"chain: unknown preset {self.chain!r} (known: {', '.join(CHAINS)})")
         return self

@@ -50,7 +50,7 @@ class Fleet:
         self._cached: tuple[float, list[Node], bool] | None = None
         for node in nodes:
             node.on_change = self.invalidate
-            node.slow_start = health.slow_start
+            node.breaker.slow_start = health.slow_start
 
     def invalidate(self) -> None:
         """Forget the cached candidates: a probe or an ejection changed the picture."""
@@ -63,7 +63,7 @@ class Fleet:
             self.nodes = nodes
             for node in nodes:
                 node.on_change = self.invalidate
-                node.slow_start = self.health.slow_start
+                node.breaker.slow_start = self.health.slow_start
             self.invalidate()
 
     def __repr__(self) -> str:
@@ -87,11 +87,12 @@ class Fleet:
 
     def excluded(self, node: Node, now: float, best: int | None = None) -> Exclusion | None:
         """Why ``node`` may not serve now (its kind and its reason), or None when it may."""
-        if now < node.ejected_until:
+        breaker = node.breaker
+        if now < breaker.ejected_until:
             return Exclusion(
                 "ejected",
                 f"ejected after {self.health.breaker_failures} consecutive failures "
-                f"(back in {node.ejected_until - now:.0f}s; last: {node.last_error})",
+                f"(back in {breaker.ejected_until - now:.0f}s; last: {node.last_error})",
             )
         probe = node.probe
         if probe is None:
@@ -145,12 +146,12 @@ class Fleet:
         probe = node.probe
         down = 1.0 if probe is not None and not probe.ok else 0.0
         lag = self.lag(node, best) or 0
-        ejected = 1.0 if now < node.ejected_until else 0.0
+        ejected = 1.0 if node.breaker.is_open(now) else 0.0
         return (
             down,
             ejected,
             float(lag),
-            float(node.consecutive_failures),
+            float(node.breaker.consecutive_failures),
             node.latency(now) or 0.0,
         )
 
@@ -177,11 +178,11 @@ def eject_outliers(fleet: Fleet, now: float, rule: OutlierRule, jitter: float) -
     rated = [(n, 1.0 - n.error_rate()) for n in fleet.nodes if len(n.recent) >= rule.min_requests]
     if len(rated) < 2:
         return []
-    out = sum(1 for n in fleet.nodes if now < n.ejected_until)
+    out = sum(1 for n in fleet.nodes if n.breaker.is_open(now))
     allowed = int(len(fleet.nodes) * rule.max_ejected) - out
     ejected = []
     for node, rate in sorted(rated, key=lambda pair: pair[1]):
-        if allowed <= 0 or rate >= rule.min_success or now < node.ejected_until:
+        if allowed <= 0 or rate >= rule.min_success or node.breaker.is_open(now):
             continue
         others = [r for n, r in rated if n is not node]
         mean = sum(others) / len(others)

@@ -1,25 +1,21 @@
-"""Node state: what the balancer knows of each node, and which nodes may serve now.
+"""Node state: what the balancer knows of each node (sans-IO).
 
 Theory of operation
 -------------------
-Every node carries two kinds of knowledge, and both decide where a request goes:
+A :class:`Node` is one backend address and everything learned about it, in three parts that
+change for different reasons:
 
-* **Passive** measurements, from every request forwarded to it: its latency as a function of
-  its load (:class:`~.latency.LoadLatency`: what the next answer will take with the requests
-  now in flight, and never less than the mean age of those still out), a *peak EWMA* of its
-  latency (the classic estimate, kept for comparison: a sample above the average replaces it
-  at once, one below pulls it down slowly), the number of requests in flight, a window of
-  recent outcomes and a count of consecutive failures. A failed try is recorded with a
-  latency of at least the try's timeout, so a node that fails fast never looks fast.
-* **Active** results, from the probes (and, later, the shared canary): whether the node is
-  up, its head block and head time, its version.
+* **where it is** (:class:`~.address.NodeAddress`): fixed for the node's life;
+* **how fast it answers** (:class:`~.estimators.Latencies`), from every try forwarded to it:
+  latency by load, the peak EWMA, recent latencies, the histogram; a failed try counts as at
+  least its timeout, so a node that fails fast never looks fast;
+* **whether it may be trusted now** (:class:`~..failsafe.breaker.Breaker`): consecutive
+  failures eject it for a cooldown, and it comes back through a slow start.
 
-From these, :class:`Fleet` says which nodes are *usable* now, and why the others are not:
-down, lagging the best head block by more than ``max_block_lag``, a head older than
-``max_head_age``, a version under ``min_version``, or ejected by the circuit breaker after
-consecutive failures (for a cooldown that doubles with each repeated ejection). When no
-node is usable the fleet fails open: it offers every node, least bad first, because a
-possibly-wrong answer beats a certain error.
+Besides these the node holds its load (tries in flight and when they began), a window of
+recent outcomes (the outlier rule's error rate), and what the probes and the answers passing
+through say of its chain: up or down, head block and its age, last irreversible block,
+version. :class:`~.fleet.Fleet` decides from all of it which nodes may serve.
 
 Nothing here does I/O or reads a clock: ``now`` (monotonic seconds) is passed in, so the
 same code decides in the server, in Lambda and in tests.
@@ -29,23 +25,20 @@ from __future__ import annotations
 
 import math
 import re
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ..config import NodeConfig
+from ..failsafe.breaker import Breaker
+from .address import NodeAddress
+from .estimators import LATENCY_BUCKETS, Latencies
 from .latency import BUCKETS, LoadLatency
 
+__all__ = ["LATENCY_BUCKETS", "Health", "Node", "ProbeResult", "parse_version"]
+
 _OUTCOME_WINDOW = 64  # recent outcomes kept per node for the error rate
-_LATENCY_WINDOW = 512  # recent successful latencies kept per node for percentiles
-QUANTILE_EVERY = 0.1
-"""Seconds between recomputations of a node's hedge quantile under load (see quantile)."""
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-"""Upper bounds (seconds) of the latency histogram kept per node (Prometheus buckets)."""
-CLEAN_AFTER = 300.0  # seconds without ejection after which a node's ejections are forgotten
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +56,6 @@ class ProbeResult:
     irreversible_block: int | None = None
     version: str | None = None
     version_doc: Any = None
-    jussi_num: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,42 +81,23 @@ class Node:
     """The live state of one node (a backend address)."""
 
     __slots__ = (
-        "_ewma",
-        "_ewma_at",
-        "_quantile",
-        "_quantile_at",
-        "_quantile_seen",
-        "consecutive_failures",
-        "ejected_by",
-        "ejected_until",
-        "ejections",
+        "address",
+        "breaker",
         "failures",
         "group",
-        "headers",
-        "hist",
-        "host_header",
         "index",
         "inflight",
         "irreversible",
-        "key",
         "last_error",
         "latencies",
-        "latency_sum",
-        "model",
-        "name",
         "on_change",
         "passive_at",
         "passive_head",
         "probe",
-        "ramp_from",
         "recent",
         "requests",
-        "slow_start",
-        "sni",
         "spec",
         "started_sum",
-        "url",
-        "verify_tls",
         "weight",
     )
 
@@ -135,77 +108,57 @@ class Node:
         *,
         address: str | None = None,
         group: str = "default",
+        role: str | None = None,
     ) -> None:
-        """``address`` pins the node to one IP address of its host name (DNS expansion):
-        it connects there, and still sends the name as Host header and TLS SNI."""
+        """``address`` pins the node to one IP address of its host name (DNS expansion);
+        ``role`` names the group of a URL listed in several (see :meth:`NodeAddress.of`)."""
         self.index = index
         self.spec = spec
-        self.url = spec.url
-        self.name = spec.name
-        self.key = spec.key
-        """The node's identity in the health store (see :attr:`NodeConfig.key`)."""
+        self.address = NodeAddress.of(spec, address, role)
         self.group = group
         """The name of the group of backends it serves in (``default``)."""
-        self.host_header: str | None = None
-        self.sni: str | None = None
-        if address is not None:
-            parts = urlsplit(spec.url)
-            literal = f"[{address}]" if ":" in address else address
-            netloc = f"{literal}:{parts.port}" if parts.port else literal
-            self.url = urlunsplit(parts._replace(netloc=netloc))
-            self.name = f"{spec.name} [{address}]"
-            self.key = self.url if spec.key == spec.url else f"{spec.key} [{address}]"
-            self.host_header = parts.netloc.rpartition("@")[2]
-            self.sni = parts.hostname if parts.scheme == "https" else None
         self.weight = spec.weight
-        self.headers = spec.headers
-        self.verify_tls = spec.verify_tls
-        self._ewma: float | None = None
-        self._ewma_at = 0.0
-        self.model = LoadLatency()
-        """Latency by load, learned from the answers (the ``fastest`` strategy's estimate)."""
+        self.latencies = Latencies()
+        self.breaker = Breaker()
         self.inflight = 0
         self.started_sum = 0.0
         """The start times of the tries in flight, added up: their mean age is cheap."""
         self.recent: deque[bool] = deque(maxlen=_OUTCOME_WINDOW)
-        self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
-        self.consecutive_failures = 0
-        self.ejected_until = 0.0
-        self.ejections = 0
         self.requests = 0
+        """Tries begun."""
         self.failures = 0
-        self.hist = [0] * (len(LATENCY_BUCKETS) + 1)
-        """Tries by latency, per bucket of :data:`LATENCY_BUCKETS` (the last: above them)."""
-        self.latency_sum = 0.0
-        self.ejected_by: dict[str, int] = {}
-        """Ejections since start, by cause (``breaker``, ``outlier``)."""
         self.last_error: str | None = None
         self.probe: ProbeResult | None = None
         self.on_change: Callable[[], None] | None = None
         """Called when something that decides exclusion changed (set by the fleet)."""
         self.passive_head: int | None = None
         """The head block this node's latest answer to a client reported."""
+        self.passive_at = 0.0
         self.irreversible: int | None = None
         """The last irreversible block this node reported (probes, answers passing through);
         the answer cache keeps a block forever only when the node that served it had it
         irreversible."""
-        self.passive_at = 0.0
-        self.slow_start = 0.0
-        self.ramp_from = -1e18
-        """When the node came back (from ejection or down): its share ramps up from here."""
-        self._quantile: dict[float, float] = {}
-        self._quantile_seen = 0
-        self._quantile_at = 0.0
 
     def __repr__(self) -> str:
-        ewma = f"{self._ewma * 1000:.1f}ms" if self._ewma is not None else "?"
         head = self.probe.head_block if self.probe else None
         return (
-            f"<Node {self.name} ewma={ewma} inflight={self.inflight} head={head} "
-            f"fails={self.consecutive_failures}>"
+            f"<Node {self.name} {self.latencies!r} inflight={self.inflight} head={head} "
+            f"fails={self.breaker.consecutive_failures}>"
         )
 
-    # -- passive measurement ------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.address.name
+
+    @property
+    def url(self) -> str:
+        return self.address.url
+
+    @property
+    def key(self) -> str:
+        return self.address.key
+
+    # -- tries ---------------------------------------------------------------------------
 
     def begin(self, now: float) -> int:
         """A try goes out now; returns the load it goes under (in flight, itself included)."""
@@ -255,114 +208,65 @@ class Node:
         load: int = 1,
     ) -> None:
         sample = latency if ok else max(latency, penalty)
-        self.observe_latency(now, sample, load)
-        self.hist[bisect_left(LATENCY_BUCKETS, latency)] += 1
-        self.latency_sum += latency
+        self.latencies.tried(now, latency, sample, ok, load)
         self.recent.append(ok)
+        breaker = self.breaker
         if ok:
-            self.latencies.append(latency)
-            self.consecutive_failures = 0
+            breaker.succeeded()
             return
         self.failures += 1
-        self.consecutive_failures += 1
         self.last_error = error
-        if (
-            health is not None
-            and self.consecutive_failures >= health.breaker_failures
-            and now >= self.ejected_until
-        ):
-            self.eject(now, health.breaker_cooldown, health.breaker_cooldown * 8, "breaker")
-            # After the cooldown the node gets one trial try before the next ejection.
-            self.consecutive_failures = health.breaker_failures - 1
+        if health is None:
+            breaker.consecutive_failures += 1  # counted; no rule to eject by
+        elif breaker.failed(now, health.breaker_failures, health.breaker_cooldown):
+            self._changed()
 
     def eject(self, now: float, base: float, cap: float, cause: str) -> float:
-        """Take the node out of rotation for ``base`` seconds, doubled for each ejection
-        since it last stayed clean for ``CLEAN_AFTER`` seconds, up to ``cap``; it returns
-        through a slow start. Returns the seconds."""
-        if now - self.ejected_until > CLEAN_AFTER:
-            self.ejections = 0
-        seconds = float(min(cap, base * 2 ** min(self.ejections, 16)))
-        self.ejected_until = now + seconds
-        self.ejections += 1
-        self.ejected_by[cause] = self.ejected_by.get(cause, 0) + 1
-        self.ramp_from = self.ejected_until
-        if self.on_change is not None:
-            self.on_change()
+        """Take the node out of rotation (see :class:`~..failsafe.breaker.Breaker`); the
+        seconds."""
+        seconds = self.breaker.eject(now, base, cap, cause)
+        self._changed()
         return seconds
 
-    def load_cost(self, now: float, decay: float) -> float:
-        """``latency(now, decay) x (inflight + 1) / (weight x ramp(now))``: the fastest
-        policy's cost, in one call (it runs for every candidate of every request)."""
-        weight = self.weight
-        if weight <= 0:
-            return math.inf
-        ewma = self._ewma
-        if ewma is None:
-            return 0.0
-        age = now - self._ewma_at
-        if age > 0.0:
-            ewma *= math.exp(-age / decay)
-        slow = self.slow_start
-        if slow > 0 and now < self.ramp_from + slow:
-            weight *= max(0.1, min(1.0, 0.1 + 0.9 * (now - self.ramp_from) / slow))
-        return ewma * (self.inflight + 1) / weight
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
-    def ramp(self, now: float) -> float:
-        """The share of its full traffic a returning node takes now (0.1 .. 1)."""
-        if self.slow_start <= 0 or now >= self.ramp_from + self.slow_start:
-            return 1.0
-        return max(0.1, min(1.0, 0.1 + 0.9 * (now - self.ramp_from) / self.slow_start))
+    def error_rate(self) -> float:
+        return self.recent.count(False) / len(self.recent) if self.recent else 0.0
+
+    # -- latency, as the strategies and the hedge read it --------------------------------
+
+    @property
+    def model(self) -> LoadLatency:
+        return self.latencies.model
+
+    @property
+    def ewma(self) -> float | None:
+        return self.latencies.ewma
+
+    def observe_latency(self, now: float, sample: float, load: int = 1) -> None:
+        """A latency seen by a probe or a race ping (a try's goes through :meth:`end`)."""
+        self.latencies.observe(now, sample, load)
+
+    def latency(self, now: float, decay: float = 10.0) -> float | None:
+        """The peak EWMA, fading while the node is idle (see :meth:`Latencies.faded`)."""
+        return self.latencies.faded(now, decay)
 
     def quantile(self, q: float, min_samples: int, now: float | None = None) -> float | None:
-        """A latency quantile of recent successful answers. Sorting the window on every
-        request would cost more than the hedge it times: the value is recomputed after 16
-        more answers and, when ``now`` is given, at most every ``QUANTILE_EVERY`` seconds
-        (yet always after 4096 answers)."""
-        if len(self.latencies) < min_samples:
-            return None
-        cached = self._quantile.get(q)
-        fresh = self.requests - self._quantile_seen
-        if (
-            cached is None
-            or fresh >= 4096
-            or (fresh >= 16 and (now is None or now - self._quantile_at >= QUANTILE_EVERY))
-        ):
-            self._quantile.clear()
-            self._quantile_seen = self.requests
-            self._quantile_at = now if now is not None else 0.0
-            cached = self.percentile(q)
-            if cached is None:
-                return None
-            self._quantile[q] = cached
-        return cached
+        return self.latencies.quantile(q, min_samples, now)
 
-    def predicted_cost(self, now: float) -> float:
-        """The ``fastest`` strategy's cost (lower wins): :meth:`predicted` / (weight x
-        slow-start ramp); 0 for a node never measured (explore it), infinite at weight 0.
-        In one call: it runs for every node of every request."""
-        weight = self.weight
-        if weight <= 0:
-            return math.inf
-        table = self.model.table()
-        if table is None:
-            return 0.0
-        inflight = self.inflight
-        b = inflight.bit_length()  # the bucket of a load of inflight + 1
-        predicted = table[b if b < BUCKETS else BUCKETS - 1]
-        if inflight:
-            age = now - self.started_sum / inflight
-            if age > predicted:
-                predicted = age
-        slow = self.slow_start
-        if slow > 0 and now < self.ramp_from + slow:
-            weight *= max(0.1, min(1.0, 0.1 + 0.9 * (now - self.ramp_from) / slow))
-        return predicted / weight
+    def percentile(self, q: float) -> float | None:
+        return self.latencies.percentile(q)
+
+    def ramp(self, now: float) -> float:
+        return self.breaker.ramp(now)
 
     def predicted(self, now: float) -> float | None:
         """The latency of a request sent to this node now (seconds): the model's at the load
         it would go under, and never less than the mean age of the tries still out (a node
         that hangs is avoided before its tries time out). None before any answer."""
-        predicted = self.model.predict(self.inflight + 1)
+        predicted = self.latencies.model.predict(self.inflight + 1)
         if predicted is None:
             return None
         inflight = self.inflight
@@ -372,38 +276,44 @@ class Node:
                 return age
         return predicted
 
-    def observe_latency(self, now: float, sample: float, load: int = 1) -> None:
-        """A latency seen by an answer, a probe or a race ping (sent under ``load``)."""
-        self.model.observe(now, sample, load)
-        if self._ewma is None or sample >= self._ewma:
-            self._ewma = sample
-        else:
-            weight = math.exp(-max(0.0, now - self._ewma_at) / 10.0)
-            self._ewma = self._ewma * weight + sample * (1.0 - weight)
-        self._ewma_at = now
+    def predicted_cost(self, now: float) -> float:
+        """The ``fastest`` strategy's cost (lower wins): :meth:`predicted` / (weight x
+        slow-start ramp); 0 for a node never measured (explore it), infinite at weight 0.
+        In one call: it runs for every node of every request."""
+        weight = self.weight
+        if weight <= 0:
+            return math.inf
+        table = self.latencies.model.table()
+        if table is None:
+            return 0.0
+        inflight = self.inflight
+        b = inflight.bit_length()  # the bucket of a load of inflight + 1
+        predicted = table[b if b < BUCKETS else BUCKETS - 1]
+        if inflight:
+            age = now - self.started_sum / inflight
+            if age > predicted:
+                predicted = age
+        breaker = self.breaker
+        slow = breaker.slow_start
+        if slow > 0 and now < breaker.ramp_from + slow:
+            weight *= breaker.ramp(now)
+        return predicted / weight
 
-    def latency(self, now: float, decay: float = 10.0) -> float | None:
-        """The latency estimate (seconds), fading toward zero while the node is not used,
-        so an idle node is tried again rather than judged forever on old news."""
-        if self._ewma is None:
-            return None
-        return self._ewma * math.exp(-max(0.0, now - self._ewma_at) / decay)
+    def load_cost(self, now: float, decay: float) -> float:
+        """``latency(now, decay) x (inflight + 1) / (weight x ramp(now))``: the peak-EWMA
+        rule's cost, in one call."""
+        weight = self.weight
+        if weight <= 0:
+            return math.inf
+        latency = self.latencies.faded(now, decay)
+        if latency is None:
+            return 0.0
+        breaker = self.breaker
+        if breaker.slow_start > 0 and now < breaker.ramp_from + breaker.slow_start:
+            weight *= breaker.ramp(now)
+        return latency * (self.inflight + 1) / weight
 
-    @property
-    def ewma(self) -> float | None:
-        return self._ewma
-
-    def percentile(self, q: float) -> float | None:
-        """A percentile (0..1) of recent successful latencies, for status views."""
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    def error_rate(self) -> float:
-        return self.recent.count(False) / len(self.recent) if self.recent else 0.0
-
-    # -- active probing -----------------------------------------------------------------
+    # -- what the probes and the answers say of its chain --------------------------------
 
     def observe_head(self, now: float, head: int) -> None:
         """A head block this node reported in an answer passing through."""
@@ -433,14 +343,10 @@ class Node:
         if recovered:
             # Back from down: start afresh from the probe's latency (the failure penalties
             # it collected while down would keep it idle for a minute), through a slow start.
-            self._ewma = None
-            self.model.restart()
-            self.consecutive_failures = 0
-            self.ejected_until = 0.0
-            self.ramp_from = result.at
-        if self.on_change is not None:
-            self.on_change()
+            self.latencies.restart()
+            self.breaker.recovered(result.at)
+        self._changed()
         if result.ok:
-            self.observe_latency(result.at, result.latency)
+            self.latencies.observe(result.at, result.latency)
         else:
             self.last_error = result.error

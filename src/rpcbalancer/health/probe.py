@@ -46,7 +46,9 @@ async def ask(
     start = clock()
     try:
         method = "GET" if call.body is None else "POST"
-        resp = await transport.send(node, NodeRequest(method, None, headers, call.body), timeout)
+        resp = await transport.send(
+            node.address, NodeRequest(method, None, headers, call.body), timeout
+        )
     except UpstreamError as exc:
         return Answer(error=exc.reason, latency=clock() - start)
     return Answer(status=resp.status, body=resp.body, latency=clock() - start)
@@ -122,7 +124,6 @@ async def probe_node(
     # The latency that ranks nodes is that of the head call: a real JSON-RPC call.
     head = by_name.get("head") or answers[0]
     head_age = wall() - reading.head_time if reading.head_time is not None else None
-    jussi = reading.extra.get("jussi_num")
     return ProbeResult(
         at=clock(),
         ok=reading.ok,
@@ -133,7 +134,6 @@ async def probe_node(
         irreversible_block=reading.irreversible_block,
         version=reading.version,
         version_doc=reading.version_doc,
-        jussi_num=jussi if isinstance(jussi, int) else None,
     )
 
 

@@ -78,9 +78,9 @@ class Stats:
                 n.name: {
                     "tries": n.requests,
                     "failures": n.failures,
-                    "hist": list(n.hist),
-                    "sum": n.latency_sum,
-                    "ejected_by": dict(n.ejected_by),
+                    "hist": list(n.latencies.hist),
+                    "sum": n.latencies.sum,
+                    "ejected_by": dict(n.breaker.ejected_by),
                     "inflight": n.inflight,
                 }
                 for n in nodes

@@ -38,7 +38,7 @@ def node_view(fleet: Fleet | FleetSet, node: Node, now: float, best: int | None)
         "requests": node.requests,
         "failures": node.failures,
         "error_rate": round(node.error_rate(), 4),
-        "consecutive_failures": node.consecutive_failures,
+        "consecutive_failures": node.breaker.consecutive_failures,
         "head_block": probe.head_block if probe else None,
         "lag": fleet.lag(node, best),
         "head_age_s": (

@@ -15,7 +15,7 @@ import orjson
 
 from .. import __version__
 from ..config import parse_duration
-from ..messages import CORS, JSON, HttpRequest, HttpResponse, error_response
+from ..messages import ALLOW, CORS, JSON, HttpRequest, HttpResponse, error_response, not_allowed
 from ..observe.metrics import PROMETHEUS_TYPE, render
 from ..observe.statuspage import PAGE_SECURITY, STATUS_PAGE
 from ..observe.views import health_doc, history_doc, status_doc
@@ -26,17 +26,10 @@ if TYPE_CHECKING:
 HISTORY_CACHE_S = 20.0
 """Seconds a history answer is reused: many open pages must not mean many store reads."""
 HISTORY_CACHE_ENTRIES = 8
-ALLOW = "GET, HEAD, POST, OPTIONS"
 
 
 def json_response(status: int, doc: Any, extra: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
     return HttpResponse(status, [JSON, *CORS, *extra], orjson.dumps(doc))
-
-
-def not_allowed(allow: str) -> HttpResponse:
-    return error_response(
-        "not_allowed", f"Method not allowed: use {allow}", headers=(("allow", allow),)
-    )
 
 
 class Control:

@@ -3,14 +3,17 @@ retries) and :class:`Try` (one try on one node). The :class:`~.router.Router` st
 holds what every request shares (see its module for the theory of operation); here a
 forwarding sees the router through :class:`Routing`, the parts it uses.
 
-The states, and what moves a forwarding on (``step`` picks a node and starts a try)::
+Every change of state goes through :data:`TRANSITIONS`, the one table of what may follow
+what (h11's way): an event that the table does not allow in the current state is a bug and
+raises at once, rather than leaving a request in a state nobody expects. The table, drawn::
 
-    PICKING --step--> TRYING --hedge due, budget pays--> HEDGED
-       |  \\                |  \\                           |
-       |   '--race-------> RACING --winner--> TRYING      | an answer: DONE
-       |   '--all nodes at their cap--> QUEUED --slot--> PICKING
-       |                    |  a failure, tries and time left: PICKING
-       '-- no node, no try, no time, no budget: DONE       '-- cancel: CANCELLED
+    PICKING --try--> TRYING --hedge--> HEDGED --one_left--> TRYING
+       |  \\            |  \\               \\
+       |   race         |   retry --> PICKING   end --> DONE
+       |    \\           end --> DONE
+       |     RACING --try--> TRYING, --end--> DONE
+       queue --> QUEUED --turn--> PICKING, --end--> DONE
+       end --> DONE                     (cancel, from any state not over: CANCELLED)
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Protocol
+from typing import Final, Protocol
 
 from ..callbacks import Cancellable, DueQueue
+from ..config import HedgeConfig
 from ..errors import (
     NoHealthyNode,
     RpcBalancerError,
@@ -30,14 +33,15 @@ from ..errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from ..failsafe.budget import RetryBudget
+from ..failsafe.hedge import hedge_delay
+from ..failsafe.slots import SlotLine
 from ..fleet.fleet import Fleet
 from ..fleet.nodes import Node
 from ..fleet.policies import BasePolicy, PickContext, Race
 from ..health.chains import Chain
 from ..jsonrpc import looks_like_json, response_errors
 from ..upstream.pool import NodeRequest, Starter, UpstreamResponse, running_loop
-from .budget import RetryBudget
-from .slots import SlotLine
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +64,6 @@ class ProxyRequest(NodeRequest):
     """A ``null`` result may mean this node does not have it yet (a receipt, a transaction
     or a block by hash, a block a lagging node has not reached): ask another node before
     answering ``null`` (within the deadline and the retry budget)."""
-
-    @property
-    def broadcast(self) -> bool:
-        """A transaction: never hedged, never sent twice (not idempotent)."""
-        return not self.idempotent
 
 
 @dataclass(slots=True)
@@ -109,11 +108,10 @@ class Routing(Protocol):
     clock: Callable[[], float]
     budget: RetryBudget
     slots: SlotLine
+    hedge: HedgeConfig | None
     hedges: DueQueue
     loop: asyncio.AbstractEventLoop | None
     start_request: Starter
-
-    def hedge_delay(self, node: Node, req: ProxyRequest, choices: int) -> float | None: ...
 
     def another(self, req: ProxyRequest, tried: list[Node], now: float) -> Node | None: ...
 
@@ -122,28 +120,58 @@ class Routing(Protocol):
     def why_none(self) -> str: ...
 
 
-class State(Enum):
-    PICKING = "picking"
-    """Between tries: the next one is being chosen."""
-    QUEUED = "queued"
-    """Every usable node is at its ``node_concurrency`` cap: waiting in line for a slot."""
-    RACING = "racing"
-    """The race strategy's pings are out."""
-    TRYING = "trying"
-    """One try is out (its hedge may come)."""
-    HEDGED = "hedged"
-    """Two tries are out: the first good answer wins."""
-    DONE = "done"
-    """Answered or failed: ``done`` was called."""
-    CANCELLED = "cancelled"
-    """Nobody waits for the answer any more."""
+# The states (plain integers: the hot path reads them a few times per request).
+PICKING: Final = 0
+"""Between tries: the next one is being chosen."""
+QUEUED: Final = 1
+"""Every usable node is at its ``node_concurrency`` cap: waiting in line for a slot."""
+RACING: Final = 2
+"""The race strategy's pings are out."""
+TRYING: Final = 3
+"""One try is out (its hedge may come)."""
+HEDGED: Final = 4
+"""Two tries are out: the first good answer wins."""
+DONE: Final = 5
+"""Answered or failed: ``done`` was called."""
+CANCELLED: Final = 6
+"""Nobody waits for the answer any more."""
+STATES: Final = ("picking", "queued", "racing", "trying", "hedged", "done", "cancelled")
+
+# The events that move a forwarding on.
+TRY: Final = 0
+"""A node was picked and its try starts."""
+RACE: Final = 1
+"""The race strategy pings every usable node first."""
+QUEUE: Final = 2
+"""Every usable node is at its cap: wait in line."""
+TURN: Final = 3
+"""A slot came free (or the line moved): pick again."""
+HEDGE: Final = 4
+"""The first try is slow and the budget pays: a second try starts beside it."""
+ONE_LEFT: Final = 5
+"""One of two tries ended without the answer: the other may still give it."""
+RETRY: Final = 6
+"""The try failed, or answered ``null`` where another node may know: pick again."""
+END: Final = 7
+"""Answered, or given up (no node, try, time or budget left)."""
+CANCEL: Final = 8
+"""Nobody waits any more."""
+EVENTS: Final = ("try", "race", "queue", "turn", "hedge", "one_left", "retry", "end", "cancel")
+
+TRANSITIONS: Final[dict[int, dict[int, int]]] = {
+    PICKING: {TRY: TRYING, RACE: RACING, QUEUE: QUEUED, END: DONE, CANCEL: CANCELLED},
+    RACING: {TRY: TRYING, END: DONE, CANCEL: CANCELLED},
+    QUEUED: {TURN: PICKING, END: DONE, CANCEL: CANCELLED},
+    TRYING: {HEDGE: HEDGED, RETRY: PICKING, END: DONE, CANCEL: CANCELLED},
+    HEDGED: {ONE_LEFT: TRYING, END: DONE, CANCEL: CANCELLED},
+    DONE: {},
+    CANCELLED: {},
+}
+"""What each event leads to, per state; anything else is a bug (:class:`BadTransition`)."""
 
 
-# Module names for the states: looking a member up on the Enum class costs about ten times
-# a global's lookup, and the hot path looks at the state a few times per request.
-PICKING, QUEUED, RACING, TRYING = State.PICKING, State.QUEUED, State.RACING, State.TRYING
-HEDGED, DONE, CANCELLED = State.HEDGED, State.DONE, State.CANCELLED
-_OVER = (DONE, CANCELLED)
+class BadTransition(RuntimeError):
+    """An event the transition table does not allow in the forwarding's state."""
 
 
 class Forwarding:
@@ -196,17 +224,29 @@ class Forwarding:
         """A ``null`` answer kept while other nodes are asked (``retry_empty``)."""
 
     def __repr__(self) -> str:
-        return (
-            f"<Forwarding {self.state.value} attempts={self.attempts} tried={self.outcome.tried}>"
-        )
+        return f"<Forwarding {self.state_name} attempts={self.attempts} tried={self.outcome.tried}>"
+
+    @property
+    def state_name(self) -> str:
+        return STATES[self.state]
+
+    @property
+    def over(self) -> bool:
+        return self.state >= DONE
+
+    def _to(self, event: int) -> None:
+        """Move on by the table."""
+        following = TRANSITIONS[self.state].get(event)
+        if following is None:
+            raise BadTransition(f"forwarding: {EVENTS[event]} while {STATES[self.state]}")
+        self.state = following
 
     # -- tries ---------------------------------------------------------------------------
 
     def step(self) -> None:
-        """Start the next attempt, or end the request when none may be made."""
+        """Start the next attempt, or end the request when none may be made (in PICKING)."""
         router = self.router
         outcome = self.outcome
-        self.state = PICKING
         retries = self.req.retries
         if self.attempts > (router.retries if retries is None else retries):
             self.finish()
@@ -241,26 +281,29 @@ class Forwarding:
             return
         self.attempts += 1
         if failopen:
-            self._launch(left[0], len(left))  # least bad first
+            self._launch(left[0], len(left), now)  # least bad first
             return
         policy = router.policy
         if isinstance(policy, Race):
             winner = policy.remembered(left, now)
             if winner is None:
-                self.state = RACING
+                self._to(RACE)
                 self._await(self._race(policy, left))
                 return
-            self._launch(winner, len(left))
+            self._launch(winner, len(left), now)
             return
-        self._launch(
-            policy.pick(left, PickContext(now=now, client_ip=self.req.client_ip)), len(left)
-        )
+        node = policy.pick(left, PickContext(now, self.req.client_ip))
+        self._launch(node, len(left), now)
 
-    def _launch(self, node: Node, choices: int) -> None:
-        self.state = TRYING
+    def _launch(self, node: Node, choices: int, now: float) -> None:
+        self._to(TRY)
+        attempt = self.attempts
         self._try(node)
-        delay = self.router.hedge_delay(node, self.req, choices)
-        if delay is not None and self.state is TRYING:
+        if self.state != TRYING or self.attempts != attempt:
+            return  # answered at once (or failed at once, and a retry is out)
+        router = self.router
+        delay = hedge_delay(router.hedge, node, now, self.req.idempotent, choices)
+        if delay is not None:
             self.hedge_wait = delay
             self._hedge_in(delay)
 
@@ -278,7 +321,7 @@ class Forwarding:
 
     def due(self, token: int) -> None:
         """The hedge queue: this attempt's first try has not answered in time."""
-        if token != self.due_token or self.state is not TRYING:
+        if token != self.due_token or self.state != TRYING:
             return
         self.due_token = 0
         router = self.router
@@ -295,7 +338,7 @@ class Forwarding:
                 self.hedge_wait = 2 * wait
                 self._hedge_in(wait)
             return
-        self.state = HEDGED
+        self._to(HEDGE)
         self.outcome.hedged = True
         self._try(second)
 
@@ -304,7 +347,7 @@ class Forwarding:
     ) -> None:
         """A try is over: the answer wins; a failure waits for the other try of a hedge,
         else leads to the next attempt (a broadcast that may have arrived ends here)."""
-        if self.state in _OVER:
+        if self.state >= DONE:
             return
         tries = self.tries
         tries.remove(finished)
@@ -318,7 +361,7 @@ class Forwarding:
             return
         self.last_error = error
         if tries:
-            self.state = TRYING  # the other try of the hedge may still answer
+            self._to(ONE_LEFT)  # the other try of the hedge may still answer
             return
         self.due_token = 0  # failed before the hedge was due: an ordinary retry follows
         if not self.req.idempotent and (resp is not None or error.sent):
@@ -326,21 +369,23 @@ class Forwarding:
             outcome.response, outcome.node = resp, finished.node
             self.finish()
             return
+        self._to(RETRY)
         self.step()
 
     def ended_empty(self, finished: Try, resp: UpstreamResponse) -> None:
         """A try answered ``null`` where another node may know better: keep the answer,
         wait for the other try of a hedge, else ask another node (the answer stands when
         no node, try, time or budget is left)."""
-        if self.state in _OVER:
+        if self.state >= DONE:
             return
         self.tries.remove(finished)
         if self.empty is None:
             self.empty = (resp, finished.node)
         if self.tries:
-            self.state = TRYING
+            self._to(ONE_LEFT)
             return
         self.due_token = 0
+        self._to(RETRY)
         self.step()
 
     # -- the slow steps ------------------------------------------------------------------
@@ -357,7 +402,7 @@ class Forwarding:
     async def _race(self, policy: Race, nodes: list[Node]) -> None:
         router = self.router
         winner = await router.ping_race(nodes, self.deadline)
-        if self.state is not RACING:
+        if self.state != RACING:
             return
         if winner is None:
             if router.clock() >= self.deadline:
@@ -369,8 +414,9 @@ class Forwarding:
                 self.last_error = NoHealthyNode("no node answered the race ping in time")
             self.finish()
             return
-        policy.remember(winner, router.clock())
-        self._launch(winner, len(nodes))
+        now = router.clock()
+        policy.remember(winner, now)
+        self._launch(winner, len(nodes), now)
 
     def _queue(self) -> None:
         slots = self.router.slots
@@ -381,7 +427,7 @@ class Forwarding:
             )
             self.finish()
             return
-        self.state = QUEUED
+        self._to(QUEUE)
         waiter = slots.join()  # in line now: the next request sees it
 
         async def wait() -> None:
@@ -391,7 +437,8 @@ class Forwarding:
                     f"no node had a free slot within the {self.router.total:g}s deadline",
                 )
                 self.finish()
-            elif self.state is QUEUED:
+            elif self.state == QUEUED:
+                self._to(TURN)
                 self.step()
 
         self._await(wait())
@@ -401,9 +448,9 @@ class Forwarding:
     def finish(self, *, answered: bool = False) -> None:
         """End the request: with the answer when ``answered``, else with the error that
         ended it (a broadcast keeps the answer of the node that may have it)."""
-        if self.state in _OVER:
+        if self.state >= DONE:
             return
-        self.state = DONE
+        self._to(END)
         outcome = self.outcome
         if not answered and self.empty is not None:
             # Every node asked said null (or none is left to ask): that is the answer.
@@ -422,9 +469,9 @@ class Forwarding:
 
     def cancel(self) -> None:
         """Nobody waits for the answer any more: stop every try (their nodes are not blamed)."""
-        if self.state in _OVER:
+        if self.state >= DONE:
             return
-        self.state = CANCELLED
+        self._to(CANCEL)
         for t in self.tries:
             t.cancel()
         self.tries.clear()
@@ -473,7 +520,7 @@ class Try:
             per_try = forwarding.deadline - now
         timeout = max(0.001, min(per_try, forwarding.deadline - now))
         self.load = self.node.begin(now)
-        exchange = router.start_request(self.node, forwarding.req, timeout, self.ended)
+        exchange = router.start_request(self.node.address, forwarding.req, timeout, self.ended)
         if self.live:  # (a transport may answer before returning)
             self.exchange = exchange
 

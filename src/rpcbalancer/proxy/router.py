@@ -33,27 +33,18 @@ The router raises nothing for upstream trouble: it returns an :class:`Outcome` t
 either the answer or the error that ended the request, plus what was tried, and the
 gateway turns that into a response.
 
-Two doors, one logic: :meth:`Router.start` runs a request as a :class:`Forwarding`, a
-small state machine driven by the transport's callbacks (the data plane: no task, future or
-timer of its own per request; hedges are timed by one loop timer for all requests, see
-:class:`.callbacks.DueQueue`), and :meth:`Router.forward` awaits the same machine. Only the rare
-steps that must wait (the race's pings, a free slot under ``node_concurrency``, a new
-connection) run as tasks.
-
-The states of a forwarding, and what moves it on (``step`` picks a node and starts a try)::
-
-    PICKING --step--> TRYING --hedge due, budget pays--> HEDGED
-       |  \                |  \                           |
-       |   '--race-------> RACING --winner--> TRYING      | an answer: DONE
-       |   '--all nodes at their cap--> QUEUED --slot--> PICKING
-       |                    |  a failure, tries and time left: PICKING
-       '-- no node, no try, no time, no budget: DONE       '-- cancel: CANCELLED
+:meth:`Router.start` runs a request as a :class:`Forwarding`, a small state machine
+driven by the transport's callbacks (the data plane: no task, future or timer of its own per
+request; hedges are timed by one loop timer for all requests, see
+:class:`.callbacks.DueQueue`). Only the rare steps that must wait (the race's pings, a free
+slot under ``node_concurrency``, a new connection) run as tasks. The forwarding's states and
+the one table of their transitions are in :mod:`.forwarding`.
 
 Who calls whom on the hot path (one request, no task)::
 
-    Gateway._dispatch -> Router.start -> Forwarding.step -> Try.start -> H1Transport.start
+    Gateway (the way) -> Router.start -> Forwarding.step -> Try.start -> H1Transport.start
     Connection (answer parsed) -> Exchange.answered -> Try.ended -> Forwarding.ended
-        -> Forwarding.finish -> the gateway's done(outcome) -> the server's reply
+        -> Forwarding.finish -> the gateway's done(outcome): learn, answer, account, reply
 """
 
 from __future__ import annotations
@@ -61,20 +52,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from ..callbacks import DueQueue, until_called
+from ..cache.policy import Finality
+from ..callbacks import DueQueue
 from ..config import HedgeConfig
 from ..config.model import UpstreamGroup
+from ..failsafe.budget import RetryBudget
+from ..failsafe.slots import SlotLine
 from ..fleet.fleet import Fleet
 from ..fleet.nodes import Node
 from ..fleet.policies import BasePolicy, PickContext
 from ..health.chains import Chain
 from ..health.probe import probe_headers, race
 from ..upstream.pool import Transport, starter
-from .budget import RetryBudget
 from .forwarding import Forwarding, Outcome, ProxyRequest, judge
-from .slots import SlotLine
 
 __all__ = ["Forwarding", "Group", "Outcome", "ProxyRequest", "Router", "judge"]
 
@@ -123,26 +114,6 @@ class Router:
         forwarding.step()
         return forwarding
 
-    async def forward(self, req: ProxyRequest) -> Outcome:
-        return await until_called(lambda done: self.start(req, done))
-
-    def hedge_delay(self, node: Node, req: ProxyRequest, choices: int) -> float | None:
-        """How long to wait for ``node`` before asking a second one, or None for no hedge:
-        never for a broadcast, never without a second node. A node with too few answers to
-        know its quantile (one the strategy seldom picks) is hedged after three times its
-        predicted latency; one never measured is not hedged."""
-        hedge = self.hedge
-        if hedge is None or not hedge.enabled or not req.idempotent or choices < 2:
-            return None
-        now = self.clock()
-        quantile = node.quantile(hedge.quantile, hedge.min_samples, now)
-        if quantile is None:
-            predicted = node.predicted(now)
-            if predicted is None:
-                return None
-            quantile = 3.0 * predicted
-        return min(hedge.max_delay, max(hedge.min_delay, quantile))
-
     def another(self, req: ProxyRequest, tried: list[Node], now: float) -> Node | None:
         """A node for a hedge: usable, not tried yet (none when failing open)."""
         candidates, failopen = self.fleet.candidates(now)
@@ -168,12 +139,32 @@ class Router:
         return "no node can serve this request (" + "; ".join(reasons) + ")"
 
 
-@dataclass(frozen=True, slots=True)
 class Group:
-    """A named group of backends: its nodes and the router that picks among them."""
+    """A named group of backends: its nodes, the router that picks among them, and what is
+    known of its chain (the head and last irreversible block its nodes reported)."""
 
-    name: str
-    spec: UpstreamGroup
-    fleet: Fleet
-    policy: BasePolicy
-    router: Router
+    __slots__ = ("finality", "fleet", "looked", "name", "policy", "router", "spec")
+
+    def __init__(
+        self, name: str, spec: UpstreamGroup, fleet: Fleet, policy: BasePolicy, router: Router
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.fleet = fleet
+        self.policy = policy
+        self.router = router
+        self.finality = Finality()
+        self.looked = -1.0
+
+    def __repr__(self) -> str:
+        return f"<Group {self.name} {self.policy.name} {self.fleet!r}>"
+
+    def chain_now(self, now: float) -> Finality:
+        """What the group knows of its chain, brought up to date with its nodes' probes and
+        answers at most twice a second (the cache asks on every lookup)."""
+        finality = self.finality
+        if now - self.looked >= 0.5:
+            self.looked = now
+            for node in self.fleet.nodes:
+                finality.saw(node.head(), node.irreversible)
+        return finality

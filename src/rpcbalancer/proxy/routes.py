@@ -33,8 +33,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ..config.ttl import FOREVER, IF_IRREVERSIBLE, NO_CACHE
-from ..jsonrpc import dumps
 
 __all__ = [
     "FOREVER",
@@ -100,15 +101,10 @@ def canonical(params: Any) -> str:
     at every depth (no key is ever dropped, big integers stay exact)."""
     if params is None:
         return "[]"
-    return dumps(_sorted(params)).decode()
-
-
-def _sorted(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _sorted(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_sorted(v) for v in value]
-    return value
+    try:
+        return orjson.dumps(params, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # an integer beyond 64 bits
+        return json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from typing import Protocol, cast
 import httptools
 
 from ..errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout
-from ..fleet.nodes import Node
+from ..fleet.address import NodeAddress
 
 # Node answers are handed to clients with these headers only; the rest is the node's business.
 _KEPT_HEADERS = frozenset({b"content-type", b"cache-control", b"retry-after"})
@@ -251,16 +251,16 @@ class NodeRequest:
     always tell "never sent" from "may have arrived"."""
 
 
-def encode_request(node: Node, target: Target, request: NodeRequest) -> bytes:
-    """The bytes of ``request`` for ``node``."""
+def encode_request(origin: NodeAddress, target: Target, request: NodeRequest) -> bytes:
+    """The bytes of ``request`` for the node at ``origin``."""
     method, path, headers, body = request.method, request.path, request.headers, request.body
     # The request line, Host and the node's own headers are the same for every request to a
-    # node: encoded once (keyed by the node itself, which the cache keeps alive: its id
-    # could otherwise be reused by a node made later). The request's headers follow.
-    key = (method, node, path)
+    # node: encoded once (keyed by its address itself, which the cache keeps alive: its id
+    # could otherwise be reused by an address made later). The request's headers follow.
+    key = (method, origin, path)
     cached = _prefixes.get(key)
     if cached is None:
-        node_headers = node.headers
+        node_headers = origin.headers
         lines = [
             f"{method} {path or target.path} HTTP/1.1\r\n".encode("latin-1"),
             b"host: " + target.host_header + b"\r\n",

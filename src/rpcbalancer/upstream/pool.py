@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 from ..callbacks import Cancellable, until_called
 from ..errors import UpstreamConnectError, UpstreamError
-from ..fleet.nodes import Node
+from ..fleet.address import NodeAddress
 from .connection import (
     MAX_BODY,
     Connection,
@@ -67,8 +67,10 @@ log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
-    async def send(self, node: Node, request: NodeRequest, timeout: float) -> UpstreamResponse:
-        """Send ``request`` to ``node`` within ``timeout`` seconds. Raises an
+    async def send(
+        self, origin: NodeAddress, request: NodeRequest, timeout: float
+    ) -> UpstreamResponse:
+        """Send ``request`` to the node at ``origin`` within ``timeout`` seconds. Raises an
         :class:`UpstreamError` on any failure."""
         ...
 
@@ -84,7 +86,7 @@ class Starter(Protocol):
     the answer or the error, unless the returned handle is cancelled first."""
 
     def __call__(
-        self, node: Node, request: NodeRequest, timeout: float, done: Done
+        self, origin: NodeAddress, request: NodeRequest, timeout: float, done: Done
     ) -> Cancellable: ...
 
 
@@ -103,10 +105,12 @@ def starter(transport: Transport) -> Starter:
     if start is not None:
         return cast(Starter, start)
 
-    def via_send(node: Node, request: NodeRequest, timeout: float, done: Done) -> Cancellable:
+    def via_send(
+        origin: NodeAddress, request: NodeRequest, timeout: float, done: Done
+    ) -> Cancellable:
         async def run() -> None:
             try:
-                resp = await transport.send(node, request, timeout)
+                resp = await transport.send(origin, request, timeout)
             except UpstreamError as exc:
                 done(None, exc)
                 return
@@ -128,7 +132,7 @@ class Exchange:
         "data",
         "deadline",
         "done",
-        "node",
+        "origin",
         "over",
         "reuse",
         "target",
@@ -138,7 +142,7 @@ class Exchange:
     def __init__(
         self,
         client: H1Transport,
-        node: Node,
+        origin: NodeAddress,
         target: Target,
         data: bytes,
         timeout: float,
@@ -147,7 +151,7 @@ class Exchange:
         reuse: bool,
     ) -> None:
         self.client = client
-        self.node = node
+        self.origin = origin
         self.target = target
         self.data = data
         self.timeout = timeout
@@ -175,14 +179,14 @@ class Exchange:
 
     async def _connect(self) -> None:
         try:
-            conn = await self.client.connect(self.node, self.target, self.deadline)
+            conn = await self.client.connect(self.origin, self.target, self.deadline)
         except UpstreamError as exc:
             self.connecting = None
             self._end(None, exc)
             return
         except Exception as exc:  # whatever else connecting raised is still a failed try
             self.connecting = None
-            self._end(None, UpstreamConnectError(self.node.name, f"cannot connect ({exc})"))
+            self._end(None, UpstreamConnectError(self.origin.name, f"cannot connect ({exc})"))
             return
         self.connecting = None
         if self.over:  # cancelled while connecting
@@ -211,7 +215,7 @@ class Exchange:
             self.reuse = False  # the node closed it while idle: once more, on a fresh one
             self.begin(conn.loop)
             return
-        error = exc if isinstance(exc, UpstreamError) else UpstreamError(self.node.name, str(exc))
+        error = exc if isinstance(exc, UpstreamError) else UpstreamError(self.origin.name, str(exc))
         self._end(None, error)
 
     def _end(self, response: UpstreamResponse | None, error: UpstreamError | None) -> None:
@@ -221,7 +225,7 @@ class Exchange:
         try:
             self.done(response, error)
         except Exception:  # a bug past this point must not look like the node's fault
-            log.exception("unexpected error handling the answer of %s", self.node.name)
+            log.exception("unexpected error handling the answer of %s", self.origin.name)
 
     def cancel(self) -> None:
         """Abandon the request: half a request may be in flight, so its connection goes."""
@@ -256,35 +260,35 @@ class H1Transport:
         self._tls: dict[bool, ssl.SSLContext] = {}
         self.busy: set[Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._node_targets: dict[Node, Target] = {}
-        """Each node's target, found without building a key on every request."""
+        self._origin_targets: dict[NodeAddress, Target] = {}
+        """Each origin's target, found without building a key on every request."""
 
-    def _target(self, node: Node) -> Target:
-        target = self._node_targets.get(node)
+    def _target(self, origin: NodeAddress) -> Target:
+        target = self._origin_targets.get(origin)
         if target is not None:
             return target
-        cache_key = (node.url, node.sni, node.host_header, node.verify_tls)
+        cache_key = (origin.url, origin.sni, origin.host_header, origin.verify_tls)
         target = self._targets.get(cache_key)
         if target is None:
-            parts = urlsplit(node.url)
+            parts = urlsplit(origin.url)
             tls = parts.scheme == "https"
             host = parts.hostname or ""
             port = parts.port or (443 if tls else 80)
-            sni = (node.sni or host) if tls else None
-            netloc = node.host_header or parts.netloc.rpartition("@")[2]
+            sni = (origin.sni or host) if tls else None
+            netloc = origin.host_header or parts.netloc.rpartition("@")[2]
             target = Target(
-                key=(parts.scheme, host, port, sni, node.verify_tls),
+                key=(parts.scheme, host, port, sni, origin.verify_tls),
                 host=host,
                 port=port,
-                tls=self._tls_context(node.verify_tls) if tls else None,
+                tls=self._tls_context(origin.verify_tls) if tls else None,
                 sni=sni,
                 host_header=netloc.encode("idna" if not netloc.isascii() else "ascii"),
                 path=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
             )
             self._targets[cache_key] = target
-        if len(self._node_targets) >= 4096:  # nodes come and go with DNS: keep it bounded
-            self._node_targets.clear()
-        self._node_targets[node] = target
+        if len(self._origin_targets) >= 4096:  # nodes come and go with DNS: keep it bounded
+            self._origin_targets.clear()
+        self._origin_targets[origin] = target
         return target
 
     def _tls_context(self, verify: bool) -> ssl.SSLContext:
@@ -297,23 +301,28 @@ class H1Transport:
             self._tls[verify] = context
         return context
 
-    def start(self, node: Node, request: NodeRequest, timeout: float, done: Done) -> Exchange:
-        """Send ``request`` to ``node``; ``done(answer, None)`` or ``done(None, error)`` is
-        called once, from the loop, unless the returned exchange is cancelled first."""
-        target = self._target(node)
-        data = encode_request(node, target, request)
+    def start(
+        self, origin: NodeAddress, request: NodeRequest, timeout: float, done: Done
+    ) -> Exchange:
+        """Send ``request`` to the node at ``origin``; ``done(answer, None)`` or
+        ``done(None, error)`` is called once, from the loop, unless the returned exchange is
+        cancelled first."""
+        target = self._target(origin)
+        data = encode_request(origin, target, request)
         loop = self._loop = running_loop(self._loop)
         exchange = Exchange(
-            self, node, target, data, timeout, loop.time() + timeout, done, request.idempotent
+            self, origin, target, data, timeout, loop.time() + timeout, done, request.idempotent
         )
         exchange.begin(loop)
         return exchange
 
-    async def send(self, node: Node, request: NodeRequest, timeout: float) -> UpstreamResponse:
+    async def send(
+        self, origin: NodeAddress, request: NodeRequest, timeout: float
+    ) -> UpstreamResponse:
         def begin(
             done: Callable[[tuple[UpstreamResponse | None, UpstreamError | None]], None],
         ) -> Exchange:
-            return self.start(node, request, timeout, lambda r, e: done((r, e)))
+            return self.start(origin, request, timeout, lambda r, e: done((r, e)))
 
         response, error = await until_called(begin)
         if error is not None:
@@ -339,13 +348,13 @@ class H1Transport:
         conn.idle_since = now
         idle.append(conn)
 
-    async def connect(self, node: Node, target: Target, deadline: float) -> Connection:
+    async def connect(self, origin: NodeAddress, target: Target, deadline: float) -> Connection:
         loop = asyncio.get_running_loop()
         budget = min(self.connect_timeout, max(deadline - loop.time(), 0.0))
         try:
             async with asyncio.timeout(budget):
                 _, conn = await loop.create_connection(
-                    lambda: Connection(loop, self.max_body, node.name),
+                    lambda: Connection(loop, self.max_body, origin.name),
                     target.host,
                     target.port,
                     ssl=target.tls,
@@ -353,21 +362,21 @@ class H1Transport:
                 )
         except TimeoutError:
             raise UpstreamConnectError(
-                node.name, f"connect timed out after {budget:.2f}s"
+                origin.name, f"connect timed out after {budget:.2f}s"
             ) from None
         except socket.gaierror as exc:
             raise UpstreamConnectError(
-                node.name, f"cannot resolve {target.host} ({exc.strerror or exc})"
+                origin.name, f"cannot resolve {target.host} ({exc.strerror or exc})"
             ) from None
         except ssl.SSLError as exc:
-            raise UpstreamConnectError(node.name, f"TLS failed ({exc.reason or exc})") from None
+            raise UpstreamConnectError(origin.name, f"TLS failed ({exc.reason or exc})") from None
         except OSError as exc:
             why = (
                 exc.strerror.lower()
                 if exc.strerror and "call failed" not in exc.strerror
                 else _errno_text(exc)
             )
-            raise UpstreamConnectError(node.name, f"cannot connect ({why})") from None
+            raise UpstreamConnectError(origin.name, f"cannot connect ({why})") from None
         return conn
 
     async def prune(self) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -45,7 +45,6 @@ class Reading:
     version: str | None = None
     version_doc: Any = None
     """The version call's whole answer (the original design's ``__version__``)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Chain(Protocol):

@@ -72,7 +72,6 @@ class SteemLike:
         )
 
     def read(self, answers: dict[str, Answer]) -> Reading:
-        extra: dict[str, Any] = {}
         status = answers.get("status")
         status_doc = json_of(status)
         # jussi answers GET / with {"status": "OK", "jussi_num": N}. A bare steemd has no such
@@ -80,8 +79,6 @@ class SteemLike:
         if isinstance(status_doc, dict) and "status" in status_doc:
             if status_doc.get("status") != "OK":
                 return Reading(ok=False, error=f"status: {status_doc.get('status')!r}, not 'OK'")
-            if isinstance(status_doc.get("jussi_num"), int):
-                extra["jussi_num"] = status_doc["jussi_num"]
         elif status is not None and status.status >= 500:
             return Reading(ok=False, error=failure(status, "status"))
 
@@ -92,7 +89,7 @@ class SteemLike:
             why = failure(head, "head")
             if isinstance(head_doc, dict) and isinstance(head_doc.get("error"), dict):
                 why = f"head: {head_doc['error'].get('message', 'JSON-RPC error')}"
-            return Reading(ok=False, error=why, extra=extra)
+            return Reading(ok=False, error=why)
         head_time = _parse_time(props.get("time"))
         irreversible = props.get("last_irreversible_block_num")
 
@@ -110,7 +107,6 @@ class SteemLike:
             irreversible_block=irreversible if isinstance(irreversible, int) else None,
             version=version,
             version_doc=version_doc,
-            extra=extra,
         )
 
     def is_broadcast(self, method: str) -> bool:

@@ -34,7 +34,6 @@ class ProbeRecord:
     irreversible_block: int | None = None
     version: str | None = None
     version_doc: Any = None
-    jussi_num: int | None = None
     canary: str = ""
     """Who probed: host and process of the canary."""
 

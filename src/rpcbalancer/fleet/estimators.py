@@ -1,0 +1,128 @@
+"""A node's latency, as every part that decides by it reads it (sans-IO).
+
+:class:`Latencies` holds the estimators one answer feeds: the latency by load
+(:class:`~.latency.LoadLatency`, the ``fastest`` strategy's), a *peak EWMA* (the classic
+estimate, kept for ``model: peak_ewma``: a sample above the average replaces it at once, one
+below pulls it down slowly, and it fades while the node is idle), a window of recent
+successful latencies (the hedge's quantile, the status page's percentiles) and the histogram
+the metrics export.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import deque
+
+from .latency import LoadLatency
+
+WINDOW = 512
+"""Recent successful latencies kept per node for quantiles."""
+QUANTILE_EVERY = 0.1
+"""Seconds between recomputations of a quantile under load (see :meth:`Latencies.quantile`)."""
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds (seconds) of the latency histogram kept per node (Prometheus buckets)."""
+
+
+class Latencies:
+    __slots__ = (
+        "_ewma",
+        "_ewma_at",
+        "_quantile",
+        "_quantile_at",
+        "_quantile_seen",
+        "hist",
+        "model",
+        "seen",
+        "sum",
+        "window",
+    )
+
+    def __init__(self) -> None:
+        self.model = LoadLatency()
+        """Latency by load, learned from the answers (the ``fastest`` strategy's estimate)."""
+        self._ewma: float | None = None
+        self._ewma_at = 0.0
+        self.window: deque[float] = deque(maxlen=WINDOW)
+        self.hist = [0] * (len(LATENCY_BUCKETS) + 1)
+        """Tries by latency, per bucket of :data:`LATENCY_BUCKETS` (the last: above them)."""
+        self.sum = 0.0
+        """Every try's latency added up (the histogram's sum)."""
+        self.seen = 0
+        """Tries recorded: a quantile is recomputed after enough new ones."""
+        self._quantile: dict[float, float] = {}
+        self._quantile_seen = 0
+        self._quantile_at = 0.0
+
+    def __repr__(self) -> str:
+        ewma = f"{self._ewma * 1000:.1f}ms" if self._ewma is not None else "?"
+        return f"<Latencies ewma={ewma} {self.model!r}>"
+
+    def tried(self, now: float, latency: float, sample: float, ok: bool, load: int) -> None:
+        """A try that took ``latency`` seconds under ``load`` ended; ``sample`` is what the
+        estimates learn (a failure counts as at least the try's timeout)."""
+        self.observe(now, sample, load)
+        self.hist[bisect_left(LATENCY_BUCKETS, latency)] += 1
+        self.sum += latency
+        self.seen += 1
+        if ok:
+            self.window.append(latency)
+
+    def observe(self, now: float, sample: float, load: int = 1) -> None:
+        """A latency seen by an answer, a probe or a race ping (sent under ``load``)."""
+        self.model.observe(now, sample, load)
+        ewma = self._ewma
+        if ewma is None or sample >= ewma:
+            self._ewma = sample
+        else:
+            weight = math.exp(-max(0.0, now - self._ewma_at) / 10.0)
+            self._ewma = ewma * weight + sample * (1.0 - weight)
+        self._ewma_at = now
+
+    def restart(self) -> None:
+        """Forget the level (a node back from down), keep how load slows it."""
+        self._ewma = None
+        self.model.restart()
+
+    @property
+    def ewma(self) -> float | None:
+        return self._ewma
+
+    def faded(self, now: float, decay: float = 10.0) -> float | None:
+        """The peak EWMA (seconds), fading toward zero while the node is not used, so that an
+        idle node is tried again rather than judged forever on old news."""
+        ewma = self._ewma
+        if ewma is None:
+            return None
+        age = now - self._ewma_at
+        return ewma * math.exp(-age / decay) if age > 0.0 else ewma
+
+    def quantile(self, q: float, min_samples: int, now: float | None = None) -> float | None:
+        """A latency quantile of recent successful answers. Sorting the window on every
+        request would cost more than the hedge it times: the value is recomputed after 16
+        more tries and, when ``now`` is given, at most every :data:`QUANTILE_EVERY` seconds
+        (yet always after 4096 tries)."""
+        if len(self.window) < min_samples:
+            return None
+        cached = self._quantile.get(q)
+        fresh = self.seen - self._quantile_seen
+        if (
+            cached is None
+            or fresh >= 4096
+            or (fresh >= 16 and (now is None or now - self._quantile_at >= QUANTILE_EVERY))
+        ):
+            self._quantile.clear()
+            self._quantile_seen = self.seen
+            self._quantile_at = now if now is not None else 0.0
+            cached = self.percentile(q)
+            if cached is None:
+                return None
+            self._quantile[q] = cached
+        return cached
+
+    def percentile(self, q: float) -> float | None:
+        """A percentile (0..1) of recent successful latencies, for status views."""
+        if not self.window:
+            return None
+        ordered = sorted(self.window)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -1,0 +1,292 @@
+"""A batch on the way: each member planned and looked up on its own, the rest forwarded per
+group, the answers put back together.
+
+Members answered from the cache stay here. When every other member goes to one group as it
+came (nothing answered here, nothing renamed), the client's batch is forwarded whole and the
+node's answer passed on as it is (the usual case). Otherwise each group gets a smaller batch
+(ids rewritten to their positions, so that answers map back whatever order they come in; a
+broadcast member makes its batch a broadcast: never sent twice), all in parallel, and the
+answers are put back in the order of the request with the clients' own ids. Either way each
+answer is learned from (:mod:`.learn`) as a single call's would be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..callbacks import Cancellable
+from ..errors import NoHealthyNode
+from ..jsonrpc import dumps, error_object, loads
+from ..messages import FAILURES, failure_of
+from .forwarding import Outcome
+from .lookup import answer_of
+
+if TYPE_CHECKING:
+    from ..fleet.nodes import Node
+    from .context import RequestContext
+    from .learn import Learner
+    from .lookup import Lookup
+    from .plan import Plan, Planner
+
+
+class BatchWay(Protocol):
+    """What a batch asks of the gateway: its steps, and the answer at the end."""
+
+    planner: Planner
+    lookup: Lookup
+    learner: Learner
+
+    def route_batch(
+        self,
+        ctx: RequestContext,
+        plan: Plan,
+        body: bytes,
+        broadcast: bool,
+        done: Callable[[Outcome], None],
+    ) -> Cancellable:
+        """Forward a batch body to the group of ``plan`` (the route step)."""
+        ...
+
+    def answer(self, ctx: RequestContext) -> None: ...
+
+    def label_of(self, method: str) -> str: ...
+
+
+class Batch:
+    """One batch through the way: hits answered here, the rest per group in parallel."""
+
+    __slots__ = (
+        "answers",
+        "ctx",
+        "forwardings",
+        "groups",
+        "hits",
+        "nodes",
+        "outcomes",
+        "pending",
+        "way",
+    )
+
+    def __init__(self, way: BatchWay, ctx: RequestContext) -> None:
+        self.way = way
+        self.ctx = ctx
+        assert ctx.call is not None
+        self.answers: list[Any] = [None] * len(ctx.call.members)
+        """Each member's answer: its bytes (a hit), its object, or None (a notification,
+        or not yet)."""
+        self.pending = 0
+        self.forwardings: list[Cancellable] = []
+        self.outcomes: list[Outcome] = []
+        self.groups: list[str] = []
+        self.nodes: list[str] = []
+        self.hits = 0
+
+    def __repr__(self) -> str:
+        return f"<Batch {len(self.answers)} members, {self.hits} hits, {self.pending} pending>"
+
+    def start(self) -> Cancellable | None:
+        way, ctx = self.way, self.ctx
+        call = ctx.call
+        assert call is not None
+        lookup = way.lookup
+        caching = lookup.cache is not None
+        by_group: dict[str, list[tuple[int, Plan]]] = {}
+        rewritten = False
+        for index, member in enumerate(call.members):
+            plan = way.planner.plan(member)
+            if caching and plan.cacheable:
+                label = way.label_of(call.methods[index])
+                if ctx.no_cache:
+                    lookup.count(label, "bypass")
+                else:
+                    entry = lookup.here(plan)
+                    if entry is not None and "id" in member:
+                        lookup.count(label, "hit")
+                        self.answers[index] = answer_of(entry, member["id"])
+                        self.hits += 1
+                        self.nodes.append(entry.node)
+                        continue
+                    lookup.count(label, "miss")
+            rewritten = rewritten or plan.shape.rewritten
+            by_group.setdefault(plan.shape.group.name, []).append((index, plan))
+        if len(by_group) == 1 and not self.hits and not rewritten:
+            plans = next(iter(by_group.values()))
+            self._whole(plans)
+            return self
+        for plans in by_group.values():
+            self._send(plans)
+        if self.pending == 0:
+            self._done()
+            return None
+        return self
+
+    def _whole(self, plans: list[tuple[int, Plan]]) -> None:
+        """Every member to one group, as the client sent them: the batch goes whole and the
+        node's answer is passed on."""
+        ctx = self.ctx
+        call = ctx.call
+        assert call is not None
+        first = plans[0][1]
+        group = first.shape.group
+        self.groups.append(group.name)
+        ctx.groups = (group.name,)
+        broadcast = any(plan.shape.broadcast for _, plan in plans)
+        body = call.body or ctx.req.body
+        if self.way.lookup.cache is not None:
+            ctx.verdict = "miss"
+
+        def ended(outcome: Outcome) -> None:
+            resp = outcome.response
+            ctx.outcome = outcome
+            if resp is not None and resp.status < 400 and self.way.lookup.cache is not None:
+                self._learn_by_id(plans, resp.body, outcome.node)
+            self.way.answer(ctx)
+
+        self.pending = 1
+        self.forwardings.append(self.way.route_batch(ctx, first, body, broadcast, ended))
+
+    def _learn_by_id(self, plans: list[tuple[int, Plan]], body: bytes, node: Node | None) -> None:
+        """Learn from a whole batch's answers, matched to the members by the clients' ids
+        (members whose id is missing or shared with another are not learned from)."""
+        call = self.ctx.call
+        assert call is not None
+        if node is None:
+            return
+        by_id: dict[Any, int] = {}
+        shared: set[Any] = set()
+        for index, _ in plans:
+            ident = call.members[index].get("id")
+            if ident is None or isinstance(ident, float):
+                continue
+            if ident in by_id:
+                shared.add(ident)
+            by_id[ident] = index
+        answers = _answers_of(body)
+        if answers is None:
+            return
+        positions = dict(plans)
+        learner, label_of = self.way.learner, self.way.label_of
+        for answer in answers:
+            if not isinstance(answer, dict) or "result" not in answer:
+                continue
+            ident = answer.get("id")
+            if isinstance(ident, dict | list) or ident in shared:
+                continue
+            found = by_id.get(ident)
+            if found is not None:
+                label = label_of(call.methods[found])
+                learner.keep(positions[found], answer["result"], node, label)
+
+    def _send(self, plans: list[tuple[int, Plan]]) -> None:
+        """A smaller batch to one group, ids rewritten to positions."""
+        ctx = self.ctx
+        call = ctx.call
+        assert call is not None
+        members = []
+        back: dict[int, int] = {}
+        for internal, (index, plan) in enumerate(plans):
+            member = dict(plan.member)
+            if "id" in call.members[index]:
+                member["id"] = internal  # answers map back whatever order they come in
+                back[internal] = index
+            else:
+                member.pop("id", None)
+            members.append(member)
+        first = plans[0][1]
+        self.groups.append(first.shape.group.name)
+        broadcast = any(plan.shape.broadcast for _, plan in plans)
+
+        def ended(outcome: Outcome) -> None:
+            self._ended(plans, back, outcome)
+
+        self.pending += 1
+        self.forwardings.append(self.way.route_batch(ctx, first, dumps(members), broadcast, ended))
+
+    def _ended(self, plans: list[tuple[int, Plan]], back: dict[int, int], outcome: Outcome) -> None:
+        call = self.ctx.call
+        assert call is not None
+        self.outcomes.append(outcome)
+        resp, node = outcome.response, outcome.node
+        answers = _answers_of(resp.body) if resp is not None and resp.status < 400 else None
+        if node is not None:
+            self.nodes.append(node.name)
+        if answers is None:
+            kind = failure_of(outcome.error) if resp is None else "upstream"
+            text = str(outcome.error or f"answered HTTP {resp.status if resp else '?'}")
+            for index in back.values():
+                self.answers[index] = _error(FAILURES[kind].code, text, call.members[index]["id"])
+        else:
+            positions = dict(plans)
+            learner, label_of = self.way.learner, self.way.label_of
+            for answer in answers:
+                internal = answer.get("id") if isinstance(answer, dict) else None
+                found = back.get(internal) if isinstance(internal, int) else None
+                if found is None:
+                    continue
+                answer["id"] = call.members[found]["id"]
+                self.answers[found] = answer
+                if node is not None and "result" in answer:
+                    label = label_of(call.methods[found])
+                    learner.keep(positions[found], answer["result"], node, label)
+            for index in back.values():
+                if self.answers[index] is None:
+                    why = "the node gave this member no answer"
+                    self.answers[index] = _error(
+                        FAILURES["upstream"].code, why, call.members[index]["id"]
+                    )
+        self.pending -= 1
+        if self.pending == 0:
+            self._done()
+
+    def _done(self) -> None:
+        ctx = self.ctx
+        call = ctx.call
+        assert call is not None
+        outcome = ctx.outcome = _merged(self.outcomes)
+        ctx.groups = tuple(self.groups)
+        ctx.nodes = tuple(self.nodes)
+        if self.way.lookup.cache is not None:
+            ctx.verdict = "hit" if self.hits == len(call.members) else "miss"
+        if self.hits or outcome is None or outcome.response is not None:
+            parts = [a if isinstance(a, bytes) else dumps(a) for a in self.answers if a is not None]
+            ctx.body = b"[" + b",".join(parts) + b"]"
+        # else no member was answered: the failure is the batch's, as when it went whole
+        self.way.answer(ctx)
+
+    def cancel(self) -> None:
+        forwardings, self.forwardings = self.forwardings, []
+        for forwarding in forwardings:
+            forwarding.cancel()
+
+
+def _error(code: int, message: str, ident: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "error": error_object(code, message), "id": ident}
+
+
+def _answers_of(body: bytes) -> list[Any] | None:
+    try:
+        doc = loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(doc, dict):
+        doc = [doc]
+    return doc if isinstance(doc, list) else None
+
+
+def _merged(outcomes: list[Outcome]) -> Outcome | None:
+    """One outcome for the accounting of a batch sent as several."""
+    if not outcomes:
+        return None
+    if len(outcomes) == 1:
+        return outcomes[0]
+    tried: list[Node] = [n for o in outcomes for n in o.tried]
+    answered = [o for o in outcomes if o.response is not None]
+    first = answered[0] if answered else outcomes[0]
+    return Outcome(
+        response=first.response,
+        error=None if answered else (first.error or NoHealthyNode("no node answered")),
+        node=first.node,
+        tried=tried,
+        hedged=any(o.hedged for o in outcomes),
+    )

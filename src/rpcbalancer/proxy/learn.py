@@ -1,0 +1,73 @@
+"""The learn step: what an answer teaches, on its way back to the client.
+
+A node's answer says something of its chain (a dynamic global properties answer carries the
+head and the last irreversible block: the group's :class:`~..cache.policy.Finality` moves on,
+and the node's irreversible block with it) and may be kept for the next client who asks the
+same (:meth:`.AnswerCache.keep` judges it: never an error or an empty answer, never a block
+that is not the one asked for, never what a node the fleet excludes said). A kept answer goes
+to this process's tier at once and to Redis, when there is one, in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..cache import AnswerCache, has_result, result_of
+from ..fleet.nodes import Node
+
+if TYPE_CHECKING:
+    from ..health.chains import Chain
+    from .forwarding import Outcome
+    from .plan import Plan
+
+_LIB = re.compile(rb'"last_irreversible_block_num"\s*:\s*(\d+)')
+
+
+class Learner:
+    def __init__(self, cache: AnswerCache | None, chain: Chain, clock: Callable[[], float]) -> None:
+        self.cache = cache
+        self.chain = chain
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"<Learner {self.cache!r}>"
+
+    def learn(self, plan: Plan, outcome: Outcome, label: str) -> None:
+        """What a single call's answer teaches (``label``: the method's metric label)."""
+        resp, node = outcome.response, outcome.node
+        if resp is None or node is None or resp.status >= 400:
+            return
+        body = resp.body
+        if b'"last_irreversible_block_num"' in body:
+            match = _LIB.search(body)
+            if match is not None:
+                lib = int(match.group(1))
+                node.observe_irreversible(lib)
+                plan.shape.group.chain_now(self.clock()).saw(self.chain.head_in(body), lib)
+        if self.cache is None or not plan.cacheable:
+            return
+        result = result_of(body)
+        if has_result(result):
+            self.keep(plan, result, node, label)
+
+    def keep(self, plan: Plan, result: Any, node: Node, label: str) -> None:
+        """Keep ``result`` (a call's parsed ``result``, from ``node``) when the cache may."""
+        cache = self.cache
+        if cache is None or not plan.cacheable:
+            return
+        now = self.clock()
+        group = plan.shape.group
+        if group.fleet.exclusion(node, now) is not None:
+            return  # an excluded node served (failing open): never keep what it said
+        entry = cache.keep(plan, result, node.name, node.irreversible, group.chain_now(now))
+        if entry is None:
+            cache.count(label, "skipped")
+            return
+        key = plan.key
+        cache.put(key, entry)
+        cache.count(label, "stored")
+        if cache.shared is not None:
+            asyncio.get_running_loop().create_task(cache.put_shared(key, entry))

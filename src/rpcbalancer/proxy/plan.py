@@ -1,0 +1,193 @@
+"""The plan of one call: which group serves it, with what TTL, timeout and retries, whether it
+is a broadcast, its cache key, and what is sent (sans-IO).
+
+Planning reads the method the way routes do (:mod:`.routes`: jussi's and drone's naming,
+``equivalent_methods``, ``translate_to_appbase``) and resolves its route. Everything but the
+cache key depends on the method alone unless a route matches parameters (``params=``) or the
+method is ``call``: that part is worked out once per method and kept (a bounded memo), so that
+planning the usual call is a dictionary hit. A balancer with one group and no routes plans the
+same way: its one group is every call's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from ..cache.policy import default_ttl
+from ..config.ttl import NO_CACHE
+from ..jsonrpc import dumps
+from .routes import LEGACY, Renamer, Route, RouteRule, RouteTable, canonical, name_of, preset_rules
+from .routes import translated as to_appbase
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..health.chains import Chain
+    from .router import Group
+
+MEMO_SIZE: Final = 4096
+"""Methods whose plan is kept (clients choose method names: bounded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What routing decides for a method, its parameters aside."""
+
+    parts: tuple[str, ...]
+    """The method as routes read it: ``("appbase", "condenser_api", "get_block")``."""
+    method: str
+    """What the node is sent (renamed or translated, or as asked)."""
+    route: Route
+    group: Group
+    ttl: float
+    broadcast: bool
+    rewritten: bool
+    """The member is sent under another name (renamed or translated)."""
+    groups: tuple[str, ...]
+    """The group's name, as the context carries it."""
+    prefix: str
+    """The cache key's start: the group and the dotted name."""
+
+
+class Plan:
+    """One call, planned."""
+
+    __slots__ = ("_key", "member", "params", "shape")
+
+    def __init__(self, shape: Shape, params: Any, member: dict[str, Any]) -> None:
+        self.shape = shape
+        self.params = params
+        """The call's own parameters (a ``call``'s third element)."""
+        self.member = member
+        """The member to send (rewritten when the method was renamed or translated)."""
+        self._key: str | None = None
+
+    def __repr__(self) -> str:
+        shape = self.shape
+        return f"<Plan {shape.method} -> {shape.group.name} ttl={shape.ttl} {shape.route.prefix!r}>"
+
+    @property
+    def group(self) -> Group:
+        return self.shape.group
+
+    @property
+    def ttl(self) -> float:
+        return self.shape.ttl
+
+    @property
+    def broadcast(self) -> bool:
+        return self.shape.broadcast
+
+    @property
+    def cacheable(self) -> bool:
+        return self.shape.ttl != NO_CACHE
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return self.shape.parts
+
+    @property
+    def key(self) -> str:
+        """The cache's and coalescing's key: group, method and parameters in one canonical
+        spelling; never the request id (made when first asked)."""
+        key = self._key
+        if key is None:
+            key = self._key = self.shape.prefix + canonical(self.params)
+        return key
+
+    def body(self) -> bytes:
+        """The member's bytes, when it must be sent re-encoded (renamed or translated)."""
+        return dumps(self.member)
+
+
+class Planner:
+    def __init__(self, config: Config, chain: Chain, groups: dict[str, Group]) -> None:
+        self.chain = chain
+        self.legacy = LEGACY.get(config.chain) if config.chain != "evm" else None
+        self.groups = groups
+        rules = preset_rules(self.legacy, list(groups)) if config.preset_routes else []
+        rules += [  # after the preset's: the same prefix configured replaces the preset's
+            RouteRule(prefix, r.upstream, r.ttl, r.timeout, r.retries)
+            for prefix, r in config.routes.items()
+        ]
+        self.default = next(iter(groups.values()))
+        self.routes = RouteTable(rules, self.default.name)
+        self.renamer = Renamer(config.equivalent_methods, self.legacy)
+        self.translates = {n for n, g in groups.items() if g.spec.translate_to_appbase}
+        self._shapes: dict[str, Shape] = {}
+        bare = Shape(
+            parts=("",),
+            method="",
+            route=Route(self.default.name),
+            group=self.default,
+            ttl=NO_CACHE,
+            broadcast=False,
+            rewritten=False,
+            groups=(self.default.name,),
+            prefix="",
+        )
+        self.bare = Plan(bare, None, {})
+        """The plan of what is not a JSON-RPC call (``GET /``, a forwarded path): the default
+        group's, never cached."""
+
+    def __repr__(self) -> str:
+        return f"<Planner {list(self.groups)} {len(self.routes)} routes>"
+
+    def plan(self, member: dict[str, Any]) -> Plan:
+        method: str = member["method"]
+        params = member.get("params")
+        if method == "call" or self.routes.by_params:  # the route depends on the params
+            shape, params = self._shape(method, params)
+        else:  # everything but the key depends on the method alone: worked out once
+            known = self._shapes.get(method)
+            if known is None:
+                known = self._shape(method, None)[0]
+                if len(self._shapes) >= MEMO_SIZE:
+                    self._shapes.clear()
+                self._shapes[method] = known
+            shape = known
+            if shape.rewritten and params is None:
+                params = []
+        if shape.rewritten:
+            original = member
+            member = {"jsonrpc": "2.0", "method": shape.method, "params": params}
+            if "id" in original:
+                member["id"] = original["id"]
+        return Plan(shape, params, member)
+
+    def _shape(self, method: str, params: Any) -> tuple[Shape, Any]:
+        """How a method is routed (and the params it is sent with)."""
+        name = name_of(method, params, self.legacy)
+        if self.renamer:
+            name = self.renamer.rename(name)
+        route = self.routes.resolve(name)
+        rewritten = name.method != method
+        if route.group in self.translates and self.legacy and name.parts[0] == self.legacy:
+            name = to_appbase(name, self.legacy)
+            route = self.routes.resolve(name)  # routed again under its appbase name
+            rewritten = True
+        group = self.groups[route.group]
+        sent = name.method if rewritten else method
+        chain = self.chain
+        # A broadcast under any spelling: as sent, as asked (``api.method``, a ``call``
+        # unwrapped), or the method alone (a legacy name, a ``call`` to a numbered API).
+        parts = name.parts
+        asked = ".".join(parts[-2:])
+        broadcast = (
+            chain.is_broadcast(sent) or chain.is_broadcast(asked) or chain.is_broadcast(parts[-1])
+        )
+        ttl = route.ttl
+        if ttl is None or broadcast:
+            ttl = default_ttl(chain.name, name.parts, broadcast)
+        shape = Shape(
+            parts=name.parts,
+            method=sent,
+            route=route,
+            group=group,
+            ttl=ttl,
+            broadcast=broadcast,
+            rewritten=rewritten,
+            groups=(group.name,),
+            prefix=f"{group.name}\x1f{name.dotted}\x1f",
+        )
+        return shape, name.params
