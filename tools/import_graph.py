@@ -1,21 +1,28 @@
-"""The package's import graph: fails on any cycle (imports under ``TYPE_CHECKING`` count too).
+"""The package's import graph against the layers of ARCHITECTURE.md: fails on an import
+that goes up a layer, on a module in no layer, and on any cycle (imports under
+``TYPE_CHECKING`` count too).
 
     python tools/import_graph.py [--show]
 
 Reads every module of ``src/rpcbalancer`` with ``ast`` (nothing is imported), resolves
-relative imports, and finds the strongly connected components of the graph of modules. A
-cycle is printed with the imports that close it. ``--show`` prints the whole graph, one
-module and what it imports per line. Run by ``make lint`` and by the test suite.
+relative imports, reads the layers from ARCHITECTURE.md's "What may import what" (a numbered
+list, bottom first, each line naming its packages in backticks before its colon), and checks
+each import against them; then finds the strongly connected components of the graph of
+modules. Each fault is printed with the import that makes it. ``--show`` prints the whole
+graph, one module and what it imports per line. Run by ``make lint`` and by the test suite.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "src"
+ARCHITECTURE = ROOT.parent / "ARCHITECTURE.md"
 PACKAGE = "rpcbalancer"
+SECTION = "## What may import what"
 
 
 def module_name(path: Path) -> str:
@@ -52,6 +59,42 @@ def graph() -> dict[str, set[str]]:
     for name in edges:
         edges[name] = {t for t in edges[name] if not name.startswith(t + ".")}
     return edges
+
+
+def layers(text: str) -> dict[str, int]:
+    """Each package's layer (1 at the bottom), from ARCHITECTURE.md's list."""
+    start = text.index(SECTION)
+    end = text.find("\n## ", start + len(SECTION))
+    found: dict[str, int] = {}
+    for line in text[start : end if end > 0 else None].splitlines():
+        numbered = re.match(r"(\d+)\. (.*)", line)
+        if numbered is None:
+            continue
+        head = numbered.group(2).split(": ", 1)[0]
+        for name in re.findall(r"`([\w.]+)`", head):
+            found[name] = int(numbered.group(1))
+    return found
+
+
+def layer_of(module: str, table: dict[str, int]) -> int | None:
+    """A module's layer: its top package's under ``rpcbalancer`` (None: in no layer)."""
+    parts = module.split(".")
+    return table.get(parts[1]) if len(parts) > 1 else 0
+
+
+def upward(edges: dict[str, set[str]], table: dict[str, int]) -> list[str]:
+    """The imports that go up a layer, and the modules in no layer, in words."""
+    faults = []
+    for name in sorted(edges):
+        mine = layer_of(name, table)
+        if mine is None:
+            faults.append(f"{name} is in no layer of ARCHITECTURE.md")
+            continue
+        for target in sorted(edges[name]):
+            theirs = layer_of(target, table)
+            if theirs is not None and theirs > mine:
+                faults.append(f"{name} (layer {mine}) imports {target} (layer {theirs})")
+    return faults
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -98,6 +141,9 @@ def main() -> int:
     if "--show" in sys.argv:
         for name in sorted(edges):
             print(f"{name}: {', '.join(sorted(edges[name])) or '-'}")
+    faults = upward(edges, layers(ARCHITECTURE.read_text()))
+    for fault in faults:
+        print("layer:", fault)
     found = cycles(edges)
     for component in found:
         members = set(component)
@@ -105,9 +151,9 @@ def main() -> int:
         for name in component:
             for target in sorted(edges[name] & members):
                 print(f"  {name} imports {target}")
-    if not found:
-        print(f"{len(edges)} modules, no import cycle")
-    return 1 if found else 0
+    if not found and not faults:
+        print(f"{len(edges)} modules in their layers, no import cycle")
+    return 1 if found or faults else 0
 
 
 if __name__ == "__main__":

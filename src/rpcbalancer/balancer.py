@@ -41,9 +41,10 @@ from .observe.counters import SnapshotFolder, Stats
 from .periodic import Periodic
 from .proxy.access import KeyRing, MethodFilter
 from .proxy.clientip import parse_networks
+from .proxy.group import Group
 from .proxy.plan import Planner
 from .proxy.ratelimit import LocalLimiter, RedisLimiter
-from .proxy.router import Group, Router
+from .proxy.router import Router
 from .upstream.dns import DnsExpander, Resolver, system_resolver
 from .upstream.pool import H1Transport, Transport
 
@@ -188,18 +189,16 @@ class Balancer:
         folder = os.environ.get("RPCBALANCER_METRICS_DIR")
         self.snapshots = SnapshotFolder(folder) if folder and background else None
         """Where workers of one server share their counters (see :mod:`.metrics`)."""
-        self.planner = Planner(config, self.chain, self.groups)
-        """Routes: which group serves a call, with what TTL (see :mod:`.proxy.plan`)."""
-        self.answer_cache: AnswerCache | None = (
-            AnswerCache(
-                config.cache, config.chain, self.chain.block_interval, counts=self.stats.cache
-            )
-            if config.cache.enabled
-            else None
-        )
-        """The answer cache (``cache.enabled``), shared by this balancer's gateways."""
         self.coalesce = config.cache.coalesce and (config.cache.enabled or len(self.groups) > 1)
         """Whether identical reads in flight share one call (see :mod:`.proxy.coalesce`)."""
+        self.planner = Planner(config, self.chain, self.groups, self.stats.methods, self.coalesce)
+        """Routes: which group serves a call, with what TTL (see :mod:`.proxy.plan`)."""
+        self.answer_cache: AnswerCache | None = None
+        """The answer cache (``cache.enabled``), shared by this balancer's gateways."""
+        if config.cache.enabled:
+            interval = self.chain.block_interval
+            counts = self.stats.cache
+            self.answer_cache = AnswerCache(config.cache, config.chain, interval, counts=counts)
         self.started_at = time.time()
         self._stack: contextlib.AsyncExitStack | None = None
         self._due: dict[str, float] = {}

@@ -41,6 +41,14 @@ async def until_called(start: Callable[[Callable[[T], None]], Cancellable | None
         raise
 
 
+def running_loop(cached: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
+    """The running loop: ``cached`` while it runs. ``asyncio.get_running_loop`` costs a
+    ``getpid`` system call on Python 3.11, too dear for every request."""
+    if cached is not None and cached.is_running():
+        return cached
+    return asyncio.get_running_loop()
+
+
 class Due(Protocol):
     due_token: int
     """The token under which the item waits in a :class:`DueQueue`; 0 when it waits for

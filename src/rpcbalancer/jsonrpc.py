@@ -48,15 +48,14 @@ class RpcCall:
     """What to forward when it is not the client's body (members were rejected)."""
     members: tuple[dict[str, Any], ...] = field(default=(), compare=False, repr=False)
     """The forwarded members as parsed (their ``params`` route and key the cache)."""
+    first_id: Id = field(init=False, compare=False, repr=False)
+    """The first member's id (a single call's)."""
+    silent: bool = field(init=False, compare=False, repr=False)
+    """Only notifications: the client gets an empty answer (HTTP 204)."""
 
-    @property
-    def first_id(self) -> Id:
-        return self.ids[0] if self.ids else None
-
-    @property
-    def silent(self) -> bool:
-        """Only notifications: the client gets an empty answer (HTTP 204)."""
-        return not self.rejected and self.notifications == len(self.methods) > 0
+    def __post_init__(self) -> None:
+        self.first_id = self.ids[0] if self.ids else None
+        self.silent = not self.rejected and self.notifications == len(self.methods) > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,11 +237,16 @@ def _member(doc: dict[str, Any]) -> tuple[str, Id, bool] | str:
     params = doc.get("params")
     if params is not None and not isinstance(params, list | dict):
         return "'params' must be an array or an object"
+    return called(method, params), _safe_id(doc), "id" not in doc
+
+
+def called(method: str, params: Any) -> str:
+    """The method a call names: ``call`` with ``[api, method, ...]`` is ``api.method``."""
     if method == "call" and isinstance(params, list) and len(params) >= 2:
         api, name = params[0], params[1]
         if isinstance(api, str) and isinstance(name, str):
-            method = f"{api}.{name}"
-    return method, _safe_id(doc), "id" not in doc
+            return f"{api}.{name}"
+    return method
 
 
 def loads(text: bytes | str) -> Any:

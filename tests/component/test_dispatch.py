@@ -233,3 +233,36 @@ async def test_a_null_from_a_lagging_node_is_asked_of_another_node(harness: Any)
     # A transaction one node has not seen: every node is asked before null stands.
     missing = await post(h, rpc("condenser_api.get_transaction", ["ab" * 20], 3))
     assert missing[0] == 200 and missing[1]["x-rpc-attempts"] == "2"
+
+
+async def test_a_broadcast_wrapped_in_call_is_never_resent_with_the_cache_on(
+    harness: Any,
+) -> None:
+    """``call`` + ``condenser_api.broadcast_transaction`` is a broadcast however it is
+    spelled: with the cache on, its try that timed out is not hedged or retried elsewhere."""
+    h = await harness(
+        {"a": Behaviour(), "b": Behaviour()},
+        strategy="first",
+        cache={"enabled": True},
+        timeouts={"per_try": 0.3, "total": 3},
+    )
+    h.nodes["a"].set(hang_rate=1.0)
+    resp = await h.call("call", ["condenser_api", "broadcast_transaction", [{}]])
+    assert resp.status == 504
+    assert h.nodes["b"].broadcasts == [] and len(h.nodes["a"].broadcasts) == 1
+    assert "x-cache" not in dict(resp.headers)  # never a cache matter
+
+
+async def test_cache_events_count_under_the_method_the_client_asked(harness: Any) -> None:
+    """A legacy call translated to appbase is counted as the client asked it, for hits and
+    stores alike (one label per method, whatever it was sent as)."""
+    h = await harness({"a": Behaviour(latency=0.002)}, cache={"enabled": True}, translate=True)
+    old = chain_head(time.time()) - 100
+    for ident in range(3):
+        status, _, _ = await post(h, rpc("get_block", [old], ident))
+        assert status == 200
+    counts = h.balancer.stats.cache
+    labels = {label for label, _ in counts}
+    assert labels == {h.balancer.stats.label_of("get_block")}
+    (label,) = labels
+    assert counts[label, "stored"] == 1 and counts[label, "hit"] == 2

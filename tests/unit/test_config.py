@@ -219,3 +219,26 @@ def test_time_settings_take_durations_or_seconds() -> None:
         from_mapping({"probe": {"interval": "soon"}}, env={})
     with pytest.raises(ConfigError, match=r"timeouts\.total: Input should be greater than 0"):
         from_mapping({"timeouts": {"total": "-3"}}, env={})
+
+
+def test_one_server_in_two_roles_of_a_drone_config(tmp_path: Path) -> None:
+    """drone's example with ``hived`` and ``hived-sync`` on one server (an operator's usual
+    setup: one node behind both): read, not refused as "listed twice", and the two roles kept
+    apart by name and store key (their metrics and health records must not mix)."""
+    from rpcbalancer.balancer import Balancer
+
+    from ..conftest import peer_file
+
+    text = peer_file("drone-config.example.yaml").read_text()
+    path = tmp_path / "config.yaml"
+    path.write_text(text.replace("http://haproxy:7006", "http://haproxy:7008"))
+    config = load(path, env={})
+    groups = config.groups()
+    assert [n.url for n in groups["hived"].nodes] == ["http://haproxy:7008"]
+    assert [n.url for n in groups["hived-sync"].nodes] == ["http://haproxy:7008"]
+    nodes = Balancer(config).fleet.nodes
+    twins = [n for n in nodes if n.url == "http://haproxy:7008"]
+    assert {n.group for n in twins} == {"hived", "hived-sync"}
+    assert len({n.name for n in nodes}) == len({n.key for n in nodes}) == len(nodes)
+    with pytest.raises(ConfigError, match=r"upstreams\.hived: .* is listed twice"):
+        from_mapping({"upstreams": {"hived": {"nodes": ["http://a", "http://a"]}}}, env={})

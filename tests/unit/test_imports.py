@@ -20,6 +20,26 @@ def test_no_import_cycle() -> None:
     assert import_graph.cycles(edges) == []
 
 
+def test_every_import_keeps_to_the_layers_of_the_architecture_page() -> None:
+    table = import_graph.layers(import_graph.ARCHITECTURE.read_text())
+    assert table["errors"] == table["config"] == 1 and table["commands"] == max(table.values())
+    assert table["config"] < table["fleet"] < table["upstream"] < table["proxy"]
+    assert import_graph.upward(import_graph.graph(), table) == []
+
+
+def test_the_layer_check_finds_an_import_that_goes_up() -> None:
+    table = {"config": 1, "health": 5}
+    edges = {
+        "rpcbalancer.config.model": {"rpcbalancer.health.chains"},  # main's, before #20
+        "rpcbalancer.health.chains": {"rpcbalancer.config"},
+        "rpcbalancer.stray": set(),
+    }
+    assert import_graph.upward(edges, table) == [
+        "rpcbalancer.config.model (layer 1) imports rpcbalancer.health.chains (layer 5)",
+        "rpcbalancer.stray is in no layer of ARCHITECTURE.md",
+    ]
+
+
 def test_the_cycle_finder_finds_cycles() -> None:
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert import_graph.cycles(edges) == [["a", "b", "c"]]

@@ -141,3 +141,22 @@ def test_parse_answers_every_json_document(doc: object) -> None:
         assert len(result.methods) == len(result.ids)
         assert len(result.methods) + len(result.rejected) >= 1
         assert result.batch or len(result.methods) == 1
+
+
+BIG = 2**70  # beyond 64 bits: orjson reads it as a float
+
+
+def test_loads_keeps_integers_beyond_64_bits_exact() -> None:
+    doc = jsonrpc.loads(b'{"result":{"supply":%d,"block_id":"0000000000000000000000"}}' % BIG)
+    assert doc["result"]["supply"] == BIG and isinstance(doc["result"]["supply"], int)
+    assert jsonrpc.loads(b"[1.5, 2]") == [1.5, 2]  # the usual case stays orjson's
+
+
+def test_params_beyond_64_bits_are_read_exactly() -> None:
+    """Two calls that differ only past a float's precision are two calls (keyed apart by the
+    cache, sent as asked when re-encoded)."""
+    one = jsonrpc.parse(b'{"jsonrpc":"2.0","method":"m","params":[%d],"id":1}' % BIG)
+    two = jsonrpc.parse(b'{"jsonrpc":"2.0","method":"m","params":[%d],"id":1}' % (BIG + 1))
+    assert isinstance(one, RpcCall) and isinstance(two, RpcCall)
+    assert one.members[0]["params"] == [BIG] and two.members[0]["params"] == [BIG + 1]
+    assert jsonrpc.dumps(one.members[0]) != jsonrpc.dumps(two.members[0])

@@ -12,6 +12,7 @@ for a block that is not yet.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -82,6 +83,8 @@ class AnswerCache:
         self.counts: dict[tuple[str, str], int] = {} if counts is None else counts
         """Events by (method label, event): the metrics read them (the process's
         :class:`~rpcbalancer.observe.counters.Stats` hands its own dict in)."""
+        self._writes: set[asyncio.Task[None]] = set()
+        """Writes to Redis under way (held: a task nobody holds may be collected)."""
 
     def __repr__(self) -> str:
         return f"<AnswerCache {self.memory!r} shared={self.shared!r}>"
@@ -165,6 +168,46 @@ class AnswerCache:
         # copy of the exact size is what may live in the cache for hours.
         text = bytes(memoryview(text))
         return Entry(text, node, expires, head)
+
+    def offer(
+        self,
+        call: Keyed,
+        result: Any,
+        node: str,
+        node_irreversible: int | None,
+        finality: Finality,
+        label: str,
+    ) -> bool:
+        """Keep an answer to ``call`` when it may be kept (see :meth:`keep`), here at once and
+        in Redis in the background; counted as ``stored`` or ``skipped`` under ``label``.
+        Whether it was kept."""
+        entry = self.keep(call, result, node, node_irreversible, finality)
+        if entry is None:
+            self.count(label, "skipped")
+            return False
+        key = call.key
+        self.memory.put(key, entry)
+        self.count(label, "stored")
+        if self.shared is not None:
+            task = asyncio.get_running_loop().create_task(self.shared.put(key, entry))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+        return True
+
+    def offer_body(
+        self,
+        call: Keyed,
+        body: bytes,
+        node: str,
+        node_irreversible: int | None,
+        finality: Finality,
+        label: str,
+    ) -> bool:
+        """:meth:`offer` for a single answer's bytes (kept only when it has a ``result``)."""
+        result = result_of(body)
+        if result is _MISSING:
+            return False
+        return self.offer(call, result, node, node_irreversible, finality, label)
 
     def put(self, key: str, entry: Entry) -> None:
         self.memory.put(key, entry)

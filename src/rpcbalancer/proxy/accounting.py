@@ -39,8 +39,11 @@ class Accounting:
         keys: KeyRing | None,
         clock: Callable[[], float],
         rng: random.Random,
+        caching: bool,
     ) -> None:
         self.stats = stats
+        self.caching = caching
+        """Whether the cache's verdicts are counted (``cache.enabled``)."""
         self.access = access
         self.keys = keys
         self.clock = clock
@@ -56,9 +59,16 @@ class Accounting:
         outcome = ctx.outcome
         seconds = self.clock() - ctx.start
         kind = outcome_kind(outcome, response.status)
-        key = (stats.method_label(ctx.call), kind)
+        plan = ctx.plan
+        label = plan.shape.label if plan is not None else stats.method_label(ctx.call)
+        key = (label, kind)
         requests = stats.requests
         requests[key] = requests.get(key, 0) + 1
+        verdict = ctx.verdict
+        if verdict and plan is not None and self.caching:  # a batch counts its members'
+            events = stats.cache
+            key = (label, verdict)
+            events[key] = events.get(key, 0) + 1
         stats.duration[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         stats.duration_sum += seconds
         stats.bytes_in += len(ctx.req.body)

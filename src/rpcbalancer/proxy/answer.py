@@ -63,6 +63,8 @@ class Answerer:
         fleet: FleetSet,
         policy: BasePolicy,
         nodes: dict[str, Node],
+        total: float,
+        resume: Callable[[RequestContext], None],
     ) -> None:
         self.annotate_body = annotate == "body"
         """``annotate: body``: the original design's ``__server__``/``__version__``."""
@@ -75,16 +77,31 @@ class Answerer:
         """The default group's (``X-RPC-Scores`` explains it)."""
         self.nodes = nodes
         """Every node by name (the node of a hit, for ``__version__``)."""
+        self.total = total
+        """The router's deadline: a wait for a version ends within it."""
+        self.resume = resume
+        """Where a request goes on once its node's version is known (the gateway)."""
 
     def __repr__(self) -> str:
         return f"<Answerer annotate={'body' if self.annotate_body else 'headers'}>"
 
-    def build(self, ctx: RequestContext) -> HttpResponse:
+    def build(self, ctx: RequestContext, wait: bool = True) -> HttpResponse | None:
         """The response to ``ctx`` as it stands (the node's answer, one made here, or the
-        failure that ended it)."""
+        failure that ended it); None while it waits for its node's version (``annotate:
+        body``: the node is asked once, within the deadline, then :attr:`resume` is called;
+        ``wait=False``: the version is what it is by then)."""
         early = ctx.answer
         if early is not None:
             return early
+        if self.annotate_body and wait:
+            node = self.serving(ctx)
+            if node is not None:
+                now = self.clock()
+                if not self.versions.known(node, now)[0]:
+                    left = max(0.001, ctx.start + self.total - now)
+                    resume = self.resume
+                    ctx.stage = self.versions.ask(node, left, lambda _answer: resume(ctx))
+                    return None
         outcome = ctx.outcome
         if ctx.body is None and outcome is not None:
             response = self._passed_on(ctx, outcome)

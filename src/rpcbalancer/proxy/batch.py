@@ -12,10 +12,10 @@ answer is learned from (:mod:`.learn`) as a single call's would be.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..callbacks import Cancellable
+from ..config.ttl import NO_CACHE
 from ..errors import NoHealthyNode
 from ..jsonrpc import dumps, error_object, loads
 from ..messages import FAILURES, failure_of
@@ -25,6 +25,7 @@ from .lookup import answer_of
 if TYPE_CHECKING:
     from ..fleet.nodes import Node
     from .context import RequestContext
+    from .forward import Forward
     from .learn import Learner
     from .lookup import Lookup
     from .plan import Plan, Planner
@@ -36,21 +37,9 @@ class BatchWay(Protocol):
     planner: Planner
     lookup: Lookup
     learner: Learner
-
-    def route_batch(
-        self,
-        ctx: RequestContext,
-        plan: Plan,
-        body: bytes,
-        broadcast: bool,
-        done: Callable[[Outcome], None],
-    ) -> Cancellable:
-        """Forward a batch body to the group of ``plan`` (the route step)."""
-        ...
+    forward: Forward
 
     def answer(self, ctx: RequestContext) -> None: ...
-
-    def label_of(self, method: str) -> str: ...
 
 
 class Batch:
@@ -95,8 +84,8 @@ class Batch:
         rewritten = False
         for index, member in enumerate(call.members):
             plan = way.planner.plan(member)
-            if caching and plan.cacheable:
-                label = way.label_of(call.methods[index])
+            if caching and plan.ttl != NO_CACHE:
+                label = plan.shape.label
                 if ctx.no_cache:
                     lookup.count(label, "bypass")
                 else:
@@ -144,7 +133,7 @@ class Batch:
             self.way.answer(ctx)
 
         self.pending = 1
-        self.forwardings.append(self.way.route_batch(ctx, first, body, broadcast, ended))
+        self.forwardings.append(self.way.forward.batch(ctx, first, body, broadcast, ended))
 
     def _learn_by_id(self, plans: list[tuple[int, Plan]], body: bytes, node: Node | None) -> None:
         """Learn from a whole batch's answers, matched to the members by the clients' ids
@@ -166,7 +155,7 @@ class Batch:
         if answers is None:
             return
         positions = dict(plans)
-        learner, label_of = self.way.learner, self.way.label_of
+        learner = self.way.learner
         for answer in answers:
             if not isinstance(answer, dict) or "result" not in answer:
                 continue
@@ -175,8 +164,7 @@ class Batch:
                 continue
             found = by_id.get(ident)
             if found is not None:
-                label = label_of(call.methods[found])
-                learner.keep(positions[found], answer["result"], node, label)
+                learner.keep(positions[found], answer["result"], node)
 
     def _send(self, plans: list[tuple[int, Plan]]) -> None:
         """A smaller batch to one group, ids rewritten to positions."""
@@ -201,7 +189,9 @@ class Batch:
             self._ended(plans, back, outcome)
 
         self.pending += 1
-        self.forwardings.append(self.way.route_batch(ctx, first, dumps(members), broadcast, ended))
+        self.forwardings.append(
+            self.way.forward.batch(ctx, first, dumps(members), broadcast, ended)
+        )
 
     def _ended(self, plans: list[tuple[int, Plan]], back: dict[int, int], outcome: Outcome) -> None:
         call = self.ctx.call
@@ -218,7 +208,7 @@ class Batch:
                 self.answers[index] = _error(FAILURES[kind].code, text, call.members[index]["id"])
         else:
             positions = dict(plans)
-            learner, label_of = self.way.learner, self.way.label_of
+            learner = self.way.learner
             for answer in answers:
                 internal = answer.get("id") if isinstance(answer, dict) else None
                 found = back.get(internal) if isinstance(internal, int) else None
@@ -227,8 +217,7 @@ class Batch:
                 answer["id"] = call.members[found]["id"]
                 self.answers[found] = answer
                 if node is not None and "result" in answer:
-                    label = label_of(call.methods[found])
-                    learner.keep(positions[found], answer["result"], node, label)
+                    learner.keep(positions[found], answer["result"], node)
             for index in back.values():
                 if self.answers[index] is None:
                     why = "the node gave this member no answer"

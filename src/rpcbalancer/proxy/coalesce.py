@@ -20,24 +20,13 @@ from ..jsonrpc import Id, dumps, loads
 from .forwarding import Outcome
 
 if TYPE_CHECKING:
-    from ..fleet.nodes import Node
     from .context import RequestContext
-    from .lookup import Lookup
+    from .forward import Forward
     from .plan import Plan
 
 
 class Way(Protocol):
-    """What coalescing asks of the gateway: the later steps of the way."""
-
-    def route(
-        self,
-        ctx: RequestContext,
-        plan: Plan,
-        done: Callable[[Outcome], None],
-        avoid: tuple[Node, ...] = (),
-    ) -> Cancellable:
-        """Forward ``ctx``'s call to ``plan``'s group (the route step)."""
-        ...
+    """What coalescing asks of the gateway: the steps of the way back."""
 
     def learned(self, ctx: RequestContext, outcome: Outcome) -> None:
         """The learn step for ``ctx``'s call, then its answer (unless it went away)."""
@@ -47,16 +36,14 @@ class Way(Protocol):
         """Answer ``ctx`` (the answer step and the accounting), unless it went away."""
         ...
 
-    def label(self, ctx: RequestContext) -> str:
-        """The metric label of ``ctx``'s method."""
-        ...
-
 
 class Coalescer:
-    def __init__(self, way: Way, clock: Callable[[], float], total: float, lookup: Lookup) -> None:
+    def __init__(
+        self, way: Way, forward: Forward, clock: Callable[[], float], total: float
+    ) -> None:
         self.way = way
-        self.lookup = lookup
-        """Where the cache's verdicts are counted."""
+        self.forward = forward
+        """The route step (the leader's call, a follower's own when the shared one failed)."""
         self.clock = clock
         self.total = total
         """The router's deadline: a follower's own when its client gave none."""
@@ -66,24 +53,15 @@ class Coalescer:
         return f"<Coalescer {len(self.inflight)} in flight>"
 
     def join(self, ctx: RequestContext, plan: Plan) -> Cancellable:
-        """Follow an identical read in flight, or lead one (counted as the cache's verdict so
-        far says: a read that follows is ``coalesced``)."""
+        """Follow an identical read in flight (``X-Cache: coalesced``), or lead one."""
         key = plan.key
         leader = self.inflight.get(key)
         if leader is not None:
-            if ctx.verdict == "miss":
-                self._count(ctx, "coalesced")
-            ctx.verdict = "coalesced"
             return leader.follow(ctx, plan)
-        if ctx.verdict == "miss":
-            self._count(ctx, "miss")
         leader = Leader(self, ctx, key)
         self.inflight[key] = leader
-        leader.forwarding = self.way.route(ctx, plan, leader.ended)
+        leader.forwarding = self.forward.call(ctx, plan, leader.ended)
         return leader
-
-    def _count(self, ctx: RequestContext, event: str) -> None:
-        self.lookup.count(self.way.label(ctx), event)
 
 
 class Leader:
@@ -131,12 +109,15 @@ class Leader:
 class Follower:
     """A read waiting for an identical one in flight, within its own deadline."""
 
-    __slots__ = ("ctx", "deadline", "leader", "own", "plan", "timer")
+    __slots__ = ("ctx", "deadline", "leader", "own", "plan", "timer", "verdict")
 
     def __init__(self, leader: Leader, ctx: RequestContext, plan: Plan) -> None:
         self.leader = leader
         self.ctx = ctx
         self.plan = plan
+        self.verdict = ctx.verdict
+        """The cache's verdict before it followed (again its own if it fails over)."""
+        ctx.verdict = "coalesced"
         self.own: Cancellable | None = None
         """Its own forwarding, when the shared call failed."""
         coalescer = leader.coalescer
@@ -157,10 +138,11 @@ class Follower:
         if resp is None or resp.status >= 500:
             # The shared call failed: this read fails over on its own, within its deadline,
             # to the nodes the shared call did not try.
-            ctx.verdict = "miss" if ctx.verdict == "coalesced" else ctx.verdict
             if ctx.deadline is None:
                 ctx.deadline = self.deadline
-            self.own = way.route(ctx, self.plan, self._own_ended, tuple(outcome.tried))
+            ctx.verdict = self.verdict
+            forward = self.leader.coalescer.forward
+            self.own = forward.call(ctx, self.plan, self._own_ended, tuple(outcome.tried))
             return
         ctx.body = with_id(resp.body, ctx.call.first_id if ctx.call is not None else None)
         ctx.status = resp.status
@@ -170,7 +152,7 @@ class Follower:
 
     def _own_ended(self, outcome: Outcome) -> None:
         self.own = None
-        self.leader.coalescer.way.learned(self.ctx, outcome)
+        self.ctx.forwarded(outcome)
 
     def _expired(self) -> None:
         self.timer = None

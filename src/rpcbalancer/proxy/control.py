@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .. import __version__
+from .. import __version__, build
 from ..config import parse_duration
 from ..messages import ALLOW, CORS, JSON, HttpRequest, HttpResponse, error_response, not_allowed
 from ..observe.metrics import PROMETHEUS_TYPE, render
@@ -67,6 +67,7 @@ class Control:
             {
                 "name": "rpcbalancer",
                 "version": __version__,
+                "build": build(),
                 "chain": config.chain,
                 "strategy": config.strategy.name,
             },

@@ -22,9 +22,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
-from ..callbacks import Cancellable, DueQueue
+from ..callbacks import Cancellable, DueQueue, running_loop
 from ..config import HedgeConfig
 from ..errors import (
     NoHealthyNode,
@@ -41,7 +41,7 @@ from ..fleet.nodes import Node
 from ..fleet.policies import BasePolicy, PickContext, Race
 from ..health.chains import Chain
 from ..jsonrpc import looks_like_json, response_errors
-from ..upstream.pool import NodeRequest, Starter, UpstreamResponse, running_loop
+from ..upstream.pool import NodeRequest, Starter, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,11 @@ class ProxyRequest(NodeRequest):
     own deadline (a client's ``X-RPC-Timeout``, Lambda's time left)."""
     avoid: tuple[Node, ...] = ()
     """Nodes to try last (they just failed the same read for another request)."""
-    retry_empty: bool = False
-    """A ``null`` result may mean this node does not have it yet (a receipt, a transaction
-    or a block by hash, a block a lagging node has not reached): ask another node before
-    answering ``null`` (within the deadline and the retry budget)."""
+    unsure_of: tuple[str, Any] | None = None
+    """A single call (its method as routes name its last part, and its params): when a node
+    answers it ``null``, the chain preset says whether that may only mean "not here yet" (a
+    receipt, a transaction or a block by hash, a block a lagging node has not reached); then
+    another node is asked before ``null`` stands (within the deadline and the budget)."""
 
 
 @dataclass(slots=True)
@@ -174,6 +175,14 @@ class BadTransition(RuntimeError):
     """An event the transition table does not allow in the forwarding's state."""
 
 
+def start(router: Routing, req: ProxyRequest, done: Callable[[Outcome], None]) -> Forwarding:
+    """A new forwarding of ``req``, its first step taken (``done`` may be called before this
+    returns)."""
+    forwarding = Forwarding(router, req, done)
+    forwarding.step()
+    return forwarding
+
+
 class Forwarding:
     """One request through the router: tries, hedges and retries, driven by callbacks.
 
@@ -221,7 +230,7 @@ class Forwarding:
         says not yet)."""
         self.waiting: asyncio.Task[None] | None = None
         self.empty: tuple[UpstreamResponse, Node] | None = None
-        """A ``null`` answer kept while other nodes are asked (``retry_empty``)."""
+        """A ``null`` answer kept while other nodes are asked (``unsure_of``)."""
 
     def __repr__(self) -> str:
         return f"<Forwarding {self.state_name} attempts={self.attempts} tried={self.outcome.tried}>"
@@ -563,7 +572,12 @@ class Try:
             head = router.chain.head_in(resp.body)
             if head is not None:
                 node.observe_head(now, head)  # freshness between probes
-            if forwarding.req.retry_empty and _null_result(resp.body):
+            unsure = forwarding.req.unsure_of
+            if (
+                unsure is not None
+                and _null_result(resp.body)
+                and router.chain.empty_is_unsure(unsure[0], unsure[1], router.fleet.best_head)
+            ):
                 forwarding.ended_empty(self, resp)
                 return
             forwarding.ended(self, resp, None)

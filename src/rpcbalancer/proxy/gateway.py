@@ -14,8 +14,9 @@ way down to the node and once on the way back:
 3. **cache** (:mod:`.lookup`): a read with a TTL answered from this process's cache at once,
    or from Redis after a round trip.
 4. **coalesce** (:mod:`.coalesce`): a miss follows an identical read in flight, or leads.
-5. **route** (:mod:`.router`, :mod:`.forwarding`): the group's router picks a node and
-   forwards, with hedges and retries.
+5. **route** (:mod:`.forward`, then :mod:`.router` and :mod:`.forwarding`): the call's
+   request goes to its group's router, which picks a node and forwards, with hedges and
+   retries.
 6. **learn** (:mod:`.learn`): what the answer teaches (the chain's head and last
    irreversible block; the answer itself, for the cache).
 7. **answer** (:mod:`.answer`) and **account** (:mod:`.accounting`): the response, counted
@@ -36,13 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 from ..balancer import Balancer
 from ..callbacks import Cancellable, until_called
 from ..config import ApiKey
-from ..config.ttl import NO_CACHE
-from ..fleet.nodes import Node
 from ..messages import HttpRequest, HttpResponse, Reply, error_response, internal_error
 from .accounting import Accounting
 from .admission import Admission
@@ -51,9 +50,10 @@ from .batch import Batch
 from .coalesce import Coalescer
 from .context import RequestContext
 from .control import Control, preflight
-from .forwarding import Outcome, ProxyRequest
+from .forward import Forward
+from .forwarding import Outcome
 from .learn import Learner
-from .lookup import Lookup, answer_of
+from .lookup import ASK_REDIS, HIT, Lookup
 from .plan import Plan, Planner
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,8 @@ class Gateway:
         self.balancer = balancer
         config = balancer.config
         clock = balancer.clock
-        self.clock = clock
-        self.chain = balancer.chain
-        self.stats = balancer.stats
-        self.user_agent = config.user_agent
         self.shared_limiter = balancer.shared_limiter
-        self.total = balancer.router.total
+        total = balancer.router.total
         self.control = Control(balancer)
         self.admission = Admission(
             config,
@@ -81,15 +77,14 @@ class Gateway:
             balancer.keys,
             balancer.limiter,
             clock,
-            self.total,
+            total,
         )
         self.planner: Planner = balancer.planner
-        self.cache = balancer.answer_cache
-        self.lookup = Lookup(self.cache, clock)
-        self.coalescer = (
-            Coalescer(self, clock, self.total, self.lookup) if balancer.coalesce else None
-        )
-        self.learner = Learner(self.cache, balancer.chain, clock)
+        cache = balancer.answer_cache
+        self.lookup = Lookup(cache, clock)
+        self.forward = Forward(config.user_agent)
+        self.coalescer = Coalescer(self, self.forward, clock, total) if balancer.coalesce else None
+        self.learner = Learner(cache, balancer.chain, clock)
         self.answerer = Answerer(
             annotate or config.annotate,
             config.explain,
@@ -98,14 +93,20 @@ class Gateway:
             balancer.fleet,
             balancer.router.policy,
             {node.name: node for node in balancer.fleet.nodes},
+            total,
+            self._resume,
         )
-        self.versions = balancer.versions
         self.accounting = Accounting(
-            balancer.stats, balancer.access_log, balancer.keys, clock, balancer.rng
+            balancer.stats,
+            balancer.access_log,
+            balancer.keys,
+            clock,
+            balancer.rng,
+            cache is not None,
         )
 
     def __repr__(self) -> str:
-        return f"<Gateway {self.planner!r} cache={self.cache is not None}>"
+        return f"<Gateway {self.planner!r} {self.lookup!r}>"
 
     # -- the two doors -------------------------------------------------------------------
 
@@ -178,144 +179,50 @@ class Gateway:
     def _go(self, ctx: RequestContext) -> None:
         """From admission on: plan, cache, coalesce, route (see the module)."""
         if ctx.answer is not None:  # refused at admission
-            self._finish(ctx)
+            self.answer(ctx)
             return
         call = ctx.call
         if call is None:  # GET /, or a forwarded path: the default group's, never cached
             plan = self.planner.bare
             ctx.plan = plan
             ctx.groups = plan.shape.groups
-            ctx.stage = self.route(ctx, plan, ctx.forwarded)
+            ctx.stage = self.forward.call(ctx, plan, ctx.forwarded)
             return
         if not call.methods:  # every batch member was answered at admission
             ctx.body = b"[]"  # (the answer step adds the refused members' answers)
-            self._finish(ctx)
+            self.answer(ctx)
             return
         if call.batch:
             ctx.stage = Batch(self, ctx).start()
             return
         plan = self.planner.plan(call.members[0])
         ctx.plan = plan
-        shape = plan.shape
-        ctx.groups = shape.groups
-        lookup = self.lookup
-        if lookup.cache is not None and shape.ttl != NO_CACHE:
-            if ctx.no_cache:
-                ctx.verdict = "bypass"
-                lookup.count(self.label(ctx), "bypass")
-            else:
-                entry = lookup.here(plan)
-                if entry is not None:
-                    lookup.count(self.label(ctx), "hit")
-                    ctx.verdict = "hit"
-                    ctx.body = answer_of(entry, call.first_id)
-                    ctx.nodes = (entry.node,)
-                    self.answer(ctx)
-                    return
-                ctx.verdict = "miss"
-                if lookup.redis_usable():
-                    ctx.stage = asyncio.get_running_loop().create_task(self._via_redis(ctx, plan))
-                    return
-        self._onward(ctx, plan)
+        ctx.groups = plan.shape.groups
+        found = self.lookup.find(ctx, plan)
+        if found == HIT:
+            self.answer(ctx)
+        elif found == ASK_REDIS:
+            ctx.stage = asyncio.get_running_loop().create_task(self._via_redis(ctx, plan))
+        else:
+            self._onward(ctx, plan)
 
     async def _via_redis(self, ctx: RequestContext, plan: Plan) -> None:
         """The cache step's second tier: Redis, then on the way as a miss."""
-        entry = await self.lookup.in_redis(plan)
+        hit = await self.lookup.in_redis(ctx, plan)
         if ctx.reply is None:
             return
-        if entry is not None:
-            self.lookup.count(self.label(ctx), "hit")
-            ctx.verdict = "hit"
-            ctx.body = answer_of(entry, ctx.call.first_id if ctx.call is not None else None)
-            ctx.nodes = (entry.node,)
+        if hit:
             self.answer(ctx)
-            return
-        self._onward(ctx, plan)
+        else:
+            self._onward(ctx, plan)
 
     def _onward(self, ctx: RequestContext, plan: Plan) -> None:
         """Coalesce, then route."""
         coalescer = self.coalescer
-        if coalescer is not None and not plan.shape.broadcast:
+        if coalescer is not None and not plan.broadcast:
             ctx.stage = coalescer.join(ctx, plan)
-            return
-        if ctx.verdict == "miss":
-            self.lookup.count(self.label(ctx), "miss")
-        ctx.stage = self.route(ctx, plan, ctx.forwarded)
-
-    def route(
-        self,
-        ctx: RequestContext,
-        plan: Plan,
-        done: Callable[[Outcome], None],
-        avoid: tuple[Node, ...] = (),
-    ) -> Cancellable:
-        """The route step for one call (or a ``GET``): the plan's group forwards it."""
-        call = ctx.call
-        shape = plan.shape
-        route = shape.route
-        if call is None:
-            method, body, retry_empty = "GET", None, False
         else:
-            method = "POST"
-            body = plan.body() if shape.rewritten else (call.body or ctx.req.body)
-            group = shape.group
-            retry_empty = self.chain.empty_is_unsure(
-                shape.parts[-1], plan.params, group.fleet.best_head
-            )
-        request = ProxyRequest(
-            method,
-            ctx.path,
-            self.upstream_headers(ctx),
-            body,
-            not shape.broadcast,
-            ctx.ip,
-            route.timeout,
-            route.retries,
-            ctx.deadline,
-            avoid,
-            retry_empty,
-        )
-        return shape.group.router.start(request, done)
-
-    def route_batch(
-        self,
-        ctx: RequestContext,
-        plan: Plan,
-        body: bytes,
-        broadcast: bool,
-        done: Callable[[Outcome], None],
-    ) -> Cancellable:
-        """The route step for a batch body to the group of ``plan`` (its first member's):
-        a ``null`` answer is never asked again of another node here (:meth:`route` does it
-        for a single call)."""
-        shape = plan.shape
-        route = shape.route
-        request = ProxyRequest(
-            "POST",
-            ctx.path,
-            self.upstream_headers(ctx),
-            body,
-            not broadcast,
-            ctx.ip,
-            route.timeout,
-            route.retries,
-            ctx.deadline,
-        )
-        return shape.group.router.start(request, done)
-
-    def upstream_headers(self, ctx: RequestContext) -> dict[str, str]:
-        """The headers every node asked for ``ctx`` is sent (made once, when first asked)."""
-        headers = ctx.upstream_headers
-        if headers is None:
-            forwarded, peer = ctx.forwarded_for, ctx.req.peer
-            headers = ctx.upstream_headers = {
-                "content-type": "application/json",
-                "accept": "application/json",
-                "user-agent": self.user_agent,
-                "x-forwarded-for": f"{forwarded}, {peer}" if forwarded else peer,
-                "x-request-id": ctx.rid,
-            }
-        return headers
+            ctx.stage = self.forward.call(ctx, plan, ctx.forwarded)
 
     # -- the way back ----------------------------------------------------------------------
 
@@ -323,47 +230,28 @@ class Gateway:
         """A single call's forwarding ended: learn from it, then answer."""
         plan = ctx.plan
         if plan is not None and ctx.call is not None:
-            self.learner.learn(plan, outcome, self.label(ctx))
+            self.learner.learn(plan, outcome)
         ctx.outcome = outcome
         self.answer(ctx)
 
-    def answer(self, ctx: RequestContext) -> None:
-        """Answer ``ctx`` unless its client went away. With ``annotate: body`` a node whose
-        version is not known yet is asked it first (once per node), within the deadline."""
-        if ctx.reply is None:
-            return
-        answerer = self.answerer
-        if answerer.annotate_body:
-            node = answerer.serving(ctx)
-            if node is not None:
-                now = self.clock()
-                if not self.versions.known(node, now)[0]:
-                    left = ctx.start + self.total - now
-                    ctx.stage = self.versions.ask(
-                        node, max(0.001, left), lambda _answer: self._finish(ctx)
-                    )
-                    return
-        self._finish(ctx)
-
-    def _finish(self, ctx: RequestContext) -> None:
-        """The answer step and the accounting; the response goes to the client."""
+    def answer(self, ctx: RequestContext, wait: bool = True) -> None:
+        """The answer step and the accounting; the response goes to the client (unless it
+        went away, or the answer waits for its node's version: ``wait``)."""
         reply = ctx.reply
         if reply is None:
             return
-        ctx.reply = None
-        ctx.stage = None
         try:
-            response = self.answerer.build(ctx)
+            response = self.answerer.build(ctx, wait)
         except Exception:
             log.exception("unexpected error answering %s %s", ctx.req.method, ctx.req.path)
             response = internal_error()
+        if response is None:
+            return  # the node's version is being asked; :meth:`_resume` goes on
+        ctx.reply = None
+        ctx.stage = None
         ctx.answer = response
         self.accounting.account(ctx, response)
         reply(response)
 
-    def label(self, ctx: RequestContext) -> str:
-        """The metric label of ``ctx``'s method (the client's, as asked)."""
-        return self.stats.method_label(ctx.call)
-
-    def label_of(self, method: str) -> str:
-        return self.stats.label_of(method)
+    def _resume(self, ctx: RequestContext) -> None:
+        self.answer(ctx, wait=False)

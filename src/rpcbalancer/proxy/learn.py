@@ -10,12 +10,12 @@ to this process's tier at once and to Redis, when there is one, in the backgroun
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..cache import AnswerCache, has_result, result_of
+from ..cache import AnswerCache
+from ..config.ttl import NO_CACHE
 from ..fleet.nodes import Node
 
 if TYPE_CHECKING:
@@ -35,39 +35,36 @@ class Learner:
     def __repr__(self) -> str:
         return f"<Learner {self.cache!r}>"
 
-    def learn(self, plan: Plan, outcome: Outcome, label: str) -> None:
-        """What a single call's answer teaches (``label``: the method's metric label)."""
+    def learn(self, plan: Plan, outcome: Outcome) -> None:
+        """What a single call's answer teaches."""
         resp, node = outcome.response, outcome.node
         if resp is None or node is None or resp.status >= 400:
             return
         body = resp.body
+        group = plan.group
+        now = self.clock()
         if b'"last_irreversible_block_num"' in body:
             match = _LIB.search(body)
             if match is not None:
                 lib = int(match.group(1))
                 node.observe_irreversible(lib)
-                plan.shape.group.chain_now(self.clock()).saw(self.chain.head_in(body), lib)
-        if self.cache is None or not plan.cacheable:
-            return
-        result = result_of(body)
-        if has_result(result):
-            self.keep(plan, result, node, label)
-
-    def keep(self, plan: Plan, result: Any, node: Node, label: str) -> None:
-        """Keep ``result`` (a call's parsed ``result``, from ``node``) when the cache may."""
+                group.chain_now(now).saw(self.chain.head_in(body), lib)
         cache = self.cache
-        if cache is None or not plan.cacheable:
+        if cache is None or plan.ttl == NO_CACHE:
             return
-        now = self.clock()
-        group = plan.shape.group
         if group.fleet.exclusion(node, now) is not None:
             return  # an excluded node served (failing open): never keep what it said
-        entry = cache.keep(plan, result, node.name, node.irreversible, group.chain_now(now))
-        if entry is None:
-            cache.count(label, "skipped")
+        finality = group.chain_now(now)
+        cache.offer_body(plan, body, node.name, node.irreversible, finality, plan.shape.label)
+
+    def keep(self, plan: Plan, result: Any, node: Node) -> None:
+        """Keep a batch member's ``result`` (from ``node``) when the cache may."""
+        cache = self.cache
+        if cache is None or plan.ttl == NO_CACHE:
             return
-        key = plan.key
-        cache.put(key, entry)
-        cache.count(label, "stored")
-        if cache.shared is not None:
-            asyncio.get_running_loop().create_task(cache.put_shared(key, entry))
+        now = self.clock()
+        group = plan.group
+        if group.fleet.exclusion(node, now) is not None:
+            return
+        finality = group.chain_now(now)
+        cache.offer(plan, result, node.name, node.irreversible, finality, plan.shape.label)

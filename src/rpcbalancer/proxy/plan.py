@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..cache.policy import default_ttl
 from ..config.ttl import NO_CACHE
-from ..jsonrpc import dumps
+from ..jsonrpc import called, dumps
 from .routes import LEGACY, Renamer, Route, RouteRule, RouteTable, canonical, name_of, preset_rules
 from .routes import translated as to_appbase
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..health.chains import Chain
-    from .router import Group
+    from .group import Group
 
 MEMO_SIZE: Final = 4096
 """Methods whose plan is kept (clients choose method names: bounded)."""
@@ -47,53 +47,36 @@ class Shape:
     """The group's name, as the context carries it."""
     prefix: str
     """The cache key's start: the group and the dotted name."""
+    label: str
+    """The method as a metric label: as the client asked it (a ``call`` unwrapped), when it
+    is a known one, else ``other``."""
+    keyed: bool
+    """Whether the call needs a key: the cache may keep it, or coalescing may share it."""
 
 
 class Plan:
-    """One call, planned."""
+    """One call, planned: its shape, and what depends on its parameters."""
 
-    __slots__ = ("_key", "member", "params", "shape")
+    __slots__ = ("broadcast", "group", "key", "member", "params", "parts", "shape", "ttl")
 
-    def __init__(self, shape: Shape, params: Any, member: dict[str, Any]) -> None:
+    def __init__(self, shape: Shape, params: Any, member: dict[str, Any], key: str) -> None:
         self.shape = shape
+        self.group = shape.group
+        self.ttl = shape.ttl
+        self.broadcast = shape.broadcast
+        self.parts = shape.parts
         self.params = params
         """The call's own parameters (a ``call``'s third element)."""
         self.member = member
         """The member to send (rewritten when the method was renamed or translated)."""
-        self._key: str | None = None
+        self.key = key
+        """The cache's and coalescing's key: group, method and parameters in one canonical
+        spelling, never the request id; empty when neither needs one (the cache and
+        coalescing off, or a broadcast)."""
 
     def __repr__(self) -> str:
         shape = self.shape
-        return f"<Plan {shape.method} -> {shape.group.name} ttl={shape.ttl} {shape.route.prefix!r}>"
-
-    @property
-    def group(self) -> Group:
-        return self.shape.group
-
-    @property
-    def ttl(self) -> float:
-        return self.shape.ttl
-
-    @property
-    def broadcast(self) -> bool:
-        return self.shape.broadcast
-
-    @property
-    def cacheable(self) -> bool:
-        return self.shape.ttl != NO_CACHE
-
-    @property
-    def parts(self) -> tuple[str, ...]:
-        return self.shape.parts
-
-    @property
-    def key(self) -> str:
-        """The cache's and coalescing's key: group, method and parameters in one canonical
-        spelling; never the request id (made when first asked)."""
-        key = self._key
-        if key is None:
-            key = self._key = self.shape.prefix + canonical(self.params)
-        return key
+        return f"<Plan {shape.method} -> {self.group.name} ttl={self.ttl} {shape.route.prefix!r}>"
 
     def body(self) -> bytes:
         """The member's bytes, when it must be sent re-encoded (renamed or translated)."""
@@ -101,10 +84,22 @@ class Plan:
 
 
 class Planner:
-    def __init__(self, config: Config, chain: Chain, groups: dict[str, Group]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        chain: Chain,
+        groups: dict[str, Group],
+        labels: frozenset[str],
+        coalesce: bool,
+    ) -> None:
+        """``labels``: the methods counted under their own name (:class:`~..observe.counters.
+        Stats`); ``coalesce``: whether identical reads in flight are shared."""
         self.chain = chain
         self.legacy = LEGACY.get(config.chain) if config.chain != "evm" else None
         self.groups = groups
+        self.labels = labels
+        self.caching = config.cache.enabled
+        self.coalesce = coalesce
         rules = preset_rules(self.legacy, list(groups)) if config.preset_routes else []
         rules += [  # after the preset's: the same prefix configured replaces the preset's
             RouteRule(prefix, r.upstream, r.ttl, r.timeout, r.retries)
@@ -125,8 +120,10 @@ class Planner:
             rewritten=False,
             groups=(self.default.name,),
             prefix="",
+            label="GET",
+            keyed=False,
         )
-        self.bare = Plan(bare, None, {})
+        self.bare = Plan(bare, None, {}, "")
         """The plan of what is not a JSON-RPC call (``GET /``, a forwarded path): the default
         group's, never cached."""
 
@@ -153,11 +150,13 @@ class Planner:
             member = {"jsonrpc": "2.0", "method": shape.method, "params": params}
             if "id" in original:
                 member["id"] = original["id"]
-        return Plan(shape, params, member)
+        key = shape.prefix + canonical(params) if shape.keyed else ""
+        return Plan(shape, params, member, key)
 
     def _shape(self, method: str, params: Any) -> tuple[Shape, Any]:
         """How a method is routed (and the params it is sent with)."""
         name = name_of(method, params, self.legacy)
+        asked = called(method, params)
         if self.renamer:
             name = self.renamer.rename(name)
         route = self.routes.resolve(name)
@@ -172,9 +171,10 @@ class Planner:
         # A broadcast under any spelling: as sent, as asked (``api.method``, a ``call``
         # unwrapped), or the method alone (a legacy name, a ``call`` to a numbered API).
         parts = name.parts
-        asked = ".".join(parts[-2:])
         broadcast = (
-            chain.is_broadcast(sent) or chain.is_broadcast(asked) or chain.is_broadcast(parts[-1])
+            chain.is_broadcast(sent)
+            or chain.is_broadcast(".".join(parts[-2:]))
+            or chain.is_broadcast(parts[-1])
         )
         ttl = route.ttl
         if ttl is None or broadcast:
@@ -189,5 +189,7 @@ class Planner:
             rewritten=rewritten,
             groups=(group.name,),
             prefix=f"{group.name}\x1f{name.dotted}\x1f",
+            label=asked if asked in self.labels else "other",
+            keyed=(self.caching and ttl != NO_CACHE) or (self.coalesce and not broadcast),
         )
         return shape, name.params

@@ -53,10 +53,8 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-from ..cache.policy import Finality
 from ..callbacks import DueQueue
 from ..config import HedgeConfig
-from ..config.model import UpstreamGroup
 from ..failsafe.budget import RetryBudget
 from ..failsafe.slots import SlotLine
 from ..fleet.fleet import Fleet
@@ -65,9 +63,10 @@ from ..fleet.policies import BasePolicy, PickContext
 from ..health.chains import Chain
 from ..health.probe import probe_headers, race
 from ..upstream.pool import Transport, starter
+from . import forwarding
 from .forwarding import Forwarding, Outcome, ProxyRequest, judge
 
-__all__ = ["Forwarding", "Group", "Outcome", "ProxyRequest", "Router", "judge"]
+__all__ = ["Forwarding", "Outcome", "ProxyRequest", "Router", "judge"]
 
 
 class Router:
@@ -110,9 +109,7 @@ class Router:
     def start(self, req: ProxyRequest, done: Callable[[Outcome], None]) -> Forwarding:
         """Forward ``req``; ``done(outcome)`` is called once (possibly before this returns)
         unless the returned forwarding is cancelled first."""
-        forwarding = Forwarding(self, req, done)
-        forwarding.step()
-        return forwarding
+        return forwarding.start(self, req, done)
 
     def another(self, req: ProxyRequest, tried: list[Node], now: float) -> Node | None:
         """A node for a hedge: usable, not tried yet (none when failing open)."""
@@ -137,34 +134,3 @@ class Router:
             f"{n.name}: {self.fleet.exclusion(n, now, best) or 'tried'}" for n in self.fleet.nodes
         ]
         return "no node can serve this request (" + "; ".join(reasons) + ")"
-
-
-class Group:
-    """A named group of backends: its nodes, the router that picks among them, and what is
-    known of its chain (the head and last irreversible block its nodes reported)."""
-
-    __slots__ = ("finality", "fleet", "looked", "name", "policy", "router", "spec")
-
-    def __init__(
-        self, name: str, spec: UpstreamGroup, fleet: Fleet, policy: BasePolicy, router: Router
-    ) -> None:
-        self.name = name
-        self.spec = spec
-        self.fleet = fleet
-        self.policy = policy
-        self.router = router
-        self.finality = Finality()
-        self.looked = -1.0
-
-    def __repr__(self) -> str:
-        return f"<Group {self.name} {self.policy.name} {self.fleet!r}>"
-
-    def chain_now(self, now: float) -> Finality:
-        """What the group knows of its chain, brought up to date with its nodes' probes and
-        answers at most twice a second (the cache asks on every lookup)."""
-        finality = self.finality
-        if now - self.looked >= 0.5:
-            self.looked = now
-            for node in self.fleet.nodes:
-                finality.saw(node.head(), node.irreversible)
-        return finality

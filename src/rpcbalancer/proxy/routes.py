@@ -224,21 +224,17 @@ class RouteTable:
         for rule in rules:
             self._by_prefix[_split(rule.prefix)] = rule
         self._depth = max((len(parts) for parts, _ in self._by_prefix), default=0)
-        self._with_params = any(p is not None for _, p in self._by_prefix)
+        self.by_params = any(p is not None for _, p in self._by_prefix)
+        """Whether some route matches parameters (``params=``): then a call's route depends
+        on its params, not only on its method."""
         self._cache: dict[tuple[str, str | None], Route] = {}
 
     def __len__(self) -> int:
         return len(self.rules)
 
-    @property
-    def by_params(self) -> bool:
-        """Whether some route matches parameters (``params=``): then a call's route depends
-        on its params, not only on its method."""
-        return self._with_params
-
     def resolve(self, name: Name) -> Route:
         """The route of ``name``: each setting from the longest prefix that sets it."""
-        params = canonical(name.params) if self._with_params else None
+        params = canonical(name.params) if self.by_params else None
         key = (name.dotted, params)
         route = self._cache.get(key)
         if route is not None:

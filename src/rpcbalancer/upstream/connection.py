@@ -1,4 +1,4 @@
-"""One keep-alive HTTP/1.1 connection to a node, and the bytes of a request to it.
+"""One keep-alive HTTP/1.1 connection to a node.
 
 :class:`Connection` is an ``asyncio.Protocol`` carrying one request at a time (a
 :class:`Waiting`, which :mod:`.upstream`'s exchanges are): it writes the request's bytes,
@@ -6,9 +6,8 @@ parses the answer with ``httptools`` (framed by Content-Length, chunks or the co
 close, up to ``max_body`` bytes, keeping only the headers clients may see) and reports the
 answer or the failure back. A try's deadline is kept by the connection's one timer, armed
 when it first carries a request and re-armed only when it fires early: not a timer per
-request. :func:`encode_request` makes a request's bytes, with what is the same for every
-request to a node encoded once. The pool, retries on stale connections, connecting and
-TLS are :mod:`.upstream`'s.
+request. The request's bytes are :mod:`.wire`'s; the pool, retries on stale connections,
+connecting and TLS are :mod:`.pool`'s.
 """
 
 from __future__ import annotations
@@ -16,33 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Protocol, cast
 
 import httptools
 
 from ..errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout
-from ..fleet.address import NodeAddress
+from .wire import UpstreamResponse
 
 # Node answers are handed to clients with these headers only; the rest is the node's business.
 _KEPT_HEADERS = frozenset({b"content-type", b"cache-control", b"retry-after"})
 MAX_BODY = 64 * 1024 * 1024
-
-
-@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
-class UpstreamResponse:
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-    @property
-    def content_type(self) -> str:
-        for name, value in self.headers:
-            if name == "content-type":
-                return value
-        return "application/json"
 
 
 class Waiting(Protocol):
@@ -53,22 +35,11 @@ class Waiting(Protocol):
     timeout: float
     data: bytes
 
-    def answered(self, conn: Connection, response: UpstreamResponse) -> None: ...
+    def answered(self, conn: Connection, response: UpstreamResponse, keep_alive: bool) -> None:
+        """The answer (``keep_alive``: the node keeps the connection open after it)."""
+        ...
 
     def failed(self, conn: Connection, exc: Exception) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a node's requests go, parsed once per node URL."""
-
-    key: tuple[str, str, int, str | None, bool]
-    host: str
-    port: int
-    tls: ssl.SSLContext | None
-    sni: str | None
-    host_header: bytes
-    path: str
 
 
 class Stale(Exception):
@@ -203,15 +174,12 @@ class Connection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
 
-    @property
-    def reusable(self) -> bool:
-        return self._keep_alive and not self.closed and self.exchange is None
-
     def _finish(self) -> None:
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            exchange.answered(self, UpstreamResponse(self._status, tuple(self._headers), body))
+            response = UpstreamResponse(self._status, tuple(self._headers), body)
+            exchange.answered(self, response, self._keep_alive)
 
     def _fail(self, exc: Exception) -> None:
         exchange, self.exchange = self.exchange, None
@@ -229,78 +197,3 @@ class Connection(asyncio.Protocol):
         self._disarm()
         if self.transport is not None:
             self.transport.abort()
-
-
-_prefixes: dict[tuple[object, ...], tuple[bytes, frozenset[str]]] = {}
-# Header lines repeat from request to request (content type, user agent): encoded once.
-_lines: dict[tuple[str, str], bytes] = {}
-_CACHE_SIZE = 4096
-
-
-@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
-class NodeRequest:
-    """What crosses the transport seam: one request for a node."""
-
-    method: str
-    path: str | None
-    """The path (and query) in place of the node URL's own, or None for the node's URL."""
-    headers: Mapping[str, str]
-    body: bytes | None
-    idempotent: bool = True
-    """False for a broadcast: it never takes a reused connection, so that a failure can
-    always tell "never sent" from "may have arrived"."""
-
-
-def encode_request(origin: NodeAddress, target: Target, request: NodeRequest) -> bytes:
-    """The bytes of ``request`` for the node at ``origin``."""
-    method, path, headers, body = request.method, request.path, request.headers, request.body
-    # The request line, Host and the node's own headers are the same for every request to a
-    # node: encoded once (keyed by its address itself, which the cache keeps alive: its id
-    # could otherwise be reused by an address made later). The request's headers follow.
-    key = (method, origin, path)
-    cached = _prefixes.get(key)
-    if cached is None:
-        node_headers = origin.headers
-        lines = [
-            f"{method} {path or target.path} HTTP/1.1\r\n".encode("latin-1"),
-            b"host: " + target.host_header + b"\r\n",
-        ]
-        lines += [
-            f"{k}: {v}\r\n".encode("latin-1")
-            for k, v in node_headers.items()
-            if k.lower() not in _FRAMING
-        ]
-        own = frozenset(k.lower() for k in node_headers) | _FRAMING if node_headers else _FRAMING
-        cached = (b"".join(lines), own)
-        if len(_prefixes) >= _CACHE_SIZE:
-            _prefixes.clear()
-        _prefixes[key] = cached
-    prefix, skip = cached
-    parts = [prefix]
-    if skip is _FRAMING:  # the node has no headers of its own (the usual case)
-        lines_cache = _lines
-        for pair in headers.items():
-            line = lines_cache.get(pair)
-            if line is None:
-                if pair[0].lower() in _FRAMING:
-                    continue
-                line = f"{pair[0]}: {pair[1]}\r\n".encode("latin-1")
-                if pair[0] in _CONSTANT and len(lines_cache) < _CACHE_SIZE:
-                    lines_cache[pair] = line
-            parts.append(line)
-    else:
-        for name, value in headers.items():
-            if name.lower() not in skip:  # the node's own headers win
-                parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-    if body is not None:
-        parts.append(b"content-length: %d\r\n\r\n" % len(body))
-        parts.append(body)
-    else:
-        parts.append(b"\r\n")
-    return b"".join(parts)
-
-
-# Request headers whose values come from a small set (worth keeping encoded); the others
-# (request ids, client addresses) are new on every request.
-_CONSTANT = frozenset({"content-type", "accept", "user-agent"})
-_FRAMING = frozenset({"host", "content-length", "connection", "transfer-encoding"})

@@ -38,18 +38,11 @@ from collections.abc import Callable
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
-from ..callbacks import Cancellable, until_called
+from ..callbacks import Cancellable, running_loop, until_called
 from ..errors import UpstreamConnectError, UpstreamError
 from ..fleet.address import NodeAddress
-from .connection import (
-    MAX_BODY,
-    Connection,
-    NodeRequest,
-    Stale,
-    Target,
-    UpstreamResponse,
-    encode_request,
-)
+from .connection import MAX_BODY, Connection, Stale
+from .wire import NodeRequest, Target, UpstreamResponse, encode_request
 
 __all__ = [
     "Done",
@@ -59,7 +52,6 @@ __all__ = [
     "Starter",
     "Transport",
     "UpstreamResponse",
-    "running_loop",
     "starter",
 ]
 
@@ -88,14 +80,6 @@ class Starter(Protocol):
     def __call__(
         self, origin: NodeAddress, request: NodeRequest, timeout: float, done: Done
     ) -> Cancellable: ...
-
-
-def running_loop(cached: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
-    """The running loop: ``cached`` while it runs. ``asyncio.get_running_loop`` costs a
-    ``getpid`` system call on Python 3.11, too dear for every request."""
-    if cached is not None and cached.is_running():
-        return cached
-    return asyncio.get_running_loop()
 
 
 def starter(transport: Transport) -> Starter:
@@ -194,7 +178,7 @@ class Exchange:
             return
         self._send(conn)
 
-    def answered(self, conn: Connection, response: UpstreamResponse) -> None:
+    def answered(self, conn: Connection, response: UpstreamResponse, keep_alive: bool) -> None:
         client = self.client
         client.busy.discard(conn)
         self.conn = None
@@ -202,7 +186,7 @@ class Exchange:
         # Back to the pool after the answer has been handed on, so that whatever the
         # answer sets off at once (a pipelined request) does not land on this connection
         # while its parser is still inside this callback.
-        if conn.reusable:
+        if keep_alive and not conn.closed and conn.exchange is None:
             client.give_back(self.target, conn, conn.loop.time())
         else:
             conn.abort()

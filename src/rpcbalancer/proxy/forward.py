@@ -1,0 +1,102 @@
+"""The route step: a call's request for its group's router, and the router started.
+
+What a node is sent is the client's call as it came (its bytes, unless the method was renamed
+or translated), with the headers every node sees for this request (made once per request,
+when the first node is asked: JSON, our user agent, ``X-Forwarded-For`` with the client's
+address, ``X-Request-Id``), the route's per-try timeout and retries, and the client's own
+deadline. A single call carries its method and params, so that the router can ask the chain
+preset, when a node answers ``null``, whether that may only mean "not here yet" (a block the
+chain has reached, a transaction, a receipt) and ask another node first; a batch never does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..callbacks import Cancellable
+from .forwarding import Outcome, ProxyRequest
+
+if TYPE_CHECKING:
+    from ..fleet.nodes import Node
+    from .context import RequestContext
+    from .plan import Plan
+
+
+class Forward:
+    def __init__(self, user_agent: str) -> None:
+        self.user_agent = user_agent
+
+    def __repr__(self) -> str:
+        return f"<Forward {self.user_agent!r}>"
+
+    def call(
+        self,
+        ctx: RequestContext,
+        plan: Plan,
+        done: Callable[[Outcome], None],
+        avoid: tuple[Node, ...] = (),
+    ) -> Cancellable:
+        """Forward ``ctx``'s call (or its ``GET``) to ``plan``'s group; ``avoid``: nodes to
+        try last (they failed the same read for another request)."""
+        call = ctx.call
+        shape = plan.shape
+        route = shape.route
+        if call is None:
+            method, body, unsure_of = "GET", None, None
+        else:
+            method = "POST"
+            body = plan.body() if shape.rewritten else (call.body or ctx.req.body)
+            unsure_of = (plan.parts[-1], plan.params)
+        request = ProxyRequest(
+            method,
+            ctx.path,
+            self.headers(ctx),
+            body,
+            not plan.broadcast,
+            ctx.ip,
+            route.timeout,
+            route.retries,
+            ctx.deadline,
+            avoid,
+            unsure_of,
+        )
+        return plan.group.router.start(request, done)
+
+    def batch(
+        self,
+        ctx: RequestContext,
+        plan: Plan,
+        body: bytes,
+        broadcast: bool,
+        done: Callable[[Outcome], None],
+    ) -> Cancellable:
+        """Forward a batch body to the group of ``plan`` (its first member's), with that
+        member's route: a ``null`` answer is never asked again of another node."""
+        route = plan.shape.route
+        request = ProxyRequest(
+            "POST",
+            ctx.path,
+            self.headers(ctx),
+            body,
+            not broadcast,
+            ctx.ip,
+            route.timeout,
+            route.retries,
+            ctx.deadline,
+        )
+        return plan.group.router.start(request, done)
+
+    def headers(self, ctx: RequestContext) -> dict[str, str]:
+        """The headers every node asked for ``ctx`` is sent (made once, when first asked)."""
+        headers = ctx.upstream_headers
+        if headers is None:
+            forwarded, peer = ctx.forwarded_for, ctx.req.peer
+            headers = ctx.upstream_headers = {
+                "content-type": "application/json",
+                "accept": "application/json",
+                "user-agent": self.user_agent,
+                "x-forwarded-for": f"{forwarded}, {peer}" if forwarded else peer,
+                "x-request-id": ctx.rid,
+            }
+        return headers
