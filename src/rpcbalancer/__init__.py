@@ -3,7 +3,8 @@
 The modules on the request's way are compiled (mypyc) from this same source when the package
 is installed where a C compiler exists; the source runs interpreted where not, and wherever
 ``RPCBALANCER_NO_EXTENSIONS`` is set (at install: nothing is compiled; at run time: the
-compiled modules are not loaded, the source is). :func:`build` says which runs.
+compiled modules are not loaded, the source is). In a checkout, a compiled module older than
+its source is never run: the source is, with a warning. :func:`build` says which runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 
 __version__ = "0.1.0"
@@ -37,7 +39,25 @@ class _SourceFirst(importlib.abc.MetaPathFinder):
         return None
 
 
-if os.environ.get("RPCBALANCER_NO_EXTENSIONS") and not any(
+def _stale() -> bool:
+    """In a checkout (an editable install), whether a compiled module is older than its
+    source: then it would run code that is no longer there, so the source runs instead
+    (all of it: compiled modules call each other directly, they load together or not)."""
+    here = Path(__file__).resolve().parent
+    if not (here.parent.name == "src" and (here.parent.parent / "setup.py").is_file()):
+        return False  # installed: the source and what was compiled from it came together
+    for library in here.rglob("*.so"):
+        source = library.with_name(library.name.split(".", 1)[0] + ".py")
+        if source.is_file() and source.stat().st_mtime > library.stat().st_mtime + 1.0:
+            sys.stderr.write(
+                f"rpcbalancer: {source.relative_to(here.parent)} changed after it was "
+                "compiled: running the source (`make compile` compiles it again)\n"
+            )
+            return True
+    return False
+
+
+if (os.environ.get("RPCBALANCER_NO_EXTENSIONS") or _stale()) and not any(
     isinstance(finder, _SourceFirst) for finder in sys.meta_path
 ):
     sys.meta_path.insert(0, _SourceFirst())

@@ -118,8 +118,8 @@ def parse(
     ):
         try:
             doc = json.loads(body, object_pairs_hook=_refuse_repeats)
-        except _RepeatedKey as exc:
-            return RpcProblem(INVALID_REQUEST, f"Invalid Request: the key {exc} appears twice")
+        except _RepeatedKey as repeated:
+            return RpcProblem(INVALID_REQUEST, f"Invalid Request: the key {repeated} appears twice")
         except (ValueError, RecursionError):
             return RpcProblem(PARSE_ERROR, "Parse error: the body is not valid JSON")
     if isinstance(doc, dict):

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from rpcbalancer.hosts.lambda_package import build, find_python
+import rpcbalancer
+from rpcbalancer.hosts.lambda_package import Built, PackageError, build, find_python
 from rpcbalancer.sim import Behaviour, FleetThread
 from rpcbalancer.sim.lambda_api import LambdaFunction, install_runtime
 
@@ -43,13 +44,18 @@ def runtime_python() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
-def task_root(tmp_path_factory: pytest.TempPathFactory, runtime_python: tuple[str, str]) -> Path:
-    """The zip ``rpcbalancer lambda package`` builds for this machine, unpacked."""
+def built_zip(tmp_path_factory: pytest.TempPathFactory, runtime_python: tuple[str, str]) -> Built:
+    """The zip ``rpcbalancer lambda package`` builds for this machine."""
     python, version = runtime_python
     out = tmp_path_factory.mktemp("lambda")
-    built = build(out / "function.zip", arch=ARCH, python=version, compile_with=python)
-    root = out / "task"
-    with zipfile.ZipFile(built.path) as archive:
+    return build(out / "function.zip", arch=ARCH, python=version, compile_with=python)
+
+
+@pytest.fixture(scope="session")
+def task_root(tmp_path_factory: pytest.TempPathFactory, built_zip: Built) -> Path:
+    """That zip, unpacked."""
+    root = tmp_path_factory.mktemp("task")
+    with zipfile.ZipFile(built_zip.path) as archive:
         archive.extractall(root)
     return root
 
@@ -180,6 +186,40 @@ def test_the_arm64_package_for_the_template(tmp_path: Path) -> None:
     assert not any(name.startswith("rpcbalancer/sim/") for name in names)
     binaries = [n for n in names if n.endswith(".so")]
     assert binaries and all("aarch64" in n and "312" in n for n in binaries), binaries
+    # Nothing here is compiled for arm64's Python 3.12: the source goes, and the zip says so.
+    assert built.modules == "interpreted"
+    assert not any(n.startswith("rpcbalancer") for n in binaries)
     assert built.size < 10 * 1024 * 1024
+    with pytest.raises(PackageError, match=r"not for Python 3\.12 on manylinux2014_aarch64"):
+        build(tmp_path / "x.zip", arch="arm64", wheel=_wheel(tmp_path, "cp311-cp311-linux_x86_64"))
     if built.compiled_with is not None:  # a python3.12 was found: byte-code ships too
         assert "rpcbalancer/__pycache__/aws_lambda.cpython-312.pyc" in names
+
+
+def test_the_zip_says_how_its_modules_run_and_runs_so(
+    function: Any, fleet: FleetThread, built_zip: Built, runtime_python: tuple[str, str]
+) -> None:
+    """The modules compiled here go in the zip when they fit the target (this machine's
+    architecture and Python, manylinux2014's C library); else the source does. Either way
+    the zip says which, and the function's ``/version`` agrees."""
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    compiled = rpcbalancer.build() == "compiled" and runtime_python[1] == here
+    with zipfile.ZipFile(built_zip.path) as archive:
+        ours = [n for n in archive.namelist() if n.startswith("rpcbalancer") and n.endswith(".so")]
+        assert "rpcbalancer/proxy/gateway.py" in archive.namelist()  # the source, always
+    assert built_zip.modules.startswith("compiled") == compiled == bool(ours)
+    fn = function("rpcbalancer.aws_lambda.handler", RPCBALANCER_NODES=",".join(fleet.urls))
+    event = fixture("http-api")
+    event["rawPath"], event["body"] = "/version", None
+    event["requestContext"]["http"].update(method="GET", path="/version")
+    result, failed = fn.invoke(event)
+    assert not failed and result["statusCode"] == 200, result
+    assert json.loads(result["body"])["build"] == ("compiled" if compiled else "interpreted")
+
+
+def _wheel(folder: Path, tags: str) -> Path:
+    """A wheel file named with ``tags`` (its contents never read: refused by its name)."""
+    path = folder / f"rpcbalancer-0.1.0-{tags}.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("rpcbalancer/__init__.py", "")
+    return path

@@ -237,19 +237,38 @@ def lambda_package(
         str | None,
         typer.Option(help="Interpreter of the target version for byte-code (found if omitted)."),
     ] = None,
+    wheel: Annotated[
+        Path | None,
+        typer.Option(
+            help="An rpcbalancer wheel built for the target (manylinux2014): its "
+            "compiled modules go in the zip."
+        ),
+    ] = None,
+    interpreted: Annotated[
+        bool, typer.Option(help="Leave the compiled modules out: the source runs.")
+    ] = False,
 ) -> None:
     """Build the Lambda deployment zip (wheels for the target platform, no boto3/uvloop)."""
     from ..hosts.lambda_package import PackageError, build
 
     path = output or Path("dist") / "rpcbalancer-lambda.zip"  # where the template looks
     try:
-        built = build(path, arch=arch, python=python, extras=extra or (), compile_with=compile_with)
+        built = build(
+            path,
+            arch=arch,
+            python=python,
+            extras=extra or (),
+            compile_with=compile_with,
+            wheel=wheel,
+            interpreted=interpreted,
+        )
     except PackageError as exc:
         err.print(f"[red]cannot build the package:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     typer.echo(
         f"{built.path}: {built.size / 1e6:.2f} MB, {built.files} files, "
-        f"python {python} {arch}, with {', '.join(built.requirements)}"
+        f"python {python} {arch}, with {', '.join(built.requirements)}; "
+        f"rpcbalancer's modules: {built.modules}"
     )
     if built.compiled_with is None:
         err.print(

@@ -10,13 +10,10 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..fleet.nodes import LATENCY_BUCKETS
-
-if TYPE_CHECKING:
-    from ..fleet.nodes import Node
-    from ..jsonrpc import RpcCall
+from ..fleet.nodes import LATENCY_BUCKETS, Node
+from ..jsonrpc import RpcCall
 
 
 class Stats:

@@ -14,7 +14,7 @@ import random
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -22,11 +22,9 @@ from ..fleet.estimators import LATENCY_BUCKETS
 from ..messages import FAILURES, HttpResponse, failure_of, outcome_of
 from ..observe.accesslog import AccessLog
 from ..observe.counters import Stats
-
-if TYPE_CHECKING:
-    from .access import KeyRing
-    from .context import RequestContext
-    from .forwarding import Outcome
+from .access import KeyRing
+from .context import RequestContext
+from .forwarding import Outcome
 
 BATCH_METHODS_SHOWN = 5
 

@@ -12,19 +12,16 @@ through the one failure table.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from .. import jsonrpc
 from ..config import ApiKey, Config, RateLimit
 from ..jsonrpc import RpcProblem
 from ..messages import ALLOW, CORS, JSON, HttpRequest, HttpResponse, error_response, not_allowed
+from ..observe.accesslog import RequestIds
+from .access import KeyRing, MethodFilter
 from .clientip import Network, client_ip
 from .context import RequestContext
 from .ratelimit import LocalLimiter, retry_after
-
-if TYPE_CHECKING:
-    from ..observe.accesslog import RequestIds
-    from .access import KeyRing, MethodFilter
 
 
 class Admission:

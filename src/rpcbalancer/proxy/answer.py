@@ -23,9 +23,12 @@ import asyncio
 import logging
 import posixpath
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from .. import jsonrpc
+from ..fleet.fleet import FleetSet
+from ..fleet.nodes import Node
+from ..fleet.policies import BasePolicy
+from ..health.versions import Versions
 from ..jsonrpc import RpcCall
 from ..messages import (
     CORS,
@@ -37,14 +40,8 @@ from ..messages import (
     failure_of,
     internal_error,
 )
-
-if TYPE_CHECKING:
-    from ..fleet.fleet import FleetSet
-    from ..fleet.nodes import Node
-    from ..fleet.policies import BasePolicy
-    from ..health.versions import Versions
-    from .context import RequestContext
-    from .forwarding import Outcome
+from .context import RequestContext
+from .forwarding import Outcome
 
 log = logging.getLogger(__name__)
 

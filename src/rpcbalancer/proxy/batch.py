@@ -12,23 +12,20 @@ answer is learned from (:mod:`.learn`) as a single call's would be.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..callbacks import Cancellable
 from ..config.ttl import NO_CACHE
 from ..errors import NoHealthyNode
+from ..fleet.nodes import Node
 from ..jsonrpc import dumps, error_object, loads
 from ..messages import FAILURES, failure_of
+from .context import RequestContext
+from .forward import Forward
 from .forwarding import Outcome
-from .lookup import answer_of
-
-if TYPE_CHECKING:
-    from ..fleet.nodes import Node
-    from .context import RequestContext
-    from .forward import Forward
-    from .learn import Learner
-    from .lookup import Lookup
-    from .plan import Plan, Planner
+from .learn import Learner
+from .lookup import Lookup, answer_of
+from .plan import Plan, Planner
 
 
 class BatchWay(Protocol):

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ..callbacks import Cancellable
 from ..errors import UpstreamTimeout
 from ..jsonrpc import Id, dumps, loads
+from .context import RequestContext
+from .forward import Forward
 from .forwarding import Outcome
-
-if TYPE_CHECKING:
-    from .context import RequestContext
-    from .forward import Forward
-    from .plan import Plan
+from .plan import Plan
 
 
 class Way(Protocol):

@@ -10,16 +10,14 @@ under way (a forwarding, a wait for an identical read, a batch, a look-up in Red
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ..callbacks import Cancellable
+from ..config import ApiKey
+from ..jsonrpc import RpcCall
 from ..messages import HttpRequest, HttpResponse, Reply
-
-if TYPE_CHECKING:
-    from ..config import ApiKey
-    from ..jsonrpc import RpcCall
-    from .forwarding import Outcome
-    from .plan import Plan
+from .forwarding import Outcome
+from .plan import Plan
 
 
 class Way(Protocol):

@@ -12,15 +12,12 @@ chain has reached, a transaction, a receipt) and ask another node first; a batch
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ..callbacks import Cancellable
+from ..fleet.nodes import Node
+from .context import RequestContext
 from .forwarding import Outcome, ProxyRequest
-
-if TYPE_CHECKING:
-    from ..fleet.nodes import Node
-    from .context import RequestContext
-    from .plan import Plan
+from .plan import Plan
 
 
 class Forward:

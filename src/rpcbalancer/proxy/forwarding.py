@@ -171,7 +171,7 @@ TRANSITIONS: Final[dict[int, dict[int, int]]] = {
 """What each event leads to, per state; anything else is a bug (:class:`BadTransition`)."""
 
 
-class BadTransition(RuntimeError):
+class BadTransition(Exception):
     """An event the transition table does not allow in the forwarding's state."""
 
 

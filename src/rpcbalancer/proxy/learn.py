@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..cache import AnswerCache
 from ..config.ttl import NO_CACHE
 from ..fleet.nodes import Node
-
-if TYPE_CHECKING:
-    from ..health.chains import Chain
-    from .forwarding import Outcome
-    from .plan import Plan
+from ..health.chains import Chain
+from .forwarding import Outcome
+from .plan import Plan
 
 _LIB = re.compile(rb'"last_irreversible_block_num"\s*:\s*(\d+)')
 

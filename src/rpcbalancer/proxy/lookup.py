@@ -12,15 +12,13 @@ kept is decided after the answer (:mod:`.learn`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from ..cache import AnswerCache, Entry
 from ..config.ttl import NO_CACHE
 from ..jsonrpc import Id, dumps
-
-if TYPE_CHECKING:
-    from .context import RequestContext
-    from .plan import Plan
+from .context import RequestContext
+from .plan import Plan
 
 # What a look-up found.
 UNCACHED: Final = 0

@@ -12,18 +12,16 @@ same way: its one group is every call's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from ..cache.policy import default_ttl
+from ..config import Config
 from ..config.ttl import NO_CACHE
+from ..health.chains import Chain
 from ..jsonrpc import called, dumps
+from .group import Group
 from .routes import LEGACY, Renamer, Route, RouteRule, RouteTable, canonical, name_of, preset_rules
 from .routes import translated as to_appbase
-
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..health.chains import Chain
-    from .group import Group
 
 MEMO_SIZE: Final = 4096
 """Methods whose plan is kept (clients choose method names: bounded)."""

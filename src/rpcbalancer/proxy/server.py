@@ -195,16 +195,16 @@ class H1Server(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except _Reject as exc:
-            self._refuse(exc.kind, exc.message)
+        except _Reject as reject:
+            self._refuse(reject.kind, reject.message)
         except httptools.HttpParserUpgrade:
             self._refuse("invalid", "Protocol upgrades are not supported")
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
+        except httptools.HttpParserError as error:
+            cause = error.__context__
             if isinstance(cause, _Reject):
                 self._refuse(cause.kind, cause.message)
             else:
-                self._refuse("parse", f"Malformed HTTP request ({exc})")
+                self._refuse("parse", f"Malformed HTTP request ({error})")
 
     # -- parser callbacks ----------------------------------------------------------------
 

@@ -168,9 +168,9 @@ class Exchange:
             self.connecting = None
             self._end(None, exc)
             return
-        except Exception as exc:  # whatever else connecting raised is still a failed try
+        except Exception as other:  # whatever else connecting raised is still a failed try
             self.connecting = None
-            self._end(None, UpstreamConnectError(self.origin.name, f"cannot connect ({exc})"))
+            self._end(None, UpstreamConnectError(self.origin.name, f"cannot connect ({other})"))
             return
         self.connecting = None
         if self.over:  # cancelled while connecting
@@ -348,12 +348,13 @@ class H1Transport:
             raise UpstreamConnectError(
                 origin.name, f"connect timed out after {budget:.2f}s"
             ) from None
-        except socket.gaierror as exc:
+        except socket.gaierror as unresolved:
+            why = unresolved.strerror or unresolved
             raise UpstreamConnectError(
-                origin.name, f"cannot resolve {target.host} ({exc.strerror or exc})"
+                origin.name, f"cannot resolve {target.host} ({why})"
             ) from None
-        except ssl.SSLError as exc:
-            raise UpstreamConnectError(origin.name, f"TLS failed ({exc.reason or exc})") from None
+        except ssl.SSLError as tls:
+            raise UpstreamConnectError(origin.name, f"TLS failed ({tls.reason or tls})") from None
         except OSError as exc:
             why = (
                 exc.strerror.lower()
