@@ -46,9 +46,13 @@ def _stale() -> bool:
     here = Path(__file__).resolve().parent
     if not (here.parent.name == "src" and (here.parent.parent / "setup.py").is_file()):
         return False  # installed: the source and what was compiled from it came together
+    # The code lives in the library the compiled modules share (each module's own file
+    # only points into it, and is rewritten only when that changes).
+    shared = [p.stat().st_mtime for p in here.parent.glob(f"{__name__}__mypyc*.so")]
     for library in here.rglob("*.so"):
         source = library.with_name(library.name.split(".", 1)[0] + ".py")
-        if source.is_file() and source.stat().st_mtime > library.stat().st_mtime + 1.0:
+        built = max([library.stat().st_mtime, *shared])
+        if source.is_file() and source.stat().st_mtime > built + 1.0:
             sys.stderr.write(
                 f"rpcbalancer: {source.relative_to(here.parent)} changed after it was "
                 "compiled: running the source (`make compile` compiles it again)\n"

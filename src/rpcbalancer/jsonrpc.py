@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -29,33 +29,73 @@ UNAUTHORIZED = -32004
 RATE_LIMITED = -32005
 
 Id = str | int | float | None
+_ID_TYPES = (str, int, float)
+"""What an id may be besides null (as a tuple: a ``X | Y`` union is made anew at every call)."""
 
 
-@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
 class RpcCall:
     """What routing needs to know of one JSON-RPC request or batch: the members that go to a
-    node (``methods``, ``ids``) and, for a batch, the members answered here (``rejected``)."""
+    node (``methods``, ``ids``) and, for a batch, the members answered here (``rejected``).
+    (A plain class, not a dataclass: it is made for every request, and a dataclass's
+    ``__init__`` stays interpreted when the module is compiled.)"""
 
-    methods: tuple[str, ...]
-    """Method names, one per forwarded member; ``call`` is unwrapped to ``api.method``."""
-    ids: tuple[Id, ...]
-    batch: bool
-    notifications: int = 0
-    """Forwarded members without an ``id``: the spec gives them no answer."""
-    rejected: tuple[tuple[Id, int, str], ...] = ()
-    """Batch members answered here, not forwarded: ``(id, code, message)`` each."""
-    body: bytes | None = None
-    """What to forward when it is not the client's body (members were rejected)."""
-    members: tuple[dict[str, Any], ...] = field(default=(), compare=False, repr=False)
-    """The forwarded members as parsed (their ``params`` route and key the cache)."""
-    first_id: Id = field(init=False, compare=False, repr=False)
-    """The first member's id (a single call's)."""
-    silent: bool = field(init=False, compare=False, repr=False)
-    """Only notifications: the client gets an empty answer (HTTP 204)."""
+    __slots__ = (
+        "batch",
+        "body",
+        "first_id",
+        "ids",
+        "members",
+        "methods",
+        "notifications",
+        "rejected",
+        "silent",
+    )
 
-    def __post_init__(self) -> None:
-        self.first_id = self.ids[0] if self.ids else None
-        self.silent = not self.rejected and self.notifications == len(self.methods) > 0
+    def __init__(
+        self,
+        methods: tuple[str, ...],
+        ids: tuple[Id, ...],
+        batch: bool,
+        notifications: int = 0,
+        rejected: tuple[tuple[Id, int, str], ...] = (),
+        body: bytes | None = None,
+        members: tuple[dict[str, Any], ...] = (),
+    ) -> None:
+        self.methods = methods
+        """Method names, one per forwarded member; ``call`` is unwrapped to ``api.method``."""
+        self.ids = ids
+        self.batch = batch
+        self.notifications = notifications
+        """Forwarded members without an ``id``: the spec gives them no answer."""
+        self.rejected = rejected
+        """Batch members answered here, not forwarded: ``(id, code, message)`` each."""
+        self.body = body
+        """What to forward when it is not the client's body (members were rejected)."""
+        self.members = members
+        """The forwarded members as parsed (their ``params`` route and key the cache)."""
+        self.first_id: Id = ids[0] if ids else None
+        """The first member's id (a single call's)."""
+        self.silent = not rejected and notifications == len(methods) > 0
+        """Only notifications: the client gets an empty answer (HTTP 204)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"RpcCall(methods={self.methods!r}, ids={self.ids!r}, batch={self.batch!r}, "
+            f"notifications={self.notifications!r}, rejected={self.rejected!r}, "
+            f"body={self.body!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RpcCall):
+            return NotImplemented
+        return (
+            self.methods == other.methods
+            and self.ids == other.ids
+            and self.batch == other.batch
+            and self.notifications == other.notifications
+            and self.rejected == other.rejected
+            and self.body == other.body
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +129,9 @@ def parse(
 
     The fast path is one orjson parse. Bodies that might hide an ambiguity take a slower,
     exact one: repeated ``method``/``id``/``params`` keys are refused (a node might read
-    the other copy, and a broadcast must never pass for a read), and a body with a number
-    that may not fit 64 bits is read again exactly (orjson reads such an integer as a
-    float: an id would not be echoed as sent, and parameters would be keyed and sent
-    wrong).
+    the other copy, and a broadcast must never pass for a read), and a body where orjson
+    read a float is read again exactly (it reads an integer beyond 64 bits as a float: an
+    id would not be echoed as sent, and parameters would be keyed and sent wrong).
     ``allowed`` (the endpoint's method rules) refuses a call, or a batch member, by method.
     """
     try:
@@ -101,20 +140,15 @@ def parse(
         if "depth" in exc.msg or "recursion" in exc.msg:
             return RpcProblem(INVALID_REQUEST, f"Invalid Request: nested deeper than {max_depth}")
         return RpcProblem(PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc.msg})")
-    if isinstance(doc, dict):
-        members = 1
-        float_id = isinstance(doc.get("id"), float)
-    else:
-        members = len(doc) if isinstance(doc, list) else 1
-        float_id = _float_id(doc)
-    if body.count(b"[") + body.count(b"{") > max_depth and _depth(doc) > max_depth:
+    members = 1 if isinstance(doc, dict) else len(doc) if isinstance(doc, list) else 1
+    depth, inexact = _shape_of(doc)
+    if depth > max_depth:
         return RpcProblem(INVALID_REQUEST, f"Invalid Request: nested deeper than {max_depth}")
     if (
-        float_id
+        inexact
         or body.count(b'"method"') > members
         or body.count(b'"id"') > members
         or body.count(b'"params"') > members
-        or _LONG_NUMBER.search(body) is not None
     ):
         try:
             doc = json.loads(body, object_pairs_hook=_refuse_repeats)
@@ -196,15 +230,13 @@ def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def _float_id(doc: Any) -> bool:
-    members = doc if isinstance(doc, list) else [doc]
-    return any(isinstance(m, dict) and isinstance(m.get("id"), float) for m in members)
-
-
-def _depth(doc: Any) -> int:
-    """How deep arrays and objects nest in ``doc`` (iterative: no recursion to exhaust)."""
+def _shape_of(doc: Any) -> tuple[int, bool]:
+    """How deep arrays and objects nest in ``doc``, and whether orjson read a number in it as
+    a float: a real fraction, or an integer beyond 64 bits that only the exact parse keeps
+    (rare in requests either way). One walk, iterative (no recursion to exhaust)."""
     deepest = 0
-    stack = [(doc, 1)]
+    inexact = False
+    stack: list[tuple[Any, int]] = [(doc, 1)]
     while stack:
         value, level = stack.pop()
         if isinstance(value, dict):
@@ -212,15 +244,22 @@ def _depth(doc: Any) -> int:
         elif isinstance(value, list):
             children = value
         else:
+            if isinstance(value, float):
+                inexact = True
             continue
-        deepest = max(deepest, level)
-        stack.extend((child, level + 1) for child in children)
-    return deepest
+        if level > deepest:
+            deepest = level
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, level + 1))
+            elif isinstance(child, float):
+                inexact = True
+    return deepest, inexact
 
 
 def _safe_id(doc: dict[str, Any]) -> Id:
     value = doc.get("id")
-    return value if isinstance(value, str | int | float) and not isinstance(value, bool) else None
+    return value if isinstance(value, _ID_TYPES) and not isinstance(value, bool) else None
 
 
 def _member(doc: dict[str, Any]) -> tuple[str, Id, bool] | str:
@@ -232,10 +271,10 @@ def _member(doc: dict[str, Any]) -> tuple[str, Id, bool] | str:
         return "'jsonrpc' must be \"2.0\""
     if "id" in doc:
         ident = doc["id"]
-        if isinstance(ident, bool) or not isinstance(ident, str | int | float | None):
+        if isinstance(ident, bool) or not (ident is None or isinstance(ident, _ID_TYPES)):
             return "'id' must be a string, a number or null"
     params = doc.get("params")
-    if params is not None and not isinstance(params, list | dict):
+    if params is not None and not isinstance(params, (list, dict)):
         return "'params' must be an array or an object"
     return called(method, params), _safe_id(doc), "id" not in doc
 
@@ -305,6 +344,32 @@ def request_body(method: str, params: Any = None, ident: int = 1) -> bytes:
             "id": ident,
         }
     )
+
+
+def number_after(body: bytes, key: bytes) -> int | None:
+    """The integer that a key (``b'"head_block_number"'``, quotes included) holds in a JSON
+    text, read from the bytes without parsing the rest (the first occurrence that holds one),
+    or None."""
+    size = len(body)
+    found = body.find(key)
+    while found >= 0:
+        i = found + len(key)
+        while i < size and body[i] in _SPACE:
+            i += 1
+        if i < size and body[i] == 58:  # ":"
+            i += 1
+            while i < size and body[i] in _SPACE:
+                i += 1
+            end = i
+            while end < size and 48 <= body[end] <= 57:
+                end += 1
+            if end > i:
+                return int(body[i:end])
+        found = body.find(key, found + 1)
+    return None
+
+
+_SPACE = b" \t\r\n"
 
 
 def looks_like_json(body: bytes) -> bool:

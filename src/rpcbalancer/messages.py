@@ -14,29 +14,61 @@ error a client gets, whichever host answers.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from . import jsonrpc
 from .errors import NoHealthyNode, RpcBalancerError, UpstreamError, UpstreamTimeout
 
 
-@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
 class HttpRequest:
-    method: str
-    path: str
-    query: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    """Lower-case names."""
-    body: bytes = b""
-    peer: str = ""
+    """One HTTP request, as every host hands it to the gateway. (Plain classes here, not
+    dataclasses: they are made for every request, and a dataclass's ``__init__`` stays
+    interpreted when the module is compiled.)"""
+
+    __slots__ = ("body", "headers", "method", "path", "peer", "query")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        peer: str = "",
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers: Mapping[str, str] = {} if headers is None else headers
+        """Lower-case names."""
+        self.body = body
+        self.peer = peer
+
+    def __repr__(self) -> str:
+        return (
+            f"HttpRequest({self.method!r}, {self.path!r}, query={self.query!r}, "
+            f"headers={dict(self.headers)!r}, body={self.body[:200]!r}, peer={self.peer!r})"
+        )
 
 
-@dataclass(slots=True)
 class HttpResponse:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes = b""
+    """One HTTP response: status, headers (lower-case names) and body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes = b"") -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"HttpResponse({self.status}, {self.headers!r}, {self.body[:200]!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HttpResponse):
+            return NotImplemented
+        return (self.status, self.headers, self.body) == (other.status, other.headers, other.body)
 
 
 Reply = Callable[[HttpResponse], None]

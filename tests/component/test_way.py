@@ -133,6 +133,7 @@ def test_a_routed_cached_missed_call_passes_each_module_once_down_and_once_back(
         "proxy/group",
         "proxy/coalesce",
         "proxy/forward",
+        "proxy/request",
         "proxy/router",
         "proxy/forwarding",
         "upstream/pool",
@@ -141,6 +142,7 @@ def test_a_routed_cached_missed_call_passes_each_module_once_down_and_once_back(
     ]
     assert back["order"] == [
         "upstream/connection",
+        "upstream/wire",
         "upstream/pool",
         "proxy/forwarding",
         "proxy/coalesce",

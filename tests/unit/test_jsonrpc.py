@@ -160,3 +160,10 @@ def test_params_beyond_64_bits_are_read_exactly() -> None:
     assert isinstance(one, RpcCall) and isinstance(two, RpcCall)
     assert one.members[0]["params"] == [BIG] and two.members[0]["params"] == [BIG + 1]
     assert jsonrpc.dumps(one.members[0]) != jsonrpc.dumps(two.members[0])
+
+
+def test_a_number_is_read_from_an_answers_bytes_without_parsing_it() -> None:
+    body = b'{"result":{"x":"head_block_number","head_block_number" :  81234567, "y": 2}}'
+    assert jsonrpc.number_after(body, b'"head_block_number"') == 81234567  # after the string
+    assert jsonrpc.number_after(b'{"a": "1"}', b'"a"') is None  # a string is not a number
+    assert jsonrpc.number_after(b'{"b": 1}', b'"a"') is None

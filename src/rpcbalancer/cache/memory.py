@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
 
 OVERHEAD = 300
 """Bytes an entry costs besides its key's and its answer's characters: the key's and the
@@ -13,18 +12,29 @@ and go (up to about 60 more). Counted, so that ``max_bytes`` bounds what the cac
 holds (``tests/unit/test_routes.py`` measures it)."""
 
 
-@dataclass(frozen=True, slots=True)
 class Entry:
-    """One cached answer: the ``result`` as JSON text, and when and how it may be served."""
+    """One cached answer: the ``result`` as JSON text, and when and how it may be served.
+    (Made per kept answer: a plain class, whose ``__init__`` compiles, where a dataclass's
+    would not.)"""
 
-    result: bytes
-    node: str
-    """The node that served it (its name): headers and ``__server__`` of a hit."""
-    expires: float
-    """Wall time after which it is gone (``inf``: never)."""
-    head: int | None = None
-    """For a block that was not yet irreversible: the chain's head when it was cached; it
-    is served only while the chain has not moved on (a fork cannot live past a block)."""
+    __slots__ = ("expires", "head", "node", "result")
+
+    def __init__(self, result: bytes, node: str, expires: float, head: int | None = None) -> None:
+        self.result = result
+        self.node = node
+        """The node that served it (its name): headers and ``__server__`` of a hit."""
+        self.expires = expires
+        """Wall time after which it is gone (``inf``: never)."""
+        self.head = head
+        """For a block that was not yet irreversible: the chain's head when it was cached;
+        it is served only while the chain has not moved on (a fork cannot live past a
+        block)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"Entry({len(self.result)} bytes from {self.node!r}, expires={self.expires}, "
+            f"head={self.head})"
+        )
 
     @property
     def size(self) -> int:

@@ -30,14 +30,14 @@ class RequestIds:
     prefix per process and a counter: unique without a random draw per request)."""
 
     def __init__(self) -> None:
-        self.prefix = secrets.token_hex(5)
+        self.prefix = secrets.token_hex(5) + "-"
         self.count = 0
 
     def get(self, offered: str | None) -> str:
         if offered and _VALID_ID.fullmatch(offered):
             return offered
         self.count += 1
-        return f"{self.prefix}-{self.count:x}"
+        return self.prefix + str(self.count)  # (a format spec would cost more than the rest)
 
 
 class AccessLog:

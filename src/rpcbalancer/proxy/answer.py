@@ -46,8 +46,11 @@ from .forwarding import Outcome
 log = logging.getLogger(__name__)
 
 ATTEMPTS = ("x-rpc-attempts", "1")
-"""The usual count, made once."""
+"""The usual count, made once (as the headers below: answers are many, their headers few)."""
 HEDGED = ("x-rpc-hedged", "1")
+VERDICTS = {v: ("x-cache", v) for v in ("hit", "miss", "coalesced", "bypass")}
+MEMO = 1024
+"""Headers kept made, per group list and per node name (bounded: DNS can add nodes)."""
 
 
 class Answerer:
@@ -78,6 +81,8 @@ class Answerer:
         """The router's deadline: a wait for a version ends within it."""
         self.resume = resume
         """Where a request goes on once its node's version is known (the gateway)."""
+        self._upstream: dict[tuple[str, ...], tuple[str, str]] = {}
+        self._nodes: dict[str, tuple[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"<Answerer annotate={'body' if self.annotate_body else 'headers'}>"
@@ -105,11 +110,27 @@ class Answerer:
         else:
             response = self._made_here(ctx)
         headers = response.headers
-        if ctx.groups:
-            headers.append(("x-rpc-upstream", ",".join(ctx.groups)))
-        if ctx.verdict:
-            headers.append(("x-cache", ctx.verdict))
+        groups = ctx.groups
+        if groups:
+            upstream = self._upstream.get(groups)
+            if upstream is None:
+                upstream = ("x-rpc-upstream", ",".join(groups))
+                if len(self._upstream) < MEMO:
+                    self._upstream[groups] = upstream
+            headers.append(upstream)
+        verdict = ctx.verdict
+        if verdict:
+            headers.append(VERDICTS.get(verdict) or ("x-cache", verdict))
         return response
+
+    def _node(self, name: str) -> tuple[str, str]:
+        """The ``X-RPC-Node`` header of a node (made once per name)."""
+        header = self._nodes.get(name)
+        if header is None:
+            header = ("x-rpc-node", name)
+            if len(self._nodes) < MEMO:
+                self._nodes[name] = header
+        return header
 
     def serving(self, ctx: RequestContext) -> Node | None:
         """The node whose version an ``annotate: body`` answer carries (a single call's),
@@ -137,7 +158,7 @@ class Answerer:
         if nodes:
             if len(nodes) > 1:
                 nodes = tuple(dict.fromkeys(nodes))
-            headers.append(("x-rpc-node", ", ".join(nodes)))
+            headers.append(self._node(", ".join(nodes) if len(nodes) > 1 else nodes[0]))
             if self.annotate_body and call is not None and not call.batch:
                 node = self.nodes.get(nodes[0])
                 version = None
@@ -164,12 +185,14 @@ class Answerer:
             message = f"{prefix}: {error}" if error is not None else f"{prefix}: no node answered"
             return error_response(kind, message, call, headers=(("x-rpc-attempts", str(tries)),))
         kept = resp.headers
-        if len(kept) == 1 and kept[0][0] == "content-type":  # the usual case
+        if len(kept) == 1 and kept[0] == JSON:  # the usual case
+            headers = [JSON, *CORS]
+        elif len(kept) == 1 and kept[0][0] == "content-type":
             headers = [kept[0], *CORS]
         else:
             headers = [("content-type", resp.content_type), *CORS]
             headers += [(k, v) for k, v in kept if k != "content-type"]
-        headers.append(("x-rpc-node", node.name))
+        headers.append(self._node(node.name))
         tries = len(outcome.tried)
         headers.append(ATTEMPTS if tries == 1 else ("x-rpc-attempts", str(tries)))
         if outcome.hedged:

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from ..callbacks import Cancellable
 from ..fleet.nodes import Node
 from .context import RequestContext
-from .forwarding import Outcome, ProxyRequest
+from .forwarding import Outcome
 from .plan import Plan
+from .request import ProxyRequest
 
 
 class Forward:

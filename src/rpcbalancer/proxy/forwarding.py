@@ -21,8 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from ..callbacks import Cancellable, DueQueue, running_loop
 from ..config import HedgeConfig
@@ -41,41 +40,35 @@ from ..fleet.nodes import Node
 from ..fleet.policies import BasePolicy, PickContext, Race
 from ..health.chains import Chain
 from ..jsonrpc import looks_like_json, response_errors
-from ..upstream.pool import NodeRequest, Starter, UpstreamResponse
+from ..upstream.pool import Starter, UpstreamResponse
+from .request import ProxyRequest
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
-class ProxyRequest(NodeRequest):
-    """A request to forward: what goes to the node, and what the router decides on."""
-
-    client_ip: str = ""
-    per_try: float | None = None
-    """Seconds a try may take, when the route says (0: only the deadline limits it)."""
-    retries: int | None = None
-    """Further tries after a failure, when the route says."""
-    deadline: float | None = None
-    """When the request must be answered (the clock's time), when sooner than the router's
-    own deadline (a client's ``X-RPC-Timeout``, Lambda's time left)."""
-    avoid: tuple[Node, ...] = ()
-    """Nodes to try last (they just failed the same read for another request)."""
-    unsure_of: tuple[str, Any] | None = None
-    """A single call (its method as routes name its last part, and its params): when a node
-    answers it ``null``, the chain preset says whether that may only mean "not here yet" (a
-    receipt, a transaction or a block by hash, a block a lagging node has not reached); then
-    another node is asked before ``null`` stands (within the deadline and the budget)."""
-
-
-@dataclass(slots=True)
 class Outcome:
     """How a forwarded request ended."""
 
-    response: UpstreamResponse | None = None
-    error: RpcBalancerError | None = None
-    node: Node | None = None
-    tried: list[Node] = field(default_factory=list)
-    hedged: bool = False
+    __slots__ = ("error", "hedged", "node", "response", "tried")
+
+    def __init__(
+        self,
+        response: UpstreamResponse | None = None,
+        error: RpcBalancerError | None = None,
+        node: Node | None = None,
+        tried: list[Node] | None = None,
+        hedged: bool = False,
+    ) -> None:
+        self.response = response
+        self.error = error
+        self.node = node
+        self.tried: list[Node] = [] if tried is None else tried
+        self.hedged = hedged
+
+    def __repr__(self) -> str:
+        node = self.node.name if self.node is not None else None
+        status = self.response.status if self.response is not None else None
+        return f"<Outcome {status} from {node} error={self.error!r} tried={len(self.tried)}>"
 
     @property
     def attempts(self) -> int:
@@ -603,5 +596,7 @@ def _null_result(body: bytes) -> bool:
         return False
     if b"Unknown Transaction" in body:
         return True
+    if b"null" not in body and b"{}" not in body and b"{ " not in body:
+        return False  # (the usual answer: two searches, no copy)
     compact = body.replace(b" ", b"")
     return b'"result":null' in compact or b'"result":{}' in compact

@@ -10,7 +10,6 @@ to this process's tier at once and to Redis, when there is one, in the backgroun
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,10 +17,9 @@ from ..cache import AnswerCache
 from ..config.ttl import NO_CACHE
 from ..fleet.nodes import Node
 from ..health.chains import Chain
+from ..jsonrpc import number_after
 from .forwarding import Outcome
 from .plan import Plan
-
-_LIB = re.compile(rb'"last_irreversible_block_num"\s*:\s*(\d+)')
 
 
 class Learner:
@@ -42,9 +40,8 @@ class Learner:
         group = plan.group
         now = self.clock()
         if b'"last_irreversible_block_num"' in body:
-            match = _LIB.search(body)
-            if match is not None:
-                lib = int(match.group(1))
+            lib = number_after(body, b'"last_irreversible_block_num"')
+            if lib is not None:
                 node.observe_irreversible(lib)
                 group.chain_now(now).saw(self.chain.head_in(body), lib)
         cache = self.cache

@@ -47,7 +47,7 @@ class Lookup:
         if ctx.no_cache:
             ctx.verdict = "bypass"
             return MISS
-        entry = cache.get(plan.key, plan.group.chain_now(self.clock()))
+        entry = cache.get(plan.key, plan.group.chain_now(ctx.start))
         if entry is not None:
             _hit(ctx, entry)
             return HIT

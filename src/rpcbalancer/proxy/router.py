@@ -64,7 +64,8 @@ from ..health.chains import Chain
 from ..health.probe import probe_headers, race
 from ..upstream.pool import Transport, starter
 from . import forwarding
-from .forwarding import Forwarding, Outcome, ProxyRequest, judge
+from .forwarding import Forwarding, Outcome, judge
+from .request import ProxyRequest
 
 __all__ = ["Forwarding", "Outcome", "ProxyRequest", "Router", "judge"]
 

@@ -41,7 +41,7 @@ import httptools
 
 from ..callbacks import Cancellable
 from ..config import ServerLimits
-from ..messages import HttpRequest, HttpResponse, Reply, error_response, internal_error
+from ..messages import CORS, JSON, HttpRequest, HttpResponse, Reply, error_response, internal_error
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,23 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 # Response header lines repeat (content type, CORS, the node names): encode each once.
 _HEADER_CACHE_SIZE = 4096
 _header_lines: dict[tuple[str, str], bytes] = {}
+_status_lines: dict[int, bytes] = {}
+_names: dict[bytes, str] = {}
+"""Request header names as they come, lower-cased (clients send the same few names)."""
+_BASE = (JSON, *CORS)
+_BASE_LINES = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in _BASE)
+"""The headers every JSON answer starts with (``JSON`` and ``CORS``), encoded once."""
 _date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _starts_as_usual(headers: list[tuple[str, str]]) -> bool:
+    """Whether the headers open with ``JSON`` and ``CORS`` themselves (not copies)."""
+    return (
+        len(headers) >= 3
+        and headers[0] is _BASE[0]
+        and headers[1] is _BASE[1]
+        and headers[2] is _BASE[2]
+    )
 
 
 def _date() -> bytes:
@@ -140,6 +156,9 @@ class H1Server(asyncio.Protocol):
         self.request_started: float | None = None
         self.last_active = 0.0
         self._url = b""
+        self._version_checked = False
+        """The HTTP version is checked on a connection's first request (a client speaks one
+        version on a connection)."""
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
         self._body: list[bytes] = []
@@ -227,7 +246,11 @@ class H1Server(asyncio.Protocol):
         headers = self._headers
         if len(headers) >= self._max_headers:
             raise _Reject("headers_too_large", "Too many request headers")
-        key = name.decode("latin-1").lower()
+        key = _names.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_names) < _HEADER_CACHE_SIZE:
+                _names[name] = key
         text = value.decode("latin-1")
         previous = headers.get(key)
         headers[key] = text if previous is None else f"{previous}, {text}"
@@ -237,8 +260,10 @@ class H1Server(asyncio.Protocol):
         parser = self.parser
         if url[:1] != b"/" and not (url == b"*" and parser.get_method() == b"OPTIONS"):
             raise _Reject("invalid", "Only origin-form request targets are accepted (no proxying)")
-        if parser.get_http_version() not in ("1.1", "1.0"):
-            raise _Reject("http_version", "HTTP version not supported: use HTTP/1.1 or 1.0")
+        if not self._version_checked:  # (httptools formats the version at every ask)
+            if parser.get_http_version() not in ("1.1", "1.0"):
+                raise _Reject("http_version", "HTTP version not supported: use HTTP/1.1 or 1.0")
+            self._version_checked = True
         headers = self._headers
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
@@ -357,9 +382,18 @@ class H1Server(asyncio.Protocol):
         if self.transport is None or self.phase is CLOSED:
             return
         status = response.status
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        start = _status_lines.get(status)
+        if start is None:
+            start = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))
+            _status_lines[status] = start
+        parts = [start]
+        headers = response.headers
+        first = 0
+        if _starts_as_usual(headers):  # the usual start, encoded once
+            parts.append(_BASE_LINES)
+            first = 3
         lines = _header_lines
-        for pair in response.headers:
+        for pair in headers[first:] if first else headers:
             line = lines.get(pair)
             if line is None:
                 line = f"{pair[0]}: {pair[1]}\r\n".encode("latin-1")

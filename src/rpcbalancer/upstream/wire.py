@@ -13,11 +13,20 @@ from dataclasses import dataclass
 from ..fleet.address import NodeAddress
 
 
-@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
 class UpstreamResponse:
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
+    """A node's answer: its status, the headers a client may see, its body. (The classes
+    made per request are plain classes: a dataclass's ``__init__`` stays interpreted when
+    the module is compiled.)"""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"UpstreamResponse({self.status}, {self.headers!r}, {self.body[:200]!r})"
 
     @property
     def content_type(self) -> str:
@@ -46,18 +55,33 @@ _lines: dict[tuple[str, str], bytes] = {}
 _CACHE_SIZE = 4096
 
 
-@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
 class NodeRequest:
     """What crosses the transport seam: one request for a node."""
 
-    method: str
-    path: str | None
-    """The path (and query) in place of the node URL's own, or None for the node's URL."""
-    headers: Mapping[str, str]
-    body: bytes | None
-    idempotent: bool = True
-    """False for a broadcast: it never takes a reused connection, so that a failure can
-    always tell "never sent" from "may have arrived"."""
+    __slots__ = ("body", "headers", "idempotent", "method", "path")
+
+    def __init__(
+        self,
+        method: str,
+        path: str | None,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        idempotent: bool = True,
+    ) -> None:
+        self.method = method
+        self.path = path
+        """The path (and query) in place of the node URL's own, or None for the node's URL."""
+        self.headers = headers
+        self.body = body
+        self.idempotent = idempotent
+        """False for a broadcast: it never takes a reused connection, so that a failure can
+        always tell "never sent" from "may have arrived"."""
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.method} {self.path or '/'} "
+            f"{len(self.body or b'')} bytes idempotent={self.idempotent}>"
+        )
 
 
 def encode_request(origin: NodeAddress, target: Target, request: NodeRequest) -> bytes:

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from ...config import StrategyConfig
 from ..nodes import Node
 
 
-@dataclass(slots=True)  # built per request: frozen would cost a setattr call per field
 class PickContext:
-    now: float
-    client_ip: str = ""
+    """What a pick may know besides the nodes (made per pick: a plain class, whose
+    ``__init__`` compiles, where a dataclass's would not)."""
+
+    __slots__ = ("client_ip", "now")
+
+    def __init__(self, now: float, client_ip: str = "") -> None:
+        self.now = now
+        self.client_ip = client_ip
+
+    def __repr__(self) -> str:
+        return f"PickContext(now={self.now!r}, client_ip={self.client_ip!r})"
 
 
 class Policy(Protocol):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ...jsonrpc import request_body
+from ...jsonrpc import number_after, request_body
 from .base import Answer, ProbeCall, Reading, failure, json_of, sick_message
 
-_HEAD = re.compile(rb'"head_block_number"\s*:\s*(\d+)')
 _BROADCAST_PREFIXES = (
     "condenser_api.broadcast_transaction",
     "condenser_api.broadcast_block",
@@ -138,8 +136,7 @@ class SteemLike:
     def head_in(self, body: bytes) -> int | None:
         if b'"head_block_number"' not in body:
             return None
-        match = _HEAD.search(body)
-        return int(match.group(1)) if match else None
+        return number_after(body, b'"head_block_number"')
 
 
 def _parse_time(value: Any) -> float | None:

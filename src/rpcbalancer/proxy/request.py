@@ -1,0 +1,61 @@
+"""What the route step hands a group's router: one request to forward.
+
+A :class:`ProxyRequest` is a :class:`~..upstream.wire.NodeRequest` (what a node is sent) and
+what the router decides on: the client's address (``ip_hash``), the route's per-try timeout
+and retries, the client's deadline, the nodes to try last, and the single call whose
+``null`` may only mean "not here yet".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..fleet.nodes import Node
+from ..upstream.wire import NodeRequest
+
+
+class ProxyRequest(NodeRequest):
+    """A request to forward: what goes to the node, and what the router decides on. (Plain
+    classes here, not dataclasses: they are made per request, and a dataclass's ``__init__``
+    stays interpreted when the module is compiled.)"""
+
+    __slots__ = ("avoid", "client_ip", "deadline", "per_try", "retries", "unsure_of")
+
+    def __init__(
+        self,
+        method: str,
+        path: str | None,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        idempotent: bool = True,
+        client_ip: str = "",
+        per_try: float | None = None,
+        retries: int | None = None,
+        deadline: float | None = None,
+        avoid: tuple[Node, ...] = (),
+        unsure_of: tuple[str, Any] | None = None,
+    ) -> None:
+        # The base's fields set here, not by its __init__: one module entered per request
+        # on the way down (tests/component/test_way.py), not two.
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.idempotent = idempotent
+        self.client_ip = client_ip
+        self.per_try = per_try
+        """Seconds a try may take, when the route says (0: only the deadline limits it)."""
+        self.retries = retries
+        """Further tries after a failure, when the route says."""
+        self.deadline = deadline
+        """When the request must be answered (the clock's time), when sooner than the
+        router's own deadline (a client's ``X-RPC-Timeout``, Lambda's time left)."""
+        self.avoid = avoid
+        """Nodes to try last (they just failed the same read for another request)."""
+        self.unsure_of = unsure_of
+        """A single call (its method as routes name its last part, and its params): when a
+        node answers it ``null``, the chain preset says whether that may only mean "not here
+        yet" (a receipt, a transaction or a block by hash, a block a lagging node has not
+        reached); then another node is asked before ``null`` stands (within the deadline
+        and the budget)."""
