@@ -68,6 +68,7 @@ COMPILED = [
     "proxy/request.py",
     "proxy/group.py",
     "proxy/router.py",
+    "proxy/states.py",
     "proxy/forwarding.py",
     "proxy/learn.py",
     "proxy/answer.py",

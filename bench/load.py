@@ -99,7 +99,12 @@ def main() -> None:
         config = Path(tempfile.mkdtemp()) / "bench.yaml"
         config.write_text(
             json.dumps(
-                {"nodes": list(urls.values()), "strategy": args.strategy, "log_level": "warning"}
+                {
+                    "nodes": list(urls.values()),
+                    "strategy": args.strategy,
+                    "log_level": "warning",
+                    "cache": {"enabled": False},  # the strategy's spread: every call to a node
+                }
             )
         )
         balancer = subprocess.Popen(

@@ -315,12 +315,17 @@ SOURCE: Path | None = None
 """Another checkout whose ``src`` runs as rpcbalancer (``--src``)."""
 
 
+NO_CACHE = {"cache": {"enabled": False}}
+"""The scenarios measure routing: every request to a node (the answer cache, on by default
+since #20, would answer the repeats of this mix; ``rpcbalancer-cache`` shows what it does)."""
 VARIANTS = {
-    "rpcbalancer": {"strategy": "fastest"},
-    "rpcbalancer-ewma": {"strategy": {"name": "fastest", "model": "peak_ewma"}},
-    "rpcbalancer-race": {"strategy": "race"},
+    "rpcbalancer": {"strategy": "fastest", **NO_CACHE},
+    "rpcbalancer-ewma": {"strategy": {"name": "fastest", "model": "peak_ewma"}, **NO_CACHE},
+    "rpcbalancer-race": {"strategy": "race", **NO_CACHE},
+    "rpcbalancer-cache": {"strategy": "fastest", "cache": {"enabled": True}},
 }
-"""rpcbalancer as the benchmark runs it: the default, the classic peak-EWMA rule, the race."""
+"""rpcbalancer as the benchmark runs it: the default strategy, the classic peak-EWMA rule, the
+race (all three without the cache), and the default with the cache."""
 
 
 def start_balancer(name: str, tmp: Path, port: int, nodes: list[str]) -> subprocess.Popen[bytes]:

@@ -123,7 +123,13 @@ def main() -> None:
         config = tmp / "lb.yaml"
         config.write_text(
             json.dumps(
-                {"store": store, "canary": "external", "store_refresh": 0.5, "log_level": "warning"}
+                {
+                    "store": store,
+                    "canary": "external",
+                    "store_refresh": 0.5,
+                    "log_level": "warning",
+                    "cache": {"enabled": False},  # routing by the store: every call to a node
+                }
             )
         )
         lb_ports = [free_port(), free_port()]

@@ -1,19 +1,8 @@
 """One forwarded request as a state machine: :class:`Forwarding` (its tries, hedges and
 retries) and :class:`Try` (one try on one node). The :class:`~.router.Router` starts them and
 holds what every request shares (see its module for the theory of operation); here a
-forwarding sees the router through :class:`Routing`, the parts it uses.
-
-Every change of state goes through :data:`TRANSITIONS`, the one table of what may follow
-what (h11's way): an event that the table does not allow in the current state is a bug and
-raises at once, rather than leaving a request in a state nobody expects. The table, drawn::
-
-    PICKING --try--> TRYING --hedge--> HEDGED --one_left--> TRYING
-       |  \\            |  \\               \\
-       |   race         |   retry --> PICKING   end --> DONE
-       |    \\           end --> DONE
-       |     RACING --try--> TRYING, --end--> DONE
-       queue --> QUEUED --turn--> PICKING, --end--> DONE
-       end --> DONE                     (cancel, from any state not over: CANCELLED)
+forwarding sees the router through :class:`Routing`, the parts it uses. Every change of
+state goes through the one table of what may follow what, in :mod:`.states`.
 """
 
 from __future__ import annotations
@@ -21,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Protocol
+from typing import Protocol
 
 from ..callbacks import Cancellable, DueQueue, running_loop
 from ..config import HedgeConfig
@@ -42,6 +31,26 @@ from ..health.chains import Chain
 from ..jsonrpc import looks_like_json, response_errors
 from ..upstream.pool import Starter, UpstreamResponse
 from .request import ProxyRequest
+from .states import (
+    CANCEL,
+    DONE,
+    END,
+    EVENTS,
+    HEDGE,
+    ONE_LEFT,
+    PICKING,
+    QUEUE,
+    QUEUED,
+    RACE,
+    RACING,
+    RETRY,
+    STATES,
+    TRANSITIONS,
+    TRY,
+    TRYING,
+    TURN,
+    BadTransition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,60 +121,6 @@ class Routing(Protocol):
     async def ping_race(self, nodes: Sequence[Node], deadline: float) -> Node | None: ...
 
     def why_none(self) -> str: ...
-
-
-# The states (plain integers: the hot path reads them a few times per request).
-PICKING: Final = 0
-"""Between tries: the next one is being chosen."""
-QUEUED: Final = 1
-"""Every usable node is at its ``node_concurrency`` cap: waiting in line for a slot."""
-RACING: Final = 2
-"""The race strategy's pings are out."""
-TRYING: Final = 3
-"""One try is out (its hedge may come)."""
-HEDGED: Final = 4
-"""Two tries are out: the first good answer wins."""
-DONE: Final = 5
-"""Answered or failed: ``done`` was called."""
-CANCELLED: Final = 6
-"""Nobody waits for the answer any more."""
-STATES: Final = ("picking", "queued", "racing", "trying", "hedged", "done", "cancelled")
-
-# The events that move a forwarding on.
-TRY: Final = 0
-"""A node was picked and its try starts."""
-RACE: Final = 1
-"""The race strategy pings every usable node first."""
-QUEUE: Final = 2
-"""Every usable node is at its cap: wait in line."""
-TURN: Final = 3
-"""A slot came free (or the line moved): pick again."""
-HEDGE: Final = 4
-"""The first try is slow and the budget pays: a second try starts beside it."""
-ONE_LEFT: Final = 5
-"""One of two tries ended without the answer: the other may still give it."""
-RETRY: Final = 6
-"""The try failed, or answered ``null`` where another node may know: pick again."""
-END: Final = 7
-"""Answered, or given up (no node, try, time or budget left)."""
-CANCEL: Final = 8
-"""Nobody waits any more."""
-EVENTS: Final = ("try", "race", "queue", "turn", "hedge", "one_left", "retry", "end", "cancel")
-
-TRANSITIONS: Final[dict[int, dict[int, int]]] = {
-    PICKING: {TRY: TRYING, RACE: RACING, QUEUE: QUEUED, END: DONE, CANCEL: CANCELLED},
-    RACING: {TRY: TRYING, END: DONE, CANCEL: CANCELLED},
-    QUEUED: {TURN: PICKING, END: DONE, CANCEL: CANCELLED},
-    TRYING: {HEDGE: HEDGED, RETRY: PICKING, END: DONE, CANCEL: CANCELLED},
-    HEDGED: {ONE_LEFT: TRYING, END: DONE, CANCEL: CANCELLED},
-    DONE: {},
-    CANCELLED: {},
-}
-"""What each event leads to, per state; anything else is a bug (:class:`BadTransition`)."""
-
-
-class BadTransition(Exception):
-    """An event the transition table does not allow in the forwarding's state."""
 
 
 def start(router: Routing, req: ProxyRequest, done: Callable[[Outcome], None]) -> Forwarding:
