@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/gateway.py [--seconds 60] [--rate 200] [--warmup 10] [--repeat 2]
         [--only rpcbalancer-cache,nginx] [--phases side,hitpath,memory] [--minutes 5]
-        [--profile] [--from-json bench/results/gateway.json]
+        [--src OTHER_CHECKOUT] [--drone DRONE_BINARY [--drone-config EXAMPLE.yaml]]
+        [--out STEM] [--profile] [--from-json bench/results/gateway.json]
 
 Three phases, each bounded in time and request count, each stopping every process it
 started by its PID:
@@ -21,17 +22,29 @@ request. Then, for rpcbalancer-cache, a closed loop with one connection (no queu
 the answers served from the cache (``X-Cache: hit``).
 
 ``hitpath``: wrk (closed loop, 50 connections, one condenser_api.get_block of a fixed old
-block with a new id per request) against rpcbalancer-cache after one warming request,
-against nginx proxying, and against rpcbalancer without the cache (its miss path), all to
-nodes that answer at once (nginx server blocks returning fixed JSON, as throughput.py).
+block with a new id per request) against rpcbalancer-cache after one warming request
+(``hit``), against nginx proxying (``nginx-proxy``), and against rpcbalancer with
+``cache: {enabled: false}`` (``miss``, its miss path), all to nodes that answer at once
+(nginx server blocks returning fixed JSON, as throughput.py); then wrk with one connection,
+and the same against one instant node (``node``: the floor of the added latency).
+``--src DIR`` adds ``hit@base`` and ``miss@base``: the same configs run from another
+checkout (``PYTHONPATH=DIR/src``), interleaved with ``hit`` and ``miss`` in every repeat.
+``--drone BIN`` adds Hive's drone (a binary built outside this project; its config derived
+from its own example, read from ../shared/peers or beside BIN's source, never copied here):
+``drone-hit`` (the same get_block, which drone keeps forever once the block is irreversible)
+and ``drone-miss`` (drone with that call's TTL set to NO_CACHE, a different block each
+request so that drone's sharing of identical calls in flight cannot answer it). Without BIN,
+the drone targets are skipped with the reason printed.
 
 ``memory``: rpcbalancer-cache with ``cache.max_bytes`` (``--max-mib``, 32) under wrk at full
 load for ``--minutes`` with a key space far larger than the cache (random blocks among
 20 million, random accounts among 2 million), to instant nodes; RSS sampled every 15 s.
 
-Writes bench/results/gateway.md and gateway.json (``--from-json`` writes the report again
-from a run's JSON). The workload and one run's figures: bench/README.md, "Gateway". Needs
-nginx, haproxy, wrk (Debian); py-spy for ``--profile``.
+Writes bench/results/gateway.md and gateway.json for a run of the three phases, and
+gateway-<phases>.md/.json for fewer (or ``--out STEM``), so a partial run does not overwrite
+the full run's files (``--from-json`` writes the report again from a run's JSON). The
+workload and one run's figures: bench/README.md, "Gateway". Needs nginx, haproxy, wrk
+(Debian); py-spy for ``--profile``; drone (built outside the project) for ``--drone``.
 """
 
 from __future__ import annotations
@@ -58,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from common import free_port, serve_cmd, stop_all, wait_port  # bench/common.py, beside this file
 from scenarios import haproxy_conf, nginx_conf  # the peers exactly as scenarios.py runs them
 from throughput import cpu_seconds, print_profile, rss_mb, run_wrk, start_profile
@@ -65,6 +79,11 @@ from throughput import cpu_seconds, print_profile, rss_mb, run_wrk, start_profil
 from rpcbalancer.sim.node import chain_head
 
 RESULTS = Path(__file__).parent / "results"
+PEERS = Path(
+    os.environ.get("RPCBALANCER_PEERS_DIR")
+    or Path(__file__).resolve().parents[2] / "shared" / "peers"
+)
+"""The peers' own sample config files, read where they lie, never copied here (as the tests)."""
 TARGETS = ("rpcbalancer-cache", "rpcbalancer", "nginx", "nginx-cache", "haproxy")
 NODE = "chain=full,latency=0.08,jitter=0.5,tail_rate=0.01,tail_latency=0.5"
 """A public API node as seen from one region: median 80 ms, p99 about 260 ms, 1% at 500 ms."""
@@ -513,8 +532,8 @@ def start_target(name: str, tmp: Path, port: int, nodes: list[str]) -> subproces
     pin = ["taskset", "-c", "1"]
     if name == "rpcbalancer-cache":
         cmd = serve_cmd(rpcbalancer_conf(tmp, name, nodes, cache={"enabled": True}), port)
-    elif name == "rpcbalancer":
-        cmd = serve_cmd(rpcbalancer_conf(tmp, name, nodes), port)
+    elif name == "rpcbalancer":  # said, not left to the default (which may turn it on)
+        cmd = serve_cmd(rpcbalancer_conf(tmp, name, nodes, cache={"enabled": False}), port)
     elif name == "nginx":
         cmd = ["nginx", "-c", str(nginx_conf(tmp, port, nodes)), "-p", str(tmp)]
     elif name == "nginx-cache":
@@ -647,97 +666,406 @@ def one_post(port: int, body: bytes) -> tuple[int, bytes, bytes]:
         return post_raw(sock, body)
 
 
+HOT_REQUEST = b'{"jsonrpc":"2.0","method":"condenser_api.get_block","params":[%d],"id":"b-%d"}'
+UNIQUE_LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, nil, '{"jsonrpc":"2.0","method":"condenser_api.get_block","params":[' .. n .. '],"id":"b-' .. n .. '"}')
+end
+"""
+"""drone-miss: a new block each request (the instant nodes answer block HOT_BLOCK whatever is
+asked; drone, told NO_CACHE, does not look), so that no two requests are the same call: drone
+shares one upstream call among identical calls in flight, cache or not, and 50 connections
+asking one block would measure that sharing, not its forwarding. rpcbalancer without the
+cache does not coalesce, so ``miss`` keeps HIT_LUA."""
+DRONE_GET_BLOCK = "appbase.condenser_api.get_block"
+"""condenser_api.get_block as drone names it in its TTLs (EXPIRE_IF_REVERSIBLE in its example)."""
+BASE = "@base"
+"""The suffix of the targets run from ``--src``."""
+
+
+# -- drone, Hive's gateway, as a peer ------------------------------------------------------
+
+
+def drone_template(binary: Path, given: Path | None) -> Path | None:
+    """drone's own example config: ``--drone-config``, else the copy in ../shared/peers, else
+    the one in the checkout BIN was built in (BIN = <checkout>/target/release/drone)."""
+    if given is not None:
+        return given if given.is_file() else None
+    candidates = [PEERS / "drone-config.example.yaml"]
+    if len(binary.resolve().parents) > 2:
+        candidates.append(binary.resolve().parents[2] / "config.example.yaml")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def drone_conf(template: str, port: int, nodes: list[str], no_cache: tuple[str, ...] = ()) -> str:
+    """drone's example config, line by line, with its listener on 127.0.0.1:``port``, every
+    backend at one of ``nodes`` in turn (drone sends a backend's calls to its one URL), and the
+    TTLs named in ``no_cache`` set to NO_CACHE; every other line (TTLs, timeouts, routes, cache
+    size, metrics) as the example has it. Checked by reading the result back."""
+    out: list[str] = []
+    section = ""
+    backends = 0
+    seen: set[str] = set()
+    for line in template.splitlines():
+        top = re.match(r"([A-Za-z_][\w-]*):", line)
+        if top:
+            section = top.group(1)
+        item = re.match(r"(\s+)([\w.-]+):", line)  # comments (``  # x: 1``) do not match
+        if item and section == "drone" and item.group(2) in ("port", "hostname"):
+            key = item.group(2)
+            line = f"{item.group(1)}{key}: {port if key == 'port' else '127.0.0.1'}"
+            seen.add(key)
+        elif item and section == "backends":
+            line = f"{item.group(1)}{item.group(2)}: {nodes[backends % len(nodes)]}"
+            backends += 1
+        elif item and section == "ttls" and item.group(2) in no_cache:
+            line = f"{item.group(1)}{item.group(2)}: NO_CACHE"
+            seen.add(item.group(2))
+        out.append(line)
+    text = "\n".join(out) + "\n"
+    doc = yaml.safe_load(text)
+    ok = (
+        doc["drone"]["port"] == port
+        and doc["drone"]["hostname"] == "127.0.0.1"
+        and backends == len(doc["backends"]) > 0
+        and set(doc["backends"].values()) <= set(nodes)
+        and all(doc["ttls"].get(key) == "NO_CACHE" for key in no_cache)
+        and seen >= {"port", "hostname", *no_cache}
+    )
+    if not ok:
+        raise RuntimeError("drone's example config changed its shape: port, hostname, backends?")
+    return text
+
+
+def drone_counts(port: int, metrics: str = "/metrics", space: str = "drone") -> dict[str, float]:
+    """drone's own counts (its Prometheus endpoint) of condenser_api.get_block: answers, and
+    answers it counts as cached (a hit, or a share of another identical call's upstream call);
+    and the last irreversible block it knows (from get_dynamic_global_properties answers)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{metrics}", timeout=5) as resp:
+        text = resp.read().decode()
+    counts = {"answers": 0.0, "cached": 0.0, "lib": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith(f"{space}_blockchain_lib"):
+            counts["lib"] = float(value)
+        elif 'method="get_block"' not in name:
+            continue
+        elif name.startswith(f"{space}_requests_total{{"):
+            counts["answers"] += float(value)
+        elif name.startswith(f"{space}_requests_cached_total{{"):
+            counts["cached"] += float(value)
+    return counts
+
+
+def drone_skipped(args: argparse.Namespace) -> tuple[Path | None, Path | None, str]:
+    """(binary, example config, "") when the drone targets can run, else the reason they
+    cannot (they are skipped, as the tests skip a peer that is not installed)."""
+    if args.drone is None:
+        return None, None, "no --drone BIN given"
+    binary = Path(args.drone)
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        return (
+            None,
+            None,
+            f"{binary} is not an executable file (drone is built outside the project)",
+        )
+    template = drone_template(binary, Path(args.drone_config) if args.drone_config else None)
+    if template is None:
+        where = args.drone_config or f"{PEERS}/drone-config.example.yaml, or beside BIN's source"
+        return None, None, f"no drone example config ({where})"
+    return binary, template, ""
+
+
+# -- rpcbalancer from another checkout ----------------------------------------------------
+
+
+def checkout_env(src: Path | None) -> dict[str, str]:
+    """The environment of an rpcbalancer target: this checkout's (the venv's), or, with
+    ``src``, ``PYTHONPATH=<src>/src`` first, so that its package is the one imported (not this
+    checkout's, whatever that holds: compiled modules beside the .py files included)."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(src / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+    return env
+
+
+def imported_from(env: dict[str, str], cwd: Path) -> str:
+    """Where ``import rpcbalancer`` finds the package with this environment, in a subprocess
+    started as the targets are (this Python, this working directory)."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import rpcbalancer; print(rpcbalancer.__file__)"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def from_cache(name: str, port: int, drone: dict[str, Any]) -> tuple[float, float] | None:
+    """(answers, answers from the cache or shared with another call) so far, as the target
+    counts them: rpcbalancer's /status.json, drone's metrics; None where it has no count."""
+    try:
+        if name.startswith("drone-"):
+            c = drone_counts(port, **drone)
+            return c["answers"], c["cached"]
+        if name.partition("@")[0] in ("hit", "miss"):
+            cache = status_json(port).get("cache") or {}
+            asked = sum(cache.get(k) or 0 for k in ("hit", "miss", "coalesced"))
+            return asked, (cache.get("hit") or 0) + (cache.get("coalesced") or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def paired_order(names: list[str], run: int) -> list[str]:
+    """The targets in turn, each ``X`` beside its ``X@base``; every other repeat the twins swap
+    places, so that neither always goes first."""
+    order = list(names)
+    if run % 2:
+        for name in ("hit", "miss"):
+            if name + BASE in order:
+                i, j = order.index(name), order.index(name + BASE)
+                order[i], order[j] = order[j], order[i]
+    return order
+
+
 def hitpath(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="rpcb-gateway-hit-"))
     procs: list[subprocess.Popen[bytes]] = []
     lua = tmp / "hit.lua"
     lua.write_text(HIT_LUA)
-    results: dict[str, Any] = {"runs": []}
+    unique_lua = tmp / "unique.lua"
+    unique_lua.write_text(UNIQUE_LUA)
+    results: dict[str, Any] = {"runs": [], "skipped": {}, "imported": {}, "drone": None}
     try:
         cmd, nodes = instant_nodes(tmp, HIT_BODY, "nodes")
         procs.append(subprocess.Popen(["taskset", "-c", "0", *cmd]))
         for url in nodes:
             wait_port(int(url.rsplit(":", 1)[1]))
         loose = {"max_head_age": 10**9, "probe": {"interval": 5}}
-        ports = {name: free_port() for name in ("hit", "nginx-proxy", "miss")}
+        # The cache said on and off, not left to the default (which may change): both builds
+        # read these files.
         configs = {
             "hit": rpcbalancer_conf(tmp, "hit", nodes, cache={"enabled": True}, **loose),
-            "miss": rpcbalancer_conf(tmp, "miss", nodes, **loose),
+            "miss": rpcbalancer_conf(tmp, "miss", nodes, cache={"enabled": False}, **loose),
         }
+        names = ["nginx-proxy", "hit", "miss"]
+        other = Path(args.src).resolve() if args.src else None
+        envs = {"": checkout_env(None)}
+        if other is not None:
+            names = ["nginx-proxy", "hit", "hit" + BASE, "miss", "miss" + BASE]
+            envs[BASE] = checkout_env(other)
+        for label, env in envs.items():
+            results["imported"][label or "this checkout"] = imported_from(env, tmp)
+            print(
+                f"hitpath: rpcbalancer{label or ' (this checkout)'} imports "
+                f"{results['imported'][label or 'this checkout']}",
+                flush=True,
+            )
+        if other is not None:
+            base_file = Path(results["imported"][BASE])
+            if not base_file.is_relative_to(other / "src"):
+                raise RuntimeError(f"PYTHONPATH={other}/src imports {base_file}, not {other}/src's")
+            if base_file == Path(results["imported"]["this checkout"]):
+                raise RuntimeError(f"--src {other} is this checkout")
+        binary, template, why = drone_skipped(args)
+        drone_meta: dict[str, Any] = {}
+        if binary is None:
+            for name in ("drone-hit", "drone-miss"):
+                results["skipped"][name] = why
+            print(f"hitpath: drone-hit, drone-miss skipped: {why}", flush=True)
+        else:
+            names += ["drone-hit", "drone-miss"]
+        ports = {name: free_port() for name in names}
         targets: dict[str, subprocess.Popen[bytes]] = {}
-        for name, port in ports.items():
+        logs: dict[str, Path] = {}
+        for name in names:
+            port, cwd, env = ports[name], tmp, envs[""]
             if name == "nginx-proxy":
                 cmd = ["nginx", "-c", str(proxy_conf(tmp, port, nodes)), "-p", str(tmp)]
+            elif name.startswith("drone-"):
+                assert binary is not None and template is not None
+                cwd = tmp / name  # drone reads ./config.yaml (and ./config.local.yaml: none here)
+                cwd.mkdir()
+                no_cache = (DRONE_GET_BLOCK,) if name == "drone-miss" else ()
+                text = drone_conf(template.read_text(), port, nodes, no_cache)
+                (cwd / "config.yaml").write_text(text)
+                doc = yaml.safe_load(text)["drone"]
+                drone_meta = {
+                    "metrics": doc.get("metrics_path", "/metrics"),
+                    "space": doc.get("metrics_namespace", "drone"),
+                }
+                env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}  # errors only
+                cmd = [str(binary)]
+                if results["drone"] is None:
+                    results["drone"] = {"binary": str(binary), "template": str(template)}
+                results["drone"][f"{name} config"] = text
             else:
-                cmd = serve_cmd(configs[name], port)
-            targets[name] = subprocess.Popen(
-                ["taskset", "-c", "1", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+                kind, at, _ = name.partition("@")
+                env = envs[BASE if at else ""]
+                cmd = serve_cmd(configs[kind], port)
+            logs[name] = tmp / f"{name}.log"
+            with logs[name].open("wb") as log:
+                targets[name] = subprocess.Popen(
+                    ["taskset", "-c", "1", *cmd],
+                    cwd=cwd,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
             procs.append(targets[name])
-        for port in ports.values():
-            wait_port(port)
+        for name, port in ports.items():
+            try:
+                wait_port(port)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{name}: {exc}\n{log_tail(logs[name])}") from None
         time.sleep(1.5)
-        body = b'{"jsonrpc":"2.0","method":"condenser_api.get_block","params":[%d],"id":"b-0"}'
-        for _ in range(20):  # the warming request: once the node's irreversible is known
-            one_post(ports["hit"], body % HOT_BLOCK)
-            _, head, _ = one_post(ports["hit"], body % HOT_BLOCK)
-            if re.search(rb"(?i)\r\nx-cache: hit", head):
-                break
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("no cache hit after 20 warming requests")
+        for name in names:  # the warming requests: once the node's irreversible is known
+            if name.partition("@")[0] == "hit":
+                for _ in range(20):
+                    one_post(ports[name], HOT_REQUEST % (HOT_BLOCK, 0))
+                    _, head, _ = one_post(ports[name], HOT_REQUEST % (HOT_BLOCK, 0))
+                    if re.search(rb"(?i)\r\nx-cache: hit", head):
+                        break
+                    time.sleep(0.5)
+                else:
+                    raise RuntimeError(f"{name}: no cache hit after 20 warming requests")
+            elif name == "drone-hit":
+                # drone learns the last irreversible block from the answers to
+                # get_dynamic_global_properties that pass through it (until then every block
+                # counts as reversible: kept 9 s); then it keeps block HOT_BLOCK for good.
+                dgp = b'{"jsonrpc":"2.0","method":"condenser_api.get_dynamic_global_properties",'
+                one_post(ports[name], dgp + b'"params":[],"id":"w-0"}')
+                for _ in range(20):
+                    one_post(ports[name], HOT_REQUEST % (HOT_BLOCK, 0))
+                    was = drone_counts(ports[name], **drone_meta)
+                    one_post(ports[name], HOT_REQUEST % (HOT_BLOCK, 0))
+                    now = drone_counts(ports[name], **drone_meta)
+                    if now["cached"] > was["cached"] and now["lib"] >= HOT_BLOCK:
+                        break
+                    time.sleep(0.5)
+                else:
+                    raise RuntimeError("drone-hit: no cache hit after 20 warming requests")
+            # Every target answers the block asked for, through to the node.
+            status, _, body = one_post(ports[name], HOT_REQUEST % (HOT_BLOCK, 1))
+            result = json.loads(body).get("result") if status == 200 else None
+            if not isinstance(result, dict) or not str(result.get("block_id")).startswith(
+                f"{HOT_BLOCK:08x}"
+            ):
+                raise RuntimeError(f"{name}: HTTP {status}, {body[:300]!r}")
+        node_port = int(nodes[0].rsplit(":", 1)[1])
         for run in range(args.repeat):
             row: dict[str, Any] = {}
-            for name, port in ports.items():
+            # The floor: one instant node (CPU 0, beside wrk) with one connection.
+            floor = run_wrk(nodes[0] + "/", min(args.wrk_seconds, 5.0), 1, lua)
+            row["node"] = {
+                "rps_alone": floor["rps"],
+                "p50_alone": floor["p50"],
+                "p99_alone": floor["p99"],
+            }
+            print(
+                f"hitpath #{run + 1} {'node':<13} (1 conn) {floor['rps']:>8.0f} req/s  "
+                f"1-conn p50 {floor['p50']:.3f} p99 {floor['p99']:.3f} ms",
+                flush=True,
+            )
+            for name in paired_order(names, run):
+                port = ports[name]
                 url = f"http://127.0.0.1:{port}/"
-                run_wrk(url, 2, args.connections, lua)  # warm-up
+                script = unique_lua if name == "drone-miss" else lua
+                run_wrk(url, 2, args.connections, script)  # warm-up
                 pid = targets[name].pid
+                counted = from_cache(name, port, drone_meta)
                 before = cpu_seconds([pid])
                 spy = None
                 if args.profile and name == "hit" and run == 0:
                     spy = start_profile(pid, args.wrk_seconds, tmp / "profile.txt")
-                r = run_wrk(url, args.wrk_seconds, args.connections, lua)
+                r = run_wrk(url, args.wrk_seconds, args.connections, script)
                 if spy is not None:
                     spy.wait(timeout=60)
                     print_profile(tmp / "profile.txt")
                 r["cpu_us_per_req"] = (cpu_seconds([pid]) - before) / max(1, r["requests"]) * 1e6
-                alone = run_wrk(url, min(args.wrk_seconds, 5.0), 1, lua)
+                after = from_cache(name, port, drone_meta)
+                if counted is not None and after is not None and after[0] > counted[0]:
+                    r["from_cache"] = (after[1] - counted[1]) / (after[0] - counted[0])
+                alone = run_wrk(url, min(args.wrk_seconds, 5.0), 1, script)
                 r["p50_alone"], r["p99_alone"] = alone["p50"], alone["p99"]
+                r["added_p50_alone"] = alone["p50"] - floor["p50"]
                 row[name] = r
+                share = f"  from cache {100 * r['from_cache']:.1f}%" if "from_cache" in r else ""
                 print(
-                    f"hitpath #{run + 1} {name:<12} {r['rps']:>8.0f} req/s  p50 {r['p50']:.2f} ms"
+                    f"hitpath #{run + 1} {name:<13} {r['rps']:>8.0f} req/s  p50 {r['p50']:.2f} ms"
                     f"  p99 {r['p99']:.2f} ms  CPU {r['cpu_us_per_req']:.1f} us/req  errors "
-                    f"{int(r['errors'])}  1-conn p50 {r['p50_alone']:.3f} p99 {r['p99_alone']:.3f} ms",
+                    f"{int(r['errors'])}  1-conn p50 {r['p50_alone']:.3f} p99 {r['p99_alone']:.3f}"
+                    f" ms (added p50 {r['added_p50_alone']:+.3f}){share}",
                     flush=True,
                 )
-            row["hit/nginx-proxy"] = row["hit"]["rps"] / row["nginx-proxy"]["rps"]
-            row["hit/miss"] = row["hit"]["rps"] / row["miss"]["rps"]
+            row.update(hit_ratios(row))
             print(
-                f"hitpath #{run + 1}: hit/nginx-proxy {row['hit/nginx-proxy']:.2f}x, "
-                f"hit/miss {row['hit/miss']:.2f}x",
+                f"hitpath #{run + 1}: "
+                + ", ".join(f"{k} {v:.2f}x" for k, v in row.items() if isinstance(v, float)),
                 flush=True,
             )
             results["runs"].append(row)
         # Latency without queueing, one request at a time: a cache hit, and the floor (the
         # same client against one instant node: loopback and this client's own cost).
         results["one_connection"] = {
-            "hit": one_connection(ports["hit"], args.closed_requests * 5, 30.0),
-            "floor (instant node, CPU 0)": one_connection(
-                int(nodes[0].rsplit(":", 1)[1]), args.closed_requests * 5, 30.0
-            ),
+            name: one_connection(ports[name], args.closed_requests * 5, 30.0)
+            for name in names
+            if name.partition("@")[0] == "hit"
         }
+        results["one_connection"]["floor (instant node, CPU 0)"] = one_connection(
+            node_port, args.closed_requests * 5, 30.0
+        )
         for name, r in results["one_connection"].items():
-            q = r["hit"] if name == "hit" else r["other"]
+            q = r["hit"] if name.partition("@")[0] == "hit" else r["other"]
             print(
                 f"hitpath one connection, {name}: p50 {q['p50']:.3f} p99 {q['p99']:.3f} p99.9 "
                 f"{q['p999']:.3f} ms ({r['hits']} hits, {r['others']} others)",
                 flush=True,
             )
         results["cache"] = status_json(ports["hit"]).get("cache")
+        if "hit" + BASE in ports:
+            results["cache" + BASE] = status_json(ports["hit" + BASE]).get("cache")
         return results
     finally:
         stop_all(procs, grace=15)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def hit_ratios(row: dict[str, Any]) -> dict[str, float]:
+    """Requests per second of every target over nginx proxying's, and of each pair."""
+    ratios: dict[str, float] = {}
+    names = [n for n, r in row.items() if isinstance(r, dict) and "rps" in r]
+    for name in names:
+        if name != "nginx-proxy" and "nginx-proxy" in row:
+            ratios[f"{name}/nginx-proxy"] = row[name]["rps"] / row["nginx-proxy"]["rps"]
+    for a, b in (
+        ("hit", "miss"),
+        ("hit", "hit" + BASE),
+        ("miss", "miss" + BASE),
+        ("hit" + BASE, "miss" + BASE),
+        ("drone-hit", "drone-miss"),
+        ("hit", "drone-hit"),
+        ("miss", "drone-miss"),
+    ):
+        if a in names and b in names:
+            ratios[f"{a}/{b}"] = row[a]["rps"] / row[b]["rps"]
+    return ratios
 
 
 def memory(args: argparse.Namespace) -> dict[str, Any]:
@@ -918,8 +1246,27 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="py-spy on the hit path")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--src",
+        help="hitpath: also run rpcbalancer from this checkout (DIR/src) as hit@base, miss@base",
+    )
+    parser.add_argument(
+        "--drone", help="hitpath: also run this drone binary (built outside the project)"
+    )
+    parser.add_argument(
+        "--drone-config",
+        help="drone's example config to derive from (default: ../shared/peers/"
+        "drone-config.example.yaml, else config.example.yaml of BIN's checkout)",
+    )
+    parser.add_argument(
+        "--out",
+        help="results as STEM.md and STEM.json (a bare name: in bench/results/); default gateway "
+        "for the three phases, gateway-<phases> for fewer, the JSON's own name with --from-json",
+    )
     parser.add_argument("--from-json", type=Path, help="write the report again from this JSON")
     args = parser.parse_args()
+    if args.src and not (Path(args.src) / "src" / "rpcbalancer" / "__init__.py").is_file():
+        sys.exit(f"--src {args.src}: no src/rpcbalancer there")
     for tool in ("wrk", "nginx", "haproxy", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed (apt-get install wrk nginx-light haproxy util-linux)")
@@ -928,10 +1275,20 @@ def main() -> None:
     targets = [t for t in TARGETS if not args.only or t in args.only.split(",")]
     RESULTS.mkdir(exist_ok=True)
     if args.from_json:  # the report again from a run's results (no load)
+        stem = out_stem(args.out or str(args.from_json.with_suffix("")))
         saved = json.loads(args.from_json.read_text())
         args = argparse.Namespace(**{**vars(args), **saved["args"], "from_json": None})
-        write_report(args, saved["side"], saved["hitpath"], saved["memory"])
+        write_report(args, saved["side"], saved["hitpath"], saved["memory"], stem)
         return
+    everything = {"side", "hitpath", "memory"} <= phases
+    stem = out_stem(
+        args.out
+        or (
+            "gateway"
+            if everything
+            else "gateway-" + "-".join(p for p in ("side", "hitpath", "memory") if p in phases)
+        )
+    )
     runs: list[dict[str, dict[str, Any]]] = []
     hit = mem = None
     if "side" in phases:
@@ -960,7 +1317,13 @@ def main() -> None:
     if "memory" in phases:
         mem = memory(args)
         print(f"memory: {mem}", flush=True)
-    write_report(args, runs, hit, mem)
+    write_report(args, runs, hit, mem, stem)
+
+
+def out_stem(given: str) -> Path:
+    """Where the results go: ``given`` with a directory as it says, a bare name in RESULTS."""
+    path = Path(given)
+    return path if path.parent != Path(".") else RESULTS / path
 
 
 def write_report(
@@ -968,12 +1331,18 @@ def write_report(
     runs: list[dict[str, dict[str, Any]]],
     hit: dict[str, Any] | None,
     mem: dict[str, Any] | None,
+    stem: Path,
 ) -> None:
     report = Report()
+    extra = "".join(
+        f" --{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items()
+        if k in ("src", "drone", "drone_config") and v
+    )
     report.add(
         f"Command: `python bench/gateway.py --seconds {args.seconds:g} --rate {args.rate:g} "
         f"--warmup {args.warmup:g} --repeat {args.repeat} --phases {args.phases} "
-        f"--minutes {args.minutes:g}`"
+        f"--minutes {args.minutes:g} --wrk-seconds {args.wrk_seconds:g}{extra}`"
     )
     report.add()
     if runs:
@@ -1003,28 +1372,66 @@ def write_report(
     if hit:
         report.add(
             f"Hit path: wrk, 1 thread, {args.connections} connections, {args.wrk_seconds:g} s, "
-            f"condenser_api.get_block of block {HOT_BLOCK} with a new id per request; instant nodes."
+            f"condenser_api.get_block of block {HOT_BLOCK} with a new id per request"
+            + (
+                " (drone-miss: a new block each request)"
+                if any("drone-miss" in row for row in hit["runs"])
+                else ""
+            )
+            + "; instant nodes. Targets on CPU 1, wrk and the nodes on CPU 0; 1-conn: wrk with "
+            "one connection; added: its p50 less the node's (wrk with one connection against one "
+            "instant node, the same run)."
         )
         report.add()
+        for name, why in (hit.get("skipped") or {}).items():
+            report.add(f"- {name} skipped: {why}")
+        for label, path in (hit.get("imported") or {}).items():
+            report.add(f"- rpcbalancer{'' if label == 'this checkout' else label} ran from {path}")
+        if hit.get("skipped") or hit.get("imported"):
+            report.add()
         report.add(
-            "| run | target | req/s | p50 ms | p99 ms | CPU µs/req | 1-conn p50 ms | 1-conn p99 ms |"
+            "| run | target | req/s | ÷ nginx-proxy | p50 ms | p99 ms | CPU µs/req | 1-conn p50 ms "
+            "| 1-conn p99 ms | added p50 ms | from cache |"
         )
-        report.add("|---|---|---|---|---|---|---|---|")
+        report.add("|---|---|---|---|---|---|---|---|---|---|---|")
         for n, row in enumerate(hit["runs"], 1):
-            for name in ("hit", "nginx-proxy", "miss"):
-                r = row[name]
+            node = row.get("node")
+            if node:
                 report.add(
-                    f"| {n} | {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
-                    f"{r['cpu_us_per_req']:.1f} | {r['p50_alone']:.3f} | {r['p99_alone']:.3f} |"
+                    f"| {n} | node (1 conn) | {node['rps_alone']:,.0f} | | | | | "
+                    f"{node['p50_alone']:.3f} | {node['p99_alone']:.3f} | | |"
+                )
+            for name, r in row.items():
+                if not isinstance(r, dict) or "rps" not in r:
+                    continue
+                ratio = r["rps"] / row["nginx-proxy"]["rps"] if "nginx-proxy" in row else 0.0
+                added = r.get("added_p50_alone")
+                share = r.get("from_cache")
+                report.add(
+                    f"| {n} | {name} | {r['rps']:,.0f} | {ratio:.2f} | {r['p50']:.2f} | "
+                    f"{r['p99']:.2f} | {r['cpu_us_per_req']:.1f} | {r['p50_alone']:.3f} | "
+                    f"{r['p99_alone']:.3f} | {'' if added is None else f'{added:+.3f}'} | "
+                    f"{'' if share is None else f'{100 * share:.1f}%'} |"
                 )
         report.add()
+        for n, row in enumerate(hit["runs"], 1):
+            pairs = ", ".join(
+                f"{k} {v:.2f}x" for k, v in row.items() if isinstance(v, float) and "nginx" not in k
+            )
+            report.add(f"- run {n}, req/s ratios: {pairs}")
+        report.add()
         one = hit["one_connection"]
-        h, f = one["hit"]["hit"], one["floor (instant node, CPU 0)"]["other"]
+        f = one["floor (instant node, CPU 0)"]["other"]
+        hits = "; ".join(
+            f"{name}, {r['hits']} cache hits of the hot block: p50 {r['hit']['p50']:.3f} / p99 "
+            f"{r['hit']['p99']:.3f} / p99.9 {r['hit']['p999']:.3f} ms"
+            for name, r in one.items()
+            if name.partition("@")[0] == "hit"
+        )
         report.add(
-            f"One connection, one request at a time (this script's raw-socket client), "
-            f"{one['hit']['hits']} cache hits of the hot block: p50 {h['p50']:.3f} / p99 "
-            f"{h['p99']:.3f} / p99.9 {h['p999']:.3f} ms; the floor, the same client against one "
-            f"instant node (nginx `return 200`): {f['p50']:.3f} / {f['p99']:.3f} / {f['p999']:.3f} ms."
+            f"One connection, one request at a time (this script's raw-socket client): {hits}; "
+            f"the floor, the same client against one instant node (nginx `return 200`): "
+            f"{f['p50']:.3f} / {f['p99']:.3f} / {f['p999']:.3f} ms."
         )
         report.add()
     if mem:
@@ -1039,11 +1446,15 @@ def write_report(
         )
         report.add()
     verdicts(report, runs, hit, mem)
-    (RESULTS / "gateway.md").write_text("\n".join(report.lines) + "\n")
-    (RESULTS / "gateway.json").write_text(
-        json.dumps({"args": vars(args), "side": runs, "hitpath": hit, "memory": mem}, indent=2)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md, js = stem.parent / f"{stem.name}.md", stem.parent / f"{stem.name}.json"
+    md.write_text("\n".join(report.lines) + "\n")
+    js.write_text(
+        json.dumps(
+            {"args": vars(args), "side": runs, "hitpath": hit, "memory": mem}, indent=2, default=str
+        )
     )
-    print(f"wrote {RESULTS / 'gateway.md'}")
+    print(f"wrote {md} and {js}")
 
 
 if __name__ == "__main__":
