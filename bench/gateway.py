@@ -1021,6 +1021,8 @@ def hitpath(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
             results["runs"].append(row)
+        if args.latency_rounds:
+            results["added_latency"] = added_latency(args, ports, node_port, lua, unique_lua)
         # Latency without queueing, one request at a time: a cache hit, and the floor (the
         # same client against one instant node: loopback and this client's own cost).
         results["one_connection"] = {
@@ -1045,6 +1047,35 @@ def hitpath(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         stop_all(procs, grace=15)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def added_latency(
+    args: argparse.Namespace, ports: dict[str, int], node_port: int, lua: Path, unique: Path
+) -> dict[str, Any]:
+    """What each target adds to a request that is not queued: wrk with one connection, 2 s
+    per target, the targets in turn (and the instant node beside them), ``--latency-rounds``
+    rounds in a rotating order; the median over rounds of each p50, less the node's. Many
+    short turns rather than one long one per target: this machine's speed drifts, and a
+    drift then spreads over every target alike."""
+    names = ["node", *ports]
+    p50s: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(args.latency_rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            port = node_port if name == "node" else ports[name]
+            script = unique if name == "drone-miss" else lua
+            p50s[name].append(run_wrk(f"http://127.0.0.1:{port}/", 2.0, 1, script)["p50"])
+    floor = statistics.median(p50s["node"])
+    out: dict[str, Any] = {}
+    for name, values in p50s.items():
+        median = statistics.median(values)
+        out[name] = {"p50s": values, "median_p50": median, "added_p50": median - floor}
+        print(
+            f"hitpath added latency, {name:<13} median p50 {median:.3f} ms over "
+            f"{len(values)} rounds (added {median - floor:+.3f} ms)",
+            flush=True,
+        )
+    return out
 
 
 def hit_ratios(row: dict[str, Any]) -> dict[str, float]:
@@ -1239,6 +1270,12 @@ def main() -> None:
     parser.add_argument("--phases", default="side,hitpath,memory")
     parser.add_argument("--closed-requests", type=int, default=4000)
     parser.add_argument("--wrk-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--latency-rounds",
+        type=int,
+        default=0,
+        help="hitpath: rounds of 2 s one-connection turns per target, for the added latency",
+    )
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--minutes", type=float, default=5.0, help="of the memory test")
     parser.add_argument(
@@ -1420,6 +1457,20 @@ def write_report(
             )
             report.add(f"- run {n}, req/s ratios: {pairs}")
         report.add()
+        added = hit.get("added_latency")
+        if added:
+            rounds = len(next(iter(added.values()))["p50s"])
+            report.add(
+                f"Added latency, not queued (wrk with one connection, 2 s turns in {rounds} "
+                "rounds, targets in a rotating order; the median p50 less the instant node's): "
+                + ", ".join(
+                    f"{name} {r['added_p50']:+.3f} ms"
+                    for name, r in added.items()
+                    if name != "node"
+                )
+                + f" (the node's own: {added['node']['median_p50']:.3f} ms)."
+            )
+            report.add()
         one = hit["one_connection"]
         f = one["floor (instant node, CPU 0)"]["other"]
         hits = "; ".join(

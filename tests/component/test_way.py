@@ -147,10 +147,10 @@ def test_a_routed_cached_missed_call_passes_each_module_once_down_and_once_back(
         "proxy/forwarding",
         "proxy/coalesce",
         "proxy/gateway",
-        "proxy/learn",
-        "proxy/group",
         "proxy/answer",
         "proxy/accounting",
+        "proxy/learn",
+        "proxy/group",
     ]
     for leg in (down, back):
         way = {m: n for m, n in leg["passes"].items() if m.startswith(("proxy/", "upstream/"))}

@@ -1,5 +1,5 @@
-"""The accounting step: every answered request counted (``/metrics``), given its request id,
-and written to the access log, all read from the request's context.
+"""The accounting step: every answered request counted (``/metrics``) and written to the
+access log once the client has its answer, all read from the request's context.
 
 An access line says who asked (request id, client address), what (the JSON-RPC method, or the
 count and first methods of a batch), who answered (node, attempts, hedged), what the cache
@@ -52,7 +52,7 @@ class Accounting:
         return f"<Accounting access_log={self.access is not None}>"
 
     def account(self, ctx: RequestContext, response: HttpResponse) -> None:
-        """Count the request, log it, and give the answer its request id."""
+        """Count the request and log it (once the client has its answer)."""
         stats = self.stats
         outcome = ctx.outcome
         seconds = self.clock() - ctx.start
@@ -80,7 +80,6 @@ class Accounting:
                     stats.hedge_wins += 1
             if attempts > 1:
                 stats.retries += attempts - 1
-        response.headers.append(("x-request-id", ctx.rid))
         access = self.access
         if access is not None and (
             kind != "ok" or self.sample >= 1.0 or self.rng.random() < self.sample

@@ -11,10 +11,10 @@ Three kinds of answer reach a client, all built here:
   node could serve, every try failed, the deadline passed.
 
 Each carries ``X-RPC-Upstream`` (the groups) and ``X-Cache`` (the cache's verdict) when there
-are any. Batch members refused at admission are added back to the batch's answer; with
-``annotate: body`` a JSON object answer gains the original design's ``__server__`` and
-``__version__``. The small pieces of answering live here too: a forwarded path made safe, and
-an awaited answer handed to a callback.
+are any, and ``X-Request-Id``. Batch members refused at admission are added back to the
+batch's answer; with ``annotate: body`` a JSON object answer gains the original design's
+``__server__`` and ``__version__``. The small pieces of answering live here too: a forwarded
+path made safe, and an awaited answer handed to a callback.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ class Answerer:
         ``wait=False``: the version is what it is by then)."""
         early = ctx.answer
         if early is not None:
+            early.headers.append(("x-request-id", ctx.rid))
             return early
         if self.annotate_body and wait:
             node = self.serving(ctx)
@@ -121,6 +122,7 @@ class Answerer:
         verdict = ctx.verdict
         if verdict:
             headers.append(VERDICTS.get(verdict) or ("x-cache", verdict))
+        headers.append(("x-request-id", ctx.rid))
         return response
 
     def _node(self, name: str) -> tuple[str, str]:

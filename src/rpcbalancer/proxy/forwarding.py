@@ -482,7 +482,10 @@ class Try:
             self.exchange = exchange
 
     def ended(self, resp: UpstreamResponse | None, exc: UpstreamError | None) -> None:
-        """The transport's answer: judge it, record it on the node, report to the request."""
+        """The transport's answer: judge it, report to the request, record it on the node.
+        A proper answer goes on to the client before the node's estimates learn from it:
+        the client waits for the one, nobody for the other (and nothing picks a node in
+        between: the answer is written before the next request is read)."""
         forwarding = self.forwarding
         router = forwarding.router
         node = self.node
@@ -493,20 +496,34 @@ class Try:
         now = router.clock()
         if exc is not None or resp is None:
             error = exc or UpstreamError(node.name, "no answer")
-            node.end(
-                now,
-                now - self.started,
-                False,
-                error=error.reason,
-                penalty=router.per_try,
-                health=router.fleet.health,
-                load=self.load,
-            )
-            router.slots.freed()
+            self._record(now, error.reason)
             forwarding.ended(self, None, error)
             return
         fault = judge(resp, router.chain)
-        node.end(
+        if fault is not None:
+            self._record(now, fault)
+            poor = resp if not forwarding.req.idempotent and looks_like_json(resp.body) else None
+            forwarding.ended(self, poor, UpstreamBadResponse(node.name, fault, resp.status))
+            return
+        unsure = forwarding.req.unsure_of
+        if (
+            unsure is not None
+            and _null_result(resp.body)
+            and router.chain.empty_is_unsure(unsure[0], unsure[1], router.fleet.best_head)
+        ):
+            self._record(now, None)
+            forwarding.ended_empty(self, resp)
+            return
+        forwarding.ended(self, resp, None)
+        self._record(now, None)
+        head = router.chain.head_in(resp.body)
+        if head is not None:
+            node.observe_head(now, head)  # freshness between probes
+
+    def _record(self, now: float, fault: str | None) -> None:
+        """The try's outcome on its node (``fault``: why it was the node's, or None)."""
+        router = self.forwarding.router
+        self.node.end(
             now,
             now - self.started,
             fault is None,
@@ -516,22 +533,6 @@ class Try:
             load=self.load,
         )
         router.slots.freed()
-        if fault is None:
-            head = router.chain.head_in(resp.body)
-            if head is not None:
-                node.observe_head(now, head)  # freshness between probes
-            unsure = forwarding.req.unsure_of
-            if (
-                unsure is not None
-                and _null_result(resp.body)
-                and router.chain.empty_is_unsure(unsure[0], unsure[1], router.fleet.best_head)
-            ):
-                forwarding.ended_empty(self, resp)
-                return
-            forwarding.ended(self, resp, None)
-            return
-        poor = resp if not forwarding.req.idempotent and looks_like_json(resp.body) else None
-        forwarding.ended(self, poor, UpstreamBadResponse(node.name, fault, resp.status))
 
     def cancel(self) -> None:
         if not self.live:

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-Every proxied request takes one way, each step in its own module, each entered once on the
-way down to the node and once on the way back:
+Every proxied request takes one way, each step in its own module, each entered once, on the
+way down to the node or on the way back:
 
 1. **admission** (:mod:`.admission`): who asks what, and may they. It makes the request's
    :class:`~.context.RequestContext`, which every later step reads and writes; a request
@@ -17,10 +17,11 @@ way down to the node and once on the way back:
 5. **route** (:mod:`.forward`, then :mod:`.router` and :mod:`.forwarding`): the call's
    request goes to its group's router, which picks a node and forwards, with hedges and
    retries.
-6. **learn** (:mod:`.learn`): what the answer teaches (the chain's head and last
-   irreversible block; the answer itself, for the cache).
-7. **answer** (:mod:`.answer`) and **account** (:mod:`.accounting`): the response, counted
-   and logged, written back.
+6. **answer** (:mod:`.answer`): the response, written back at once;
+7. **account** (:mod:`.accounting`) and **learn** (:mod:`.learn`): the request counted and
+   logged; what the answer teaches (the chain's head and last irreversible block; the answer
+   itself, for the cache). Only the requests to come need these: they run once the client
+   has its answer, before the next request is read.
 
 A batch (:mod:`.batch`) takes the same steps member by member. Every step hands the next the
 context, never a list of loose arguments; the steps after the node are reached through the
@@ -227,12 +228,14 @@ class Gateway:
     # -- the way back ----------------------------------------------------------------------
 
     def learned(self, ctx: RequestContext, outcome: Outcome) -> None:
-        """A single call's forwarding ended: learn from it, then answer."""
+        """A single call's forwarding ended: answer, then learn from it (the client waits for
+        the one; the other concerns the requests to come, and is done before the next one is
+        read). It learns whether the client is still there or not."""
+        ctx.outcome = outcome
+        self.answer(ctx)
         plan = ctx.plan
         if plan is not None and ctx.call is not None:
             self.learner.learn(plan, outcome)
-        ctx.outcome = outcome
-        self.answer(ctx)
 
     def answer(self, ctx: RequestContext, wait: bool = True) -> None:
         """The answer step and the accounting; the response goes to the client (unless it
@@ -245,13 +248,14 @@ class Gateway:
         except Exception:
             log.exception("unexpected error answering %s %s", ctx.req.method, ctx.req.path)
             response = internal_error()
+            response.headers.append(("x-request-id", ctx.rid))
         if response is None:
             return  # the node's version is being asked; :meth:`_resume` goes on
         ctx.reply = None
         ctx.stage = None
         ctx.answer = response
-        self.accounting.account(ctx, response)
         reply(response)
+        self.accounting.account(ctx, response)  # once the client has its answer
 
     def _resume(self, ctx: RequestContext) -> None:
         self.answer(ctx, wait=False)
