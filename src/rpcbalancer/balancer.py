@@ -42,6 +42,7 @@ from .periodic import Periodic
 from .proxy.access import KeyRing, MethodFilter
 from .proxy.clientip import parse_networks
 from .proxy.group import Group
+from .proxy.heads import HeadFloor
 from .proxy.plan import Planner
 from .proxy.ratelimit import LocalLimiter, RedisLimiter
 from .proxy.router import Router
@@ -86,6 +87,7 @@ class Balancer:
         self.transport = transport or H1Transport(config.timeouts.connect)
         self.trusted_proxies = parse_networks(config.trusted_proxies)
         budget = RetryBudget(config.budget.ratio, config.budget.min_per_second, config.budget.burst)
+        self.stats = Stats(self.chain.metric_methods | set(config.metrics.methods))
         self.groups: dict[str, Group] = {}
         """Every group of backends by name, ``default`` first (see :mod:`.proxy.routes`)."""
         presets: dict[str, Chain | None] = {}
@@ -116,7 +118,12 @@ class Balancer:
                 queue_size=config.queue_size,
                 user_agent=config.user_agent,
             )
-            self.groups[name] = Group(name, spec, fleet, policy, router)
+            # A group of chain nodes holds its head (not hivemind's or HAfAH's: their
+            # answers say nothing of one).
+            heads = None
+            if config.consistency.monotonic_head and isinstance(spec.probe, str):
+                heads = HeadFloor(self.chain, config.consistency.hold_for, clock, self.stats)
+            self.groups[name] = Group(name, spec, fleet, policy, router, heads)
             if spec.probe == "passive":
                 presets[name] = None
             elif not isinstance(spec.probe, str):
@@ -181,7 +188,6 @@ class Balancer:
             self.shared_limiter = RedisLimiter(
                 self.store.connect_url, f"{self.store.prefix}:", self.limiter
             )
-        self.stats = Stats(self.chain.metric_methods | set(config.metrics.methods))
         self.request_ids = RequestIds()
         self.access_log = (
             AccessLog(config.access_log, config.secrets) if config.access_log.enabled else None

@@ -306,6 +306,11 @@ def dumps(doc: Any) -> bytes:
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def result_answer(result: bytes, ident: Id) -> bytes:
+    """A single answer made here of a ``result`` kept as JSON text and the client's id."""
+    return b'{"jsonrpc":"2.0","result":' + result + b',"id":' + dumps(ident) + b"}"
+
+
 def error_object(code: int, message: str, data: Any = None) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:

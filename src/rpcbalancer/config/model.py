@@ -202,6 +202,19 @@ class HedgeConfig(_Model):
     they wait three times its predicted latency."""
 
 
+class ConsistencyConfig(_Model):
+    """One chain, whatever node answers (docs/consistency.md)."""
+
+    monotonic_head: bool = True
+    """Never tell a client a lower head than it was told before: an answer to a call that
+    reports the head (``get_dynamic_global_properties``, ``eth_blockNumber``) that is behind
+    the highest one this group has given is replaced by that one. ``false``: each node's
+    answer as it is."""
+    hold_for: Seconds = Field(30.0, gt=0)
+    """Seconds the head is held while every answer is behind it; then the lower answers are
+    passed on (the nodes that reached it are gone)."""
+
+
 class BudgetConfig(_Model):
     """Retries and hedges together: at most ``ratio`` extra tries per request."""
 
@@ -559,6 +572,8 @@ class Config(_Model):
     it (``appbase.condenser_api.get_block``)."""
     cache: CacheConfig = CacheConfig()
     """The answer cache and the merging of identical reads in flight."""
+    consistency: ConsistencyConfig = ConsistencyConfig()
+    """What a client sees of the chain across nodes at different heights."""
     secrets: frozenset[str] = frozenset()
     """Filled in by the loader (not a key to write): the values that came from ``${ENV}``,
     so that they can be redacted wherever they would be shown."""

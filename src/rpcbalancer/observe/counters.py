@@ -25,6 +25,8 @@ class Stats:
         "cache",
         "duration",
         "duration_sum",
+        "heads_held",
+        "heads_released",
         "hedge_wins",
         "hedges",
         "methods",
@@ -42,6 +44,10 @@ class Stats:
         self.hedges = 0
         self.hedge_wins = 0
         self.retries = 0
+        self.heads_held = 0
+        """Answers behind the head told before, replaced by the one that told it."""
+        self.heads_released = 0
+        """Answers behind the head told before, passed on after ``consistency.hold_for``."""
         self.cache: dict[tuple[str, str], int] = {}
         """Answer cache events by (method label, event): the cache counts into it."""
 
@@ -70,6 +76,8 @@ class Stats:
             "hedges": self.hedges,
             "hedge_wins": self.hedge_wins,
             "retries": self.retries,
+            "heads_held": self.heads_held,
+            "heads_released": self.heads_released,
             "cache": [[m, e, n] for (m, e), n in self.cache.items()],
             "nodes": {
                 n.name: {
@@ -97,6 +105,8 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "hedges": 0,
         "hedge_wins": 0,
         "retries": 0,
+        "heads_held": 0,
+        "heads_released": 0,
         "cache": {},
         "nodes": {},
     }
@@ -107,6 +117,8 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         total["duration"] = _add(total["duration"], snap["duration"])
         for key in ("duration_sum", "bytes_in", "bytes_out", "hedges", "hedge_wins", "retries"):
             total[key] += snap[key]
+        for key in ("heads_held", "heads_released"):
+            total[key] += snap.get(key, 0)  # (a worker of an older version has none)
         for method, event, count in snap.get("cache", []):
             total["cache"][method, event] = total["cache"].get((method, event), 0) + count
         for name, node in snap["nodes"].items():

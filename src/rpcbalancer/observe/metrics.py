@@ -96,6 +96,16 @@ class _Collector:
             ("rpcbalancer_hedges", "hedges", "Hedged reads (a second node asked)"),
             ("rpcbalancer_hedge_wins", "hedge_wins", "Hedged reads the second node answered"),
             ("rpcbalancer_retries", "retries", "Retries on another node after a failed try"),
+            (
+                "rpcbalancer_heads_held",
+                "heads_held",
+                "Answers reporting a head behind one told before, replaced by that one",
+            ),
+            (
+                "rpcbalancer_heads_released",
+                "heads_released",
+                "Answers reporting a head behind one told before, passed on after hold_for",
+            ),
         ):
             yield CounterMetricFamily(name, text, value=t[key])
 

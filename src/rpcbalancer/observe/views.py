@@ -117,6 +117,8 @@ def status_doc(balancer: Observed) -> dict[str, Any]:
             "requests": sum(stats.requests.values()),
             "hedges": stats.hedges,
             "retries": stats.retries,
+            "heads_held": stats.heads_held,
+            "heads_released": stats.heads_released,
             "groups": _groups(fleet, now),
             "routes": balancer.routes_view,
             "cache": _cache(balancer),

@@ -17,7 +17,8 @@ way down to the node or on the way back:
 5. **route** (:mod:`.forward`, then :mod:`.router` and :mod:`.forwarding`): the call's
    request goes to its group's router, which picks a node and forwards, with hedges and
    retries.
-6. **answer** (:mod:`.answer`): the response, written back at once;
+6. **answer** (:mod:`.answer`): the response, written back at once (a head behind one the
+   group reported before is held first: :mod:`.heads`);
 7. **account** (:mod:`.accounting`) and **learn** (:mod:`.learn`): the request counted and
    logged; what the answer teaches (the chain's head and last irreversible block; the answer
    itself, for the cache). Only the requests to come need these: they run once the client
@@ -43,6 +44,7 @@ from collections.abc import Awaitable
 from ..balancer import Balancer
 from ..callbacks import Cancellable, until_called
 from ..config import ApiKey
+from ..jsonrpc import result_answer
 from ..messages import HttpRequest, HttpResponse, Reply, error_response, internal_error
 from .accounting import Accounting
 from .admission import Admission
@@ -53,6 +55,7 @@ from .context import RequestContext
 from .control import Control, preflight
 from .forward import Forward
 from .forwarding import Outcome
+from .heads import HeadFloor
 from .learn import Learner
 from .lookup import ASK_REDIS, HIT, Lookup
 from .plan import Plan, Planner
@@ -243,6 +246,11 @@ class Gateway:
         reply = ctx.reply
         if reply is None:
             return
+        plan = ctx.plan
+        if wait and plan is not None and plan.shape.reports_head and ctx.answer is None:
+            heads = plan.group.heads
+            if heads is not None:  # the head told never goes back (:mod:`.heads`)
+                hold(ctx, heads, plan.key)
         try:
             response = self.answerer.build(ctx, wait)
         except Exception:
@@ -259,3 +267,27 @@ class Gateway:
 
     def _resume(self, ctx: RequestContext) -> None:
         self.answer(ctx, wait=False)
+
+
+def hold(ctx: RequestContext, heads: HeadFloor, key: str) -> None:
+    """A single answer that reports the head: when it is behind the highest head its group
+    reported, the answer that reported that one goes in its place, with the client's id."""
+    body = ctx.body
+    if body is None:
+        outcome = ctx.outcome
+        if outcome is None:
+            return
+        resp, node = outcome.response, outcome.node
+        if resp is None or node is None or resp.status != 200:
+            return
+        body, name = resp.body, node.name
+    elif ctx.status != 200:
+        return
+    else:
+        name = ctx.nodes[0] if ctx.nodes else ""
+    kept = heads.behind(key, body, name)
+    if kept is not None:
+        call = ctx.call
+        ctx.body = result_answer(kept.result, call.first_id if call is not None else None)
+        ctx.status = 200
+        ctx.nodes = (kept.node,)

@@ -13,6 +13,7 @@ from ..cache.policy import Finality
 from ..config.model import UpstreamGroup
 from ..fleet.fleet import Fleet
 from ..fleet.policies import BasePolicy
+from .heads import HeadFloor
 from .router import Router
 
 REFRESH = 0.5
@@ -23,10 +24,16 @@ class Group:
     """A named group of backends: its nodes, the router that picks among them, and what is
     known of its chain (the head and last irreversible block its nodes reported)."""
 
-    __slots__ = ("finality", "fleet", "looked", "name", "policy", "router", "spec")
+    __slots__ = ("finality", "fleet", "heads", "looked", "name", "policy", "router", "spec")
 
     def __init__(
-        self, name: str, spec: UpstreamGroup, fleet: Fleet, policy: BasePolicy, router: Router
+        self,
+        name: str,
+        spec: UpstreamGroup,
+        fleet: Fleet,
+        policy: BasePolicy,
+        router: Router,
+        heads: HeadFloor | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -35,6 +42,8 @@ class Group:
         self.router = router
         self.finality = Finality()
         self.looked = -1.0
+        self.heads = heads
+        """The head its answers have reported, held (``consistency.monotonic_head``)."""
 
     def __repr__(self) -> str:
         return f"<Group {self.name} {self.policy.name} {self.fleet!r}>"

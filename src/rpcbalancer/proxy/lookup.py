@@ -16,7 +16,7 @@ from typing import Final
 
 from ..cache import AnswerCache, Entry
 from ..config.ttl import NO_CACHE
-from ..jsonrpc import Id, dumps
+from ..jsonrpc import Id, result_answer
 from .context import RequestContext
 from .plan import Plan
 
@@ -88,4 +88,4 @@ def _hit(ctx: RequestContext, entry: Entry) -> None:
 
 def answer_of(entry: Entry, ident: Id) -> bytes:
     """A hit's answer: the cached result with the client's own id."""
-    return b'{"jsonrpc":"2.0","result":' + entry.result + b',"id":' + dumps(ident) + b"}"
+    return result_answer(entry.result, ident)

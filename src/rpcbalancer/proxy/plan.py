@@ -49,7 +49,10 @@ class Shape:
     """The method as a metric label: as the client asked it (a ``call`` unwrapped), when it
     is a known one, else ``other``."""
     keyed: bool
-    """Whether the call needs a key: the cache may keep it, or coalescing may share it."""
+    """Whether the call needs a key: the cache may keep it, coalescing may share it, or its
+    group holds the head it reports."""
+    reports_head: bool = False
+    """It answers with the head block, and its group holds the head (:mod:`.heads`)."""
 
 
 class Plan:
@@ -174,6 +177,7 @@ class Planner:
             or chain.is_broadcast(".".join(parts[-2:]))
             or chain.is_broadcast(parts[-1])
         )
+        reports_head = group.heads is not None and chain.reports_head(parts[-1])
         ttl = route.ttl
         if ttl is None or broadcast:
             ttl = default_ttl(chain.name, name.parts, broadcast)
@@ -188,6 +192,9 @@ class Planner:
             groups=(group.name,),
             prefix=f"{group.name}\x1f{name.dotted}\x1f",
             label=asked if asked in self.labels else "other",
-            keyed=(self.caching and ttl != NO_CACHE) or (self.coalesce and not broadcast),
+            keyed=(self.caching and ttl != NO_CACHE)
+            or (self.coalesce and not broadcast)
+            or reports_head,
+            reports_head=reports_head,
         )
         return shape, name.params

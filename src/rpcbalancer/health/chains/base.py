@@ -73,6 +73,17 @@ class Chain(Protocol):
         cheap: a byte search first)."""
         ...
 
+    def reports_head(self, name: str) -> bool:
+        """Whether a call of this name (the method's last part: ``get_dynamic_global_properties``,
+        ``eth_blockNumber``) answers with the head block, so that a client polls it to learn
+        how far the chain has gone (and must never see it go back)."""
+        ...
+
+    def reported_head(self, body: bytes) -> int | None:
+        """The head block an answer to such a call reports (its whole body, or its result
+        alone), or None."""
+        ...
+
     def empty_is_unsure(
         self, method: str, params: Any, best_head: Callable[[], int | None]
     ) -> bool:

@@ -51,6 +51,12 @@ class CallProbe:
     def head_in(self, body: bytes) -> int | None:
         return None
 
+    def reports_head(self, name: str) -> bool:
+        return False  # not a chain node: its answers say nothing of a head
+
+    def reported_head(self, body: bytes) -> int | None:
+        return None
+
     def empty_is_unsure(
         self, method: str, params: Any, best_head: Callable[[], int | None]
     ) -> bool:

@@ -101,6 +101,23 @@ class Evm:
     def head_in(self, body: bytes) -> int | None:
         return None  # answers do not say which block they were read at
 
+    def reports_head(self, name: str) -> bool:
+        return name == "eth_blockNumber"
+
+    def reported_head(self, body: bytes) -> int | None:
+        """``eth_blockNumber``'s result, a hex quantity (``"0x1b4"``)."""
+        at = body.find(b'"result"')
+        start = body.find(b'"0x', at + 8 if at >= 0 else 0)
+        if start < 0:
+            return None
+        end = body.find(b'"', start + 3)
+        if end < 0 or end - start > 67:
+            return None
+        try:
+            return int(body[start + 3 : end], 16)
+        except ValueError:
+            return None
+
     def empty_is_unsure(
         self, method: str, params: Any, best_head: Callable[[], int | None]
     ) -> bool:

@@ -138,6 +138,12 @@ class SteemLike:
             return None
         return number_after(body, b'"head_block_number"')
 
+    def reports_head(self, name: str) -> bool:
+        return name == "get_dynamic_global_properties"
+
+    def reported_head(self, body: bytes) -> int | None:
+        return self.head_in(body)
+
 
 def _parse_time(value: Any) -> float | None:
     if not isinstance(value, str):

@@ -1,0 +1,108 @@
+"""The head a client is told never goes back.
+
+Nodes in one group stand at different heights: each passes the lag rule and still two
+consecutive answers to ``get_dynamic_global_properties`` (or ``eth_blockNumber``) may come from
+a node at block N and then from one at N - 3. A client that polls the head to follow the chain
+(a block stream, a poller, a wallet waiting for its transaction) then sees the chain go back:
+it fetches blocks twice, waits for one it already had, or takes an old head for a new one.
+
+So the answer step holds the head. For each call that reports the head (the chain preset
+says which: :meth:`~..health.chains.Chain.reports_head`), the group keeps the answer that
+reported the highest head so far, under the call's key (its method and params, as the cache
+keys it). An answer, from a node or from the cache, that reports a lower head is not passed
+on: the kept one is, with the client's id. It costs no request to a node, and an answer with
+a higher head moves the floor on at once.
+
+The floor is the whole balancer's (one per group, in this process): every client sees one
+chain, whichever node answers and whichever client asked before, as a single node would show
+it. It lets go (the lower answer is passed on, and counted) only when every answer for
+``consistency.hold_for`` seconds has been behind it: the nodes that reached it are gone or
+were wrong, and a head that never moves would be worse than one that goes back once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..cache import has_result, result_of
+from ..health.chains import Chain
+from ..jsonrpc import dumps
+from ..observe.counters import Stats
+
+MAX_KEYS = 256
+"""Calls that report the head, kept at most (their params vary little: ``[]``, ``{}``)."""
+
+
+class Held:
+    """The highest head reported so far for one call, and its answer's result."""
+
+    __slots__ = ("confirmed", "head", "node", "result")
+
+    def __init__(self, head: int, result: bytes, node: str, confirmed: float) -> None:
+        self.head = head
+        self.result = result
+        """The answer's ``result`` as JSON text."""
+        self.node = node
+        """The node that reported it."""
+        self.confirmed = confirmed
+        """When an answer last reported this head or a higher one."""
+
+    def __repr__(self) -> str:
+        return f"Held(head={self.head}, node={self.node!r})"
+
+
+class HeadFloor:
+    """One group's floor: per head-reporting call, the answer with the highest head."""
+
+    __slots__ = ("chain", "clock", "held", "hold_for", "kept", "released", "stats")
+
+    def __init__(
+        self, chain: Chain, hold_for: float, clock: Callable[[], float], stats: Stats | None = None
+    ) -> None:
+        self.chain = chain
+        self.hold_for = hold_for
+        self.clock = clock
+        self.stats = stats
+        """Where ``/metrics`` and ``/status`` count them too (all groups, all workers)."""
+        self.kept: dict[str, Held] = {}
+        self.held = 0
+        """Answers behind the floor that were replaced by the kept one."""
+        self.released = 0
+        """Answers behind the floor passed on after ``hold_for`` (the floor let go)."""
+
+    def __repr__(self) -> str:
+        return f"<HeadFloor head={self.head} held={self.held} released={self.released}>"
+
+    @property
+    def head(self) -> int | None:
+        """The highest head any answer of this group reported (None before the first)."""
+        return max((held.head for held in self.kept.values()), default=None)
+
+    def behind(self, key: str, body: bytes, node: str) -> Held | None:
+        """The answer step, for a single call that reports the head (``key``: the call's,
+        ``body``: its answer, from ``node``): None to pass the answer on (the highest head
+        yet is kept), or the kept answer to send in its place when this one is behind."""
+        head = self.chain.reported_head(body)
+        if head is None:
+            return None  # an error, or an answer that says nothing of the head
+        now = self.clock()
+        kept = self.kept.get(key)
+        if kept is not None and head < kept.head:
+            if now - kept.confirmed <= self.hold_for:
+                self.held += 1
+                if self.stats is not None:
+                    self.stats.heads_held += 1
+                return kept
+            self.released += 1  # every answer has been behind it for too long: let go
+            if self.stats is not None:
+                self.stats.heads_released += 1
+        elif kept is not None and head == kept.head:
+            kept.confirmed = now
+            return None
+        result = result_of(body)
+        if not has_result(result):
+            return None
+        if kept is None and len(self.kept) >= MAX_KEYS:
+            return None  # (a client inventing params: the calls already kept stay held)
+        self.kept[key] = Held(head, bytes(memoryview(dumps(result))), node, now)
+        return None
