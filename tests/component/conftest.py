@@ -14,7 +14,7 @@ import pytest
 from rpcbalancer.balancer import Balancer
 from rpcbalancer.config import from_mapping
 from rpcbalancer.proxy.gateway import Gateway, HttpRequest, HttpResponse
-from rpcbalancer.sim import Behaviour, FakeNode
+from rpcbalancer.sim import Behaviour, FakeNode, Mempool
 
 from ..services import empty_postgres
 
@@ -27,6 +27,8 @@ class Harness:
         self.nodes: dict[str, FakeNode] = {}
         self.balancer: Balancer | None = None
         self.gateway: Gateway | None = None
+        self.mempool = Mempool()
+        """The transactions the nodes took, shared as on a real network."""
 
     async def start(
         self,
@@ -41,7 +43,7 @@ class Harness:
         chain = config.get("chain", "steem")
         kinds = {name: (chain, b) for name, b in behaviours.items()} | (extra or {})
         for i, (name, (kind, behaviour)) in enumerate(kinds.items()):
-            node = FakeNode(name, behaviour, seed=i, chain=kind)
+            node = FakeNode(name, behaviour, seed=i, chain=kind, mempool=self.mempool)
             await node.start()
             self.stack.push_async_callback(node.stop)
             self.nodes[name] = node

@@ -239,12 +239,14 @@ async def test_a_broadcast_wrapped_in_call_is_never_resent_with_the_cache_on(
     harness: Any,
 ) -> None:
     """``call`` + ``condenser_api.broadcast_transaction`` is a broadcast however it is
-    spelled: with the cache on, its try that timed out is not hedged or retried elsewhere."""
+    spelled: with the cache on, its try that timed out is not hedged or retried elsewhere
+    (with ``broadcast.resend`` off; on, it goes on as test_broadcasts.py shows)."""
     h = await harness(
         {"a": Behaviour(), "b": Behaviour()},
         strategy="first",
         cache={"enabled": True},
         timeouts={"per_try": 0.3, "total": 3},
+        broadcast={"resend": False},
     )
     h.nodes["a"].set(hang_rate=1.0)
     resp = await h.call("call", ["condenser_api", "broadcast_transaction", [{}]])

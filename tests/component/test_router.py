@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 import orjson
+import pytest
 
 from rpcbalancer.balancer import Balancer
 from rpcbalancer.config import from_mapping
@@ -84,7 +85,9 @@ async def test_sick_node_errors_are_retried_but_client_errors_are_not(harness: A
 
 
 async def test_broadcast_is_never_sent_twice(harness: Any) -> None:
-    h = await harness({"a": Behaviour(), "b": Behaviour()}, strategy="first")
+    h = await harness(
+        {"a": Behaviour(), "b": Behaviour()}, strategy="first", broadcast={"resend": False}
+    )
     h.nodes["a"].set(fail_rate=1.0)
     resp = await h.call(BROADCAST, [{"ref_block_num": 1}])
     received = {name: len(node.broadcasts) for name, node in h.nodes.items()}
@@ -94,17 +97,27 @@ async def test_broadcast_is_never_sent_twice(harness: Any) -> None:
     assert "not JSON" in error["message"] or "503" in error["message"]
 
 
-async def test_broadcast_that_timed_out_is_not_resent(harness: Any) -> None:
+@pytest.mark.parametrize(
+    ("params", "resend"),
+    [
+        (["condenser_api", "broadcast_transaction", [{}]], False),  # resending turned off
+        ([3, "broadcast_transaction", [{}]], True),  # a numbered API: not known to dedupe
+    ],
+)
+async def test_broadcast_that_timed_out_is_not_resent(
+    harness: Any, params: list[Any], resend: bool
+) -> None:
     h = await harness(
         {"a": Behaviour(), "b": Behaviour()},
         strategy="first",
         timeouts={"per_try": 0.3, "total": 3},
+        broadcast={"resend": resend},
     )
     h.nodes["a"].set(hang_rate=1.0)
-    resp = await h.call("call", ["condenser_api", "broadcast_transaction", [{}]])
+    resp = await h.call("call", params)
     assert resp.status == 504
-    assert h.nodes["b"].broadcasts == []
-    assert len(h.nodes["a"].broadcasts) == 1
+    asked = f"{params[0]}.{params[1]}"
+    assert (h.nodes["a"].counts[asked], h.nodes["b"].counts[asked]) == (1, 0)
 
 
 async def test_broadcast_is_resent_when_it_never_reached_a_node(harness: Any) -> None:

@@ -139,17 +139,35 @@ def test_pipelined_flood_answered_in_order(lb: Any) -> None:
     with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as sock:
         sock.sendall(b"".join(request(body) for body in bodies))
         data = b""
+        answers: list[bytes] = []
         deadline = time.monotonic() + 20
-        while data.count(b"HTTP/1.1 200") < 200 and time.monotonic() < deadline:
+        while len(answers) < 200 and time.monotonic() < deadline:
             chunk = sock.recv(65536)
             if not chunk:
                 break
             data += chunk
-    ids = [
-        json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1")[0])["id"]
-        for part in data.split(b"HTTP/1.1 200")[1:]
-    ]
+            complete, data = _whole_responses(data)  # (the last one may still be coming)
+            answers += complete
+    ids = [json.loads(body)["id"] for body in answers]
     assert ids == list(range(200))
+
+
+def _whole_responses(data: bytes) -> tuple[list[bytes], bytes]:
+    """The bodies of the complete responses at the start of ``data``, and what is left."""
+    bodies = []
+    while b"\r\n\r\n" in data:
+        head, rest = data.split(b"\r\n\r\n", 1)
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        if len(rest) < length:
+            break
+        assert head.startswith(b"HTTP/1.1 200"), head
+        bodies.append(rest[:length])
+        data = rest[length:]
+    return bodies, data
 
 
 @pytest.mark.slow

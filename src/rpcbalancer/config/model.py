@@ -215,6 +215,29 @@ class ConsistencyConfig(_Model):
     passed on (the nodes that reached it are gone)."""
 
 
+class BroadcastConfig(_Model):
+    """Transactions sent to the chain (docs/consistency.md)."""
+
+    resend: bool = True
+    """A signed transaction whose fate is unknown (its node failed or timed out after the
+    bytes left) goes to another node, on chains that refuse a transaction they have (Steem,
+    Hive, Blurt); a node's "already have it" is then the success it stands for. Never for
+    anything else (a method not known to take transactions, a ``call`` to a numbered API).
+    ``false``: a broadcast is never sent twice."""
+    fanout: int = Field(1, ge=1, le=3)
+    """Nodes each such transaction is sent to at once; the first answer wins (2: faster
+    inclusion, and a node dying costs nothing). Needs ``resend``."""
+
+    @model_validator(mode="after")
+    def _fanout_needs_resend(self) -> BroadcastConfig:
+        if self.fanout > 1 and not self.resend:
+            raise ValueError(
+                "broadcast.fanout above 1 sends a transaction to several nodes: it needs "
+                "broadcast.resend (the same guarantee that a node refuses a duplicate)"
+            )
+        return self
+
+
 class BudgetConfig(_Model):
     """Retries and hedges together: at most ``ratio`` extra tries per request."""
 
@@ -572,6 +595,8 @@ class Config(_Model):
     it (``appbase.condenser_api.get_block``)."""
     cache: CacheConfig = CacheConfig()
     """The answer cache and the merging of identical reads in flight."""
+    broadcast: BroadcastConfig = BroadcastConfig()
+    """Transactions: sent again when their node fails, or to several nodes at once."""
     consistency: ConsistencyConfig = ConsistencyConfig()
     """What a client sees of the chain across nodes at different heights."""
     secrets: frozenset[str] = frozenset()

@@ -31,6 +31,7 @@ class Stats:
         "hedges",
         "methods",
         "requests",
+        "resent",
         "retries",
     )
 
@@ -48,6 +49,9 @@ class Stats:
         """Answers behind the head told before, replaced by the one that told it."""
         self.heads_released = 0
         """Answers behind the head told before, passed on after ``consistency.hold_for``."""
+        self.resent: dict[str, int] = {}
+        """Broadcasts sent again (or to several nodes at once), by how they ended: the
+        request's outcome, or ``duplicate`` (a node's "already have it", taken as success)."""
         self.cache: dict[tuple[str, str], int] = {}
         """Answer cache events by (method label, event): the cache counts into it."""
 
@@ -78,6 +82,7 @@ class Stats:
             "retries": self.retries,
             "heads_held": self.heads_held,
             "heads_released": self.heads_released,
+            "resent": dict(self.resent),
             "cache": [[m, e, n] for (m, e), n in self.cache.items()],
             "nodes": {
                 n.name: {
@@ -107,6 +112,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "retries": 0,
         "heads_held": 0,
         "heads_released": 0,
+        "resent": {},
         "cache": {},
         "nodes": {},
     }
@@ -119,6 +125,8 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             total[key] += snap[key]
         for key in ("heads_held", "heads_released"):
             total[key] += snap.get(key, 0)  # (a worker of an older version has none)
+        for ending, count in snap.get("resent", {}).items():
+            total["resent"][ending] = total["resent"].get(ending, 0) + count
         for method, event, count in snap.get("cache", []):
             total["cache"][method, event] = total["cache"].get((method, event), 0) + count
         for name, node in snap["nodes"].items():

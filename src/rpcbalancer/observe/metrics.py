@@ -108,6 +108,15 @@ class _Collector:
             ),
         ):
             yield CounterMetricFamily(name, text, value=t[key])
+        resent = CounterMetricFamily(
+            "rpcbalancer_broadcasts_resent",
+            "Broadcasts sent again after their node failed them (or to several nodes at once), "
+            "by how they ended: the request's outcome, or duplicate (already had, a success)",
+            labels=["ending"],
+        )
+        for ending, count in sorted(t["resent"].items()):
+            resent.add_metric([ending], count)
+        yield resent
 
         nodes = t["nodes"]
         tries = CounterMetricFamily(

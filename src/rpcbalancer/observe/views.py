@@ -119,6 +119,7 @@ def status_doc(balancer: Observed) -> dict[str, Any]:
             "retries": stats.retries,
             "heads_held": stats.heads_held,
             "heads_released": stats.heads_released,
+            "broadcasts_resent": dict(stats.resent),
             "groups": _groups(fleet, now),
             "routes": balancer.routes_view,
             "cache": _cache(balancer),

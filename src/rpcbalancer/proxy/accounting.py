@@ -80,6 +80,10 @@ class Accounting:
                     stats.hedge_wins += 1
             if attempts > 1:
                 stats.retries += attempts - 1
+            if outcome.resent:  # a broadcast sent again, and how it ended
+                ending = "duplicate" if outcome.duplicate else kind
+                resent = stats.resent
+                resent[ending] = resent.get(ending, 0) + 1
         access = self.access
         if access is not None and (
             kind != "ok" or self.sample >= 1.0 or self.rng.random() < self.sample
@@ -117,6 +121,8 @@ class Accounting:
             line["attempts"] = len(outcome.tried)
             if outcome.hedged:
                 line["hedged"] = True
+            if outcome.resent:
+                line["resent"] = "duplicate" if outcome.duplicate else True
             if outcome.error is not None:
                 line["error"] = str(outcome.error)[:300]
         elif ctx.nodes:

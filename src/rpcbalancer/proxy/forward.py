@@ -22,8 +22,10 @@ from .request import ProxyRequest
 
 
 class Forward:
-    def __init__(self, user_agent: str) -> None:
+    def __init__(self, user_agent: str, fanout: int = 1) -> None:
         self.user_agent = user_agent
+        self.fanout = fanout
+        """Nodes a broadcast that may be sent twice goes to at once (``broadcast.fanout``)."""
 
     def __repr__(self) -> str:
         return f"<Forward {self.user_agent!r}>"
@@ -58,6 +60,8 @@ class Forward:
             ctx.deadline,
             avoid,
             unsure_of,
+            shape.resend,
+            self.fanout if shape.resend else 1,
         )
         return plan.group.router.start(request, done)
 

@@ -28,6 +28,7 @@ from ..fleet.fleet import Fleet
 from ..fleet.nodes import Node
 from ..fleet.policies import BasePolicy, PickContext, Race
 from ..health.chains import Chain
+from ..health.chains.base import CONFIRMED
 from ..jsonrpc import looks_like_json, response_errors
 from ..upstream.pool import Starter, UpstreamResponse
 from .request import ProxyRequest
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 class Outcome:
     """How a forwarded request ended."""
 
-    __slots__ = ("error", "hedged", "node", "response", "tried")
+    __slots__ = ("duplicate", "error", "hedged", "node", "resent", "response", "tried")
 
     def __init__(
         self,
@@ -73,6 +74,10 @@ class Outcome:
         self.node = node
         self.tried: list[Node] = [] if tried is None else tried
         self.hedged = hedged
+        self.resent = False
+        """A broadcast sent again after its node failed it (or sent to several at once)."""
+        self.duplicate = False
+        """Its answer is a node's "already have it", taken as the success it stands for."""
 
     def __repr__(self) -> str:
         node = self.node.name if self.node is not None else None
@@ -259,6 +264,14 @@ class Forwarding:
         if self.state != TRYING or self.attempts != attempt:
             return  # answered at once (or failed at once, and a retry is out)
         router = self.router
+        if self.req.fanout > 1 and attempt == 1:
+            # A transaction the chain refuses twice goes to a second node at once.
+            second = router.another(self.req, self.outcome.tried, now)
+            if second is not None:
+                self._to(HEDGE)
+                self.outcome.resent = True
+                self._try(second)
+            return
         delay = hedge_delay(router.hedge, node, now, self.req.idempotent, choices)
         if delay is not None:
             self.hedge_wait = delay
@@ -322,12 +335,41 @@ class Forwarding:
             return
         self.due_token = 0  # failed before the hedge was due: an ordinary retry follows
         if not self.req.idempotent and (resp is not None or error.sent):
-            # The node may have the transaction: its answer, whatever it is, is final.
             outcome.response, outcome.node = resp, finished.node
-            self.finish()
-            return
+            if not self.req.resend:
+                # The node may have the transaction: its answer, whatever it is, is final.
+                self.finish()
+                return
+            # Its fate is unknown, and the chain refuses a transaction it has: another node
+            # is asked (the answer above stands if none can be).
+            outcome.resent = True
         self._to(RETRY)
         self.step()
+
+    def ended_duplicate(self, finished: Try, resp: UpstreamResponse, success: bytes) -> None:
+        """A broadcast sent again (or to several nodes) was answered "already have it":
+        the success it stands for (``success``) wins; a synchronous broadcast's (``b""``)
+        waits for its other try, which may confirm it, and else stands as the answer."""
+        if self.state >= DONE:
+            return
+        self.tries.remove(finished)
+        outcome = self.outcome
+        if success:
+            for other in self.tries:
+                other.cancel()
+            self.tries.clear()
+            outcome.response = UpstreamResponse(200, resp.headers, success)
+            outcome.node = finished.node
+            outcome.duplicate = True
+            self.finish(answered=True)
+            return
+        if outcome.response is None:
+            outcome.response, outcome.node = resp, finished.node
+        if self.tries:
+            self._to(ONE_LEFT)
+            return
+        outcome.response, outcome.node = resp, finished.node
+        self.finish()
 
     def ended_empty(self, finished: Try, resp: UpstreamResponse) -> None:
         """A try answered ``null`` where another node may know better: keep the answer,
@@ -505,6 +547,15 @@ class Try:
             poor = resp if not forwarding.req.idempotent and looks_like_json(resp.body) else None
             forwarding.ended(self, poor, UpstreamBadResponse(node.name, fault, resp.status))
             return
+        req = forwarding.req
+        if req.resend and forwarding.outcome.resent:
+            success = router.chain.duplicate(resp.body)
+            if success is not None:
+                if req.resend == CONFIRMED:
+                    success = b""  # "already have it" confirms no inclusion
+                self._record(now, None)
+                forwarding.ended_duplicate(self, resp, success)
+                return
         unsure = forwarding.req.unsure_of
         if (
             unsure is not None

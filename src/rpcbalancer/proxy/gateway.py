@@ -86,7 +86,7 @@ class Gateway:
         self.planner: Planner = balancer.planner
         cache = balancer.answer_cache
         self.lookup = Lookup(cache, clock)
-        self.forward = Forward(config.user_agent)
+        self.forward = Forward(config.user_agent, config.broadcast.fanout)
         self.coalescer = Coalescer(self, self.forward, clock, total) if balancer.coalesce else None
         self.learner = Learner(cache, balancer.chain, clock)
         self.answerer = Answerer(

@@ -53,6 +53,9 @@ class Shape:
     group holds the head it reports."""
     reports_head: bool = False
     """It answers with the head block, and its group holds the head (:mod:`.heads`)."""
+    resend: int = 0
+    """A broadcast that may go to another node when its fate is unknown (``NEVER``,
+    ``AGAIN``, ``CONFIRMED``: :mod:`..health.chains.base`), as ``broadcast.resend`` allows."""
 
 
 class Plan:
@@ -100,6 +103,7 @@ class Planner:
         self.groups = groups
         self.labels = labels
         self.caching = config.cache.enabled
+        self.resending = config.broadcast.resend
         self.coalesce = coalesce
         rules = preset_rules(self.legacy, list(groups)) if config.preset_routes else []
         rules += [  # after the preset's: the same prefix configured replaces the preset's
@@ -196,5 +200,6 @@ class Planner:
             or (self.coalesce and not broadcast)
             or reports_head,
             reports_head=reports_head,
+            resend=chain.resend(parts) if broadcast and self.resending else 0,
         )
         return shape, name.params

@@ -20,7 +20,16 @@ class ProxyRequest(NodeRequest):
     classes here, not dataclasses: they are made per request, and a dataclass's ``__init__``
     stays interpreted when the module is compiled.)"""
 
-    __slots__ = ("avoid", "client_ip", "deadline", "per_try", "retries", "unsure_of")
+    __slots__ = (
+        "avoid",
+        "client_ip",
+        "deadline",
+        "fanout",
+        "per_try",
+        "resend",
+        "retries",
+        "unsure_of",
+    )
 
     def __init__(
         self,
@@ -35,6 +44,8 @@ class ProxyRequest(NodeRequest):
         deadline: float | None = None,
         avoid: tuple[Node, ...] = (),
         unsure_of: tuple[str, Any] | None = None,
+        resend: int = 0,
+        fanout: int = 1,
     ) -> None:
         # The base's fields set here, not by its __init__: one module entered per request
         # on the way down (tests/component/test_way.py), not two.
@@ -59,3 +70,8 @@ class ProxyRequest(NodeRequest):
         yet" (a receipt, a transaction or a block by hash, a block a lagging node has not
         reached); then another node is asked before ``null`` stands (within the deadline
         and the budget)."""
+        self.resend = resend
+        """A broadcast the chain refuses twice (``AGAIN``, ``CONFIRMED``): when its fate is
+        unknown it goes to another node; 0: never sent twice once it may have arrived."""
+        self.fanout = fanout
+        """Nodes such a broadcast goes to at once."""

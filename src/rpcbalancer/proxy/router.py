@@ -16,9 +16,11 @@ A request arrives with a deadline (``timeouts.total``) and a budget of tries
 5. records the outcome on the node (latency, in flight, failures): passive health.
 
 A node's fault leads to another try while tries and time remain, with one exception:
-a broadcast (a transaction) is never sent twice. Once its bytes may have reached a node,
-that node's answer, whatever it is, is the only one; it is re-sent only when the
-connection failed before anything was written.
+a broadcast (a transaction) is never sent twice once its bytes may have reached a node
+(that node's answer, whatever it is, is the only one), unless its chain refuses a
+transaction it already has (``ProxyRequest.resend``): then it goes to another node, and
+that node's "already have it" is the success it stands for. ``broadcast.fanout`` sends such
+a transaction to two nodes at once.
 
 A read that has not answered after about its node's p95 latency is *hedged*: the same
 request goes to a second node as well, the first good answer wins and the other try is

@@ -48,7 +48,8 @@ QUEUE: Final = 2
 TURN: Final = 3
 """A slot came free (or the line moved): pick again."""
 HEDGE: Final = 4
-"""The first try is slow and the budget pays: a second try starts beside it."""
+"""The first try is slow and the budget pays (or a transaction fans out to two nodes at
+once): a second try starts beside it."""
 ONE_LEFT: Final = 5
 """One of two tries ended without the answer: the other may still give it."""
 RETRY: Final = 6

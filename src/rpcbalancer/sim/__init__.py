@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from .fleet import FleetThread
-from .node import Behaviour, FakeNode, chain_head, running
+from .node import Behaviour, FakeNode, Mempool, chain_head, running
 from .process import free_port, stop_process
 
 __all__ = [
     "Behaviour",
     "FakeNode",
     "FleetThread",
+    "Mempool",
     "chain_head",
     "free_port",
     "running",

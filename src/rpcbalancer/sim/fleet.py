@@ -14,7 +14,7 @@ from collections.abc import Coroutine, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .node import Behaviour, FakeNode
+from .node import Behaviour, FakeNode, Mempool
 
 T = TypeVar("T")
 
@@ -30,8 +30,12 @@ class FleetThread:
     ) -> None:
         """``chains`` gives some nodes a kind of their own (``hivemind``)."""
         kinds = chains or {}
+        self.mempool = Mempool()
+        """The transactions the fleet's nodes took, shared: a chain's mempool."""
         self.nodes = {
-            name: FakeNode(name, b, chain=kinds.get(name, chain), seed=seed + i)
+            name: FakeNode(
+                name, b, chain=kinds.get(name, chain), seed=seed + i, mempool=self.mempool
+            )
             for i, (name, b) in enumerate(behaviours.items())
         }
         self._loop = asyncio.new_event_loop()

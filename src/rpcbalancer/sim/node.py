@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import random
 import time
@@ -57,6 +58,10 @@ class Behaviour:
     """The version the node reports (empty: its chain's usual one, ``0.23.1`` on Steem)."""
     status: str = "OK"
     block_interval: float = 3.0
+    broadcast_die_rate: float = 0.0
+    """Share of the new transactions this node takes into the mempool and then dies on, its
+    connection dropped before it answers (the transaction is on the chain; the client does
+    not know it)."""
 
 
 def chain_head(now: float, block_interval: float = 3.0) -> int:
@@ -71,6 +76,37 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+class Mempool:
+    """The transactions a fleet's nodes have taken, shared by the nodes of one fleet as a
+    real network shares them: a transaction is on the chain once, and a node asked for one
+    that any node took answers as steemd does, "Duplicate transaction check failed"."""
+
+    def __init__(self) -> None:
+        self.transactions: dict[str, int] = {}
+        """Each transaction's id and the block it went into."""
+        self.sent: Counter[str] = Counter()
+        """How many times each transaction was broadcast to a node."""
+
+    def __repr__(self) -> str:
+        return f"<Mempool {len(self.transactions)} transactions>"
+
+    def __len__(self) -> int:
+        return len(self.transactions)
+
+    def take(self, tx: Any, block: int) -> tuple[str, bool]:
+        """A broadcast of ``tx``: its id, and whether it is new (False: a duplicate)."""
+        txid = hashlib.sha1(orjson.dumps(tx, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        self.sent[txid] += 1
+        if txid in self.transactions:
+            return txid, False
+        self.transactions[txid] = block
+        return txid, True
+
+
+class _Dies(Exception):
+    """The node dies in the middle of a request: no answer."""
+
+
 class FakeNode:
     """One fake node on a loopback address; start with :meth:`start`, stop with :meth:`stop`."""
 
@@ -82,8 +118,11 @@ class FakeNode:
         chain: str = "steem",
         seed: int | None = None,
         host: str = "127.0.0.1",
+        mempool: Mempool | None = None,
     ) -> None:
         self.name = name
+        self.mempool = mempool if mempool is not None else Mempool()
+        """The transactions taken (shared with the other nodes of its fleet, when given)."""
         self.host = host
         self.last_headers: dict[str, str] = {}
         self.header_values: dict[str, set[str]] = {}
@@ -221,7 +260,13 @@ class FakeNode:
                 failed = _unavailable()
         if failed is not None:
             return failed
-        answers = [self._answer(m) for m in members]
+        try:
+            answers = [self._answer(m) for m in members]
+        except _Dies:
+            if request.transport is not None:
+                request.transport.abort()
+            await asyncio.sleep(3600)  # (cancelled with the connection)
+            raise
         return _json(answers if isinstance(doc, list) else answers[0])
 
     def _answer(self, member: Any) -> dict[str, Any]:
@@ -236,6 +281,8 @@ class FakeNode:
         params = member.get("params") if isinstance(member, dict) else None
         if member.get("method") == "call" and isinstance(params, list):
             params = params[2] if len(params) > 2 else []
+        if self.chain != "evm" and method.rpartition(".")[2].startswith("broadcast_transaction"):
+            return self._broadcast(ident, method, params)
         result = self._result(method, params)
         if result is MISSING:
             return {
@@ -246,6 +293,30 @@ class FakeNode:
         if result is UNKNOWN_TRANSACTION:
             message = "Assert Exception:itr != idx.end(): Unknown Transaction"
             return {"jsonrpc": "2.0", "id": ident, "error": {"code": -32000, "message": message}}
+        return {"jsonrpc": "2.0", "id": ident, "result": result}
+
+    def _broadcast(self, ident: Any, method: str, params: Any) -> dict[str, Any]:
+        """A transaction: into the shared mempool once; a duplicate is refused as steemd
+        refuses it; a node may take it and die before answering."""
+        tx = params[0] if isinstance(params, list) and params else params
+        if isinstance(tx, dict) and "trx" in tx:
+            tx = tx["trx"]
+        head = self.head()
+        txid, new = self.mempool.take(tx, head + 1)
+        if not new:
+            message = (
+                "Assert Exception:trx_idx.indices().get<by_trx_id>().find(trx_id) == "
+                "trx_idx.indices().get<by_trx_id>().end(): Duplicate transaction check failed"
+            )
+            return {"jsonrpc": "2.0", "id": ident, "error": {"code": -32000, "message": message}}
+        if self.behaviour.broadcast_die_rate and (
+            self.rng.random() < self.behaviour.broadcast_die_rate
+        ):
+            raise _Dies
+        if method.endswith("synchronous"):
+            result: Any = {"id": txid, "block_num": head + 1, "trx_num": 0, "expired": False}
+        else:
+            result = {}
         return {"jsonrpc": "2.0", "id": ident, "result": result}
 
     def _result(self, method: str, params: Any) -> Any:

@@ -22,8 +22,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import orjson
-
 MISSING: Final = object()
 """The call is not one this API answers (the node then says: method not found)."""
 
@@ -431,14 +429,6 @@ def _content(api: SteemApi, call: _Call) -> Any:
     return api.post(author, permlink, call.head, bridge=call.api == "bridge")
 
 
-def _broadcast(api: SteemApi, call: _Call) -> Any:
-    if not call.name.endswith("synchronous"):
-        return {}
-    tx = call.arg(0, "trx", {})
-    digest = hashlib.sha1(orjson.dumps(tx, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return {"id": digest, "block_num": call.head + 1, "trx_num": 0, "expired": False}
-
-
 def _rc_accounts(api: SteemApi, call: _Call) -> Any:
     names = _names(call.args.get("accounts") or call.arg(0, "accounts"))
     now = int(api.block_time(call.head))
@@ -530,6 +520,4 @@ _HANDLERS: dict[str, Callable[[SteemApi, _Call], Any]] = {
     "get_potential_signatures": lambda api, call: [] if call.legacy else {"keys": []},
     "get_required_signatures": lambda api, call: [] if call.legacy else {"keys": []},
     "verify_authority": lambda api, call: True if call.legacy else {"valid": True},
-    "broadcast_transaction": _broadcast,
-    "broadcast_transaction_synchronous": _broadcast,
 }

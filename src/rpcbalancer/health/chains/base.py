@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -47,6 +47,16 @@ class Reading:
     """The version call's whole answer (the original design's ``__version__``)."""
 
 
+NEVER: Final = 0
+"""A broadcast that is never sent twice: the chain might run it twice."""
+AGAIN: Final = 1
+"""A broadcast the chain refuses to take twice (a signed transaction, by its id or hash):
+when its fate is unknown it goes to another node, and "already have it" means success."""
+CONFIRMED: Final = 2
+"""As :data:`AGAIN`, but its answer is a confirmation of inclusion (a synchronous
+broadcast): "already have it" is not one, so it is never turned into success."""
+
+
 class Chain(Protocol):
     @property
     def name(self) -> str: ...
@@ -82,6 +92,17 @@ class Chain(Protocol):
     def reported_head(self, body: bytes) -> int | None:
         """The head block an answer to such a call reports (its whole body, or its result
         alone), or None."""
+        ...
+
+    def resend(self, parts: tuple[str, ...]) -> int:
+        """How a broadcast of this name (as routes read it) may be sent again when its fate
+        is unknown: :data:`NEVER`, :data:`AGAIN` or :data:`CONFIRMED`."""
+        ...
+
+    def duplicate(self, body: bytes) -> bytes | None:
+        """For an answer that says the node already has the transaction, the success it
+        stands for (an :data:`AGAIN` broadcast's usual answer, with the answer's id); None
+        for any other answer. (For a :data:`CONFIRMED` broadcast it is no success.)"""
         ...
 
     def empty_is_unsure(

@@ -51,6 +51,13 @@ class CallProbe:
     def head_in(self, body: bytes) -> int | None:
         return None
 
+    def resend(self, parts: tuple[str, ...]) -> int:
+        return int(self.chain.resend(parts))
+
+    def duplicate(self, body: bytes) -> bytes | None:
+        found = self.chain.duplicate(body)
+        return None if found is None else bytes(found)
+
     def reports_head(self, name: str) -> bool:
         return False  # not a chain node: its answers say nothing of a head
 

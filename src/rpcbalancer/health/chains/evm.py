@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...jsonrpc import request_body
-from .base import Answer, ProbeCall, Reading, failure, json_of, sick_message
+from .base import NEVER, Answer, ProbeCall, Reading, failure, json_of, sick_message
 
 _BROADCAST = frozenset(
     {
@@ -100,6 +100,12 @@ class Evm:
 
     def head_in(self, body: bytes) -> int | None:
         return None  # answers do not say which block they were read at
+
+    def resend(self, parts: tuple[str, ...]) -> int:
+        return NEVER  # (a signed transaction is deduplicated by its hash: not done yet)
+
+    def duplicate(self, body: bytes) -> bytes | None:
+        return None
 
     def reports_head(self, name: str) -> bool:
         return name == "eth_blockNumber"

@@ -7,8 +7,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ...jsonrpc import number_after, request_body
-from .base import Answer, ProbeCall, Reading, failure, json_of, sick_message
+from ...jsonrpc import dumps, loads, number_after, request_body
+from .base import (
+    AGAIN,
+    CONFIRMED,
+    NEVER,
+    Answer,
+    ProbeCall,
+    Reading,
+    failure,
+    json_of,
+    sick_message,
+)
 
 _BROADCAST_PREFIXES = (
     "condenser_api.broadcast_transaction",
@@ -16,6 +26,8 @@ _BROADCAST_PREFIXES = (
     "network_broadcast_api.",
     "broadcast_transaction",
 )
+
+_TRANSACTION_APIS = frozenset({"condenser_api", "network_broadcast_api"})
 
 
 _COMMON = (
@@ -137,6 +149,30 @@ class SteemLike:
         if b'"head_block_number"' not in body:
             return None
         return number_after(body, b'"head_block_number"')
+
+    def resend(self, parts: tuple[str, ...]) -> int:
+        # A signed transaction's id is the hash of its bytes: a node that has it refuses it
+        # ("Duplicate transaction check failed"). Only the APIs known to take transactions;
+        # a ``call`` to a numbered API or a legacy bare name is never sent twice.
+        if len(parts) < 2 or parts[-2] not in _TRANSACTION_APIS:
+            return NEVER
+        if parts[-1] == "broadcast_transaction":
+            return AGAIN
+        if parts[-1] == "broadcast_transaction_synchronous":
+            return CONFIRMED
+        return NEVER
+
+    def duplicate(self, body: bytes) -> bytes | None:
+        if b"Duplicate transaction check failed" not in body:
+            return None
+        try:
+            doc = loads(body)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("error"), dict):
+            return None
+        # ``broadcast_transaction``'s answer when the node takes it: an empty object.
+        return dumps({"jsonrpc": "2.0", "result": {}, "id": doc.get("id")})
 
     def reports_head(self, name: str) -> bool:
         return name == "get_dynamic_global_properties"
