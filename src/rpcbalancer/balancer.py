@@ -46,6 +46,7 @@ from .proxy.heads import HeadFloor
 from .proxy.plan import Planner
 from .proxy.ratelimit import LocalLimiter, RedisLimiter
 from .proxy.router import Router
+from .proxy.writes import RecentWrites
 from .upstream.dns import DnsExpander, Resolver, system_resolver
 from .upstream.pool import H1Transport, Transport
 
@@ -88,6 +89,13 @@ class Balancer:
         self.trusted_proxies = parse_networks(config.trusted_proxies)
         budget = RetryBudget(config.budget.ratio, config.budget.min_per_second, config.budget.burst)
         self.stats = Stats(self.chain.metric_methods | set(config.metrics.methods))
+        consistency = config.consistency
+        self.writes = (
+            RecentWrites(consistency.read_your_writes_for, clock)
+            if consistency.read_your_writes
+            else None
+        )
+        """Clients that broadcast lately, whose reads follow it (:mod:`.proxy.writes`)."""
         self.groups: dict[str, Group] = {}
         """Every group of backends by name, ``default`` first (see :mod:`.proxy.routes`)."""
         presets: dict[str, Chain | None] = {}

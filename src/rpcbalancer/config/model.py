@@ -213,6 +213,14 @@ class ConsistencyConfig(_Model):
     hold_for: Seconds = Field(30.0, gt=0)
     """Seconds the head is held while every answer is behind it; then the lower answers are
     passed on (the nodes that reached it are gone)."""
+    read_your_writes: bool = True
+    """After a client's broadcast is accepted, its reads go to the node that accepted it (or
+    to one whose head passed the transaction's block) and skip cache entries that could be
+    older, for ``read_your_writes_for`` seconds. The client is its API key, else its
+    address. ``false``: its reads are routed and cached as anyone's."""
+    read_your_writes_for: Seconds = Field(30.0, gt=0)
+    """Seconds a client's reads follow its latest broadcast (the slowest usable node passes
+    its block within ``max_block_lag`` blocks)."""
 
 
 class BroadcastConfig(_Model):

@@ -3,7 +3,7 @@ root (:class:`~rpcbalancer.balancer.Balancer`) satisfies it, and nothing here im
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -44,6 +44,11 @@ class Observed(Protocol):
 
     @property
     def stats(self) -> Stats: ...
+
+    @property
+    def writes(self) -> Sized | None:
+        """The clients whose reads follow their latest broadcast (read-your-writes)."""
+        ...
 
     @property
     def started_at(self) -> float: ...

@@ -18,6 +18,7 @@ from ..jsonrpc import RpcCall
 from ..messages import HttpRequest, HttpResponse, Reply
 from .forwarding import Outcome
 from .plan import Plan
+from .writes import Write
 
 
 class Way(Protocol):
@@ -50,6 +51,7 @@ class RequestContext:
         "upstream_headers",
         "verdict",
         "way",
+        "wrote",
     )
 
     def __init__(self, req: HttpRequest, path: str | None, start: float) -> None:
@@ -94,6 +96,8 @@ class RequestContext:
         """What is under way for this request, to stop when the client goes."""
         self.way: Way | None = None
         """The gateway taking it its way (set when it starts)."""
+        self.wrote: Write | None = None
+        """The client's latest broadcast, while its reads must see it (read-your-writes)."""
 
     def __repr__(self) -> str:
         what = self.call.methods[:3] if self.call is not None else self.req.method

@@ -63,6 +63,11 @@ class Forward:
             shape.resend,
             self.fanout if shape.resend else 1,
         )
+        wrote = ctx.wrote
+        if wrote is not None:  # read-your-writes: where the client's broadcasts are known
+            if wrote.only or plan.broadcast:  # (its broadcasts stay on one node)
+                request.prefer = wrote.node
+            request.min_head = wrote.block or 0
         return plan.group.router.start(request, done)
 
     def batch(

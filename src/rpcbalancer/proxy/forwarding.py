@@ -224,13 +224,19 @@ class Forwarding:
         candidates, failopen = router.fleet.candidates(now)
         tried = outcome.tried
         left = [n for n in candidates if n not in tried] if tried else candidates
-        avoid = self.req.avoid
+        req = self.req
+        avoid = req.avoid
         if avoid:
             fresh = [n for n in left if n not in avoid]
             left = fresh or left
         if not left:
             self.finish()
             return
+        prefer = req.prefer
+        if prefer is not None and not failopen and prefer in left:
+            left = [prefer]  # read-your-writes: it has the client's writes in its state
+        elif req.min_head and not failopen:
+            left = reached(left, req.min_head)
         cap = router.slots.cap
         if cap:
             free = [n for n in left if n.inflight < cap]
@@ -254,7 +260,7 @@ class Forwarding:
                 return
             self._launch(winner, len(left), now)
             return
-        node = policy.pick(left, PickContext(now, self.req.client_ip))
+        node = policy.pick(left, PickContext(now, req.client_ip))
         self._launch(node, len(left), now)
 
     def _launch(self, node: Node, choices: int, now: float) -> None:
@@ -594,6 +600,17 @@ class Try:
             exchange.cancel()
         self.node.cancel(self.started)  # abandoned by us, not failed by the node
         self.forwarding.router.slots.freed()
+
+
+def reached(nodes: list[Node], block: int) -> list[Node]:
+    """The nodes whose head reached ``block`` (all of them when none did: then the answer is
+    the best there is)."""
+    there = []
+    for node in nodes:
+        head = node.head()
+        if head is not None and head >= block:
+            there.append(node)
+    return there or nodes
 
 
 def _null_result(body: bytes) -> bool:

@@ -59,6 +59,7 @@ from .heads import HeadFloor
 from .learn import Learner
 from .lookup import ASK_REDIS, HIT, Lookup
 from .plan import Plan, Planner
+from .writes import RecentWrites
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class Gateway:
         self.forward = Forward(config.user_agent, config.broadcast.fanout)
         self.coalescer = Coalescer(self, self.forward, clock, total) if balancer.coalesce else None
         self.learner = Learner(cache, balancer.chain, clock)
+        self.writes = balancer.writes
+        """Clients that broadcast lately: their reads must see it (:mod:`.writes`)."""
         self.answerer = Answerer(
             annotate or config.annotate,
             config.explain,
@@ -202,6 +205,9 @@ class Gateway:
         plan = self.planner.plan(call.members[0])
         ctx.plan = plan
         ctx.groups = plan.shape.groups
+        writes = self.writes
+        if writes is not None and writes.writes:
+            ctx.wrote = writes.of(Admission.client_of(ctx), ctx.start)
         found = self.lookup.find(ctx, plan)
         if found == HIT:
             self.answer(ctx)
@@ -223,7 +229,7 @@ class Gateway:
     def _onward(self, ctx: RequestContext, plan: Plan) -> None:
         """Coalesce, then route."""
         coalescer = self.coalescer
-        if coalescer is not None and not plan.broadcast:
+        if coalescer is not None and not plan.broadcast and ctx.wrote is None:
             ctx.stage = coalescer.join(ctx, plan)
         else:
             ctx.stage = self.forward.call(ctx, plan, ctx.forwarded)
@@ -239,6 +245,17 @@ class Gateway:
         plan = ctx.plan
         if plan is not None and ctx.call is not None:
             self.learner.learn(plan, outcome)
+            writes = self.writes
+            if plan.broadcast and writes is not None:
+                self._wrote(ctx, writes, outcome)
+
+    @staticmethod
+    def _wrote(ctx: RequestContext, writes: RecentWrites, outcome: Outcome) -> None:
+        """A single broadcast ended: when a node accepted it, the client's reads follow it."""
+        resp, node = outcome.response, outcome.node
+        if resp is None or node is None or resp.status != 200 or b'"error"' in resp.body:
+            return
+        writes.wrote(Admission.client_of(ctx), node, resp.body)
 
     def answer(self, ctx: RequestContext, wait: bool = True) -> None:
         """The answer step and the accounting; the response goes to the client (unless it

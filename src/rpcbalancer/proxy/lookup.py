@@ -11,6 +11,7 @@ kept is decided after the answer (:mod:`.learn`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Final
 
@@ -49,9 +50,14 @@ class Lookup:
             return MISS
         entry = cache.get(plan.key, plan.group.chain_now(ctx.start))
         if entry is not None:
-            _hit(ctx, entry)
-            return HIT
+            if ctx.wrote is None or entry.expires == math.inf:
+                _hit(ctx, entry)
+                return HIT
+            ctx.verdict = "bypass"  # it may be older than the client's own broadcast
+            return MISS
         ctx.verdict = "miss"
+        if ctx.wrote is not None:
+            return MISS  # (Redis's entries may be older than it too)
         shared = cache.shared
         return ASK_REDIS if shared is not None and shared.usable(self.clock()) else MISS
 

@@ -25,7 +25,9 @@ class ProxyRequest(NodeRequest):
         "client_ip",
         "deadline",
         "fanout",
+        "min_head",
         "per_try",
+        "prefer",
         "resend",
         "retries",
         "unsure_of",
@@ -75,3 +77,7 @@ class ProxyRequest(NodeRequest):
         unknown it goes to another node; 0: never sent twice once it may have arrived."""
         self.fanout = fanout
         """Nodes such a broadcast goes to at once."""
+        self.prefer: Node | None = None
+        """The node to ask first while it may serve (it accepted the client's broadcast)."""
+        self.min_head = 0
+        """Else, nodes whose head reached this block first (0: any)."""

@@ -120,6 +120,8 @@ class Router:
         left = [n for n in candidates if n not in tried]
         if not left or failopen:
             return None
+        if req.min_head:
+            left = forwarding.reached(left, req.min_head)
         return self.policy.pick(left, PickContext(now=now, client_ip=req.client_ip))
 
     async def ping_race(self, nodes: Sequence[Node], deadline: float) -> Node | None:

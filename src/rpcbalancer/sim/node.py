@@ -84,6 +84,11 @@ class Mempool:
     def __init__(self) -> None:
         self.transactions: dict[str, int] = {}
         """Each transaction's id and the block it went into."""
+        self.taken_by: dict[str, str] = {}
+        """The node that took each transaction (it sees it at once; the others once their
+        head reaches its block)."""
+        self.transfers: list[tuple[str, str, str, float]] = []
+        """The transfers taken: transaction id, from, to, amount (of the main token)."""
         self.sent: Counter[str] = Counter()
         """How many times each transaction was broadcast to a node."""
 
@@ -93,14 +98,38 @@ class Mempool:
     def __len__(self) -> int:
         return len(self.transactions)
 
-    def take(self, tx: Any, block: int) -> tuple[str, bool]:
-        """A broadcast of ``tx``: its id, and whether it is new (False: a duplicate)."""
+    def take(self, tx: Any, block: int, node: str = "") -> tuple[str, bool]:
+        """A broadcast of ``tx`` to ``node``: its id, and whether it is new (False: a
+        duplicate)."""
         txid = hashlib.sha1(orjson.dumps(tx, option=orjson.OPT_SORT_KEYS)).hexdigest()
         self.sent[txid] += 1
         if txid in self.transactions:
             return txid, False
         self.transactions[txid] = block
+        self.taken_by[txid] = node
+        operations = tx.get("operations") if isinstance(tx, dict) else None
+        for op in operations if isinstance(operations, list) else []:
+            if isinstance(op, list) and len(op) == 2 and op[0] == "transfer":
+                value = op[1] if isinstance(op[1], dict) else {}
+                amount = str(value.get("amount", "0")).split(" ")[0]
+                try:
+                    moved = float(amount)
+                except ValueError:
+                    continue
+                self.transfers.append((txid, str(value.get("from")), str(value.get("to")), moved))
         return txid, True
+
+    def moved(self, account: str, node: str, head: int) -> float:
+        """What the transfers ``node`` (at ``head``) has seen changed ``account``'s balance."""
+        total = 0.0
+        for txid, sender, receiver, amount in self.transfers:
+            if self.taken_by[txid] != node and head < self.transactions[txid]:
+                continue  # not in a block this node has
+            if receiver == account:
+                total += amount
+            if sender == account:
+                total -= amount
+        return total
 
 
 class _Dies(Exception):
@@ -284,6 +313,8 @@ class FakeNode:
         if self.chain != "evm" and method.rpartition(".")[2].startswith("broadcast_transaction"):
             return self._broadcast(ident, method, params)
         result = self._result(method, params)
+        if method.endswith("get_accounts") and self.mempool.transfers:
+            self._with_transfers(result)
         if result is MISSING:
             return {
                 "jsonrpc": "2.0",
@@ -302,7 +333,7 @@ class FakeNode:
         if isinstance(tx, dict) and "trx" in tx:
             tx = tx["trx"]
         head = self.head()
-        txid, new = self.mempool.take(tx, head + 1)
+        txid, new = self.mempool.take(tx, head + 1, self.name)
         if not new:
             message = (
                 "Assert Exception:trx_idx.indices().get<by_trx_id>().find(trx_id) == "
@@ -318,6 +349,16 @@ class FakeNode:
         else:
             result = {}
         return {"jsonrpc": "2.0", "id": ident, "result": result}
+
+    def _with_transfers(self, result: Any) -> None:
+        """Accounts' balances as the transfers this node has seen left them."""
+        accounts = result.get("accounts") if isinstance(result, dict) else result
+        head = self.head()
+        for account in accounts if isinstance(accounts, list) else []:
+            if isinstance(account, dict) and "balance" in account:
+                moved = self.mempool.moved(str(account.get("name")), self.name, head)
+                nai = not isinstance(account["balance"], str)
+                account["balance"] = self.api.amount(100.0 + moved, "main", nai)
 
     def _result(self, method: str, params: Any) -> Any:
         b = self.behaviour

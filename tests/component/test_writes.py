@@ -1,0 +1,112 @@
+"""Read-your-writes (``consistency.read_your_writes``, proxy/writes.py): a client that
+broadcasts a transfer and reads its balance at once sees the transfer, whichever node the
+strategy would pick and whatever the cache holds.
+
+The fake nodes share a mempool: the node that takes a transfer shows it in its accounts at
+once; the others once their head reaches the block it went into (here they lag 4 blocks of
+3 seconds, all within the lag rule).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from rpcbalancer.sim import Behaviour
+
+ACCOUNTS = "condenser_api.get_accounts"
+BROADCAST = "condenser_api.broadcast_transaction"
+
+
+def fleet() -> dict[str, Behaviour]:
+    return {
+        "a": Behaviour(latency=0.004),
+        "b": Behaviour(latency=0.001, lag=4),
+        "c": Behaviour(latency=0.002, lag=4),
+    }
+
+
+def transfer(n: int, sender: str = "alice", receiver: str = "bob") -> dict[str, Any]:
+    amount = "1.000 STEEM"
+    return {
+        "ref_block_num": 1,
+        "ref_block_prefix": 2,
+        "expiration": "2030-01-01T00:00:00",
+        "operations": [["transfer", {"from": sender, "to": receiver, "amount": amount}]],
+        "signatures": [f"{n:0130x}"],
+    }
+
+
+async def balance(h: Any, name: str, peer: str = "10.0.0.1") -> float:
+    body = orjson.dumps({"jsonrpc": "2.0", "method": ACCOUNTS, "params": [[name]], "id": 1})
+    resp = await h.post(body, peer=peer)
+    assert resp.status == 200, resp.body
+    return float(orjson.loads(resp.body)["result"][0]["balance"].split()[0])
+
+
+async def send(h: Any, n: int, peer: str = "10.0.0.1") -> None:
+    body = orjson.dumps({"jsonrpc": "2.0", "method": BROADCAST, "params": [transfer(n)], "id": n})
+    resp = await h.post(body, peer=peer)
+    assert orjson.loads(resp.body)["result"] == {}
+
+
+async def transfers_seen(h: Any, rounds: int = 20) -> int:
+    """Rounds in which the client read its balance right after its transfer and saw it."""
+    start = await balance(h, "bob")
+    seen = 0
+    for n in range(rounds):
+        await send(h, n)
+        seen += await balance(h, "bob") == start + n + 1
+    return seen
+
+
+@pytest.mark.parametrize("cache", [False, True])
+async def test_a_client_reads_its_own_transfers(harness: Any, cache: bool) -> None:
+    h = await harness(
+        fleet(), strategy="round_robin", hedge={"enabled": False}, cache={"enabled": cache}
+    )
+    assert await transfers_seen(h) == 20
+    assert len(h.balancer.fleet.nodes) == 3
+    assert sum(1 for node in h.nodes.values() if node.broadcasts) == 1  # they stayed on one
+
+
+@pytest.mark.parametrize("cache", [False, True])
+async def test_without_it_the_same_client_misses_its_transfers(harness: Any, cache: bool) -> None:
+    """The test above has teeth: the same fleet and client, read-your-writes off."""
+    h = await harness(
+        fleet(),
+        strategy="round_robin",
+        hedge={"enabled": False},
+        cache={"enabled": cache},
+        consistency={"read_your_writes": False},
+    )
+    assert await transfers_seen(h) < 20
+
+
+async def test_when_the_node_that_took_it_dies_a_node_past_its_block_answers(
+    harness: Any,
+) -> None:
+    h = await harness(fleet(), strategy="fastest", hedge={"enabled": False})
+    start = await balance(h, "bob")
+    await send(h, 1)  # fastest: b, 4 blocks behind, takes it
+    took = next(name for name, node in h.nodes.items() if node.broadcasts)
+    await h.nodes[took].stop()
+    assert await balance(h, "bob") == start + 1  # a (at the head) has it in a block; c not
+    resp = await h.post(
+        orjson.dumps({"jsonrpc": "2.0", "method": ACCOUNTS, "params": [["bob"]], "id": 2}),
+        peer="10.0.0.1",
+    )
+    assert h.name_of(resp) == "a"
+
+
+async def test_other_clients_are_balanced_as_before(harness: Any) -> None:
+    h = await harness(fleet(), strategy="round_robin", hedge={"enabled": False})
+    await send(h, 1, peer="10.0.0.1")
+    served = set()
+    for n in range(6):
+        body = orjson.dumps({"jsonrpc": "2.0", "method": ACCOUNTS, "params": [["bob"]], "id": n})
+        served.add(h.name_of(await h.post(body, peer="10.0.0.2")))
+    assert served == {"a", "b", "c"}
+    assert len(h.gateway.writes) == 1
