@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 _KNOWN = ("name", "urls", "ttls", "timeouts", "retries", "translate_to_appbase")
 
 
+_ACCOUNT_HISTORY = (
+    "appbase.condenser_api.get_account_history",
+    "appbase.account_history_api.get_account_history",
+    "steemd.database_api.get_account_history",
+)
+"""Every spelling of get_account_history, as routes name them."""
+
+
 def is_jussi(data: dict[str, Any]) -> bool:
     upstreams = data.get("upstreams")
     return (
@@ -93,8 +101,16 @@ def from_jussi(data: dict[str, Any], source: str) -> dict[str, Any]:
 
     limits = data.get("limits")
     if isinstance(limits, dict):
+        history = limits.get("account_history_limit")
+        if isinstance(history, int) and not isinstance(history, bool) and history >= 0:
+            # jussi refuses a get_account_history asking for more; so does the route limit.
+            for prefix in _ACCOUNT_HISTORY:
+                routes = out["routes"]
+                routes[prefix] = {**routes.get(prefix, {}), "limit": history}
         ignored += [
-            f"limits.{key} (no such limit here: use methods.deny or api_keys)" for key in limits
+            f"limits.{key} (no such limit here: use methods.deny or api_keys)"
+            for key in limits
+            if key != "account_history_limit"
         ]
     if ignored:
         log.warning("%s: jussi config keys not carried over: %s", source, "; ".join(ignored))

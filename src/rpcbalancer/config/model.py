@@ -453,6 +453,12 @@ class RouteConfig(_Model):
     """Seconds a try may take (``0``: no limit but the request's own deadline)."""
     retries: int | None = Field(None, ge=0, le=10)
     """Further tries after a failed read."""
+    limit: int | None = Field(None, ge=0)
+    """The most one call may ask for, where the chain preset counts it (docs/consistency.md):
+    account history entries (``get_account_history``'s ``limit``), a block range's blocks
+    (``get_block_range``), a log query's blocks (``eth_getLogs``); a call that asks for more
+    is refused with an error naming the limit. ``0``: no limit; none: the preset's (1000
+    entries, 1000 blocks, 10000 log blocks)."""
 
     @model_validator(mode="before")
     @classmethod

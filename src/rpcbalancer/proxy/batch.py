@@ -18,7 +18,7 @@ from ..callbacks import Cancellable
 from ..config.ttl import NO_CACHE
 from ..errors import NoHealthyNode
 from ..fleet.nodes import Node
-from ..jsonrpc import dumps, error_object, loads
+from ..jsonrpc import INVALID_PARAMS, dumps, error_object, loads
 from ..messages import FAILURES, failure_of
 from .context import RequestContext
 from .forward import Forward
@@ -81,6 +81,12 @@ class Batch:
         rewritten = False
         for index, member in enumerate(call.members):
             plan = way.planner.plan(member)
+            if plan.shape.limit:
+                refused = way.planner.refusal(plan)
+                if refused is not None:  # this member only: the others go on without it
+                    self.answers[index] = _error(INVALID_PARAMS, refused, member.get("id"))
+                    rewritten = True
+                    continue
             if caching and plan.ttl != NO_CACHE:
                 label = plan.shape.label
                 if ctx.no_cache:

@@ -205,6 +205,12 @@ class Gateway:
         plan = self.planner.plan(call.members[0])
         ctx.plan = plan
         ctx.groups = plan.shape.groups
+        if plan.shape.limit:  # a heavy call: within the limit, or refused here
+            refused = self.planner.refusal(plan)
+            if refused is not None:
+                ctx.answer = error_response("invalid_params", refused, call)
+                self.answer(ctx)
+                return
         writes = self.writes
         if writes is not None and writes.writes:
             ctx.wrote = writes.of(Admission.client_of(ctx), ctx.start)

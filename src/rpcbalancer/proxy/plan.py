@@ -56,6 +56,9 @@ class Shape:
     resend: int = 0
     """A broadcast that may go to another node when its fate is unknown (``NEVER``,
     ``AGAIN``, ``CONFIRMED``: :mod:`..health.chains.base`), as ``broadcast.resend`` allows."""
+    limit: int = 0
+    """The most one call may ask for (the route's ``limit``, else the chain preset's cap for
+    the method); 0: no limit."""
 
 
 class Plan:
@@ -107,7 +110,7 @@ class Planner:
         self.coalesce = coalesce
         rules = preset_rules(self.legacy, list(groups)) if config.preset_routes else []
         rules += [  # after the preset's: the same prefix configured replaces the preset's
-            RouteRule(prefix, r.upstream, r.ttl, r.timeout, r.retries)
+            RouteRule(prefix, r.upstream, r.ttl, r.timeout, r.retries, r.limit)
             for prefix, r in config.routes.items()
         ]
         self.default = next(iter(groups.values()))
@@ -158,6 +161,20 @@ class Planner:
         key = shape.prefix + canonical(params) if shape.keyed else ""
         return Plan(shape, params, member, key)
 
+    def refusal(self, plan: Plan) -> str | None:
+        """Why the call asks for more than one call may (the route's ``limit``, else the
+        chain preset's cap), or None."""
+        limit = plan.shape.limit
+        name = plan.parts[-1]
+        head = plan.group.fleet.best_head()
+        asked = self.chain.asks(name, plan.params, head)
+        if asked is None or asked <= limit:
+            return None
+        return (
+            f"{name} asks for {asked} in one call; this endpoint allows at most {limit} "
+            "(split the request, or ask its operator about the route's limit)"
+        )
+
     def _shape(self, method: str, params: Any) -> tuple[Shape, Any]:
         """How a method is routed (and the params it is sent with)."""
         name = name_of(method, params, self.legacy)
@@ -201,5 +218,6 @@ class Planner:
             or reports_head,
             reports_head=reports_head,
             resend=chain.resend(parts) if broadcast and self.resending else 0,
+            limit=chain.cap(parts[-1]) if route.limit is None else route.limit,
         )
         return shape, name.params

@@ -120,6 +120,8 @@ class Route:
     retries: int | None = None
     prefix: str = ""
     """The longest prefix that decided the group (for status and headers)."""
+    limit: int | None = None
+    """The most one call may ask for (items, blocks); None: the chain preset's cap, 0: none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,7 @@ class RouteRule:
     ttl: float | None = None
     timeout: float | None = None
     retries: int | None = None
+    limit: int | None = None
 
 
 _PARAMS = re.compile(r"^(?P<head>.*?)\.params=(?P<json>.*)$", re.S)
@@ -249,7 +252,7 @@ class RouteTable:
             ):
                 if rule is None:
                     continue
-                for attr in ("group", "ttl", "timeout", "retries"):
+                for attr in ("group", "ttl", "timeout", "retries", "limit"):
                     value = getattr(rule, attr)
                     if value is not None and attr not in found:
                         found[attr] = value
@@ -261,6 +264,7 @@ class RouteTable:
             timeout=found.get("timeout"),
             retries=found.get("retries"),
             prefix=found.get("prefix", ""),
+            limit=found.get("limit"),
         )
         if len(self._cache) >= 8192:  # clients choose methods: keep it bounded
             self._cache.clear()

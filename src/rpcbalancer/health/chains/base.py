@@ -105,6 +105,16 @@ class Chain(Protocol):
         for any other answer. (For a :data:`CONFIRMED` broadcast it is no success.)"""
         ...
 
+    def cap(self, name: str) -> int:
+        """The most a call of this name (the method's last part) may ask for on a public
+        endpoint, or 0 when the preset does not count it (see :meth:`asks`)."""
+        ...
+
+    def asks(self, name: str, params: Any, head: int | None) -> int | None:
+        """How much a call of this name asks for (items, blocks), for a name :meth:`cap`
+        counts; ``head`` resolves block tags; None when it cannot be told."""
+        ...
+
     def empty_is_unsure(
         self, method: str, params: Any, best_head: Callable[[], int | None]
     ) -> bool:

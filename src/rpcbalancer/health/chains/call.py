@@ -58,6 +58,13 @@ class CallProbe:
         found = self.chain.duplicate(body)
         return None if found is None else bytes(found)
 
+    def cap(self, name: str) -> int:
+        return int(self.chain.cap(name))
+
+    def asks(self, name: str, params: Any, head: int | None) -> int | None:
+        found = self.chain.asks(name, params, head)
+        return None if found is None else int(found)
+
     def reports_head(self, name: str) -> bool:
         return False  # not a chain node: its answers say nothing of a head
 

@@ -107,6 +107,22 @@ class Evm:
     def duplicate(self, body: bytes) -> bytes | None:
         return None
 
+    def cap(self, name: str) -> int:
+        return 10_000 if name == "eth_getLogs" else 0
+
+    def asks(self, name: str, params: Any, head: int | None) -> int | None:
+        """The blocks an ``eth_getLogs`` filter spans (a ``blockHash`` filter: one)."""
+        query = params[0] if isinstance(params, list) and params else None
+        if not isinstance(query, dict):
+            return None
+        if "blockHash" in query:
+            return 1
+        first = _block(query.get("fromBlock", "latest"), head)
+        last = _block(query.get("toBlock", "latest"), head)
+        if first is None or last is None:
+            return None
+        return max(0, last - first + 1)
+
     def reports_head(self, name: str) -> bool:
         return name == "eth_blockNumber"
 
@@ -132,6 +148,15 @@ class Evm:
     def is_node_fault(self, error: dict[str, Any]) -> bool:
         # -32005: limit exceeded (rate limited by the provider).
         return error.get("code") == -32005 or sick_message(error)
+
+
+def _block(tag: Any, head: int | None) -> int | None:
+    """A block parameter as a number (tags at the head, ``earliest`` at 0)."""
+    if tag == "earliest":
+        return 0
+    if tag in ("latest", "pending", "safe", "finalized"):
+        return head
+    return _hex(tag)
 
 
 def _hex(value: Any) -> int | None:

@@ -29,6 +29,11 @@ _BROADCAST_PREFIXES = (
 
 _TRANSACTION_APIS = frozenset({"condenser_api", "network_broadcast_api"})
 
+_CAPS = {"get_account_history": 1000, "get_block_range": 1000}
+"""What one call may ask for at most on a public endpoint (the nodes' own limits)."""
+_ASKED = {"get_account_history": ("limit", 2), "get_block_range": ("count", 1)}
+"""Where a call says how much it asks for: its key in named params, its index in a list."""
+
 
 _COMMON = (
     "get_dynamic_global_properties",
@@ -173,6 +178,21 @@ class SteemLike:
             return None
         # ``broadcast_transaction``'s answer when the node takes it: an empty object.
         return dumps({"jsonrpc": "2.0", "result": {}, "id": doc.get("id")})
+
+    def cap(self, name: str) -> int:
+        return _CAPS.get(name, 0)
+
+    def asks(self, name: str, params: Any, head: int | None) -> int | None:
+        # get_account_history: [account, start, limit] or {account, start, limit};
+        # get_block_range: {starting_block_num, count}.
+        key, at = _ASKED.get(name, ("", -1))
+        if isinstance(params, dict):
+            value = params.get(key)
+        elif isinstance(params, list) and 0 <= at < len(params):
+            value = params[at]
+        else:
+            return None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def reports_head(self, name: str) -> bool:
         return name == "get_dynamic_global_properties"
