@@ -27,6 +27,7 @@ from .policy import (
     BY_NUMBER_FINAL,
     Finality,
     block_in_answer,
+    block_link,
     block_of,
     default_ttl,
     empty,
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 EVENTS = ("hit", "miss", "coalesced", "bypass", "stored", "skipped")
+LINKS = 10_000
+"""Blocks whose ids the cache keeps to check the next block kept against (about 4 MB)."""
 
 
 class Keyed(Protocol):
@@ -85,6 +88,14 @@ class AnswerCache:
         :class:`~rpcbalancer.observe.counters.Stats` hands its own dict in)."""
         self._writes: set[asyncio.Task[None]] = set()
         """Writes to Redis under way (held: a task nobody holds may be collected)."""
+        self.links: dict[int, tuple[str, str]] = {}
+        """The id and ``previous`` of the blocks kept forever, by number (the latest
+        :data:`LINKS`): a block kept next must link to its neighbours."""
+        self.on_broken: Callable[[str, str], None] | None = None
+        """Told of an answer that does not link to the blocks kept (the node's name, why):
+        the balancer marks the node."""
+        self.broken = 0
+        """Answers refused for that."""
 
     def __repr__(self) -> str:
         return f"<AnswerCache {self.memory!r} shared={self.shared!r}>"
@@ -145,6 +156,12 @@ class AnswerCache:
                 return None  # a node that answers with another block: never keep it
             if node_irreversible is not None and asked <= node_irreversible:
                 expires = math.inf
+                why = self._unlinked(asked, result)
+                if why is not None:
+                    self.broken += 1
+                    if self.on_broken is not None:
+                        self.on_broken(node, why)
+                    return None
             else:
                 expires = now + self.block_interval
                 head = finality.head
@@ -168,6 +185,26 @@ class AnswerCache:
         # copy of the exact size is what may live in the cache for hours.
         text = bytes(memoryview(text))
         return Entry(text, node, expires, head)
+
+    def _unlinked(self, number: int, result: Any) -> str | None:
+        """Why block ``number``'s answer cannot be kept forever: its ``previous`` is not the
+        id of the block before it, or its id not the ``previous`` of the block after it, as
+        kept. None when it links (or nothing is known to link it to); then it is known."""
+        link = block_link(result)
+        if link is None:
+            return None
+        own, previous = link
+        links = self.links
+        before = links.get(number - 1)
+        if before is not None and before[0] != previous:
+            return f"block {number}'s previous is {previous}, the block kept before it {before[0]}"
+        after = links.get(number + 1)
+        if after is not None and after[1] != own:
+            return f"block {number} is {own}, the block kept after it follows {after[1]}"
+        if len(links) >= LINKS:
+            del links[next(iter(links))]
+        links[number] = link
+        return None
 
     def offer(
         self,

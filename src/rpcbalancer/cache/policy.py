@@ -196,6 +196,19 @@ def block_in_answer(result: Any) -> int | None:
     return None
 
 
+def block_link(result: Any) -> tuple[str, str] | None:
+    """A block answer's own id and its ``previous`` (the id of the block before it), when it
+    carries both (``condenser_api.get_block``'s, or ``block_api.get_block``'s ``block``)."""
+    if not isinstance(result, dict):
+        return None
+    inner = result.get("block")
+    block: dict[str, Any] = inner if isinstance(inner, dict) else result
+    own, previous = block.get("block_id"), block.get("previous")
+    if isinstance(own, str) and isinstance(previous, str):
+        return own, previous
+    return None
+
+
 def empty(result: Any) -> bool:
     """An answer that says nothing: ``null``, ``[]``, ``{}``, ``""``, ``"0x"``, or an empty
     list of blocks, ops or entries."""

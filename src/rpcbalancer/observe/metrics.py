@@ -135,7 +135,7 @@ class _Collector:
         for name, node in nodes.items():
             tries.add_metric([name, "ok"], node["tries"] - node["failures"])
             tries.add_metric([name, "error"], node["failures"])
-            for cause in ("breaker", "outlier"):
+            for cause in ("breaker", "outlier", "integrity"):
                 ejections.add_metric([name, cause], node["ejected_by"].get(cause, 0))
             inflight.add_metric([name], node["inflight"])
         yield tries
@@ -166,6 +166,12 @@ class _Collector:
             events.add_metric([method, event], count)
         yield events
         memory = cache.memory
+        yield counter(
+            "rpcbalancer_cache_unlinked",
+            "Irreversible blocks not kept: they did not link to the blocks kept beside them "
+            "(their node is ejected, cause integrity)",
+            value=cache.broken,
+        )
         yield counter(
             "rpcbalancer_cache_evictions",
             "Answers evicted from this process's cache to stay within cache.max_bytes",

@@ -157,6 +157,7 @@ def _cache(balancer: Observed) -> dict[str, Any] | None:
         "items": len(cache.memory),
         "bytes": cache.memory.bytes,
         "max_bytes": cache.config.max_bytes,
+        "unlinked": cache.broken,
         "shared": None if cache.shared is None else cache.shared.down_since is None,
     }
 

@@ -58,6 +58,9 @@ class Behaviour:
     """The version the node reports (empty: its chain's usual one, ``0.23.1`` on Steem)."""
     status: str = "OK"
     block_interval: float = 3.0
+    corrupt_rate: float = 0.0
+    """Share of block answers whose ``previous`` is not the block before (a corrupted node:
+    its blocks do not link to the chain)."""
     broadcast_die_rate: float = 0.0
     """Share of the new transactions this node takes into the mempool and then dies on, its
     connection dropped before it answers (the transaction is on the chain; the client does
@@ -315,6 +318,8 @@ class FakeNode:
         result = self._result(method, params)
         if method.endswith("get_accounts") and self.mempool.transfers:
             self._with_transfers(result)
+        if self.behaviour.corrupt_rate and method.endswith("get_block"):
+            self._corrupt(result)
         if result is MISSING:
             return {
                 "jsonrpc": "2.0",
@@ -349,6 +354,16 @@ class FakeNode:
         else:
             result = {}
         return {"jsonrpc": "2.0", "id": ident, "result": result}
+
+    def _corrupt(self, result: Any) -> None:
+        """A block whose ``previous`` is wrong (its own number still reads right)."""
+        if self.rng.random() >= self.behaviour.corrupt_rate or not isinstance(result, dict):
+            return
+        inner = result.get("block")
+        block: dict[str, Any] = inner if isinstance(inner, dict) else result
+        previous = block.get("previous")
+        if isinstance(previous, str) and len(previous) > 8:
+            block["previous"] = previous[:-8] + "deadbeef"
 
     def _with_transfers(self, result: Any) -> None:
         """Accounts' balances as the transfers this node has seen left them."""
