@@ -213,21 +213,22 @@ class Balancer:
             interval = self.chain.block_interval
             counts = self.stats.cache
             self.answer_cache = AnswerCache(config.cache, config.chain, interval, counts=counts)
-            self.answer_cache.on_broken = self._broken_link
+            self.answer_cache.on_broken = lambda name, why: self.mark(name, "integrity", why)
         self.started_at = time.time()
         self._stack: contextlib.AsyncExitStack | None = None
         self._due: dict[str, float] = {}
 
-    def _broken_link(self, name: str, why: str) -> None:
-        """A node's block does not link to the blocks kept: not kept, and the node is taken
-        out of rotation as an outlier is (a forked or corrupted node)."""
+    def mark(self, name: str, cause: str, why: str) -> None:
+        """A node said what it must not have (a block that does not link to the blocks kept,
+        cause ``integrity``; an answer the others disagree with, ``quorum``): it is taken out
+        of rotation as an outlier is, for the same time (a forked or corrupted node)."""
         outlier = self.config.outlier
         for node in self.fleet.nodes:
             if node.name == name:
                 seconds = node.eject(
-                    self.clock(), outlier.base_ejection, outlier.max_ejection, "integrity"
+                    self.clock(), outlier.base_ejection, outlier.max_ejection, cause
                 )
-                log.warning("node %s ejected for %.0fs: %s", name, seconds, why)
+                log.warning("node %s ejected for %.0fs (%s): %s", name, seconds, cause, why)
 
     @property
     def routes_view(self) -> list[dict[str, Any]]:

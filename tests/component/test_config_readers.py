@@ -129,7 +129,9 @@ def full_config(
                 }
             },
             "routes": {"appbase.condenser_api.get_version": {"upstream": "social", "ttl": 5,
-                                                             "timeout": 1, "retries": 0}},
+                                                             "timeout": 1, "retries": 0},
+                       "appbase.condenser_api.get_block": {"quorum": {"ask": 2, "agree": 1},
+                                                           "limit": 10}},
             "equivalent_methods": {"condenser_api.get_dynamic_global_properties":
                                    ["appbase.database_api.get_dynamic_global_properties"]},
             "cache": {"enabled": True, "max_bytes": 1 << 20, "max_item_bytes": 1 << 16,

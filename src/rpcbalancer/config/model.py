@@ -440,6 +440,21 @@ class UpstreamGroup(_Model):
         return {"name": value} if isinstance(value, str) else value
 
 
+class QuorumConfig(_Model):
+    """Reads asked of several nodes, answered when enough agree (docs/consistency.md)."""
+
+    ask: int = Field(3, ge=2, le=7)
+    """Nodes each read goes to at once."""
+    agree: int = Field(2, ge=1, le=7)
+    """Nodes that must give the same answer; a node that answered otherwise is ejected."""
+
+    @model_validator(mode="after")
+    def _agree_within_ask(self) -> QuorumConfig:
+        if self.agree > self.ask:
+            raise ValueError(f"quorum.agree ({self.agree}) is more than quorum.ask ({self.ask})")
+        return self
+
+
 class RouteConfig(_Model):
     """What a method prefix is served by, and how (unset: a shorter prefix decides)."""
 
@@ -459,6 +474,9 @@ class RouteConfig(_Model):
     (``get_block_range``), a log query's blocks (``eth_getLogs``); a call that asks for more
     is refused with an error naming the limit. ``0``: no limit; none: the preset's (1000
     entries, 1000 blocks, 10000 log blocks)."""
+    quorum: QuorumConfig | None = None
+    """Ask several nodes and answer what enough agree on (reads only; a broadcast under
+    the prefix goes to one node as always); none: one node answers."""
 
     @model_validator(mode="before")
     @classmethod

@@ -135,7 +135,7 @@ class _Collector:
         for name, node in nodes.items():
             tries.add_metric([name, "ok"], node["tries"] - node["failures"])
             tries.add_metric([name, "error"], node["failures"])
-            for cause in ("breaker", "outlier", "integrity"):
+            for cause in ("breaker", "outlier", "integrity", "quorum"):
                 ejections.add_metric([name, cause], node["ejected_by"].get(cause, 0))
             inflight.add_metric([name], node["inflight"])
         yield tries

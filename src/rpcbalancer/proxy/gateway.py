@@ -59,6 +59,7 @@ from .heads import HeadFloor
 from .learn import Learner
 from .lookup import ASK_REDIS, HIT, Lookup
 from .plan import Plan, Planner
+from .quorum import Quorum
 from .writes import RecentWrites
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,11 @@ class Gateway:
 
     def _onward(self, ctx: RequestContext, plan: Plan) -> None:
         """Coalesce, then route."""
+        quorum = plan.shape.route.quorum
+        if quorum is not None and not plan.broadcast:  # several nodes, enough must agree
+            ask, agree = quorum
+            ctx.stage = Quorum(self, ctx, plan, agree, self.balancer.mark).start(ask)
+            return
         coalescer = self.coalescer
         if coalescer is not None and not plan.broadcast and ctx.wrote is None:
             ctx.stage = coalescer.join(ctx, plan)

@@ -110,7 +110,15 @@ class Planner:
         self.coalesce = coalesce
         rules = preset_rules(self.legacy, list(groups)) if config.preset_routes else []
         rules += [  # after the preset's: the same prefix configured replaces the preset's
-            RouteRule(prefix, r.upstream, r.ttl, r.timeout, r.retries, r.limit)
+            RouteRule(
+                prefix,
+                r.upstream,
+                r.ttl,
+                r.timeout,
+                r.retries,
+                r.limit,
+                (r.quorum.ask, r.quorum.agree) if r.quorum is not None else None,
+            )
             for prefix, r in config.routes.items()
         ]
         self.default = next(iter(groups.values()))

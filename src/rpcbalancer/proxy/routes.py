@@ -122,6 +122,8 @@ class Route:
     """The longest prefix that decided the group (for status and headers)."""
     limit: int | None = None
     """The most one call may ask for (items, blocks); None: the chain preset's cap, 0: none."""
+    quorum: tuple[int, int] | None = None
+    """``(ask, agree)``: the read goes to ``ask`` nodes, ``agree`` must give one answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,7 @@ class RouteRule:
     timeout: float | None = None
     retries: int | None = None
     limit: int | None = None
+    quorum: tuple[int, int] | None = None
 
 
 _PARAMS = re.compile(r"^(?P<head>.*?)\.params=(?P<json>.*)$", re.S)
@@ -252,7 +255,7 @@ class RouteTable:
             ):
                 if rule is None:
                     continue
-                for attr in ("group", "ttl", "timeout", "retries", "limit"):
+                for attr in ("group", "ttl", "timeout", "retries", "limit", "quorum"):
                     value = getattr(rule, attr)
                     if value is not None and attr not in found:
                         found[attr] = value
@@ -265,6 +268,7 @@ class RouteTable:
             retries=found.get("retries"),
             prefix=found.get("prefix", ""),
             limit=found.get("limit"),
+            quorum=found.get("quorum"),
         )
         if len(self._cache) >= 8192:  # clients choose methods: keep it bounded
             self._cache.clear()
