@@ -145,3 +145,29 @@ async def test_the_floor_lets_go_when_every_node_stays_behind_it(harness: Any) -
     assert head_of(passed.body) < top
     floor = h.balancer.groups["default"].heads
     assert (floor.held, floor.released) == (1, 1)
+
+
+@pytest.mark.parametrize("monotonic", [True, False])
+async def test_a_block_clients_were_told_exists_is_never_null(
+    harness: Any, monotonic: bool
+) -> None:
+    """The node at the head goes; the other is 5 blocks behind and says ``null`` for the
+    head block a client was told of: the read waits for it (a fraction of a block at a time,
+    within its deadline) rather than answer ``null``. Off, the ``null`` is passed on."""
+    h = await harness(
+        {"a": Behaviour(block_interval=0.3), "b": Behaviour(lag=5, block_interval=0.3)},
+        strategy="first",
+        hedge={"enabled": False},
+        consistency={"monotonic_head": monotonic},
+        probe={"interval": 3600},
+    )
+    top = head_of((await h.call(DGP)).body)
+    await h.nodes["a"].stop()
+    resp = await h.call("condenser_api.get_block", [top], ident=9)
+    doc = orjson.loads(resp.body)
+    assert doc["id"] == 9
+    if monotonic:
+        assert doc["result"]["block_id"].startswith(f"{top:08x}")
+        assert h.name_of(resp) == "b"
+    else:
+        assert doc["result"] is None

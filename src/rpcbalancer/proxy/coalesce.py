@@ -34,6 +34,10 @@ class Way(Protocol):
         """Answer ``ctx`` (the answer step and the accounting), unless it went away."""
         ...
 
+    def not_there_yet(self, ctx: RequestContext, plan: Plan, outcome: Outcome) -> bool:
+        """Whether a ``null`` in ``outcome`` denies a block clients were told exists."""
+        ...
+
 
 class Coalescer:
     def __init__(
@@ -133,7 +137,7 @@ class Follower:
         self._stop_timer()
         way = self.leader.coalescer.way
         resp = outcome.response
-        if resp is None or resp.status >= 500:
+        if resp is None or resp.status >= 500 or way.not_there_yet(ctx, self.plan, outcome):
             # The shared call failed: this read fails over on its own, within its deadline,
             # to the nodes the shared call did not try.
             if ctx.deadline is None:

@@ -50,6 +50,7 @@ class RequestContext:
         "status",
         "upstream_headers",
         "verdict",
+        "waited",
         "way",
         "wrote",
     )
@@ -96,6 +97,8 @@ class RequestContext:
         """What is under way for this request, to stop when the client goes."""
         self.way: Way | None = None
         """The gateway taking it its way (set when it starts)."""
+        self.waited = 0
+        """Times it waited for a block it was told exists (every node said ``null``)."""
         self.wrote: Write | None = None
         """The client's latest broadcast, while its reads must see it (read-your-writes)."""
 

@@ -565,7 +565,7 @@ class Try:
         unsure = forwarding.req.unsure_of
         if (
             unsure is not None
-            and _null_result(resp.body)
+            and null_result(resp.body)
             and router.chain.empty_is_unsure(unsure[0], unsure[1], router.fleet.best_head)
         ):
             self._record(now, None)
@@ -613,7 +613,7 @@ def reached(nodes: list[Node], block: int) -> list[Node]:
     return there or nodes
 
 
-def _null_result(body: bytes) -> bool:
+def null_result(body: bytes) -> bool:
     """Whether a single answer says "not here": a ``null`` (or ``{}``) result, or steemd's
     error for a transaction it has not seen."""
     if len(body) > 512:

@@ -54,8 +54,8 @@ from .coalesce import Coalescer
 from .context import RequestContext
 from .control import Control, preflight
 from .forward import Forward
-from .forwarding import Outcome
-from .heads import HeadFloor
+from .forwarding import Outcome, null_result
+from .heads import WAITS, HeadFloor
 from .learn import Learner
 from .lookup import ASK_REDIS, HIT, Lookup
 from .plan import Plan, Planner
@@ -91,6 +91,9 @@ class Gateway:
         self.forward = Forward(config.user_agent, config.broadcast.fanout)
         self.coalescer = Coalescer(self, self.forward, clock, total) if balancer.coalesce else None
         self.learner = Learner(cache, balancer.chain, clock)
+        self.total = total
+        self.pause = min(0.5, max(0.05, balancer.chain.block_interval / 6))
+        """Seconds before a block clients were told exists is asked for again."""
         self.writes = balancer.writes
         """Clients that broadcast lately: their reads must see it (:mod:`.writes`)."""
         self.answerer = Answerer(
@@ -252,14 +255,40 @@ class Gateway:
         """A single call's forwarding ended: answer, then learn from it (the client waits for
         the one; the other concerns the requests to come, and is done before the next one is
         read). It learns whether the client is still there or not."""
+        plan = ctx.plan
+        if plan is not None and self.not_there_yet(ctx, plan, outcome):
+            self._ask_again(ctx, plan)  # a block clients were told exists: never null
+            return
         ctx.outcome = outcome
         self.answer(ctx)
-        plan = ctx.plan
         if plan is not None and ctx.call is not None:
             self.learner.learn(plan, outcome)
             writes = self.writes
             if plan.broadcast and writes is not None:
                 self._wrote(ctx, writes, outcome)
+
+    def not_there_yet(self, ctx: RequestContext, plan: Plan, outcome: Outcome) -> bool:
+        """Whether ``outcome`` is a ``null`` for a block this group told clients exists, and
+        the read may ask again (its deadline, and :data:`.heads.WAITS`, allowing)."""
+        resp = outcome.response
+        heads = plan.group.heads
+        if resp is None or heads is None or resp.status != 200 or ctx.waited >= WAITS:
+            return False
+        if not null_result(resp.body) or not heads.told(plan.parts[-1], plan.params):
+            return False
+        deadline = ctx.deadline or ctx.start + self.total
+        return self.balancer.clock() + self.pause < deadline
+
+    def _ask_again(self, ctx: RequestContext, plan: Plan) -> None:
+        """Ask again after a fraction of a block (the stage is the timer, then the try)."""
+        ctx.waited += 1
+        loop = asyncio.get_running_loop()
+
+        def again() -> None:
+            if ctx.reply is not None:
+                ctx.stage = self.forward.call(ctx, plan, ctx.forwarded)
+
+        ctx.stage = loop.call_later(self.pause, again)
 
     @staticmethod
     def _wrote(ctx: RequestContext, writes: RecentWrites, outcome: Outcome) -> None:

@@ -18,17 +18,26 @@ chain, whichever node answers and whichever client asked before, as a single nod
 it. It lets go (the lower answer is passed on, and counted) only when every answer for
 ``consistency.hold_for`` seconds has been behind it: the nodes that reached it are gone or
 were wrong, and a head that never moves would be worse than one that goes back once.
+
+A block a client was told exists is never ``null`` either: when every node asked says
+``null`` for a block at or below the head held (the nodes that have it are slow, or drifted
+back), the read waits a fraction of a block and asks again, within its deadline
+(:meth:`HeadFloor.told`, the gateway's ``learned``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..cache import has_result, result_of
 from ..health.chains import Chain
 from ..jsonrpc import dumps
 from ..observe.counters import Stats
 
+WAITS = 12
+"""Times a read of a block clients were told exists is asked again, while every node says
+``null`` (its deadline bounds it too)."""
 MAX_KEYS = 256
 """Calls that report the head, kept at most (their params vary little: ``[]``, ``{}``)."""
 
@@ -77,6 +86,13 @@ class HeadFloor:
     def head(self) -> int | None:
         """The highest head any answer of this group reported (None before the first)."""
         return max((held.head for held in self.kept.values()), default=None)
+
+    def told(self, name: str, params: Any) -> bool:
+        """Whether a call of this name asks for a block at or below the head this group
+        reported: a block clients were told exists (a ``null`` for it means "not here yet")."""
+        number = self.chain.block_asked(name, params)
+        head = self.head
+        return number is not None and head is not None and 0 < number <= head
 
     def behind(self, key: str, body: bytes, node: str) -> Held | None:
         """The answer step, for a single call that reports the head (``key``: the call's,

@@ -11,6 +11,8 @@ const [client, url, blockArg] = process.argv.slice(2);
 const block = Number(blockArg);
 // A test key known to everyone (the simulated accounts all use it): never for a real chain.
 const WIF = '5JRaypasxMx1L97ZUX7YuC5Psb5EAbF821kkAGtBj7xCJFQcbLg';
+// Each run's transfer its own (the simulated nodes, as a chain does, refuse a duplicate).
+const MEMO = `through rpcbalancer: ${client} ${process.pid} ${Date.now()}`;
 
 const results = {};
 async function step(name, fn) {
@@ -50,7 +52,7 @@ async function dClient(lib, amount) {
   await step('content', async () => (await c.database.call('get_content', ['alice', 'hello'])).title);
   await step('broadcast', async () => {
     const key = PrivateKey.fromString(WIF);
-    const op = { from: 'alice', to: 'bob', amount, memo: 'through rpcbalancer' };
+    const op = { from: 'alice', to: 'bob', amount, memo: MEMO };
     const confirmation = await c.broadcast.transfer(op, key);
     return confirmation.id || confirmation.block_num || confirmation;
   });
@@ -83,7 +85,7 @@ async function steemJs(appbase) {
   });
   await step('content', async () => (await steem.api.getContentAsync('alice', 'hello')).title);
   await step('broadcast', async () => {
-    const done = await steem.broadcast.transferAsync(WIF, 'alice', 'bob', '1.000 STEEM', 'through rpcbalancer');
+    const done = await steem.broadcast.transferAsync(WIF, 'alice', 'bob', '1.000 STEEM', MEMO);
     return done.id || done.block_num || done;
   });
 }

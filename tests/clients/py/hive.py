@@ -13,12 +13,16 @@ It runs in the clients' own venv (``make clients``), not the project's.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 WIF = "5JRaypasxMx1L97ZUX7YuC5Psb5EAbF821kkAGtBj7xCJFQcbLg"
 """A test key known to everyone (the simulated accounts all use it): never for a real chain."""
+MEMO = f"through rpcbalancer: {sys.argv[1:2]} {os.getpid()} {time.time()}"
+"""Each run's transfer its own (the simulated nodes, as a chain does, refuse a duplicate)."""
 
 results: dict[str, Any] = {}
 
@@ -63,7 +67,7 @@ def lighthive(url: str, block: int) -> None:
     step("account", lambda: _account(client.get_accounts(["alice"])[0]))
     step("content", lambda: client.get_content("alice", "hello")["title"])
     step("batch", batch)
-    op = Operation("transfer", {"from": "alice", "to": "bob", "amount": "1.000 HIVE", "memo": "hi"})
+    op = Operation("transfer", {"from": "alice", "to": "bob", "amount": "1.000 HIVE", "memo": MEMO})
     step("broadcast", lambda: client.broadcast_sync(op))
 
 
@@ -91,7 +95,7 @@ def nectar(url: str, block: int) -> None:
         return [(a.get("block") or a)["block_id"] for a in answers]
 
     def broadcast() -> Any:
-        done = Account("alice", blockchain_instance=hive).transfer("bob", 1, "HIVE", "hi")
+        done = Account("alice", blockchain_instance=hive).transfer("bob", 1, "HIVE", MEMO)
         return done.get("trx_id") or done.get("id") or done
 
     step("connect", connect)

@@ -83,6 +83,11 @@ class Chain(Protocol):
         cheap: a byte search first)."""
         ...
 
+    def block_asked(self, name: str, params: Any) -> int | None:
+        """The number of the block a call of this name asks for (``get_block``,
+        ``eth_getBlockByNumber``), or None."""
+        ...
+
     def reports_head(self, name: str) -> bool:
         """Whether a call of this name (the method's last part: ``get_dynamic_global_properties``,
         ``eth_blockNumber``) answers with the head block, so that a client polls it to learn

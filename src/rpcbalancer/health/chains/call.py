@@ -65,6 +65,9 @@ class CallProbe:
         found = self.chain.asks(name, params, head)
         return None if found is None else int(found)
 
+    def block_asked(self, name: str, params: Any) -> int | None:
+        return None
+
     def reports_head(self, name: str) -> bool:
         return False  # not a chain node: its answers say nothing of a head
 

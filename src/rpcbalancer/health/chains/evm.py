@@ -123,6 +123,11 @@ class Evm:
             return None
         return max(0, last - first + 1)
 
+    def block_asked(self, name: str, params: Any) -> int | None:
+        if name != "eth_getBlockByNumber" or not isinstance(params, list) or not params:
+            return None
+        return _hex(params[0])
+
     def reports_head(self, name: str) -> bool:
         return name == "eth_blockNumber"
 

@@ -194,6 +194,14 @@ class SteemLike:
             return None
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
+    def block_asked(self, name: str, params: Any) -> int | None:
+        if name not in ("get_block", "get_block_header"):
+            return None
+        number = params[0] if isinstance(params, list) and params else None
+        if isinstance(params, dict):
+            number = params.get("block_num")
+        return number if isinstance(number, int) and not isinstance(number, bool) else None
+
     def reports_head(self, name: str) -> bool:
         return name == "get_dynamic_global_properties"
 
