@@ -19,9 +19,13 @@ from rpcbalancer.config import from_mapping
 from rpcbalancer.errors import ConfigError
 from rpcbalancer.sim import Behaviour
 
+from ..unit.test_keccak import GANACHE_RAW
+
 BROADCAST = "condenser_api.broadcast_transaction"
 SYNCHRONOUS = "condenser_api.broadcast_transaction_synchronous"
 FAST = {"per_try": 0.5, "total": 4}
+GANACHE_HASH = "0x21a92f86e55759418db79dda96ddfdda5c4a2728adb240aff59e22c787428ffc"
+"""The hash ganache gave the raw transaction of tests/unit/test_keccak.py."""
 
 
 def transfer(n: int) -> dict[str, Any]:
@@ -148,3 +152,34 @@ async def test_fanout_sends_to_two_nodes_at_once_and_answers_once(harness: Any) 
 def test_fanout_without_resend_is_refused_at_load() -> None:
     with pytest.raises(ConfigError, match=r"broadcast\.fanout"):
         from_mapping({"broadcast": {"fanout": 2, "resend": False}}, env={})
+
+
+async def test_an_evm_transaction_survives_its_node_dying(harness: Any) -> None:
+    """eth_sendRawTransaction: the node takes it and dies; the next says "already known",
+    which is answered as the node would have: the transaction's hash (Keccak-256 of it)."""
+    h = await harness(
+        {"a": Behaviour(broadcast_die_rate=1.0), "b": Behaviour()},
+        chain="evm",
+        strategy="first",
+        timeouts=FAST,
+    )
+    raw = "0x" + GANACHE_RAW
+    resp = await h.call("eth_sendRawTransaction", [raw], ident=11)
+    assert orjson.loads(resp.body) == {"jsonrpc": "2.0", "result": GANACHE_HASH, "id": 11}
+    assert h.nodes["a"].counts["eth_sendRawTransaction"] == 1
+    assert h.nodes["b"].counts["eth_sendRawTransaction"] == 1
+    assert h.mempool.transactions.keys() == {GANACHE_HASH}
+    assert h.balancer.stats.resent == {"duplicate": 1}
+
+
+async def test_a_transaction_the_node_signs_is_never_sent_twice(harness: Any) -> None:
+    h = await harness(
+        {"a": Behaviour(), "b": Behaviour()}, chain="evm", strategy="first", timeouts=FAST
+    )
+    h.nodes["a"].set(hang_rate=1.0)
+    resp = await h.call("eth_sendTransaction", [{"to": "0x" + "00" * 20}])
+    assert resp.status == 504
+    assert (
+        h.nodes["a"].counts["eth_sendTransaction"],
+        h.nodes["b"].counts["eth_sendTransaction"],
+    ) == (1, 0)

@@ -555,7 +555,8 @@ class Try:
             return
         req = forwarding.req
         if req.resend and forwarding.outcome.resent:
-            success = router.chain.duplicate(resp.body)
+            sent = req.unsure_of[1] if req.unsure_of is not None else None
+            success = router.chain.duplicate(resp.body, sent)
             if success is not None:
                 if req.resend == CONFIRMED:
                     success = b""  # "already have it" confirms no inclusion

@@ -104,10 +104,11 @@ class Chain(Protocol):
         is unknown: :data:`NEVER`, :data:`AGAIN` or :data:`CONFIRMED`."""
         ...
 
-    def duplicate(self, body: bytes) -> bytes | None:
-        """For an answer that says the node already has the transaction, the success it
-        stands for (an :data:`AGAIN` broadcast's usual answer, with the answer's id); None
-        for any other answer. (For a :data:`CONFIRMED` broadcast it is no success.)"""
+    def duplicate(self, body: bytes, params: Any) -> bytes | None:
+        """For an answer that says the node already has the transaction (sent with
+        ``params``), the success it stands for (an :data:`AGAIN` broadcast's usual answer,
+        with the answer's id); None for any other answer. (For a :data:`CONFIRMED` broadcast
+        it is no success.)"""
         ...
 
     def cap(self, name: str) -> int:

@@ -54,8 +54,8 @@ class CallProbe:
     def resend(self, parts: tuple[str, ...]) -> int:
         return int(self.chain.resend(parts))
 
-    def duplicate(self, body: bytes) -> bytes | None:
-        found = self.chain.duplicate(body)
+    def duplicate(self, body: bytes, params: Any) -> bytes | None:
+        found = self.chain.duplicate(body, params)
         return None if found is None else bytes(found)
 
     def cap(self, name: str) -> int:

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...jsonrpc import request_body
-from .base import NEVER, Answer, ProbeCall, Reading, failure, json_of, sick_message
+from ...jsonrpc import dumps, loads, request_body
+from ...keccak import keccak256
+from .base import AGAIN, NEVER, Answer, ProbeCall, Reading, failure, json_of, sick_message
 
 _BROADCAST = frozenset(
     {
@@ -19,6 +20,9 @@ _BROADCAST = frozenset(
     }
 )
 
+
+_ALREADY = (b"already known", b"known transaction", b"already imported", b"alreadyknown")
+"""How EVM nodes say they have a transaction already (geth's txpool, others')."""
 
 _BY_HASH = frozenset(
     {
@@ -102,10 +106,26 @@ class Evm:
         return None  # answers do not say which block they were read at
 
     def resend(self, parts: tuple[str, ...]) -> int:
-        return NEVER  # (a signed transaction is deduplicated by its hash: not done yet)
+        # A signed transaction is named by its hash: a node that has it says "already known"
+        # (geth, erigon, nethermind) or answers its hash again (ganache). A transaction the
+        # node signs (eth_sendTransaction) would be a new one: never sent twice.
+        return AGAIN if parts[-1] == "eth_sendRawTransaction" else NEVER
 
-    def duplicate(self, body: bytes) -> bytes | None:
-        return None
+    def duplicate(self, body: bytes, params: Any) -> bytes | None:
+        lowered = body.lower()
+        if not any(phrase in lowered for phrase in _ALREADY):
+            return None
+        raw = params[0] if isinstance(params, list) and params else None
+        if not isinstance(raw, str) or not raw.startswith("0x"):
+            return None
+        try:
+            signed = bytes.fromhex(raw[2:])
+            doc = loads(body)
+        except ValueError:
+            return None
+        ident = doc.get("id") if isinstance(doc, dict) else None
+        # eth_sendRawTransaction's answer when the node takes it: the transaction's hash.
+        return dumps({"jsonrpc": "2.0", "result": "0x" + keccak256(signed).hex(), "id": ident})
 
     def cap(self, name: str) -> int:
         return 10_000 if name == "eth_getLogs" else 0

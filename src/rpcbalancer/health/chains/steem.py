@@ -167,7 +167,7 @@ class SteemLike:
             return CONFIRMED
         return NEVER
 
-    def duplicate(self, body: bytes) -> bytes | None:
+    def duplicate(self, body: bytes, params: Any) -> bytes | None:
         if b"Duplicate transaction check failed" not in body:
             return None
         try:
