@@ -10,6 +10,7 @@ import orjson
 
 from rpcbalancer.config import load
 from rpcbalancer.sim import Behaviour
+from rpcbalancer.sim.node import LOG_EVERY
 
 from ..conftest import peer_file
 
@@ -77,7 +78,7 @@ async def test_evm_log_queries_over_the_cap_are_refused(harness: Any) -> None:
     h = await harness({"a": Behaviour()}, chain="evm")
     wide = await h.call("eth_getLogs", [{"fromBlock": "0x0", "toBlock": "latest"}])
     error = error_of(wide)
-    assert "at most 10000" in error["message"]
+    assert "at most 1000000" in error["message"]
     narrow = await h.call("eth_getLogs", [{"fromBlock": "0x10", "toBlock": "0x20"}])
     assert narrow.status == 200
     assert h.nodes["a"].counts["eth_getLogs"] == 1
@@ -88,3 +89,38 @@ async def test_jussis_account_history_limit_is_honoured(harness: Any) -> None:
     limits = {p: r.limit for p, r in config.routes.items() if r.limit is not None}
     assert set(limits.values()) == {100}  # its "account_history_limit": 100
     assert "appbase.condenser_api.get_account_history" in limits
+
+
+async def test_a_wide_log_query_is_split_across_nodes_and_merged_in_order(
+    harness: Any,
+) -> None:
+    """eth_getLogs over 100,000 blocks, which no node serves in one call (10,000 at most):
+    ten chunks across the nodes, the logs back in block order, as one node would give them."""
+    h = await harness({n: Behaviour() for n in "abc"}, chain="evm", strategy="round_robin")
+    head = h.nodes["a"].head()
+    first = head - 100_000 + 1
+    resp = await h.call("eth_getLogs", [{"fromBlock": hex(first), "toBlock": "latest"}], 8)
+    doc = orjson.loads(resp.body)
+    assert doc["id"] == 8, doc
+    numbers = [int(log["blockNumber"], 16) for log in doc["result"]]
+    expected = [n for n in range(first, head + 1) if n % LOG_EVERY == 0]
+    assert numbers == expected and len(numbers) == 100
+    asked = {name: node.counts["eth_getLogs"] for name, node in h.nodes.items()}
+    assert sum(asked.values()) == 10 and all(asked.values())  # every node took a share
+    served = dict(resp.headers)["x-rpc-node"]
+    assert len(served.split(", ")) == 3
+
+
+async def test_without_split_the_same_query_fails_as_the_node_says(harness: Any) -> None:
+    h = await harness({"a": Behaviour()}, chain="evm", routes={"eth_getLogs": {"split": 0}})
+    head = h.nodes["a"].head()
+    resp = await h.call("eth_getLogs", [{"fromBlock": hex(head - 50_000), "toBlock": "latest"}])
+    assert "too wide" in error_of(resp)["message"]
+
+
+async def test_a_chunk_that_fails_fails_the_query_naming_its_range(harness: Any) -> None:
+    h = await harness({"a": Behaviour()}, chain="evm", routes={"eth_getLogs": {"split": 20_000}})
+    head = h.nodes["a"].head()
+    resp = await h.call("eth_getLogs", [{"fromBlock": hex(head - 50_000), "toBlock": "latest"}])
+    message = error_of(resp)["message"]
+    assert "eth_getLogs for blocks" in message and "too wide" in message

@@ -473,7 +473,11 @@ class RouteConfig(_Model):
     account history entries (``get_account_history``'s ``limit``), a block range's blocks
     (``get_block_range``), a log query's blocks (``eth_getLogs``); a call that asks for more
     is refused with an error naming the limit. ``0``: no limit; none: the preset's (1000
-    entries, 1000 blocks, 10000 log blocks)."""
+    entries, 1000 blocks, 1000000 log blocks)."""
+    split: int | None = Field(None, ge=0)
+    """An ``eth_getLogs`` over more blocks than this goes out in chunks of this many blocks,
+    across nodes, and the logs come back merged in order; ``0``: never split; none: the
+    preset's (10000 blocks)."""
     quorum: QuorumConfig | None = None
     """Ask several nodes and answer what enough agree on (reads only; a broadcast under
     the prefix goes to one node as always); none: one node answers."""

@@ -60,6 +60,7 @@ from .learn import Learner
 from .lookup import ASK_REDIS, HIT, Lookup
 from .plan import Plan, Planner
 from .quorum import Quorum
+from .split import Split, chunks_of
 from .writes import RecentWrites
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,14 @@ class Gateway:
             if refused is not None:
                 ctx.answer = error_response("invalid_params", refused, call)
                 self.answer(ctx)
+                return
+        size = plan.shape.split
+        if size:  # a log query too wide for one call: in chunks across nodes
+            span = self.planner.span(plan)
+            if span is not None and span[1] - span[0] + 1 > size:
+                query = dict(plan.params[0])
+                chunks = chunks_of(span[0], span[1], size)
+                ctx.stage = Split(self, ctx, plan, query, chunks).start()
                 return
         writes = self.writes
         if writes is not None and writes.writes:

@@ -59,6 +59,9 @@ class Shape:
     limit: int = 0
     """The most one call may ask for (the route's ``limit``, else the chain preset's cap for
     the method); 0: no limit."""
+    split: int = 0
+    """Blocks per chunk when a query over more is split across nodes (:mod:`.split`); 0:
+    never split."""
 
 
 class Plan:
@@ -118,6 +121,7 @@ class Planner:
                 r.retries,
                 r.limit,
                 (r.quorum.ask, r.quorum.agree) if r.quorum is not None else None,
+                r.split,
             )
             for prefix, r in config.routes.items()
         ]
@@ -183,6 +187,10 @@ class Planner:
             "(split the request, or ask its operator about the route's limit)"
         )
 
+    def span(self, plan: Plan) -> tuple[int, int] | None:
+        """The blocks a call spans, its tags resolved at the group's best head."""
+        return self.chain.span(plan.parts[-1], plan.params, plan.group.fleet.best_head())
+
     def _shape(self, method: str, params: Any) -> tuple[Shape, Any]:
         """How a method is routed (and the params it is sent with)."""
         name = name_of(method, params, self.legacy)
@@ -227,5 +235,6 @@ class Planner:
             reports_head=reports_head,
             resend=chain.resend(parts) if broadcast and self.resending else 0,
             limit=chain.cap(parts[-1]) if route.limit is None else route.limit,
+            split=chain.chunk(parts[-1]) if route.split is None else route.split,
         )
         return shape, name.params

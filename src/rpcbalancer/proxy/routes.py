@@ -124,6 +124,8 @@ class Route:
     """The most one call may ask for (items, blocks); None: the chain preset's cap, 0: none."""
     quorum: tuple[int, int] | None = None
     """``(ask, agree)``: the read goes to ``ask`` nodes, ``agree`` must give one answer."""
+    split: int | None = None
+    """Blocks per chunk of a wide log query; None: the preset's, 0: never split."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,7 @@ class RouteRule:
     retries: int | None = None
     limit: int | None = None
     quorum: tuple[int, int] | None = None
+    split: int | None = None
 
 
 _PARAMS = re.compile(r"^(?P<head>.*?)\.params=(?P<json>.*)$", re.S)
@@ -255,7 +258,7 @@ class RouteTable:
             ):
                 if rule is None:
                     continue
-                for attr in ("group", "ttl", "timeout", "retries", "limit", "quorum"):
+                for attr in ("group", "ttl", "timeout", "retries", "limit", "quorum", "split"):
                     value = getattr(rule, attr)
                     if value is not None and attr not in found:
                         found[attr] = value
@@ -269,6 +272,7 @@ class RouteTable:
             prefix=found.get("prefix", ""),
             limit=found.get("limit"),
             quorum=found.get("quorum"),
+            split=found.get("split"),
         )
         if len(self._cache) >= 8192:  # clients choose methods: keep it bounded
             self._cache.clear()

@@ -31,6 +31,10 @@ from ..keccak import keccak256
 from .steem_api import MISSING, UNKNOWN_TRANSACTION, SteemApi
 
 GENESIS_BLOCK = 90_000_000
+LOG_EVERY = 1000
+"""A simulated EVM chain has one log every this many blocks."""
+LOGS_RANGE = 10_000
+"""Blocks a simulated EVM node serves logs for in one query, at most."""
 _EPOCH = 1_760_000_000.0  # a fixed origin so every fake node agrees on the head
 
 
@@ -321,6 +325,8 @@ class FakeNode:
             return self._broadcast(ident, method, params)
         if self.chain == "evm" and method == "eth_sendRawTransaction":
             return self._send_raw(ident, params)
+        if self.chain == "evm" and method == "eth_getLogs":
+            return self._logs(ident, params)
         result = self._result(method, params)
         if method.endswith("get_accounts") and self.mempool.transfers:
             self._with_transfers(result)
@@ -380,6 +386,38 @@ class FakeNode:
         ):
             raise _Dies
         return {"jsonrpc": "2.0", "id": ident, "result": txhash}
+
+    def _logs(self, ident: Any, params: Any) -> dict[str, Any]:
+        """One log every :data:`LOG_EVERY` blocks; more than :data:`LOGS_RANGE` blocks in one
+        query refused, as providers refuse it."""
+        query = params[0] if isinstance(params, list) and params else {}
+        head = self.head()
+        span = []
+        for key in ("fromBlock", "toBlock"):
+            tag = query.get(key, "latest") if isinstance(query, dict) else "latest"
+            try:
+                span.append(head if tag in ("latest", "pending") else int(str(tag), 16))
+            except ValueError:
+                error = {"code": -32602, "message": f"invalid {key}"}
+                return {"jsonrpc": "2.0", "id": ident, "error": error}
+        first, last = span
+        if last - first + 1 > LOGS_RANGE:
+            message = f"block range is too wide (more than {LOGS_RANGE} blocks)"
+            error = {"code": -32005, "message": message}
+            return {"jsonrpc": "2.0", "id": ident, "error": error}
+        start = -(-first // LOG_EVERY) * LOG_EVERY
+        logs = [
+            {
+                "address": "0x" + "11" * 20,
+                "blockNumber": hex(n),
+                "logIndex": "0x0",
+                "transactionHash": "0x" + f"{n:064x}",
+                "topics": [],
+                "data": "0x",
+            }
+            for n in range(start, min(last, head) + 1, LOG_EVERY)
+        ]
+        return {"jsonrpc": "2.0", "id": ident, "result": logs}
 
     def _corrupt(self, result: Any) -> None:
         """A block whose ``previous`` is wrong (its own number still reads right)."""

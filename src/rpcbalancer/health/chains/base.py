@@ -83,6 +83,15 @@ class Chain(Protocol):
         cheap: a byte search first)."""
         ...
 
+    def chunk(self, name: str) -> int:
+        """Blocks per chunk when a call of this name over more blocks is split across nodes
+        (0: it is never split)."""
+        ...
+
+    def span(self, name: str, params: Any, head: int | None) -> tuple[int, int] | None:
+        """The first and last block a call of this name spans (``head`` resolves tags)."""
+        ...
+
     def block_asked(self, name: str, params: Any) -> int | None:
         """The number of the block a call of this name asks for (``get_block``,
         ``eth_getBlockByNumber``), or None."""

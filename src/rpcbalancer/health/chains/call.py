@@ -65,6 +65,12 @@ class CallProbe:
         found = self.chain.asks(name, params, head)
         return None if found is None else int(found)
 
+    def chunk(self, name: str) -> int:
+        return 0
+
+    def span(self, name: str, params: Any, head: int | None) -> tuple[int, int] | None:
+        return None
+
     def block_asked(self, name: str, params: Any) -> int | None:
         return None
 

@@ -128,20 +128,29 @@ class Evm:
         return dumps({"jsonrpc": "2.0", "result": "0x" + keccak256(signed).hex(), "id": ident})
 
     def cap(self, name: str) -> int:
-        return 10_000 if name == "eth_getLogs" else 0
+        return 1_000_000 if name == "eth_getLogs" else 0
 
     def asks(self, name: str, params: Any, head: int | None) -> int | None:
         """The blocks an ``eth_getLogs`` filter spans (a ``blockHash`` filter: one)."""
         query = params[0] if isinstance(params, list) and params else None
-        if not isinstance(query, dict):
-            return None
-        if "blockHash" in query:
+        if isinstance(query, dict) and "blockHash" in query:
             return 1
+        span = self.span(name, params, head)
+        return None if span is None else max(0, span[1] - span[0] + 1)
+
+    def chunk(self, name: str) -> int:
+        # Many providers refuse more than 10,000 blocks (or results) in one log query.
+        return 10_000 if name == "eth_getLogs" else 0
+
+    def span(self, name: str, params: Any, head: int | None) -> tuple[int, int] | None:
+        query = params[0] if isinstance(params, list) and params else None
+        if name != "eth_getLogs" or not isinstance(query, dict) or "blockHash" in query:
+            return None
         first = _block(query.get("fromBlock", "latest"), head)
         last = _block(query.get("toBlock", "latest"), head)
         if first is None or last is None:
             return None
-        return max(0, last - first + 1)
+        return first, last
 
     def block_asked(self, name: str, params: Any) -> int | None:
         if name != "eth_getBlockByNumber" or not isinstance(params, list) or not params:

@@ -194,6 +194,12 @@ class SteemLike:
             return None
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
+    def chunk(self, name: str) -> int:
+        return 0
+
+    def span(self, name: str, params: Any, head: int | None) -> tuple[int, int] | None:
+        return None
+
     def block_asked(self, name: str, params: Any) -> int | None:
         if name not in ("get_block", "get_block_header"):
             return None
