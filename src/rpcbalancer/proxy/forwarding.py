@@ -574,7 +574,10 @@ class Try:
             return
         forwarding.ended(self, resp, None)
         self._record(now, None)
-        head = router.chain.head_in(resp.body)
+        chain = router.chain
+        head = chain.head_in(resp.body)
+        if head is None and req.unsure_of is not None and chain.reports_head(req.unsure_of[0]):
+            head = chain.reported_head(resp.body)  # (eth_blockNumber's answer is the head)
         if head is not None:
             node.observe_head(now, head)  # freshness between probes
 
