@@ -32,6 +32,7 @@ async def test_the_preset_caps_account_history(harness: Any) -> None:
     assert "5000" in error["message"] and "at most 1000" in error["message"]
     assert orjson.loads(resp.body)["id"] == 4
     assert h.nodes["a"].counts[HISTORY] == 0  # no node spent anything on it
+    assert h.balancer.stats.heavy_refused == 1
     await h.call(HISTORY, ["alice", -1, 1000])
     assert h.nodes["a"].counts[HISTORY] == 1  # within the cap: the node's to answer
 

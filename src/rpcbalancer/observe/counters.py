@@ -27,6 +27,7 @@ class Stats:
         "duration_sum",
         "heads_held",
         "heads_released",
+        "heavy_refused",
         "hedge_wins",
         "hedges",
         "methods",
@@ -49,6 +50,8 @@ class Stats:
         """Answers behind the head told before, replaced by the one that told it."""
         self.heads_released = 0
         """Answers behind the head told before, passed on after ``consistency.hold_for``."""
+        self.heavy_refused = 0
+        """Calls refused for asking more than one call may (a route's ``limit``)."""
         self.resent: dict[str, int] = {}
         """Broadcasts sent again (or to several nodes at once), by how they ended: the
         request's outcome, or ``duplicate`` (a node's "already have it", taken as success)."""
@@ -82,6 +85,7 @@ class Stats:
             "retries": self.retries,
             "heads_held": self.heads_held,
             "heads_released": self.heads_released,
+            "heavy_refused": self.heavy_refused,
             "resent": dict(self.resent),
             "cache": [[m, e, n] for (m, e), n in self.cache.items()],
             "nodes": {
@@ -112,6 +116,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "retries": 0,
         "heads_held": 0,
         "heads_released": 0,
+        "heavy_refused": 0,
         "resent": {},
         "cache": {},
         "nodes": {},
@@ -123,7 +128,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         total["duration"] = _add(total["duration"], snap["duration"])
         for key in ("duration_sum", "bytes_in", "bytes_out", "hedges", "hedge_wins", "retries"):
             total[key] += snap[key]
-        for key in ("heads_held", "heads_released"):
+        for key in ("heads_held", "heads_released", "heavy_refused"):
             total[key] += snap.get(key, 0)  # (a worker of an older version has none)
         for ending, count in snap.get("resent", {}).items():
             total["resent"][ending] = total["resent"].get(ending, 0) + count

@@ -102,6 +102,11 @@ class _Collector:
                 "Answers reporting a head behind one told before, replaced by that one",
             ),
             (
+                "rpcbalancer_heavy_refused",
+                "heavy_refused",
+                "Calls refused for asking more than one call may (a route's limit)",
+            ),
+            (
                 "rpcbalancer_heads_released",
                 "heads_released",
                 "Answers reporting a head behind one told before, passed on after hold_for",

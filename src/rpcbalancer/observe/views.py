@@ -120,6 +120,7 @@ def status_doc(balancer: Observed) -> dict[str, Any]:
             "heads_held": stats.heads_held,
             "heads_released": stats.heads_released,
             "broadcasts_resent": dict(stats.resent),
+            "heavy_refused": stats.heavy_refused,
             "read_your_writes_clients": None if balancer.writes is None else len(balancer.writes),
             "groups": _groups(fleet, now),
             "routes": balancer.routes_view,

@@ -20,6 +20,7 @@ from ..errors import NoHealthyNode
 from ..fleet.nodes import Node
 from ..jsonrpc import INVALID_PARAMS, dumps, error_object, loads
 from ..messages import FAILURES, failure_of
+from ..observe.counters import Stats
 from .context import RequestContext
 from .forward import Forward
 from .forwarding import Outcome
@@ -35,6 +36,7 @@ class BatchWay(Protocol):
     lookup: Lookup
     learner: Learner
     forward: Forward
+    stats: Stats
 
     def answer(self, ctx: RequestContext) -> None: ...
 
@@ -84,6 +86,7 @@ class Batch:
             if plan.shape.limit:
                 refused = way.planner.refusal(plan)
                 if refused is not None:  # this member only: the others go on without it
+                    way.stats.heavy_refused += 1
                     self.answers[index] = _error(INVALID_PARAMS, refused, member.get("id"))
                     rewritten = True
                     continue

@@ -93,6 +93,7 @@ class Gateway:
         self.coalescer = Coalescer(self, self.forward, clock, total) if balancer.coalesce else None
         self.learner = Learner(cache, balancer.chain, clock)
         self.total = total
+        self.stats = balancer.stats
         self.pause = min(0.5, max(0.05, balancer.chain.block_interval / 6))
         """Seconds before a block clients were told exists is asked for again."""
         self.writes = balancer.writes
@@ -213,6 +214,7 @@ class Gateway:
         if plan.shape.limit:  # a heavy call: within the limit, or refused here
             refused = self.planner.refusal(plan)
             if refused is not None:
+                self.stats.heavy_refused += 1
                 ctx.answer = error_response("invalid_params", refused, call)
                 self.answer(ctx)
                 return
