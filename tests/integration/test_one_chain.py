@@ -5,8 +5,8 @@ the lag rule), as apps that follow the chain use it.
 - Pollers of ``get_dynamic_global_properties``: the head never goes back, 0 in 10,000 calls
   from four clients at once, with ``fastest``, ``round_robin`` and ``random``.
 - dsteem's and dhive's block streams (``blockchain.getBlocks``, polling the head and reading
-  every block up to it) read every block exactly once, in order, never a null; their head
-  pollers never see the head go back.
+  every block up to it) and nectar's (``Blockchain.blocks`` in head mode) read every block
+  exactly once, in order, never a null; their head pollers never see the head go back.
 """
 
 from __future__ import annotations
@@ -31,15 +31,24 @@ DGP = {"jsonrpc": "2.0", "method": "condenser_api.get_dynamic_global_properties"
 
 @pytest.fixture(scope="module")
 def drifting() -> Iterator[FleetThread]:
-    """Three nodes, one block a second, whose lags drift from 0 to 6 blocks (the lagging
-    ones the faster) until the module ends."""
+    """Three Steem nodes, one block a second, whose lags drift from 0 to 6 blocks (the
+    lagging ones the faster) until the module ends."""
+    yield from _drifting("steem")
+
+
+@pytest.fixture(scope="module")
+def drifting_hive() -> Iterator[FleetThread]:
+    yield from _drifting("hive")
+
+
+def _drifting(chain: str) -> Iterator[FleetThread]:
     behaviours = {
         "a": Behaviour(latency=0.004, block_interval=1.0),
         "b": Behaviour(latency=0.002, lag=3, block_interval=1.0),
         "c": Behaviour(latency=0.001, lag=6, block_interval=1.0),
     }
     stop = threading.Event()
-    with FleetThread(behaviours) as fleet:
+    with FleetThread(behaviours, chain=chain) as fleet:
 
         def drift() -> None:
             rng = random.Random(21)
@@ -106,3 +115,20 @@ def test_block_streams_read_every_block_once_in_order(
     assert blocks == list(range(blocks[0], blocks[0] + len(blocks))), json.dumps(blocks)
     assert blocks == got["asked"]
     assert len(got["heads"]) > 50 and went_back(got["heads"]) == 0
+
+
+def test_nectars_block_stream_reads_every_block_once_in_order(
+    drifting_hive: FleetThread, tmp_path: Path
+) -> None:
+    lb = start_balancer(
+        {"chain": "hive", "nodes": drifting_hive.urls, "strategy": "round_robin"}, tmp_path
+    )
+    try:
+        got: dict[str, Any] = run_client("hive.py", "nectar-stream", lb.url, "20", timeout=90)
+    finally:
+        lb.stop()
+    assert got["errors"] == [], got["errors"]
+    blocks = got["blocks"]
+    assert len(blocks) >= 12, blocks
+    assert blocks == list(range(blocks[0], blocks[0] + len(blocks))), json.dumps(blocks)
+    assert went_back(got["heads"]) == 0

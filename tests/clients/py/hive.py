@@ -114,7 +114,31 @@ def _account(account: Any) -> dict[str, Any]:
     }
 
 
+def nectar_stream(url: str, seconds: float) -> dict[str, Any]:
+    """nectar's ``Blockchain.blocks`` in head mode for ``seconds``: the block numbers it gave,
+    and the heads its own ``get_current_block_num`` saw meanwhile."""
+    from nectar import Hive
+    from nectar.blockchain import Blockchain
+
+    hive = Hive(node=[url], num_retries=2, num_retries_call=2, timeout=10)
+    chain = Blockchain(blockchain_instance=hive, mode="head")
+    out: dict[str, Any] = {"blocks": [], "heads": [], "errors": []}
+    end = time.monotonic() + seconds
+    try:
+        for block in chain.blocks():
+            out["blocks"].append(int(block.block_num))
+            out["heads"].append(chain.get_current_block_num())
+            if time.monotonic() >= end:
+                break
+    except Exception as exc:  # the test reads what went wrong
+        out["errors"].append(f"{type(exc).__name__}: {exc}"[:300])
+    return out
+
+
 def main() -> None:
+    if sys.argv[1] == "nectar-stream":
+        print(json.dumps(nectar_stream(sys.argv[2], float(sys.argv[3]))))
+        return
     client, url, block = sys.argv[1], sys.argv[2], int(sys.argv[3])
     drivers = {"lighthive": lighthive, "nectar": nectar}
     if client not in drivers:
