@@ -402,3 +402,16 @@ def response_errors(body: bytes) -> list[dict[str, Any]] | None:
             if isinstance(error, dict):
                 errors.append(error)
     return errors
+
+
+def null_answer(body: bytes) -> bool:
+    """Whether a single answer says "not here": a ``null`` (or ``{}``) result, or steemd's
+    error for a transaction it has not seen."""
+    if len(body) > 512:
+        return False
+    if b"Unknown Transaction" in body:
+        return True
+    if b"null" not in body and b"{}" not in body and b"{ " not in body:
+        return False  # (the usual answer: two searches, no copy)
+    compact = body.replace(b" ", b"")
+    return b'"result":null' in compact or b'"result":{}' in compact

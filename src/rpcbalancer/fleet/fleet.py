@@ -250,3 +250,14 @@ class FleetSet:
     def invalidate(self) -> None:
         for fleet in self.fleets.values():
             fleet.invalidate()
+
+
+def reached(nodes: list[Node], block: int) -> list[Node]:
+    """The nodes whose head reached ``block`` (all of them when none did: then the answer is
+    the best there is)."""
+    there = []
+    for node in nodes:
+        head = node.head()
+        if head is not None and head >= block:
+            there.append(node)
+    return there or nodes

@@ -1,7 +1,7 @@
 """One forwarded request as a state machine: :class:`Forwarding` (its tries, hedges and
 retries) and :class:`Try` (one try on one node). The :class:`~.router.Router` starts them and
 holds what every request shares (see its module for the theory of operation); here a
-forwarding sees the router through :class:`Routing`, the parts it uses. Every change of
+forwarding sees the router through :class:`~.request.Routing`, the parts it uses. Every change of
 state goes through the one table of what may follow what, in :mod:`.states`.
 """
 
@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable
 
-from ..callbacks import Cancellable, DueQueue, running_loop
-from ..config import HedgeConfig
+from ..callbacks import Cancellable, running_loop
 from ..errors import (
     NoHealthyNode,
     RpcBalancerError,
@@ -21,17 +19,15 @@ from ..errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from ..failsafe.budget import RetryBudget
 from ..failsafe.hedge import hedge_delay
-from ..failsafe.slots import SlotLine
-from ..fleet.fleet import Fleet
+from ..fleet.fleet import reached
 from ..fleet.nodes import Node
-from ..fleet.policies import BasePolicy, PickContext, Race
+from ..fleet.policies import PickContext, Race
 from ..health.chains import Chain
 from ..health.chains.base import CONFIRMED
-from ..jsonrpc import looks_like_json, response_errors
-from ..upstream.pool import Starter, UpstreamResponse
-from .request import ProxyRequest
+from ..jsonrpc import looks_like_json, null_answer, response_errors
+from ..upstream.pool import UpstreamResponse
+from .request import ProxyRequest, Routing
 from .states import (
     CANCEL,
     DONE,
@@ -102,30 +98,6 @@ def judge(resp: UpstreamResponse, chain: Chain) -> str | None:
         if chain.is_node_fault(error):
             return f"answered a node error: {error.get('message')}"
     return None
-
-
-class Routing(Protocol):
-    """What a forwarding uses of its router."""
-
-    fleet: Fleet
-    policy: BasePolicy
-    chain: Chain
-    per_try: float
-    total: float
-    retries: int
-    clock: Callable[[], float]
-    budget: RetryBudget
-    slots: SlotLine
-    hedge: HedgeConfig | None
-    hedges: DueQueue
-    loop: asyncio.AbstractEventLoop | None
-    start_request: Starter
-
-    def another(self, req: ProxyRequest, tried: list[Node], now: float) -> Node | None: ...
-
-    async def ping_race(self, nodes: Sequence[Node], deadline: float) -> Node | None: ...
-
-    def why_none(self) -> str: ...
 
 
 def start(router: Routing, req: ProxyRequest, done: Callable[[Outcome], None]) -> Forwarding:
@@ -566,7 +538,7 @@ class Try:
         unsure = forwarding.req.unsure_of
         if (
             unsure is not None
-            and null_result(resp.body)
+            and null_answer(resp.body)
             and router.chain.empty_is_unsure(unsure[0], unsure[1], router.fleet.best_head)
         ):
             self._record(now, None)
@@ -604,27 +576,3 @@ class Try:
             exchange.cancel()
         self.node.cancel(self.started)  # abandoned by us, not failed by the node
         self.forwarding.router.slots.freed()
-
-
-def reached(nodes: list[Node], block: int) -> list[Node]:
-    """The nodes whose head reached ``block`` (all of them when none did: then the answer is
-    the best there is)."""
-    there = []
-    for node in nodes:
-        head = node.head()
-        if head is not None and head >= block:
-            there.append(node)
-    return there or nodes
-
-
-def null_result(body: bytes) -> bool:
-    """Whether a single answer says "not here": a ``null`` (or ``{}``) result, or steemd's
-    error for a transaction it has not seen."""
-    if len(body) > 512:
-        return False
-    if b"Unknown Transaction" in body:
-        return True
-    if b"null" not in body and b"{}" not in body and b"{ " not in body:
-        return False  # (the usual answer: two searches, no copy)
-    compact = body.replace(b" ", b"")
-    return b'"result":null' in compact or b'"result":{}' in compact

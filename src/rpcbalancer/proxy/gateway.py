@@ -44,7 +44,7 @@ from collections.abc import Awaitable
 from ..balancer import Balancer
 from ..callbacks import Cancellable, until_called
 from ..config import ApiKey
-from ..jsonrpc import result_answer
+from ..jsonrpc import null_answer, result_answer
 from ..messages import HttpRequest, HttpResponse, Reply, error_response, internal_error
 from .accounting import Accounting
 from .admission import Admission
@@ -54,7 +54,7 @@ from .coalesce import Coalescer
 from .context import RequestContext
 from .control import Control, preflight
 from .forward import Forward
-from .forwarding import Outcome, null_result
+from .forwarding import Outcome
 from .heads import WAITS, HeadFloor
 from .learn import Learner
 from .lookup import ASK_REDIS, HIT, Lookup
@@ -285,7 +285,7 @@ class Gateway:
         heads = plan.group.heads
         if resp is None or heads is None or resp.status != 200 or ctx.waited >= WAITS:
             return False
-        if not null_result(resp.body) or not heads.told(plan.parts[-1], plan.params):
+        if not null_answer(resp.body) or not heads.told(plan.parts[-1], plan.params):
             return False
         deadline = ctx.deadline or ctx.start + self.total
         return self.balancer.clock() + self.pause < deadline

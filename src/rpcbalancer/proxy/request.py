@@ -3,15 +3,24 @@
 A :class:`ProxyRequest` is a :class:`~..upstream.wire.NodeRequest` (what a node is sent) and
 what the router decides on: the client's address (``ip_hash``), the route's per-try timeout
 and retries, the client's deadline, the nodes to try last, and the single call whose
-``null`` may only mean "not here yet".
+``null`` may only mean "not here yet". :class:`Routing` is what a forwarding uses of its router.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
+from ..callbacks import DueQueue
+from ..config import HedgeConfig
+from ..failsafe.budget import RetryBudget
+from ..failsafe.slots import SlotLine
+from ..fleet.fleet import Fleet
 from ..fleet.nodes import Node
+from ..fleet.policies import BasePolicy
+from ..health.chains import Chain
+from ..upstream.pool import Starter
 from ..upstream.wire import NodeRequest
 
 
@@ -81,3 +90,27 @@ class ProxyRequest(NodeRequest):
         """The node to ask first while it may serve (it accepted the client's broadcast)."""
         self.min_head = 0
         """Else, nodes whose head reached this block first (0: any)."""
+
+
+class Routing(Protocol):
+    """What a forwarding uses of its router."""
+
+    fleet: Fleet
+    policy: BasePolicy
+    chain: Chain
+    per_try: float
+    total: float
+    retries: int
+    clock: Callable[[], float]
+    budget: RetryBudget
+    slots: SlotLine
+    hedge: HedgeConfig | None
+    hedges: DueQueue
+    loop: asyncio.AbstractEventLoop | None
+    start_request: Starter
+
+    def another(self, req: ProxyRequest, tried: list[Node], now: float) -> Node | None: ...
+
+    async def ping_race(self, nodes: Sequence[Node], deadline: float) -> Node | None: ...
+
+    def why_none(self) -> str: ...

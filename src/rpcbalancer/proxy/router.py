@@ -59,7 +59,7 @@ from ..callbacks import DueQueue
 from ..config import HedgeConfig
 from ..failsafe.budget import RetryBudget
 from ..failsafe.slots import SlotLine
-from ..fleet.fleet import Fleet
+from ..fleet.fleet import Fleet, reached
 from ..fleet.nodes import Node
 from ..fleet.policies import BasePolicy, PickContext
 from ..health.chains import Chain
@@ -121,7 +121,7 @@ class Router:
         if not left or failopen:
             return None
         if req.min_head:
-            left = forwarding.reached(left, req.min_head)
+            left = reached(left, req.min_head)
         return self.policy.pick(left, PickContext(now=now, client_ip=req.client_ip))
 
     async def ping_race(self, nodes: Sequence[Node], deadline: float) -> Node | None:
