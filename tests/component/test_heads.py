@@ -171,3 +171,34 @@ async def test_a_block_clients_were_told_exists_is_never_null(
         assert h.name_of(resp) == "b"
     else:
         assert doc["result"] is None
+
+
+@pytest.mark.parametrize("monotonic", [True, False])
+async def test_batch_members_hold_the_head_too(harness: Any, monotonic: bool) -> None:
+    h = await harness(
+        fleet(),
+        strategy="round_robin",
+        hedge={"enabled": False},
+        consistency={"monotonic_head": monotonic},
+    )
+    rng = random.Random(4)
+    seen: list[list[int]] = [[], []]
+    for i in range(120):
+        if i % 5 == 0:
+            for node in h.nodes.values():
+                node.set(lag=rng.randint(0, 6))
+        batch = [
+            {"jsonrpc": "2.0", "method": DGP, "params": [], "id": f"a{i}"},
+            {"jsonrpc": "2.0", "method": "condenser_api.get_config", "params": [], "id": "c"},
+            {"jsonrpc": "2.0", "method": DGP, "params": [], "id": f"b{i}"},
+        ]
+        answers = orjson.loads((await h.post(orjson.dumps(batch))).body)
+        assert [a["id"] for a in answers] == [f"a{i}", "c", f"b{i}"]
+        seen[0].append(answers[0]["result"]["head_block_number"])
+        seen[1].append(answers[2]["result"]["head_block_number"])
+        await asyncio.sleep(0.005)
+    if monotonic:
+        assert [went_back(heads) for heads in seen] == [0, 0]
+        assert h.balancer.groups["default"].heads.held > 0
+    else:  # (the same fleet shows the head going back: the test has teeth)
+        assert went_back(seen[0]) > 0

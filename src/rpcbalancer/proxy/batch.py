@@ -18,7 +18,7 @@ from ..callbacks import Cancellable
 from ..config.ttl import NO_CACHE
 from ..errors import NoHealthyNode
 from ..fleet.nodes import Node
-from ..jsonrpc import INVALID_PARAMS, dumps, error_object, loads
+from ..jsonrpc import INVALID_PARAMS, dumps, error_object, loads, result_answer
 from ..messages import FAILURES, failure_of
 from ..observe.counters import Stats
 from .context import RequestContext
@@ -99,11 +99,14 @@ class Batch:
                     if entry is not None and "id" in member:
                         lookup.count(label, "hit")
                         self.answers[index] = answer_of(entry, member["id"])
+                        if plan.shape.reports_head:
+                            self._hold(index, plan, entry.node)
                         self.hits += 1
                         self.nodes.append(entry.node)
                         continue
                     lookup.count(label, "miss")
-            rewritten = rewritten or plan.shape.rewritten
+            # (A member that reports the head is answered member by member: it may be held.)
+            rewritten = rewritten or plan.shape.rewritten or plan.shape.reports_head
             by_group.setdefault(plan.shape.group.name, []).append((index, plan))
         if len(by_group) == 1 and not self.hits and not rewritten:
             plans = next(iter(by_group.values()))
@@ -222,6 +225,9 @@ class Batch:
                     continue
                 answer["id"] = call.members[found]["id"]
                 self.answers[found] = answer
+                plan = positions[found]
+                if plan.shape.reports_head and node is not None:
+                    self._hold(found, plan, node.name)
                 if node is not None and "result" in answer:
                     learner.keep(positions[found], answer["result"], node)
             for index in back.values():
@@ -233,6 +239,19 @@ class Batch:
         self.pending -= 1
         if self.pending == 0:
             self._done()
+
+    def _hold(self, index: int, plan: Plan, node: str) -> None:
+        """A member that reports the head: behind the head its group holds, it gets the
+        answer that reported that one (:mod:`.heads`), with its own id."""
+        heads = plan.group.heads
+        answer = self.answers[index]
+        if heads is None or answer is None:
+            return
+        body = answer if isinstance(answer, bytes) else dumps(answer)
+        kept = heads.behind(plan.key, body, node)
+        if kept is not None:
+            ident = self.ctx.call.members[index].get("id") if self.ctx.call is not None else None
+            self.answers[index] = result_answer(kept.result, ident)
 
     def _done(self) -> None:
         ctx = self.ctx
