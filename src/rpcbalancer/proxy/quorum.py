@@ -114,12 +114,12 @@ class Quorum:
             stage.cancel()  # (a stage that ended ignores it; a try still out is not blamed)
         ctx, plan = self.ctx, self.plan
         if vote is None:
-            heard = [(o.node.name, len(v)) for v in self.votes.values() for o in v if o.node]
+            heard = [o.node.name for v in self.votes.values() for o in v if o.node]
             message = (
                 f"Upstream nodes disagree: no answer was given by {self.agree} nodes "
                 f"({len(heard)} answered, in {len(self.votes)} different ways)"
             )
-            for name, _ in heard:
+            for name in heard:
                 self.mark(name, "quorum", "no quorum: " + message)
             ctx.answer = error_response("upstream", message, ctx.call)
             self.way.answer(ctx)
