@@ -46,6 +46,7 @@ from .proxy.heads import HeadFloor
 from .proxy.plan import Planner
 from .proxy.ratelimit import LocalLimiter, RedisLimiter
 from .proxy.router import Router
+from .proxy.sharedheads import SharedHeads
 from .proxy.writes import RecentWrites
 from .upstream.dns import DnsExpander, Resolver, system_resolver
 from .upstream.pool import H1Transport, Transport
@@ -214,6 +215,11 @@ class Balancer:
             counts = self.stats.cache
             self.answer_cache = AnswerCache(config.cache, config.chain, interval, counts=counts)
             self.answer_cache.on_broken = lambda name, why: self.mark(name, "integrity", why)
+        consistency = config.consistency
+        self.shared_heads: SharedHeads | None = None
+        """The head held across every process sharing the cache's Redis."""
+        if consistency.monotonic_head and consistency.share and config.cache.url:
+            self.shared_heads = SharedHeads(config.cache.url, config.chain, consistency.hold_for)
         self.started_at = time.time()
         self._stack: contextlib.AsyncExitStack | None = None
         self._due: dict[str, float] = {}
@@ -257,6 +263,8 @@ class Balancer:
         stack.push_async_callback(self.transport.aclose)
         if self.answer_cache is not None:
             stack.push_async_callback(self.answer_cache.aclose)
+        if self.shared_heads is not None:
+            stack.push_async_callback(self.shared_heads.aclose)
         if self.shared_limiter is not None:
             stack.push_async_callback(self.shared_limiter.aclose)
         if self.access_log is not None:

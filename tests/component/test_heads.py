@@ -147,13 +147,15 @@ async def test_the_floor_lets_go_when_every_node_stays_behind_it(harness: Any) -
     assert (floor.held, floor.released) == (1, 1)
 
 
+@pytest.mark.parametrize("batch", [False, True])
 @pytest.mark.parametrize("monotonic", [True, False])
 async def test_a_block_clients_were_told_exists_is_never_null(
-    harness: Any, monotonic: bool
+    harness: Any, monotonic: bool, batch: bool
 ) -> None:
     """The node at the head goes; the other is 5 blocks behind and says ``null`` for the
     head block a client was told of: the read waits for it (a fraction of a block at a time,
-    within its deadline) rather than answer ``null``. Off, the ``null`` is passed on."""
+    within its deadline) rather than answer ``null``, alone or as a batch's member. Off, the
+    ``null`` is passed on."""
     h = await harness(
         {"a": Behaviour(block_interval=0.3), "b": Behaviour(lag=5, block_interval=0.3)},
         strategy="first",
@@ -163,8 +165,17 @@ async def test_a_block_clients_were_told_exists_is_never_null(
     )
     top = head_of((await h.call(DGP)).body)
     await h.nodes["a"].stop()
-    resp = await h.call("condenser_api.get_block", [top], ident=9)
-    doc = orjson.loads(resp.body)
+    if batch:
+        members = [
+            {"jsonrpc": "2.0", "method": "condenser_api.get_block", "params": [top], "id": 9},
+            {"jsonrpc": "2.0", "method": "condenser_api.get_config", "params": [], "id": 10},
+        ]
+        resp = await h.post(orjson.dumps(members))
+        doc, config = orjson.loads(resp.body)
+        assert config["id"] == 10 and "result" in config
+    else:
+        resp = await h.call("condenser_api.get_block", [top], ident=9)
+        doc = orjson.loads(resp.body)
     assert doc["id"] == 9
     if monotonic:
         assert doc["result"]["block_id"].startswith(f"{top:08x}")

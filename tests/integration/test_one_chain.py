@@ -5,17 +5,21 @@ the lag rule), as apps that follow the chain use it.
 - Pollers of ``get_dynamic_global_properties``: the head never goes back, 0 in 10,000 calls
   from four clients at once, with ``fastest``, ``round_robin`` and ``random``.
 - dsteem's and dhive's block streams (``blockchain.getBlocks``, polling the head and reading
-  every block up to it) and nectar's (``Blockchain.blocks`` in head mode) read every block
-  exactly once, in order, never a null; their head pollers never see the head go back.
+  every block up to it) and nectar's (``Blockchain.blocks`` in head mode), and ethers' block
+  events through real ganache nodes held back and released, read every block exactly once,
+  in order, never a null, all at once for a minute; their head pollers never see the head go
+  back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import random
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ import requests
 
 from rpcbalancer.sim import Behaviour, FleetThread
 
-from .test_clients import run_client, start_balancer
+from .test_clients import _command, run_client, start_balancer
 
 DGP = {"jsonrpc": "2.0", "method": "condenser_api.get_dynamic_global_properties", "params": []}
 
@@ -99,36 +103,112 @@ def test_pollers_never_see_the_head_go_back(
         lb.stop()
 
 
-@pytest.mark.parametrize("client", ["dsteem", "dhive"])
-def test_block_streams_read_every_block_once_in_order(
-    drifting: FleetThread, client: str, tmp_path: Path
-) -> None:
-    lb = start_balancer({"nodes": drifting.urls, "strategy": "round_robin"}, tmp_path)
-    try:
-        got: dict[str, Any] = run_client("stream.js", client, lb.url, "20", timeout=90)
-    finally:
-        lb.stop()
-    assert got["errors"] == [], got["errors"]
-    assert got["nulls"] == 0  # a block it was told exists is never null
-    blocks = got["blocks"]
-    assert len(blocks) >= 12, blocks  # about one a second for 20 s
-    assert blocks == list(range(blocks[0], blocks[0] + len(blocks))), json.dumps(blocks)
-    assert blocks == got["asked"]
-    assert len(got["heads"]) > 50 and went_back(got["heads"]) == 0
+@pytest.fixture(scope="module")
+def drifting_evm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Three real ganache nodes (tests/ganache.py) of one chain."""
+    from ..ganache import GANACHE, EvmNetwork
+
+    _command("blocks.js")  # node and node_modules, or skip/fail
+    assert GANACHE.is_file()
+    with EvmNetwork(["g1", "g2", "g3"], tmp_path_factory.mktemp("ganache")) as network:
+        network.mine(2)
+        yield network
 
 
-def test_nectars_block_stream_reads_every_block_once_in_order(
-    drifting_hive: FleetThread, tmp_path: Path
+def _evm_drift(network: Any, stop: threading.Event) -> None:
+    """Two blocks a second; now and then a node is held back (it gets no blocks), then
+    released after a few blocks (it catches up): never all at once, never more than 5 behind."""
+    rng = random.Random(5)
+    names = list(network.nodes)
+    held: dict[str, int] = {}
+    while not stop.wait(0.5):
+        network.mine(1)
+        for name in list(held):
+            held[name] += 1
+            if held[name] >= 5 or rng.random() < 0.3:
+                del held[name]
+                network.release(name)
+        live = [name for name in names if name not in held]
+        if len(live) > 1 and rng.random() < 0.4:
+            name = rng.choice(live)
+            held[name] = 0
+            network.hold(name)
+    network.release(*names)
+
+
+@pytest.mark.timeout(300)
+def test_block_streams_read_every_block_once_in_order_for_a_minute(
+    drifting: FleetThread,
+    drifting_hive: FleetThread,
+    drifting_evm: Any,
+    tmp_path: Path,
 ) -> None:
-    lb = start_balancer(
-        {"chain": "hive", "nodes": drifting_hive.urls, "strategy": "round_robin"}, tmp_path
-    )
-    try:
-        got: dict[str, Any] = run_client("hive.py", "nectar-stream", lb.url, "20", timeout=90)
-    finally:
-        lb.stop()
-    assert got["errors"] == [], got["errors"]
-    blocks = got["blocks"]
-    assert len(blocks) >= 12, blocks
+    """dsteem's and dhive's ``blockchain.getBlocks`` and nectar's ``Blockchain.blocks``
+    through drifting fleets, and ethers' block events through ganache nodes held back and
+    released, all at once for a minute: every block once, in order, never a null; the head
+    pollers beside them never see the head go back."""
+    seconds = "60"
+    configs = {
+        "steem": {"nodes": drifting.urls, "strategy": "round_robin"},
+        "hive": {"chain": "hive", "nodes": drifting_hive.urls, "strategy": "round_robin"},
+        "evm": {
+            "chain": "evm",
+            "nodes": [{"url": node.url, "name": name} for name, node in drifting_evm.nodes.items()],
+            "strategy": "round_robin",
+            "probe": {"interval": 0.5},
+            "max_block_lag": 6,
+            "max_head_age": 3600,
+        },
+    }
+    got: dict[str, Any] = {}
+    stop = threading.Event()
+    mover = threading.Thread(target=_evm_drift, args=(drifting_evm, stop), daemon=True)
+    with contextlib.ExitStack() as stack:
+        lbs = {}
+        for name, config in configs.items():
+            (tmp_path / name).mkdir()
+            lbs[name] = start_balancer(config, tmp_path / name)
+            stack.callback(lbs[name].stop)
+        runs = {
+            "dsteem": ("stream.js", "dsteem", lbs["steem"].url, seconds),
+            "dhive": ("stream.js", "dhive", lbs["steem"].url, seconds),
+            "nectar": ("hive.py", "nectar-stream", lbs["hive"].url, seconds),
+            "ethers": ("blocks.js", lbs["evm"].url, seconds),
+        }
+        mover.start()
+        try:
+            with ThreadPoolExecutor(len(runs)) as pool:
+                futures = {
+                    name: pool.submit(run_client, *args, timeout=180) for name, args in runs.items()
+                }
+                got = {name: future.result() for name, future in futures.items()}
+        finally:
+            stop.set()
+            mover.join(30)
+    for name in ("dsteem", "dhive"):
+        run = got[name]
+        assert run["errors"] == [], (name, run["errors"])
+        assert run["nulls"] == 0, name  # a block it was told exists is never null
+        blocks = run["blocks"]
+        assert len(blocks) >= 45, (name, blocks)  # about one a second for a minute
+        assert blocks == list(range(blocks[0], blocks[0] + len(blocks))), (name, blocks)
+        assert blocks == run["asked"], name
+        assert len(run["heads"]) > 150 and went_back(run["heads"]) == 0, name
+    nectar = got["nectar"]
+    assert nectar["errors"] == [], nectar["errors"]
+    blocks = nectar["blocks"]
+    assert len(blocks) >= 45, blocks
     assert blocks == list(range(blocks[0], blocks[0] + len(blocks))), json.dumps(blocks)
-    assert went_back(got["heads"]) == 0
+    assert went_back(nectar["heads"]) == 0
+    ethers = got["ethers"]
+    assert ethers["errors"] == [], ethers["errors"]
+    assert ethers["nulls"] == 0
+    emitted = ethers["emitted"]
+    assert len(emitted) >= 80, emitted  # two blocks a second for a minute
+    assert emitted == list(range(emitted[0], emitted[0] + len(emitted))), json.dumps(emitted)
+    read = ethers["blocks"]
+    assert [number for number, _, _ in read] == emitted
+    for (_, hash_before, _), (_, _, parent) in itertools.pairwise(read):
+        assert parent == hash_before  # one chain
+    last, last_hash, _ = read[-1]
+    assert drifting_evm.call("g1", "eth_getBlockByNumber", [hex(last), False])["hash"] == last_hash

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
+import pytest
 
 from rpcbalancer.health.chains import CHAINS, Answer
+from rpcbalancer.health.chains.evm import Evm
 from rpcbalancer.health.probe import ping_ok
 from rpcbalancer.proxy.router import judge
 from rpcbalancer.upstream.pool import UpstreamResponse
@@ -143,3 +147,57 @@ def test_every_chain_preset_the_config_accepts_has_its_module() -> None:
     from rpcbalancer.config import CHAINS as NAMES
 
     assert set(NAMES) == set(CHAINS)
+
+
+# -- EVM block tags resolved to numbers (proxy/heads.py) ------------------------------------------
+
+
+def _resolve(tag: str) -> int | None:
+    return {"latest": 100, "safe": 90, "finalized": 80}.get(tag)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "pinned"),
+    [
+        ("eth_getBalance", ["0xa", "latest"], (["0xa", "0x64"], 100)),
+        ("eth_getBalance", ["0xa"], (["0xa", "0x64"], 100)),  # left out: latest
+        ("eth_call", [{"to": "0xa"}, "finalized"], ([{"to": "0xa"}, "0x50"], 80)),
+        ("eth_getStorageAt", ["0xa", "0x0", "safe"], (["0xa", "0x0", "0x5a"], 90)),
+        ("eth_getBlockByNumber", ["latest", False], (["0x64", False], 100)),
+        ("eth_feeHistory", ["0x4", "latest", [25]], (["0x4", "0x64", [25]], 100)),
+        ("eth_getBalance", ["0xa", "pending"], None),  # pending goes as asked
+        ("eth_getBalance", ["0xa", "0x10"], None),  # a number already
+        ("eth_getBalance", ["0xa", {"blockHash": "0xb"}], None),  # EIP-1898: as asked
+        ("eth_getBlockByNumber", [], None),  # not left out for a block read
+        ("eth_chainId", [], None),
+        ("eth_getBalance", {"address": "0xa"}, None),
+    ],
+)
+def test_evm_tags_resolved_to_numbers(name: str, params: Any, pinned: Any) -> None:
+    assert Evm().pinned(name, params, _resolve) == pinned
+
+
+def test_evm_log_queries_get_their_tagged_bounds_resolved() -> None:
+    evm = Evm()
+    got = evm.pinned("eth_getLogs", [{"address": "0xa"}], _resolve)
+    assert got == ([{"address": "0xa", "fromBlock": "0x64", "toBlock": "0x64"}], 100)
+    got = evm.pinned("eth_getLogs", [{"fromBlock": "0x10", "toBlock": "finalized"}], _resolve)
+    assert got == ([{"fromBlock": "0x10", "toBlock": "0x50"}], 80)
+    # Backwards once resolved (a client ahead of what the fleet shows): as asked.
+    assert evm.pinned("eth_getLogs", [{"fromBlock": "0x70"}], _resolve) is None
+    assert evm.pinned("eth_getLogs", [{"blockHash": "0xb"}], _resolve) is None
+    # A tag that stays unresolved: the call goes as asked.
+    assert evm.pinned("eth_getBalance", ["0xa", "latest"], lambda tag: None) is None
+
+
+def test_evm_answers_that_show_a_block_exists() -> None:
+    evm = Evm()
+    receipt = b'{"jsonrpc": "2.0", "id": 1, "result": {"blockNumber": "0x1b4", "status": "0x1"}}'
+    assert evm.named_block("eth_getTransactionReceipt", receipt) == 0x1B4
+    block = b'{"jsonrpc":"2.0","id":1,"result":{"number":"0x10","hash":"0xab"}}'
+    assert evm.named_block("eth_getBlockByNumber", block) == 0x10
+    pending = b'{"jsonrpc":"2.0","id":1,"result":{"blockNumber":null,"nonce":"0x1"}}'
+    assert evm.named_block("eth_getTransactionByHash", pending) is None
+    assert evm.named_block("eth_getBalance", b'{"result":"0x10"}') is None
+    assert evm.head_result(0x1B4) == b'"0x1b4"'
+    assert CHAINS["steem"].named_block("get_block", block) is None

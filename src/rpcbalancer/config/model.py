@@ -213,6 +213,10 @@ class ConsistencyConfig(_Model):
     hold_for: Seconds = Field(30.0, gt=0)
     """Seconds the head is held while every answer is behind it; then the lower answers are
     passed on (the nodes that reached it are gone)."""
+    share: bool = True
+    """With ``cache.url``, every process that shares that Redis (instances, workers) holds
+    one head: an answer that reports the head is settled with it before it goes out (one
+    Redis call on those calls only). ``false``: each process holds its own."""
     read_your_writes: bool = True
     """After a client's broadcast is accepted, its reads go to the node that accepted it (or
     to one whose head passed the transaction's block) and skip cache entries that could be
@@ -501,7 +505,8 @@ class CacheConfig(_Model):
     """Answers larger than this are never cached."""
     url: str | None = None
     """A Redis URL (may be the health store's) for a cache shared by every instance; none:
-    in this process only. Redis down: in-process only, never a failed request."""
+    in this process only. Redis down: in-process only, never a failed request. The
+    instances sharing it also hold one head (``consistency.share``), cache on or off."""
     coalesce: bool = True
     """Identical reads in flight share one upstream call."""
 

@@ -12,6 +12,7 @@ answer is learned from (:mod:`.learn`) as a single call's would be.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from ..callbacks import Cancellable
@@ -24,6 +25,7 @@ from ..observe.counters import Stats
 from .context import RequestContext
 from .forward import Forward
 from .forwarding import Outcome
+from .heads import WAITS
 from .learn import Learner
 from .lookup import Lookup, answer_of
 from .plan import Plan, Planner
@@ -37,6 +39,8 @@ class BatchWay(Protocol):
     learner: Learner
     forward: Forward
     stats: Stats
+    pause: float
+    total: float
 
     def answer(self, ctx: RequestContext) -> None: ...
 
@@ -53,6 +57,7 @@ class Batch:
         "nodes",
         "outcomes",
         "pending",
+        "pins",
         "way",
     )
 
@@ -69,6 +74,8 @@ class Batch:
         self.groups: list[str] = []
         self.nodes: list[str] = []
         self.hits = 0
+        self.pins: dict[str, int] = {}
+        """Per group, the highest block its members' tags were resolved to (:mod:`.heads`)."""
 
     def __repr__(self) -> str:
         return f"<Batch {len(self.answers)} members, {self.hits} hits, {self.pending} pending>"
@@ -105,6 +112,10 @@ class Batch:
                         self.nodes.append(entry.node)
                         continue
                     lookup.count(label, "miss")
+            if plan.shape.pins and self._pin(plan):
+                rewritten = True  # (sent with its tag resolved)
+            elif _asks_block(plan):
+                rewritten = True  # (its answer is looked at: a block told to exist, never null)
             # (A member that reports the head is answered member by member: it may be held.)
             rewritten = rewritten or plan.shape.rewritten or plan.shape.reports_head
             by_group.setdefault(plan.shape.group.name, []).append((index, plan))
@@ -118,6 +129,17 @@ class Batch:
             self._done()
             return None
         return self
+
+    def _pin(self, plan: Plan) -> bool:
+        """Resolve a member's block tags (:meth:`.Plan.pinned`); True when it was."""
+        group = plan.group
+        nodes, failopen = group.fleet.candidates(self.ctx.start)
+        pinned = None if failopen else plan.pinned(nodes)
+        if pinned is None:
+            return False
+        plan.member = pinned[0]
+        self.pins[group.name] = max(self.pins.get(group.name, 0), pinned[1])
+        return True
 
     def _whole(self, plans: list[tuple[int, Plan]]) -> None:
         """Every member to one group, as the client sent them: the batch goes whole and the
@@ -198,8 +220,9 @@ class Batch:
             self._ended(plans, back, outcome)
 
         self.pending += 1
+        pin = self.pins.get(first.shape.group.name, 0)
         self.forwardings.append(
-            self.way.forward.batch(ctx, first, dumps(members), broadcast, ended)
+            self.way.forward.batch(ctx, first, dumps(members), broadcast, ended, pin)
         )
 
     def _ended(self, plans: list[tuple[int, Plan]], back: dict[int, int], outcome: Outcome) -> None:
@@ -227,7 +250,7 @@ class Batch:
                 self.answers[found] = answer
                 plan = positions[found]
                 if plan.shape.reports_head and node is not None:
-                    self._hold(found, plan, node.name)
+                    self._hold(found, plan, node.name, node)
                 if node is not None and "result" in answer:
                     learner.keep(positions[found], answer["result"], node)
             for index in back.values():
@@ -236,19 +259,61 @@ class Batch:
                     self.answers[index] = _error(
                         FAILURES["upstream"].code, why, call.members[index]["id"]
                     )
+            again = [(i, plan) for i, plan in plans if self._not_there_yet(i, plan)]
+            if again and self._may_wait():
+                self._ask_again(again)
+                return
         self.pending -= 1
         if self.pending == 0:
             self._done()
 
-    def _hold(self, index: int, plan: Plan, node: str) -> None:
+    def _not_there_yet(self, index: int, plan: Plan) -> bool:
+        """Whether a member's answer is ``null`` for a block its group told clients exists."""
+        heads = plan.group.heads
+        answer = self.answers[index]
+        return (
+            heads is not None
+            and isinstance(answer, dict)
+            and "result" in answer
+            and answer["result"] is None
+            and heads.told(plan.parts[-1], plan.params)
+        )
+
+    def _may_wait(self) -> bool:
+        """Whether the batch may wait a fraction of a block and ask again (its deadline and
+        :data:`.heads.WAITS` allowing)."""
+        ctx, way = self.ctx, self.way
+        if ctx.waited >= WAITS:
+            return False
+        deadline = ctx.deadline or ctx.start + way.total
+        return way.lookup.clock() + way.pause < deadline
+
+    def _ask_again(self, plans: list[tuple[int, Plan]]) -> None:
+        """Ask these members again, alone, after a fraction of a block (this part of the
+        batch stays pending meanwhile)."""
+        self.ctx.waited += 1
+
+        def again() -> None:
+            self.pending -= 1
+            self._send(plans)
+
+        timer = asyncio.get_running_loop().call_later(self.way.pause, again)
+        self.forwardings.append(timer)
+
+    def _hold(self, index: int, plan: Plan, name: str, node: Node | None = None) -> None:
         """A member that reports the head: behind the head its group holds, it gets the
-        answer that reported that one (:mod:`.heads`), with its own id."""
+        answer that reported that one (:mod:`.heads`), with its own id. The head a node
+        reported (``node``: not a cache hit's) is its latest word, as a single call's is."""
         heads = plan.group.heads
         answer = self.answers[index]
         if heads is None or answer is None:
             return
         body = answer if isinstance(answer, bytes) else dumps(answer)
-        kept = heads.behind(plan.key, body, node)
+        if node is not None:
+            head = heads.chain.reported_head(body)
+            if head is not None:
+                node.observe_head(self.way.lookup.clock(), head)
+        kept = heads.behind(plan.key, body, name)
         if kept is not None:
             ident = self.ctx.call.members[index].get("id") if self.ctx.call is not None else None
             self.answers[index] = result_answer(kept.result, ident)
@@ -272,6 +337,12 @@ class Batch:
         forwardings, self.forwardings = self.forwardings, []
         for forwarding in forwardings:
             forwarding.cancel()
+
+
+def _asks_block(plan: Plan) -> bool:
+    """Whether a member asks for a block by number, and its group holds the head."""
+    heads = plan.group.heads
+    return heads is not None and heads.chain.block_asked(plan.parts[-1], plan.params) is not None
 
 
 def _error(code: int, message: str, ident: Any) -> dict[str, Any]:

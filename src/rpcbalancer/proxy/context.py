@@ -45,6 +45,7 @@ class RequestContext:
         "reply",
         "req",
         "rid",
+        "settled",
         "stage",
         "start",
         "status",
@@ -98,6 +99,8 @@ class RequestContext:
         self.way: Way | None = None
         """The gateway taking it its way (set when it starts)."""
         self.waited = 0
+        self.settled = False
+        """Whether its head was settled with the other processes' (:mod:`.sharedheads`)."""
         """Times it waited for a block it was told exists (every node said ``null``)."""
         self.wrote: Write | None = None
         """The client's latest broadcast, while its reads must see it (read-your-writes)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from ..callbacks import Cancellable
 from ..fleet.nodes import Node
+from ..jsonrpc import dumps
 from .context import RequestContext
 from .forwarding import Outcome
 from .plan import Plan
@@ -42,12 +43,22 @@ class Forward:
         call = ctx.call
         shape = plan.shape
         route = shape.route
+        min_head = 0
         if call is None:
             method, body, unsure_of = "GET", None, None
         else:
             method = "POST"
             body = plan.body() if shape.rewritten else (call.body or ctx.req.body)
             unsure_of = (plan.parts[-1], plan.params)
+            if shape.pins:  # a read at a block tag: at a number the node has (:mod:`.heads`)
+                nodes, failopen = plan.group.fleet.candidates(ctx.start)
+                wrote = ctx.wrote
+                if wrote is not None and wrote.only and wrote.node in nodes:
+                    nodes = [wrote.node]  # (read-your-writes sends it there)
+                pinned = None if failopen else plan.pinned(nodes)
+                if pinned is not None:
+                    body = dumps(pinned[0])
+                    min_head = pinned[1]
         request = ProxyRequest(
             method,
             ctx.path,
@@ -67,7 +78,8 @@ class Forward:
         if wrote is not None:  # read-your-writes: where the client's broadcasts are known
             if wrote.only or plan.broadcast:  # (its broadcasts stay on one node)
                 request.prefer = wrote.node
-            request.min_head = wrote.block or 0
+            min_head = max(min_head, wrote.block or 0)
+        request.min_head = min_head
         return plan.group.router.start(request, done)
 
     def batch(
@@ -77,9 +89,11 @@ class Forward:
         body: bytes,
         broadcast: bool,
         done: Callable[[Outcome], None],
+        min_head: int = 0,
     ) -> Cancellable:
         """Forward a batch body to the group of ``plan`` (its first member's), with that
-        member's route: a ``null`` answer is never asked again of another node."""
+        member's route: a ``null`` answer is never asked again of another node. ``min_head``:
+        the highest block its members' tags were resolved to (a node that has it serves)."""
         route = plan.shape.route
         request = ProxyRequest(
             "POST",
@@ -92,6 +106,7 @@ class Forward:
             route.retries,
             ctx.deadline,
         )
+        request.min_head = min_head
         return plan.group.router.start(request, done)
 
     def headers(self, ctx: RequestContext) -> dict[str, str]:

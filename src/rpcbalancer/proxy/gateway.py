@@ -60,6 +60,7 @@ from .learn import Learner
 from .lookup import ASK_REDIS, HIT, Lookup
 from .plan import Plan, Planner
 from .quorum import Quorum
+from .sharedheads import SharedHeads
 from .split import Split, chunks_of
 from .writes import RecentWrites
 
@@ -96,6 +97,8 @@ class Gateway:
         self.stats = balancer.stats
         self.pause = min(0.5, max(0.05, balancer.chain.block_interval / 6))
         """Seconds before a block clients were told exists is asked for again."""
+        self.shared_heads = balancer.shared_heads
+        """The floors of every process sharing the cache's Redis (:mod:`.sharedheads`)."""
         self.writes = balancer.writes
         """Clients that broadcast lately: their reads must see it (:mod:`.writes`)."""
         self.answerer = Answerer(
@@ -320,6 +323,12 @@ class Gateway:
             heads = plan.group.heads
             if heads is not None:  # the head told never goes back (:mod:`.heads`)
                 hold(ctx, heads, plan.key)
+                shared = self.shared_heads
+                if shared is not None and not ctx.settled and shared.usable():
+                    ctx.settled = True  # ... in any process that shares Redis
+                    loop = asyncio.get_running_loop()
+                    ctx.stage = loop.create_task(self._settle(ctx, plan, heads, shared))
+                    return
         try:
             response = self.answerer.build(ctx, wait)
         except Exception:
@@ -336,6 +345,14 @@ class Gateway:
 
     def _resume(self, ctx: RequestContext) -> None:
         self.answer(ctx, wait=False)
+
+    async def _settle(
+        self, ctx: RequestContext, plan: Plan, heads: HeadFloor, shared: SharedHeads
+    ) -> None:
+        """The head with the other processes' (:mod:`.sharedheads`), then the answer."""
+        await shared.settle(plan.group.name, plan.key, heads)
+        if ctx.reply is not None:
+            self.answer(ctx)
 
 
 def hold(ctx: RequestContext, heads: HeadFloor, key: str) -> None:

@@ -23,6 +23,13 @@ A block a client was told exists is never ``null`` either: when every node asked
 ``null`` for a block at or below the head held (the nodes that have it are slow, or drifted
 back), the read waits a fraction of a block and asks again, within its deadline
 (:meth:`HeadFloor.told`, the gateway's ``learned``).
+
+On EVM chains the head shows in more than ``eth_blockNumber``: a read at ``latest`` is answered
+at the node's head, a receipt names its block. So a read at ``latest``, ``safe`` or
+``finalized`` is sent with the tag resolved to a number (:meth:`HeadFloor.resolve`): the
+highest of what clients were shown and of the block every serving node has, to a node known to
+have it; and an ``eth_blockNumber`` behind a block an answer named (a receipt's) is answered
+with that block.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..cache import has_result, result_of
+from ..fleet.nodes import Node
 from ..health.chains import Chain
 from ..jsonrpc import dumps
 from ..observe.counters import Stats
@@ -63,7 +71,20 @@ class Held:
 class HeadFloor:
     """One group's floor: per head-reporting call, the answer with the highest head."""
 
-    __slots__ = ("chain", "clock", "held", "hold_for", "kept", "released", "stats")
+    __slots__ = (
+        "chain",
+        "clock",
+        "final",
+        "held",
+        "hold_for",
+        "kept",
+        "named",
+        "named_at",
+        "named_by",
+        "pinned",
+        "released",
+        "stats",
+    )
 
     def __init__(
         self, chain: Chain, hold_for: float, clock: Callable[[], float], stats: Stats | None = None
@@ -78,14 +99,77 @@ class HeadFloor:
         """Answers behind the floor that were replaced by the kept one."""
         self.released = 0
         """Answers behind the floor passed on after ``hold_for`` (the floor let go)."""
+        self.named = 0
+        """The highest block an answer showed exists (a receipt's, a block's)."""
+        self.named_at = 0.0
+        self.named_by = ""
+        self.pinned = 0
+        """The highest number ``latest`` was resolved to."""
+        self.final = 0
+        """The highest number ``safe`` and ``finalized`` were resolved to."""
 
     def __repr__(self) -> str:
         return f"<HeadFloor head={self.head} held={self.held} released={self.released}>"
 
     @property
     def head(self) -> int | None:
-        """The highest head any answer of this group reported (None before the first)."""
-        return max((held.head for held in self.kept.values()), default=None)
+        """The highest head any answer of this group reported or showed (None before the
+        first)."""
+        head = max((held.head for held in self.kept.values()), default=None)
+        named = self.named
+        if named and (head is None or named > head):
+            return named
+        return head
+
+    def adopt(self, key: str, head: int, result: bytes, node: str) -> None:
+        """Another process kept ``head`` for ``key`` (:mod:`.sharedheads`): it is this one's
+        floor too, when higher."""
+        kept = self.kept.get(key)
+        if kept is not None and kept.head >= head:
+            return
+        if kept is None and len(self.kept) >= MAX_KEYS:
+            return
+        self.kept[key] = Held(head, result, node, self.clock())
+
+    def saw(self, block: int, node: Node) -> None:
+        """An answer from ``node`` showed that ``block`` exists (a receipt's block): the
+        node has it, and a client shown it must not be told a lower head."""
+        known = node.head()
+        now = self.clock()
+        if known is None or known < block:
+            node.observe_head(now, block)
+        if block >= self.named:
+            self.named = block
+            self.named_at = now
+            self.named_by = node.name
+
+    def resolve(self, tag: str, nodes: list[Node]) -> int | None:
+        """The number a read at ``tag`` is sent with, among the serving ``nodes``: for
+        ``latest``, the highest of the head clients were shown, the number it was resolved
+        to before, and the head every node has; for ``safe`` and ``finalized``, the highest
+        of the number they were resolved to before and the finalized block every node
+        reported (a safe block is at least that one). None (the tag goes as asked, and it is
+        counted as let go) when no node is known to have that block, or nothing is known."""
+        heads = [head for node in nodes if (head := node.head()) is not None]
+        if not heads:
+            return None
+        if tag == "latest":
+            number = max(self.head or 0, self.pinned, min(heads))
+        else:
+            finals = [n.irreversible for n in nodes if n.irreversible is not None]
+            if not finals:
+                return None
+            number = max(self.final, min(finals))
+        if number > max(heads):  # no node known to have it: its nodes are gone or behind
+            self.released += 1
+            if self.stats is not None:
+                self.stats.heads_released += 1
+            return None
+        if tag == "latest":
+            self.pinned = number
+        else:
+            self.final = number
+        return number
 
     def told(self, name: str, params: Any) -> bool:
         """Whether a call of this name asks for a block at or below the head this group
@@ -103,6 +187,14 @@ class HeadFloor:
             return None  # an error, or an answer that says nothing of the head
         now = self.clock()
         kept = self.kept.get(key)
+        named = self.named
+        if head < named and (kept is None or kept.head < named):
+            text = self.chain.head_result(named)  # behind a block shown to exist
+            if text is not None and now - self.named_at <= self.hold_for:
+                self.held += 1
+                if self.stats is not None:
+                    self.stats.heads_held += 1
+                return Held(named, text, self.named_by, now)
         if kept is not None and head < kept.head:
             if now - kept.confirmed <= self.hold_for:
                 self.held += 1

@@ -17,7 +17,7 @@ from ..cache import AnswerCache
 from ..config.ttl import NO_CACHE
 from ..fleet.nodes import Node
 from ..health.chains import Chain
-from ..jsonrpc import number_after
+from ..jsonrpc import dumps, number_after
 from .forwarding import Outcome
 from .plan import Plan
 
@@ -38,6 +38,11 @@ class Learner:
             return
         body = resp.body
         group = plan.group
+        heads = group.heads
+        if heads is not None:  # a block it shows exists: never a lower head after it
+            block = self.chain.named_block(plan.parts[-1], body)
+            if block is not None:
+                heads.saw(block, node)
         now = self.clock()
         if b'"last_irreversible_block_num"' in body:
             lib = number_after(body, b'"last_irreversible_block_num"')
@@ -53,7 +58,17 @@ class Learner:
         cache.offer_body(plan, body, node.name, node.irreversible, finality, plan.shape.label)
 
     def keep(self, plan: Plan, result: Any, node: Node) -> None:
-        """Keep a batch member's ``result`` (from ``node``) when the cache may."""
+        """Learn from a batch member's ``result`` (from ``node``): the block it shows, and
+        keep it when the cache may."""
+        heads = plan.group.heads
+        if (
+            heads is not None
+            and isinstance(result, dict)
+            and ("number" in result or "blockNumber" in result)
+        ):
+            block = self.chain.named_block(plan.parts[-1], dumps(result))
+            if block is not None:
+                heads.saw(block, node)
         cache = self.cache
         if cache is None or plan.ttl == NO_CACHE:
             return

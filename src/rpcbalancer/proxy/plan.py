@@ -62,6 +62,8 @@ class Shape:
     split: int = 0
     """Blocks per chunk when a query over more is split across nodes (:mod:`.split`); 0:
     never split."""
+    pins: bool = False
+    """It may read at a block tag, and its group resolves tags to numbers (:mod:`.heads`)."""
 
 
 class Plan:
@@ -91,6 +93,21 @@ class Plan:
     def body(self) -> bytes:
         """The member's bytes, when it must be sent re-encoded (renamed or translated)."""
         return dumps(self.member)
+
+    def pinned(self, nodes: list[Any]) -> tuple[dict[str, Any], int] | None:
+        """The member with its block tags resolved among ``nodes`` (:meth:`.HeadFloor.
+        resolve`), and the highest block it reads at; None when it goes as asked."""
+        heads = self.group.heads
+        if heads is None:
+            return None
+        found = heads.chain.pinned(
+            self.parts[-1], self.params, lambda tag: heads.resolve(tag, nodes)
+        )
+        if found is None:
+            return None
+        member = dict(self.member)
+        member["params"] = found[0]
+        return member, found[1]
 
 
 class Planner:
@@ -236,5 +253,6 @@ class Planner:
             resend=chain.resend(parts) if broadcast and self.resending else 0,
             limit=chain.cap(parts[-1]) if route.limit is None else route.limit,
             split=chain.chunk(parts[-1]) if route.split is None else route.split,
+            pins=group.heads is not None and not broadcast and chain.tagged(parts[-1]),
         )
         return shape, name.params

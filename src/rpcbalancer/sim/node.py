@@ -28,7 +28,7 @@ import orjson
 from aiohttp import web
 
 from ..keccak import keccak256
-from .steem_api import MISSING, UNKNOWN_TRANSACTION, SteemApi
+from .steem_api import MISSING, NO_HEADER, UNKNOWN_TRANSACTION, SteemApi
 
 GENESIS_BLOCK = 90_000_000
 LOG_EVERY = 1000
@@ -54,6 +54,9 @@ class Behaviour:
     """Share of requests never answered."""
     lag: int = 0
     """Blocks behind the chain head."""
+    stalled_at: int = 0
+    """When set, the node stopped following the chain at this block: its head stays there
+    (as a stalled node's does) until set back to 0."""
     fork: int = 0
     """This node is on a fork for its last ``fork`` blocks: it serves other blocks (other
     ids) at those reversible heights, until set back to 0 (it converges)."""
@@ -195,7 +198,8 @@ class FakeNode:
 
     def head(self) -> int:
         b = self.behaviour
-        return chain_head(time.time(), b.block_interval) - b.lag
+        head = chain_head(time.time(), b.block_interval) - b.lag
+        return min(head, b.stalled_at) if b.stalled_at else head
 
     async def start(self, port: int | None = None) -> None:
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -337,6 +341,12 @@ class FakeNode:
                 "jsonrpc": "2.0",
                 "id": ident,
                 "error": {"code": -32601, "message": f"Method not found: {method}"},
+            }
+        if result is NO_HEADER:  # a block this node does not have yet, as geth says it
+            return {
+                "jsonrpc": "2.0",
+                "id": ident,
+                "error": {"code": -32000, "message": "header not found"},
             }
         if result is UNKNOWN_TRANSACTION:
             message = "Assert Exception:itr != idx.end(): Unknown Transaction"
@@ -504,11 +514,30 @@ class FakeNode:
                 "timestamp": hex(int(block_time(block, b.block_interval))),
                 "hash": "0x" + f"{block:064x}",
             }
+        at = _STATE_AT.get(method)
+        if at is not None:  # state that grows with the chain: the block it was read at shows
+            tag = params[at] if isinstance(params, list) and len(params) > at else "latest"
+            read = {"latest": head, "pending": head, "safe": head - 32, "finalized": head - 64}
+            block = read.get(tag) if isinstance(tag, str) and not tag.startswith("0x") else None
+            if block is None:
+                try:
+                    block = int(tag, 16) if isinstance(tag, str) else int(tag)
+                except (TypeError, ValueError):
+                    return None
+            if block > head or block < 0:
+                return NO_HEADER
+            return hex(block * STATE_PER_BLOCK)
         if method == "web3_clientVersion":
             return f"Geth/v{b.version or '1.14.0'}"
         if method == "eth_chainId":
             return "0x1"
         return MISSING
+
+
+_STATE_AT = {"eth_getBalance": 1, "eth_getTransactionCount": 1, "eth_call": 1}
+"""EVM reads of state at a block (the position of their block parameter): the simulator
+answers ``block x STATE_PER_BLOCK``, so the block a read was answered at shows in it."""
+STATE_PER_BLOCK = 1_000
 
 
 def _method(member: Any) -> str:

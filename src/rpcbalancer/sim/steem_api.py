@@ -28,6 +28,9 @@ MISSING: Final = object()
 UNKNOWN_TRANSACTION: Final = object()
 """steemd's answer for a transaction it has not seen: an assertion error, not ``null``."""
 
+NO_HEADER: Final = object()
+"""An EVM node's answer for state at a block it does not have yet (geth: an error)."""
+
 TEST_PUBLIC_KEY = "STM6aGPtxMUGnTPfKLSxdwCHbximSJxzrRjeQmwRW9BRCdrFotKLs"
 """Every simulated account's key (owner, active, posting, memo). Its private key is the
 widely published example WIF ``5JRaypasxMx1L97ZUX7YuC5Psb5EAbF821kkAGtBj7xCJFQcbLg``: a key for

@@ -108,6 +108,31 @@ class Chain(Protocol):
         alone), or None."""
         ...
 
+    def tagged(self, name: str) -> bool:
+        """Whether a call of this name may read at a block named by a tag (EVM's ``latest``,
+        ``safe``, ``finalized``): the balancer resolves such a tag to a number
+        (:meth:`pinned`)."""
+        ...
+
+    def pinned(
+        self, name: str, params: Any, resolve: Callable[[str], int | None]
+    ) -> tuple[Any, int] | None:
+        """``params`` with each block tag they read at (``latest``, also when the block is
+        left out; ``safe``, ``finalized``) replaced by the number ``resolve(tag)`` gives, and
+        the highest number put in; None when they name no such tag or a tag stays
+        unresolved (then the call goes as asked)."""
+        ...
+
+    def named_block(self, name: str, body: bytes) -> int | None:
+        """The block an answer to a call of this name shows exists (a receipt's block, a
+        block's number), or None."""
+        ...
+
+    def head_result(self, head: int) -> bytes | None:
+        """The ``result`` (JSON text) a call that :meth:`reports_head` answers for ``head``,
+        when the balancer can say it itself (EVM's ``eth_blockNumber``), else None."""
+        ...
+
     def resend(self, parts: tuple[str, ...]) -> int:
         """How a broadcast of this name (as routes read it) may be sent again when its fate
         is unknown: :data:`NEVER`, :data:`AGAIN` or :data:`CONFIRMED`."""

@@ -80,6 +80,20 @@ class CallProbe:
     def reported_head(self, body: bytes) -> int | None:
         return None
 
+    def tagged(self, name: str) -> bool:
+        return False
+
+    def pinned(
+        self, name: str, params: Any, resolve: Callable[[str], int | None]
+    ) -> tuple[Any, int] | None:
+        return None
+
+    def named_block(self, name: str, body: bytes) -> int | None:
+        return None
+
+    def head_result(self, head: int) -> bytes | None:
+        return None
+
     def empty_is_unsure(
         self, method: str, params: Any, best_head: Callable[[], int | None]
     ) -> bool:

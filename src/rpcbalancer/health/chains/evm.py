@@ -36,6 +36,35 @@ _BY_HASH = frozenset(
 transaction sent through another node): another node is asked before ``null`` stands."""
 
 
+_AT_BLOCK = {
+    # method -> the position of the block it reads at (a number, a tag, or EIP-1898's object)
+    "eth_getBalance": 1,
+    "eth_getCode": 1,
+    "eth_getTransactionCount": 1,
+    "eth_call": 1,
+    "eth_getStorageAt": 2,
+    "eth_getProof": 2,
+    "eth_feeHistory": 1,
+    "eth_getBlockByNumber": 0,
+    "eth_getBlockTransactionCountByNumber": 0,
+    "eth_getTransactionByBlockNumberAndIndex": 0,
+    "eth_getBlockReceipts": 0,
+}
+_LEFT_OUT_IS_LATEST = frozenset(
+    {"eth_getBalance", "eth_getCode", "eth_getTransactionCount", "eth_call", "eth_getStorageAt"}
+)
+"""Reads whose block may be left out (then it is ``latest``)."""
+_TAGS = frozenset({"latest", "safe", "finalized"})
+"""The tags resolved to a number (``pending`` and ``earliest`` go as asked)."""
+_NAMES_BLOCK = {
+    "eth_getTransactionReceipt": b'"blockNumber"',
+    "eth_getTransactionByHash": b'"blockNumber"',
+    "eth_getBlockByNumber": b'"number"',
+    "eth_getBlockByHash": b'"number"',
+}
+"""Answers that show a block exists: where its number is."""
+
+
 _METHODS = frozenset(
     {
         "eth_blockNumber",
@@ -174,6 +203,39 @@ class Evm:
         except ValueError:
             return None
 
+    def tagged(self, name: str) -> bool:
+        return name in _AT_BLOCK or name == "eth_getLogs"
+
+    def pinned(
+        self, name: str, params: Any, resolve: Callable[[str], int | None]
+    ) -> tuple[Any, int] | None:
+        if not isinstance(params, list):
+            return None
+        if name == "eth_getLogs":
+            return _pinned_query(params, resolve)
+        at = _AT_BLOCK.get(name)
+        if at is None:
+            return None
+        if len(params) > at:
+            tag = params[at]
+        elif len(params) == at and name in _LEFT_OUT_IS_LATEST:
+            tag = "latest"
+        else:
+            return None
+        if not isinstance(tag, str) or tag not in _TAGS:
+            return None
+        number = resolve(tag)
+        if number is None:
+            return None
+        return [*params[:at], hex(number), *params[at + 1 :]], number
+
+    def named_block(self, name: str, body: bytes) -> int | None:
+        key = _NAMES_BLOCK.get(name)
+        return None if key is None else hex_after(body, key)
+
+    def head_result(self, head: int) -> bytes | None:
+        return b'"0x%x"' % head
+
     def empty_is_unsure(
         self, method: str, params: Any, best_head: Callable[[], int | None]
     ) -> bool:
@@ -182,6 +244,52 @@ class Evm:
     def is_node_fault(self, error: dict[str, Any]) -> bool:
         # -32005: limit exceeded (rate limited by the provider).
         return error.get("code") == -32005 or sick_message(error)
+
+
+def _pinned_query(
+    params: list[Any], resolve: Callable[[str], int | None]
+) -> tuple[Any, int] | None:
+    """An ``eth_getLogs`` filter with its tagged bounds (a left-out bound is ``latest``)
+    resolved; None when it names none, or when the range would come out backwards (a
+    ``fromBlock`` past the number ``latest`` resolves to: the node judges it as asked)."""
+    query = params[0] if params else None
+    if not isinstance(query, dict) or "blockHash" in query:
+        return None
+    query = dict(query)
+    highest = -1
+    for bound in ("fromBlock", "toBlock"):
+        tag = query.get(bound, "latest")
+        if isinstance(tag, str) and tag in _TAGS:
+            number = resolve(tag)
+            if number is None:
+                return None
+            query[bound] = hex(number)
+            highest = max(highest, number)
+    if highest < 0:
+        return None
+    first, last = _hex(query.get("fromBlock")), _hex(query.get("toBlock"))
+    if first is not None and last is not None and first > last:
+        return None
+    return [query, *params[1:]], highest
+
+
+def hex_after(body: bytes, key: bytes) -> int | None:
+    """The hex quantity right after ``key`` in a JSON text (``"number":"0x1b4"``, or with
+    spaces around the colon), or None."""
+    at = body.find(key)
+    if at < 0:
+        return None
+    at += len(key)
+    start = body.find(b'"0x', at, at + 8)
+    if start < 0 or body[at:start].strip() != b":":
+        return None
+    end = body.find(b'"', start + 3, start + 70)
+    if end < 0:
+        return None
+    try:
+        return int(body[start + 3 : end], 16)
+    except ValueError:
+        return None
 
 
 def _block(tag: Any, head: int | None) -> int | None:

@@ -214,6 +214,20 @@ class SteemLike:
     def reported_head(self, body: bytes) -> int | None:
         return self.head_in(body)
 
+    def tagged(self, name: str) -> bool:
+        return False  # blocks are asked for by number
+
+    def pinned(
+        self, name: str, params: Any, resolve: Callable[[str], int | None]
+    ) -> tuple[Any, int] | None:
+        return None
+
+    def named_block(self, name: str, body: bytes) -> int | None:
+        return None
+
+    def head_result(self, head: int) -> bytes | None:
+        return None  # the head comes with the rest of the chain's properties
+
 
 def _parse_time(value: Any) -> float | None:
     if not isinstance(value, str):
