@@ -55,3 +55,43 @@ async def test_blocks_that_link_are_kept_either_way_round(harness: Any) -> None:
     cache = h.balancer.answer_cache
     assert cache.broken == 0
     assert {old - 1, old, old + 1} <= set(cache.links)
+
+
+async def test_an_evm_transaction_kept_forever_must_be_in_its_block(harness: Any) -> None:
+    """A receipt is kept forever once found; before that, the block it names must be the
+    block of that number kept (its hash), and hold it. A node whose receipt fails either is
+    ejected, as one whose block does not link is."""
+    h = await harness(
+        {"good": Behaviour(), "bad": Behaviour()},
+        chain="evm",
+        strategy="first",
+        cache={"enabled": True},
+        hedge={"enabled": False},
+    )
+    old = h.nodes["good"].head() - 200  # finalized long ago
+    tx = "0x" + "ab" * 32
+    h.mempool.take("0x01", old, "good", tx)
+    block = await h.call("eth_getBlockByNumber", [hex(old), False])
+    assert orjson.loads(block.body)["result"]["transactions"] == [tx]
+    cache = h.balancer.answer_cache
+    assert old in cache.links and cache.holds[old] == {tx}
+    h.nodes["good"].set(fail_rate=1.0)  # the receipt comes from "bad", naming another block
+    h.nodes["bad"].set(corrupt_rate=1.0)
+    served = await h.call("eth_getTransactionReceipt", [tx])
+    assert h.name_of(served) == "bad"
+    assert orjson.loads(served.body)["result"]["blockHash"].endswith("deadbeef")
+    assert cache.broken == 1
+    bad = next(n for n in h.balancer.fleet.nodes if n.name == h.nodes["bad"].url)
+    assert bad.breaker.ejected_by == {"integrity": 1}
+    h.nodes["good"].set(fail_rate=0.0)
+    again = await h.call("eth_getTransactionReceipt", [tx])
+    assert (dict(again.headers).get("x-cache"), h.name_of(again)) == ("miss", "good")
+    kept = await h.call("eth_getTransactionReceipt", [tx])
+    assert dict(kept.headers).get("x-cache") == "hit"
+    # A transaction a node places in that block, which the block kept does not hold.
+    other = "0x" + "cd" * 32
+    h.mempool.take("0x02", old, "good", other)
+    placed = await h.call("eth_getTransactionReceipt", [other])
+    assert orjson.loads(placed.body)["result"]["blockNumber"] == hex(old)
+    assert cache.broken == 2
+    assert dict((await h.call("eth_getTransactionReceipt", [other])).headers)["x-cache"] == "miss"

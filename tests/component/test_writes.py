@@ -1,6 +1,6 @@
 """Read-your-writes (``consistency.read_your_writes``, proxy/writes.py): a client that
-broadcasts a transfer and reads its balance at once sees the transfer, whichever node the
-strategy would pick and whatever the cache holds.
+broadcasts a transfer and reads its balance and its account history at once sees the
+transfer, whichever node the strategy would pick and whatever the cache holds.
 
 The fake nodes share a mempool: the node that takes a transfer shows it in its accounts at
 once; the others once their head reaches the block it went into (here they lag 4 blocks of
@@ -18,6 +18,7 @@ from rpcbalancer.sim import Behaviour
 
 ACCOUNTS = "condenser_api.get_accounts"
 BROADCAST = "condenser_api.broadcast_transaction"
+HISTORY = "condenser_api.get_account_history"
 
 
 def fleet() -> dict[str, Behaviour]:
@@ -52,13 +53,22 @@ async def send(h: Any, n: int, peer: str = "10.0.0.1") -> None:
     assert orjson.loads(resp.body)["result"] == {}
 
 
-async def transfers_seen(h: Any, rounds: int = 20) -> int:
-    """Rounds in which the client read its balance right after its transfer and saw it."""
+async def history(h: Any, name: str, peer: str = "10.0.0.1") -> list[str]:
+    """The transactions in ``name``'s account history."""
+    body = orjson.dumps({"jsonrpc": "2.0", "method": HISTORY, "params": [name, -1, 1000], "id": 1})
+    resp = await h.post(body, peer=peer)
+    assert resp.status == 200, resp.body
+    return [entry[1]["trx_id"] for entry in orjson.loads(resp.body)["result"]]
+
+
+async def transfers_seen(h: Any, rounds: int = 100) -> int:
+    """Rounds in which the client read its balance and its account history right after its
+    transfer and saw it in both."""
     start = await balance(h, "bob")
     seen = 0
     for n in range(rounds):
         await send(h, n)
-        seen += await balance(h, "bob") == start + n + 1
+        seen += (await balance(h, "bob") == start + n + 1) and len(await history(h, "bob")) == n + 1
     return seen
 
 
@@ -67,7 +77,7 @@ async def test_a_client_reads_its_own_transfers(harness: Any, cache: bool) -> No
     h = await harness(
         fleet(), strategy="round_robin", hedge={"enabled": False}, cache={"enabled": cache}
     )
-    assert await transfers_seen(h) == 20
+    assert await transfers_seen(h) == 100
     assert len(h.balancer.fleet.nodes) == 3
     assert sum(1 for node in h.nodes.values() if node.broadcasts) == 1  # they stayed on one
 
@@ -82,7 +92,7 @@ async def test_without_it_the_same_client_misses_its_transfers(harness: Any, cac
         cache={"enabled": cache},
         consistency={"read_your_writes": False},
     )
-    assert await transfers_seen(h) < 20
+    assert await transfers_seen(h) < 100
 
 
 async def test_when_the_node_that_took_it_dies_a_node_past_its_block_answers(
@@ -110,3 +120,36 @@ async def test_other_clients_are_balanced_as_before(harness: Any) -> None:
         served.add(h.name_of(await h.post(body, peer="10.0.0.2")))
     assert served == {"a", "b", "c"}
     assert len(h.gateway.writes) == 1
+
+
+@pytest.mark.parametrize("ryw", [True, False])
+async def test_a_broadcast_in_a_batch_is_read_back_in_a_batch(harness: Any, ryw: bool) -> None:
+    """The transfer goes in a batch beside a read; the balance and the history are read back
+    in a batch: the same guarantee as single calls (and without it, misses)."""
+    h = await harness(
+        fleet(),
+        strategy="round_robin",
+        hedge={"enabled": False},
+        cache={"enabled": True},
+        consistency={"read_your_writes": ryw},
+    )
+    start = await balance(h, "bob", peer="10.0.0.9")
+    seen = 0
+    for n in range(30):
+        sent = [
+            {"jsonrpc": "2.0", "method": BROADCAST, "params": [transfer(1000 + n)], "id": "tx"},
+            {"jsonrpc": "2.0", "method": "condenser_api.get_config", "params": [], "id": "c"},
+        ]
+        answers = orjson.loads((await h.post(orjson.dumps(sent), peer="10.0.0.9")).body)
+        assert answers[0] == {"jsonrpc": "2.0", "result": {}, "id": "tx"}
+        reads = [
+            {"jsonrpc": "2.0", "method": ACCOUNTS, "params": [["bob"]], "id": 1},
+            {"jsonrpc": "2.0", "method": HISTORY, "params": ["bob", -1, 1000], "id": 2},
+        ]
+        got = orjson.loads((await h.post(orjson.dumps(reads), peer="10.0.0.9")).body)
+        moved = float(got[0]["result"][0]["balance"].split()[0]) - start
+        seen += moved == n + 1 and len(got[1]["result"]) == n + 1
+    if ryw:
+        assert seen == 30
+    else:
+        assert seen < 30

@@ -28,6 +28,7 @@ from .policy import (
     Finality,
     block_in_answer,
     block_link,
+    block_transactions,
     block_of,
     default_ttl,
     empty,
@@ -47,6 +48,8 @@ __all__ = [
 
 EVENTS = ("hit", "miss", "coalesced", "bypass", "stored", "skipped")
 LINKS = 10_000
+HOLDS = 1_000
+"""Blocks whose transaction ids are kept, for the transactions kept forever."""
 """Blocks whose ids the cache keeps to check the next block kept against (about 4 MB)."""
 
 
@@ -91,6 +94,9 @@ class AnswerCache:
         self.links: dict[int, tuple[str, str]] = {}
         """The id and ``previous`` of the blocks kept forever, by number (the latest
         :data:`LINKS`): a block kept next must link to its neighbours."""
+        self.holds: dict[int, frozenset[str]] = {}
+        """The transactions of the latest :data:`HOLDS` blocks kept forever, by number: a
+        transaction kept forever must be in the block it names."""
         self.on_broken: Callable[[str, str], None] | None = None
         """Told of an answer that does not link to the blocks kept (the node's name, why):
         the balancer marks the node."""
@@ -156,20 +162,22 @@ class AnswerCache:
                 return None  # a node that answers with another block: never keep it
             if node_irreversible is not None and asked <= node_irreversible:
                 expires = math.inf
-                why = self._unlinked(asked, result)
-                if why is not None:
-                    self.broken += 1
-                    if self.on_broken is not None:
-                        self.on_broken(node, why)
+                if self._broken(node, self._unlinked(asked, result)):
                     return None
             else:
                 expires = now + self.block_interval
                 head = finality.head
         elif ttl == BY_HASH:
+            if self._broken(node, self._misplaced(result)):
+                return None
             expires = math.inf
         elif ttl == BY_NUMBER_FINAL:
             block = evm_block_of(parts[-1], params)
             if not isinstance(block, int) or block > finality.irreversible:
+                return None
+            if parts[-1] == "eth_getBlockByNumber" and self._broken(
+                node, self._unlinked(block, result)
+            ):
                 return None
             expires = math.inf
         elif ttl == FOREVER:
@@ -185,6 +193,35 @@ class AnswerCache:
         # copy of the exact size is what may live in the cache for hours.
         text = bytes(memoryview(text))
         return Entry(text, node, expires, head)
+
+    def _broken(self, node: str, why: str | None) -> bool:
+        """Whether an answer failed a check (``why``); then it is counted and its node
+        marked."""
+        if why is None:
+            return False
+        self.broken += 1
+        if self.on_broken is not None:
+            self.on_broken(node, why)
+        return True
+
+    def _misplaced(self, result: Any) -> str | None:
+        """Why a transaction (an EVM receipt, a transaction by hash) cannot be kept forever:
+        the block it names is not the block of that number kept, or that block does not hold
+        it. None when it fits (or nothing is known of its block)."""
+        if not isinstance(result, dict):
+            return None
+        number = _quantity(result.get("blockNumber"))
+        if number is None:
+            return None
+        tx = result.get("transactionHash", result.get("hash"))
+        link = self.links.get(number)
+        named = result.get("blockHash")
+        if link is not None and isinstance(named, str) and named != link[0]:
+            return f"transaction {tx} names block {number} {named}; the block kept is {link[0]}"
+        held = self.holds.get(number)
+        if held is not None and isinstance(tx, str) and tx not in held:
+            return f"transaction {tx} is not in block {number} as kept"
+        return None
 
     def _unlinked(self, number: int, result: Any) -> str | None:
         """Why block ``number``'s answer cannot be kept forever: its ``previous`` is not the
@@ -204,6 +241,12 @@ class AnswerCache:
         if len(links) >= LINKS:
             del links[next(iter(links))]
         links[number] = link
+        held = block_transactions(result)
+        if held is not None:
+            holds = self.holds
+            if len(holds) >= HOLDS:
+                del holds[next(iter(holds))]
+            holds[number] = held
         return None
 
     def offer(
@@ -275,3 +318,13 @@ def result_of(body: bytes) -> Any:
 
 def has_result(value: Any) -> bool:
     return value is not _MISSING
+
+
+def _quantity(value: Any) -> int | None:
+    """An EVM hex quantity (``"0x1b4"``) as a number, or None."""
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return int(value, 16)
+        except ValueError:
+            return None
+    return None

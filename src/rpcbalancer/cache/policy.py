@@ -197,16 +197,38 @@ def block_in_answer(result: Any) -> int | None:
 
 
 def block_link(result: Any) -> tuple[str, str] | None:
-    """A block answer's own id and its ``previous`` (the id of the block before it), when it
-    carries both (``condenser_api.get_block``'s, or ``block_api.get_block``'s ``block``)."""
+    """A block answer's own id and the id of the block before it, when it carries both
+    (``condenser_api.get_block``'s ``block_id`` and ``previous``, or ``block_api.get_block``'s
+    ``block``; an EVM block's ``hash`` and ``parentHash``)."""
     if not isinstance(result, dict):
         return None
     inner = result.get("block")
     block: dict[str, Any] = inner if isinstance(inner, dict) else result
     own, previous = block.get("block_id"), block.get("previous")
+    if own is None and previous is None:
+        own, previous = block.get("hash"), block.get("parentHash")
     if isinstance(own, str) and isinstance(previous, str):
         return own, previous
     return None
+
+
+def block_transactions(result: Any) -> frozenset[str] | None:
+    """The ids of the transactions a block answer holds (Steem's ``transaction_ids``; EVM's
+    ``transactions``, hashes or objects), or None when it does not list them."""
+    if not isinstance(result, dict):
+        return None
+    inner = result.get("block")
+    block: dict[str, Any] = inner if isinstance(inner, dict) else result
+    listed = block.get("transaction_ids", block.get("transactions"))
+    if not isinstance(listed, list):
+        return None
+    ids = set()
+    for tx in listed:
+        if isinstance(tx, dict):
+            tx = tx.get("hash", tx.get("transaction_id"))
+        if isinstance(tx, str):
+            ids.add(tx)
+    return frozenset(ids)
 
 
 def empty(result: Any) -> bool:

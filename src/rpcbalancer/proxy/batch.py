@@ -13,6 +13,7 @@ answer is learned from (:mod:`.learn`) as a single call's would be.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any, Protocol
 
 from ..callbacks import Cancellable
@@ -22,6 +23,7 @@ from ..fleet.nodes import Node
 from ..jsonrpc import INVALID_PARAMS, dumps, error_object, loads, result_answer
 from ..messages import FAILURES, failure_of
 from ..observe.counters import Stats
+from .admission import Admission
 from .context import RequestContext
 from .forward import Forward
 from .forwarding import Outcome
@@ -29,6 +31,7 @@ from .heads import WAITS
 from .learn import Learner
 from .lookup import Lookup, answer_of
 from .plan import Plan, Planner
+from .writes import RecentWrites
 
 
 class BatchWay(Protocol):
@@ -41,6 +44,7 @@ class BatchWay(Protocol):
     stats: Stats
     pause: float
     total: float
+    writes: RecentWrites | None
 
     def answer(self, ctx: RequestContext) -> None: ...
 
@@ -103,6 +107,8 @@ class Batch:
                     lookup.count(label, "bypass")
                 else:
                     entry = lookup.here(plan)
+                    if entry is not None and ctx.wrote is not None and entry.expires != math.inf:
+                        entry = None  # it may be older than the client's own broadcast
                     if entry is not None and "id" in member:
                         lookup.count(label, "hit")
                         self.answers[index] = answer_of(entry, member["id"])
@@ -114,8 +120,9 @@ class Batch:
                     lookup.count(label, "miss")
             if plan.shape.pins and self._pin(plan):
                 rewritten = True  # (sent with its tag resolved)
-            elif _asks_block(plan):
-                rewritten = True  # (its answer is looked at: a block told to exist, never null)
+            elif _asks_block(plan) or (plan.broadcast and way.writes is not None):
+                rewritten = True  # (its answer is looked at: a block told to exist, never
+                # null; a broadcast accepted, the client's reads follow it)
             # (A member that reports the head is answered member by member: it may be held.)
             rewritten = rewritten or plan.shape.rewritten or plan.shape.reports_head
             by_group.setdefault(plan.shape.group.name, []).append((index, plan))
@@ -241,6 +248,7 @@ class Batch:
         else:
             positions = dict(plans)
             learner = self.way.learner
+            writes = self.way.writes
             for answer in answers:
                 internal = answer.get("id") if isinstance(answer, dict) else None
                 found = back.get(internal) if isinstance(internal, int) else None
@@ -253,6 +261,8 @@ class Batch:
                     self._hold(found, plan, node.name, node)
                 if node is not None and "result" in answer:
                     learner.keep(positions[found], answer["result"], node)
+                    if plan.broadcast and writes is not None:  # read-your-writes
+                        writes.wrote(Admission.client_of(self.ctx), node, dumps(answer))
             for index in back.values():
                 if self.answers[index] is None:
                     why = "the node gave this member no answer"

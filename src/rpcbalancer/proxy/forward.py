@@ -106,6 +106,11 @@ class Forward:
             route.retries,
             ctx.deadline,
         )
+        wrote = ctx.wrote
+        if wrote is not None:  # read-your-writes, as for a single call
+            if wrote.only or broadcast:
+                request.prefer = wrote.node
+            min_head = max(min_head, wrote.block or 0)
         request.min_head = min_head
         return plan.group.router.start(request, done)
 

@@ -208,6 +208,9 @@ class Gateway:
             ctx.body = b"[]"  # (the answer step adds the refused members' answers)
             self.answer(ctx)
             return
+        writes = self.writes
+        if writes is not None and writes.writes:
+            ctx.wrote = writes.of(Admission.client_of(ctx), ctx.start)
         if call.batch:
             ctx.stage = Batch(self, ctx).start()
             return
@@ -229,9 +232,6 @@ class Gateway:
                 chunks = chunks_of(span[0], span[1], size)
                 ctx.stage = Split(self, ctx, plan, query, chunks).start()
                 return
-        writes = self.writes
-        if writes is not None and writes.writes:
-            ctx.wrote = writes.of(Admission.client_of(ctx), ctx.start)
         found = self.lookup.find(ctx, plan)
         if found == HIT:
             self.answer(ctx)

@@ -133,6 +133,23 @@ class Mempool:
                 self.transfers.append((txid, str(value.get("from")), str(value.get("to")), moved))
         return txid, True
 
+    def history(self, account: str, node: str, head: int) -> list[list[Any]]:
+        """``account``'s transfers that ``node`` (at ``head``) has seen, as
+        ``get_account_history`` lists them (``[index, {trx_id, block, op}]``)."""
+        entries: list[list[Any]] = []
+        for txid, sender, receiver, amount in self.transfers:
+            if self.taken_by[txid] != node and head < self.transactions[txid]:
+                continue
+            if account in (sender, receiver):
+                op = {"from": sender, "to": receiver, "amount": f"{amount:.3f} STEEM", "memo": ""}
+                entry = {"trx_id": txid, "block": self.transactions[txid], "op": ["transfer", op]}
+                entries.append([len(entries), entry])
+        return entries
+
+    def in_block(self, block: int) -> list[str]:
+        """The transactions that went into ``block``."""
+        return [txid for txid, number in self.transactions.items() if number == block]
+
     def moved(self, account: str, node: str, head: int) -> float:
         """What the transfers ``node`` (at ``head``) has seen changed ``account``'s balance."""
         total = 0.0
@@ -463,6 +480,8 @@ class FakeNode:
                 return social
         if name == "get_version" and b.version and b.version != self.api.version:
             return {**self.api.versions(), "blockchain_version": b.version}
+        if name == "get_account_history" and isinstance(params, list) and params:
+            return self.mempool.history(str(params[0]), self.name, head)
         return self.api.answer(method, params, head, b.fork)
 
     def _hivemind(self, method: str, params: Any, head: int) -> Any:
@@ -512,8 +531,20 @@ class FakeNode:
             return {
                 "number": hex(block),
                 "timestamp": hex(int(block_time(block, b.block_interval))),
-                "hash": "0x" + f"{block:064x}",
+                "hash": _evm_hash(block),
+                "parentHash": _evm_hash(block - 1),
+                "transactions": self.mempool.in_block(block),
             }
+        if method in ("eth_getTransactionReceipt", "eth_getTransactionByHash"):
+            txhash = params[0] if isinstance(params, list) and params else None
+            block = self.mempool.transactions.get(str(txhash))
+            if block is None or (self.mempool.taken_by[str(txhash)] != self.name and block > head):
+                return None
+            key = "transactionHash" if method == "eth_getTransactionReceipt" else "hash"
+            receipt = {key: txhash, "blockNumber": hex(block), "blockHash": _evm_hash(block)}
+            if b.corrupt_rate and self.rng.random() < b.corrupt_rate:
+                receipt["blockHash"] = _evm_hash(block)[:-8] + "deadbeef"  # not its block
+            return {**receipt, "status": "0x1"} if key == "transactionHash" else receipt
         at = _STATE_AT.get(method)
         if at is not None:  # state that grows with the chain: the block it was read at shows
             tag = params[at] if isinstance(params, list) and len(params) > at else "latest"
@@ -538,6 +569,11 @@ _STATE_AT = {"eth_getBalance": 1, "eth_getTransactionCount": 1, "eth_call": 1}
 """EVM reads of state at a block (the position of their block parameter): the simulator
 answers ``block x STATE_PER_BLOCK``, so the block a read was answered at shows in it."""
 STATE_PER_BLOCK = 1_000
+
+
+def _evm_hash(block: int) -> str:
+    """A simulated EVM block's hash (its number, spelled as a hash)."""
+    return "0x" + f"{block:064x}"
 
 
 def _method(member: Any) -> str:
