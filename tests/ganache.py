@@ -78,6 +78,11 @@ class EvmNode:
     """JSON-RPC methods the relay got (batch members counted one by one)."""
     sent: list[str] = field(default_factory=list)
     """Signed transactions the relay got from its clients (before any gossip)."""
+    die_every: int = 0
+    """When set, every ``die_every``-th signed transaction this node takes (and gossips) is
+    never answered: the connection drops, as when a node dies right after taking it."""
+    died: int = 0
+    """Transactions it took and died on."""
 
     @property
     def url(self) -> str:
@@ -273,6 +278,12 @@ class EvmNetwork:
                 if method == "eth_sendRawTransaction":
                     node.sent.append(member["params"][0])
                     answers[i] = await self._answer_raw(node, member)
+                    taken = "result" in answers[i]
+                    if taken and node.die_every and len(node.sent) % node.die_every == 0:
+                        node.died += 1
+                        assert request.transport is not None
+                        request.transport.abort()  # it took the transaction, then died
+                        await asyncio.sleep(3600)  # (cancelled with the connection)
                 else:
                     forward.append(i)
             if forward:

@@ -172,6 +172,37 @@ async def test_an_evm_transaction_survives_its_node_dying(harness: Any) -> None:
     assert h.balancer.stats.resent == {"duplicate": 1}
 
 
+@pytest.mark.parametrize("mined", [False, True])
+async def test_an_evm_transaction_mined_before_the_resend_is_found_by_its_hash(
+    harness: Any, mined: bool
+) -> None:
+    """The node that took it (3 blocks behind) dies; the next (at the head) has it in a
+    block already and says "nonce too low", as geth does: the balancer looks the
+    transaction up by its hash, finds it, and answers the hash. A "nonce too low" for
+    another transaction (it is not on the chain) stands."""
+    h = await harness(
+        {"a": Behaviour(broadcast_die_rate=1.0, lag=3), "b": Behaviour()},
+        chain="evm",
+        strategy="first",
+        timeouts=FAST,
+        max_block_lag=10,
+    )
+    raw = "0x" + GANACHE_RAW
+    if not mined:  # the chain has another transaction with its nonce: not this one
+        h.nodes["a"].set(broadcast_die_rate=0.0, fail_methods="eth_sendRawTransaction")
+        h.mempool.replaced.add(raw)
+    resp = await h.call("eth_sendRawTransaction", [raw], ident=12)
+    doc = orjson.loads(resp.body)
+    if mined:
+        assert doc == {"jsonrpc": "2.0", "result": GANACHE_HASH, "id": 12}
+        assert sum(n.counts["eth_getTransactionByHash"] for n in h.nodes.values()) >= 1
+        assert h.balancer.stats.resent == {"duplicate": 1}
+    else:
+        assert doc["id"] == 12 and "nonce too low" in doc["error"]["message"]
+        assert sum(n.counts["eth_getTransactionByHash"] for n in h.nodes.values()) >= 1
+        assert GANACHE_HASH not in h.mempool.transactions
+
+
 async def test_a_transaction_the_node_signs_is_never_sent_twice(harness: Any) -> None:
     h = await harness(
         {"a": Behaviour(), "b": Behaviour()}, chain="evm", strategy="first", timeouts=FAST

@@ -283,6 +283,39 @@ def _signed_transfer(network: Any) -> str:
     return str(network.call("g1", "eth_signTransaction", [{**tx, **fees}]))
 
 
+def test_transactions_survive_a_node_that_dies_on_half_of_them(evm: Any, tmp_path: Path) -> None:
+    """The issue's broadcasts on real EVM nodes: g2 takes every second signed transaction it
+    gets, gossips it, and dies before answering. Through round_robin, each of 20 transfers
+    gets one answer, its hash; each is on every node's chain once. (Read-your-writes off: it
+    would keep one client's broadcasts on the node that took the first.)"""
+    config = evm_config(evm, strategy="round_robin", consistency={"read_your_writes": False})
+    lb = start_balancer(config, tmp_path)
+    account = "0x90F8bf6A479f320ead074411a4B0e7944Ea8c9C1"  # account 0, unlocked in ganache
+    fees = {"maxFeePerGas": hex(20 * 10**9), "maxPriorityFeePerGas": hex(10**9)}
+    evm["g2"].die_every = 2
+    try:
+        first = int(evm.call("g1", "eth_getTransactionCount", [account, "latest"]), 16)
+        hashes = []
+        for n in range(20):
+            tx = {"from": account, "to": account, "value": "0x1", "gas": "0x5208"}
+            raw = evm.call("g1", "eth_signTransaction", [{**tx, **fees, "nonce": hex(first + n)}])
+            body = {"jsonrpc": "2.0", "method": "eth_sendRawTransaction", "params": [raw], "id": n}
+            answer = requests.post(lb.url, json=body, timeout=30).json()
+            assert answer["id"] == n and "result" in answer, answer
+            hashes.append(answer["result"])
+    finally:
+        evm["g2"].die_every = 0
+        lb.stop()
+    assert evm["g2"].died >= 3  # round_robin sent it about a third of them
+    assert len(set(hashes)) == 20
+    for name in evm.nodes:
+        for tx_hash in hashes:
+            receipt = evm.call(name, "eth_getTransactionReceipt", [tx_hash])
+            assert receipt is not None and receipt["status"] == "0x1", (name, tx_hash)
+    last = int(evm.call("g1", "eth_getTransactionCount", [account, "latest"]), 16)
+    assert last == first + 20  # each once: the nonces moved by twenty
+
+
 def test_final_blocks_and_found_receipts_come_from_the_cache(
     evm: Any, evm_balancer: BalancerProcess
 ) -> None:

@@ -8,6 +8,7 @@ import pytest
 from rpcbalancer.health.chains import CHAINS, Answer
 from rpcbalancer.health.chains.evm import Evm
 from rpcbalancer.health.probe import ping_ok
+from rpcbalancer.keccak import keccak256
 from rpcbalancer.proxy.router import judge
 from rpcbalancer.upstream.pool import UpstreamResponse
 
@@ -201,3 +202,20 @@ def test_evm_answers_that_show_a_block_exists() -> None:
     assert evm.named_block("eth_getBalance", b'{"result":"0x10"}') is None
     assert evm.head_result(0x1B4) == b'"0x1b4"'
     assert CHAINS["steem"].named_block("get_block", block) is None
+
+
+def test_evm_nonce_used_answers_name_the_hash_to_look_up() -> None:
+    evm = Evm()
+    raw = "0x02f8"  # any signed bytes: the hash is Keccak-256 of them
+    for message in (
+        "nonce too low: next nonce 8, tx nonce 7",  # geth, erigon
+        "OldNonce",  # nethermind
+        "the tx doesn't have the correct nonce. account has nonce of: 5 tx has nonce of: 4",
+    ):
+        body = orjson.dumps(
+            {"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": message}}
+        )
+        assert evm.taken(body, [raw]) == "0x" + keccak256(bytes.fromhex("02f8")).hex()
+    assert evm.taken(b'{"error":{"message":"insufficient funds"}}', [raw]) is None
+    assert evm.taken(b'{"error":{"message":"nonce too low"}}', ["not hex"]) is None
+    assert CHAINS["steem"].taken(b'{"error":{"message":"nonce too low"}}', [raw]) is None

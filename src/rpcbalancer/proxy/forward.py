@@ -37,18 +37,21 @@ class Forward:
         plan: Plan,
         done: Callable[[Outcome], None],
         avoid: tuple[Node, ...] = (),
+        body: bytes | None = None,
     ) -> Cancellable:
         """Forward ``ctx``'s call (or its ``GET``) to ``plan``'s group; ``avoid``: nodes to
-        try last (they failed the same read for another request)."""
+        try last (they failed the same read for another request); ``body``: a call of ours
+        on the client's behalf (``plan``'s), in place of the client's."""
         call = ctx.call
         shape = plan.shape
         route = shape.route
         min_head = 0
         if call is None:
-            method, body, unsure_of = "GET", None, None
+            method, unsure_of = "GET", None
         else:
             method = "POST"
-            body = plan.body() if shape.rewritten else (call.body or ctx.req.body)
+            if body is None:
+                body = plan.body() if shape.rewritten else (call.body or ctx.req.body)
             unsure_of = (plan.parts[-1], plan.params)
             if shape.pins:  # a read at a block tag: at a number the node has (:mod:`.heads`)
                 nodes, failopen = plan.group.fleet.candidates(ctx.start)

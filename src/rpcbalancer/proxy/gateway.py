@@ -44,7 +44,8 @@ from collections.abc import Awaitable
 from ..balancer import Balancer
 from ..callbacks import Cancellable, until_called
 from ..config import ApiKey
-from ..jsonrpc import null_answer, result_answer
+from ..health.chains.base import AGAIN
+from ..jsonrpc import dumps, null_answer, result_answer
 from ..messages import HttpRequest, HttpResponse, Reply, error_response, internal_error
 from .accounting import Accounting
 from .admission import Admission
@@ -273,6 +274,14 @@ class Gateway:
         if plan is not None and self.not_there_yet(ctx, plan, outcome):
             self._ask_again(ctx, plan)  # a block clients were told exists: never null
             return
+        if plan is not None and outcome.resent and plan.shape.resend == AGAIN:
+            resp = outcome.response
+            taken = None
+            if resp is not None and not outcome.duplicate and b'"error"' in resp.body:
+                taken = self.balancer.chain.taken(resp.body, plan.params)
+            if taken is not None:  # "its nonce is used": by this very transaction?
+                self._look_up(ctx, outcome, taken)
+                return
         ctx.outcome = outcome
         self.answer(ctx)
         if plan is not None and ctx.call is not None:
@@ -280,6 +289,31 @@ class Gateway:
             writes = self.writes
             if plan.broadcast and writes is not None:
                 self._wrote(ctx, writes, outcome)
+
+    def _look_up(self, ctx: RequestContext, outcome: Outcome, taken: str) -> None:
+        """A transaction sent again, which a node says it cannot take because its nonce is
+        used: when the chain has this very transaction (by its hash), that is the success
+        the node that died would have answered; else the node's answer stands."""
+        member = {"jsonrpc": "2.0", "method": "eth_getTransactionByHash", "params": [taken]}
+        plan = self.planner.plan({**member, "id": 1})
+
+        def found(lookup: Outcome) -> None:
+            resp = lookup.response
+            if resp is not None and resp.status == 200 and taken.encode() in resp.body:
+                call = ctx.call
+                ident = call.first_id if call is not None else None
+                ctx.body = result_answer(b'"%s"' % taken.encode(), ident)
+                ctx.status = 200
+                outcome.duplicate = True
+                node, writes = lookup.node, self.writes
+                if node is not None:
+                    ctx.nodes = (node.name,)
+                    if writes is not None:  # read-your-writes: that node has it
+                        writes.wrote(Admission.client_of(ctx), node, ctx.body)
+            ctx.outcome = outcome
+            self.answer(ctx)
+
+        ctx.stage = self.forward.call(ctx, plan, found, body=dumps({**member, "id": 1}))
 
     def not_there_yet(self, ctx: RequestContext, plan: Plan, outcome: Outcome) -> bool:
         """Whether ``outcome`` is a ``null`` for a block this group told clients exists, and

@@ -102,6 +102,9 @@ class Mempool:
         """The transfers taken: transaction id, from, to, amount (of the main token)."""
         self.sent: Counter[str] = Counter()
         """How many times each transaction was broadcast to a node."""
+        self.replaced: set[str] = set()
+        """Signed EVM transactions whose nonce another transaction used: every node refuses
+        them ("nonce too low"), and none has them."""
 
     def __repr__(self) -> str:
         return f"<Mempool {len(self.transactions)} transactions>"
@@ -404,9 +407,16 @@ class FakeNode:
             error = {"code": -32000, "message": "rlp: invalid transaction"}
             return {"jsonrpc": "2.0", "id": ident, "error": error}
         txhash = "0x" + keccak256(signed).hex()
+        if raw in self.mempool.replaced:
+            error = {"code": -32000, "message": "nonce too low: next nonce 8, tx nonce 7"}
+            return {"jsonrpc": "2.0", "id": ident, "error": error}
         _, new = self.mempool.take(raw, self.head() + 1, self.name, txhash)
         if not new:
-            error = {"code": -32000, "message": "already known"}
+            if self.mempool.transactions[txhash] <= self.head():  # in a block: its nonce used
+                message = "nonce too low: next nonce 8, tx nonce 7"
+            else:
+                message = "already known"
+            error = {"code": -32000, "message": message}
             return {"jsonrpc": "2.0", "id": ident, "error": error}
         if self.behaviour.broadcast_die_rate and (
             self.rng.random() < self.behaviour.broadcast_die_rate

@@ -145,6 +145,12 @@ class Chain(Protocol):
         it is no success.)"""
         ...
 
+    def taken(self, body: bytes, params: Any) -> str | None:
+        """For an answer to a transaction sent again (with ``params``) that may mean the
+        chain has it already in a block (EVM: "nonce too low"), the transaction's hash to
+        look it up by (``eth_getTransactionByHash``); None for any other answer."""
+        ...
+
     def cap(self, name: str) -> int:
         """The most a call of this name (the method's last part) may ask for on a public
         endpoint, or 0 when the preset does not count it (see :meth:`asks`)."""

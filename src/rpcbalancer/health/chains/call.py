@@ -58,6 +58,10 @@ class CallProbe:
         found = self.chain.duplicate(body, params)
         return None if found is None else bytes(found)
 
+    def taken(self, body: bytes, params: Any) -> str | None:
+        found = self.chain.taken(body, params)
+        return None if found is None else str(found)
+
     def cap(self, name: str) -> int:
         return int(self.chain.cap(name))
 

@@ -24,6 +24,9 @@ _BROADCAST = frozenset(
 _ALREADY = (b"already known", b"known transaction", b"already imported", b"alreadyknown")
 """How EVM nodes say they have a transaction already (geth's txpool, others')."""
 
+_NONCE_USED = (b"nonce too low", b"oldnonce", b"doesn't have the correct nonce")
+"""How EVM nodes refuse a transaction whose nonce is used (by it, or by another)."""
+
 _BY_HASH = frozenset(
     {
         "eth_getTransactionReceipt",
@@ -155,6 +158,23 @@ class Evm:
         ident = doc.get("id") if isinstance(doc, dict) else None
         # eth_sendRawTransaction's answer when the node takes it: the transaction's hash.
         return dumps({"jsonrpc": "2.0", "result": "0x" + keccak256(signed).hex(), "id": ident})
+
+    def taken(self, body: bytes, params: Any) -> str | None:
+        # A node that has the transaction in a block (it was mined before the resend came)
+        # says its nonce is used: geth and erigon "nonce too low", nethermind "OldNonce",
+        # ganache "the tx doesn't have the correct nonce". Only its hash can tell whether it
+        # is this transaction or another with the same nonce.
+        lowered = body.lower()
+        if not any(phrase in lowered for phrase in _NONCE_USED):
+            return None
+        raw = params[0] if isinstance(params, list) and params else None
+        if not isinstance(raw, str) or not raw.startswith("0x"):
+            return None
+        try:
+            signed = bytes.fromhex(raw[2:])
+        except ValueError:
+            return None
+        return "0x" + keccak256(signed).hex()
 
     def cap(self, name: str) -> int:
         return 1_000_000 if name == "eth_getLogs" else 0

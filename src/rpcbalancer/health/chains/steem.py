@@ -179,6 +179,9 @@ class SteemLike:
         # ``broadcast_transaction``'s answer when the node takes it: an empty object.
         return dumps({"jsonrpc": "2.0", "result": {}, "id": doc.get("id")})
 
+    def taken(self, body: bytes, params: Any) -> str | None:
+        return None  # a transaction in a block is still a duplicate ("already have it")
+
     def cap(self, name: str) -> int:
         return _CAPS.get(name, 0)
 
