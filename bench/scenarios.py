@@ -17,8 +17,9 @@ JSON-RPC results present, the head block no more than 10 blocks (30 s) behind th
 chain head, a recent block found. Upstream requests per client request come from the fake
 nodes' own count of the benchmark's JSON-RPC ids (probes are not counted).
 
-Writes bench/results/scenarios.md (the table) and scenarios.json; with matplotlib
-installed, one PNG chart per scenario. ``--repeat N`` runs every pair N times (one row each, and
+Writes bench/results/scenarios.md (the table) and scenarios.json (``--out NAME`` writes
+NAME.md and NAME.json instead); with matplotlib installed, one PNG chart per scenario (a run
+with ``--only`` or ``--out`` leaves the charts as they are). ``--repeat N`` runs every pair N times (one row each, and
 the count of requests slower than 1 s: the tail a client notices). ``--src DIR`` runs
 rpcbalancer from another checkout (``DIR/src``) for the balancers named with ``@``
 (``--balancers rpcbalancer,rpcbalancer@old``): before/after pairs in one run. Every process
@@ -466,6 +467,11 @@ def main() -> None:
     parser.add_argument("--balancers", default="rpcbalancer,rpcbalancer-race,nginx,haproxy")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each pair")
     parser.add_argument("--src", type=Path, help="run rpcbalancer from this checkout")
+    parser.add_argument(
+        "--out",
+        default="scenarios",
+        help="results/OUT.md and OUT.json (charts only for the full run's default)",
+    )
     args = parser.parse_args()
     global SOURCE
     SOURCE = args.src.resolve() if args.src else None
@@ -508,7 +514,8 @@ def main() -> None:
                 print(f"    forwarded per node: {r['per_node']}", flush=True)
                 for how in r["slow"][:5]:
                     print(f"    slow: {how}", flush=True)
-        chart(name, results)
+        if args.out == "scenarios" and not args.only:
+            chart(name, results)  # (a partial or paired run keeps the committed charts)
         everything[name] = {
             b: {k: v for k, v in r.items() if k != "latencies"} for b, r in results.items()
         }
@@ -517,9 +524,9 @@ def main() -> None:
         f"balancer pinned to CPU 1 (nodes and load on CPU 0). Command: "
         f"`python bench/scenarios.py --seconds {args.seconds:g} --rate {args.rate:g}`\n\n"
     )
-    (RESULTS / "scenarios.md").write_text(header + "\n".join(table) + "\n")
-    (RESULTS / "scenarios.json").write_text(json.dumps(everything, indent=2))
-    print(f"wrote {RESULTS / 'scenarios.md'}")
+    (RESULTS / f"{args.out}.md").write_text(header + "\n".join(table) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(everything, indent=2))
+    print(f"wrote {RESULTS / args.out}.md")
 
 
 if __name__ == "__main__":
