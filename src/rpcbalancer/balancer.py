@@ -37,7 +37,7 @@ from .health.store import open_store
 from .health.store.redis import RedisStore
 from .health.versions import Versions
 from .observe.accesslog import AccessLog, RequestIds
-from .observe.counters import SnapshotFolder, Stats
+from .observe.counters import Rates, SnapshotFolder, Stats
 from .periodic import Periodic
 from .proxy.access import KeyRing, MethodFilter
 from .proxy.clientip import parse_networks
@@ -64,8 +64,16 @@ class Balancer:
         clock: Callable[[], float] = time.monotonic,
         resolver: Resolver = system_resolver,
         background: bool = True,
+        predecessor: Balancer | None = None,
     ) -> None:
+        """``predecessor``: the balancer this one replaces (a reload): what its nodes
+        learned, its counters, connections, cache, floors and limits carry over where the
+        new configuration keeps them (:meth:`_take`)."""
         self.config = config
+        self._handed: set[int] = set()
+        """What a successor took over (:meth:`_take`): not closed by this one."""
+        self._inherited: set[int] = set()
+        """What this one took over from its predecessor: opened already."""
         self.background = background
         self.clock = clock
         self.chain: Chain = CHAINS[config.chain]
@@ -86,13 +94,24 @@ class Balancer:
             max_ejection=config.outlier.max_ejection,
             max_ejected=config.outlier.max_ejected,
         )
-        self.transport = transport or H1Transport(config.timeouts.connect)
+        before = predecessor.config if predecessor is not None else None
+        same = before is not None and before.timeouts.connect == config.timeouts.connect
+        self.transport = transport or (
+            self._take(predecessor, "transport") if same else H1Transport(config.timeouts.connect)
+        )
         self.trusted_proxies = parse_networks(config.trusted_proxies)
         budget = RetryBudget(config.budget.ratio, config.budget.min_per_second, config.budget.burst)
-        self.stats = Stats(self.chain.metric_methods | set(config.metrics.methods))
+        methods = self.chain.metric_methods | set(config.metrics.methods)
+        same = before is not None and (before.chain, set(before.metrics.methods)) == (
+            config.chain,
+            set(config.metrics.methods),
+        )
+        self.stats = self._take(predecessor, "stats") if same else Stats(methods)
         consistency = config.consistency
+        same = before is not None and before.consistency == consistency
         self.writes = (
-            RecentWrites(consistency.read_your_writes_for, clock)
+            (self._take(predecessor, "writes") if same else None)
+            or RecentWrites(consistency.read_your_writes_for, clock)
             if consistency.read_your_writes
             else None
         )
@@ -106,7 +125,11 @@ class Balancer:
             nodes = []
             for node in spec.nodes:
                 # A URL listed in an earlier group too: the same server in another role.
-                nodes.append(Node(index, node, group=name, role=name if node.url in urls else None))
+                made = Node(index, node, group=name, role=name if node.url in urls else None)
+                known = predecessor.node(name, made.key) if predecessor is not None else None
+                if known is not None:
+                    made.inherit(known)
+                nodes.append(made)
                 urls.add(node.url)
                 index += 1
             fleet = Fleet(nodes, health)
@@ -131,7 +154,11 @@ class Balancer:
             # answers say nothing of one).
             heads = None
             if config.consistency.monotonic_head and isinstance(spec.probe, str):
-                heads = HeadFloor(self.chain, config.consistency.hold_for, clock, self.stats)
+                known_group = predecessor.groups.get(name) if predecessor is not None else None
+                heads = known_group.heads if known_group is not None else None
+                if heads is None or heads.chain is not self.chain:
+                    heads = HeadFloor(self.chain, config.consistency.hold_for, clock, self.stats)
+                heads.hold_for, heads.stats = config.consistency.hold_for, self.stats
             self.groups[name] = Group(name, spec, fleet, policy, router, heads)
             if spec.probe == "passive":
                 presets[name] = None
@@ -184,8 +211,10 @@ class Balancer:
         )
         self.methods = MethodFilter(config.methods)
         self.keys = KeyRing(config.api_keys, self.methods) if config.api_keys is not None else None
-        self.limiter = LocalLimiter(
-            clock, config.rate_limit.max_clients if config.rate_limit else 100_000
+        max_clients = config.rate_limit.max_clients if config.rate_limit else 100_000
+        same = before is not None and before.rate_limit == config.rate_limit
+        self.limiter = (
+            self._take(predecessor, "limiter") if same else LocalLimiter(clock, max_clients)
         )
         self.shared_limiter: RedisLimiter | None = None
         """Rate limits shared through the Redis store (see :mod:`.ratelimit`)."""
@@ -197,12 +226,23 @@ class Balancer:
             self.shared_limiter = RedisLimiter(
                 self.store.connect_url, f"{self.store.prefix}:", self.limiter
             )
-        self.request_ids = RequestIds()
+        self.request_ids = (
+            self._take(predecessor, "request_ids") if predecessor is not None else RequestIds()
+        )
+        same = before is not None and before.access_log == config.access_log
         self.access_log = (
-            AccessLog(config.access_log, config.secrets) if config.access_log.enabled else None
+            (self._take(predecessor, "access_log") if same else None)
+            or AccessLog(config.access_log, config.secrets)
+            if config.access_log.enabled
+            else None
         )
         folder = os.environ.get("RPCBALANCER_METRICS_DIR")
-        self.snapshots = SnapshotFolder(folder) if folder and background else None
+        self.snapshots = (
+            (self._take(predecessor, "snapshots") if predecessor is not None else None)
+            or SnapshotFolder(folder)
+            if folder and background
+            else None
+        )
         """Where workers of one server share their counters (see :mod:`.metrics`)."""
         self.coalesce = config.cache.coalesce and (config.cache.enabled or len(self.groups) > 1)
         """Whether identical reads in flight share one call (see :mod:`.proxy.coalesce`)."""
@@ -210,19 +250,52 @@ class Balancer:
         """Routes: which group serves a call, with what TTL (see :mod:`.proxy.plan`)."""
         self.answer_cache: AnswerCache | None = None
         """The answer cache (``cache.enabled``), shared by this balancer's gateways."""
+        same = before is not None and (before.cache, before.chain) == (config.cache, config.chain)
         if config.cache.enabled:
             interval = self.chain.block_interval
             counts = self.stats.cache
-            self.answer_cache = AnswerCache(config.cache, config.chain, interval, counts=counts)
+            self.answer_cache = (self._take(predecessor, "answer_cache") if same else None) or (
+                AnswerCache(config.cache, config.chain, interval, counts=counts)
+            )
+            self.answer_cache.counts = counts
             self.answer_cache.on_broken = lambda name, why: self.mark(name, "integrity", why)
         consistency = config.consistency
         self.shared_heads: SharedHeads | None = None
         """The head held across every process sharing the cache's Redis."""
         if consistency.monotonic_head and consistency.share and config.cache.url:
-            self.shared_heads = SharedHeads(config.cache.url, config.chain, consistency.hold_for)
-        self.started_at = time.time()
+            same = before is not None and before.cache.url == config.cache.url
+            self.shared_heads = (self._take(predecessor, "shared_heads") if same else None) or (
+                SharedHeads(config.cache.url, config.chain, consistency.hold_for)
+            )
+        self.rates = Rates() if config.compat == "doctorlai" else None
+        """The requests counter sampled once a second (DoctorLai's requests per second)."""
+        if self.rates is not None and predecessor is not None and predecessor.rates is not None:
+            self.rates = predecessor.rates
+        self.started_at: float = predecessor.started_at if predecessor is not None else time.time()
         self._stack: contextlib.AsyncExitStack | None = None
         self._due: dict[str, float] = {}
+
+    def _take(self, predecessor: Balancer | None, name: str) -> Any:
+        """The predecessor's ``name`` (None when there is none, or it has none), now this
+        balancer's: the predecessor no longer closes it."""
+        if predecessor is None:
+            return None
+        taken = getattr(predecessor, name, None)
+        if taken is not None:
+            predecessor._handed.add(id(taken))
+            self._inherited.add(id(taken))
+        return taken
+
+    def node(self, group: str, key: str) -> Node | None:
+        """The node of ``group`` with this key (its URL, and role), if any."""
+        found = self.groups.get(group)
+        if found is None:
+            return None
+        return next((node for node in found.fleet.nodes if node.key == key), None)
+
+    def mine(self, resource: object) -> bool:
+        """Whether this balancer closes ``resource`` (a successor did not take it over)."""
+        return id(resource) not in self._handed
 
     def mark(self, name: str, cause: str, why: str) -> None:
         """A node said what it must not have (a block that does not link to the blocks kept,
@@ -260,23 +333,24 @@ class Balancer:
 
     async def __aenter__(self) -> Balancer:
         stack = contextlib.AsyncExitStack()
-        stack.push_async_callback(self.transport.aclose)
-        if self.answer_cache is not None:
-            stack.push_async_callback(self.answer_cache.aclose)
-        if self.shared_heads is not None:
-            stack.push_async_callback(self.shared_heads.aclose)
+        for resource in (self.transport, self.answer_cache, self.shared_heads):
+            if resource is not None:
+                stack.push_async_callback(self._close, resource)
         if self.shared_limiter is not None:
             stack.push_async_callback(self.shared_limiter.aclose)
         if self.access_log is not None:
-            self.access_log.open()
-            stack.callback(self.access_log.close)
+            if id(self.access_log) not in self._inherited:
+                self.access_log.open()
+            log_file = self.access_log
+            stack.callback(lambda: log_file.close() if self.mine(log_file) else None)
             if self.background:
                 await stack.enter_async_context(Periodic("access-log", 1.0, self.access_log.tick))
         if self.background and isinstance(self.transport, H1Transport):
             every = self.transport.idle_ttl / 2
             await stack.enter_async_context(Periodic("pool", every, self.transport.prune))
         if self.snapshots is not None:
-            stack.callback(self.snapshots.remove)
+            folder = self.snapshots
+            stack.callback(lambda: folder.remove() if self.mine(folder) else None)
             await stack.enter_async_context(Periodic("metrics", 1.0, self._share_counters))
         if not self.background:
             if self.store is not None:
@@ -310,6 +384,8 @@ class Balancer:
             )
         if self.config.outlier.enabled:
             await stack.enter_async_context(Periodic("outliers", 1.0, self._review_outliers))
+        if self.rates is not None:
+            await stack.enter_async_context(Periodic("rates", 1.0, self._sample))
         self._stack = stack
         usable, failopen = self.fleet.candidates(self.clock())
         log.info(
@@ -321,6 +397,10 @@ class Balancer:
             " (failing open)" if failopen else "",
         )
         return self
+
+    async def _close(self, resource: Any) -> None:
+        if self.mine(resource):
+            await resource.aclose()
 
     async def maintain(self) -> None:
         """Serverless hosts, before each request: the housekeeping that is due, done inline.
@@ -344,6 +424,10 @@ class Balancer:
             return False
         self._due[task] = now + every
         return True
+
+    async def _sample(self) -> None:
+        if self.rates is not None:
+            self.rates.sample(sum(self.stats.requests.values()), time.time())
 
     async def _share_counters(self) -> None:
         assert self.snapshots is not None

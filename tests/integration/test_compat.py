@@ -171,3 +171,81 @@ def test_drone_example_config_routes_each_method_to_its_backend(
         assert fleet["hived"].counts["condenser_api.get_dynamic_global_properties"] >= 1
         warning = [line for line in lb.log.splitlines() if "drone config keys" in line]
         assert len(warning) == 1 and "operator_message" in warning[0]
+
+
+def test_doctorlai_monitoring_finds_what_it_looks_for(
+    balancer_process: Any, tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    """DoctorLai's own black-box checks (its tests/tests.sh) that need no live chain, against
+    its unchanged sample config (nodes pointed at the simulated fleet): ``GET /`` with its
+    fifteen fields, ``/health``, ``/version`` with the config's ``version``, and ``/metrics``
+    under its names."""
+    text = peer_file("doctorlai-config.yaml").read_text()
+    theirs = ["https://api2.justyy.com", "https://api.justyy.com", "https://api.steemit.com"]
+    cert, key = certificate
+    behaviours = {name: Behaviour(latency=0.002) for name in ("api2", "api", "steemit")}
+    with FleetThread(behaviours) as fleet:
+        ours = [fleet["api2"].url, fleet["api"].url, fleet["steemit"].url]
+        for url, node in zip(theirs, ours, strict=True):
+            text = text.replace(f'"{url}"', f'"{node}"')
+        path = tmp_path / "config.yaml"
+        path.write_text(text)
+        env = {
+            "X_EDGE_KEY": EDGE_KEY,
+            "STEEM_LB_VERSION": "54007649e8d5",
+            "SSL_CERT_PATH": str(cert),
+            "SSL_KEY_PATH": str(key),
+            "CACHE_ENABLED": "false",
+            "CACHE_TTL": "3",
+            "DEBUG": "false",
+        }
+        lb = balancer_process(None, config_path=path, env=env, scheme="https")
+        get = lambda route, **kw: requests.get(lb.url + route, timeout=10, verify=str(cert), **kw)  # noqa: E731
+        for _ in range(5):  # some traffic for the counters
+            requests.post(lb.url, json={**DGP, "id": 1}, timeout=10, verify=str(cert))
+        # 1 and 2: GET /, with and without a JSON content type.
+        for headers in ({}, {"content-type": "application/json"}):
+            page = get("/", headers=headers)
+            doc = page.json()
+            assert doc["status"] == "OK" and str(doc["status_code"]) == "200"
+            assert doc["__load_balancer_version__"] == "54007649e8d5"
+            for field in [
+                "status",
+                "datetime",
+                "source_commit",
+                "docker_tag",
+                "jussi_num",
+                "status_code",
+                "__server__",
+                "__version__",
+                "__selected__",
+                "__servers__",
+                "__ip__",
+                "__config__",
+                "__first_k_candidates__",
+                "__load_balancer_version__",
+                "__stats__",
+            ]:
+                assert doc.get(field) not in (None, False), field  # (as jq -e judges it)
+            assert doc["__server__"] in ours and doc["__servers__"] == ours
+            assert doc["__server__"] == page.headers["server"] == doc["__selected__"]["server"]
+            assert page.headers["loadbalancerversion"] == "54007649e8d5"
+            assert doc["__version__"]["result"]["blockchain_version"]
+            assert doc["__stats__"]["total"] >= 5
+            assert set(doc["__stats__"]["rps_stats"]) == {"1min", "5min", "15min"}
+            # (the answer cache serves some of the reads: each node's count is its tries)
+            assert sum(c["count"] for c in doc["__stats__"]["access_counters"].values()) >= 1
+        # 7: /health.
+        health = get("/health").json()
+        assert health["status"] == "OK" and isinstance(health["uptime_seconds"], int)
+        assert health["nodes"] == ours and health["version"] == "54007649e8d5"
+        # 8: /version.
+        assert get("/version").json()["version"] == "54007649e8d5"
+        # 9: /metrics, under its names (ours beside them).
+        metrics = get("/metrics").text
+        assert "steem_lb_requests_total" in metrics
+        assert "# TYPE steem_lb_requests_total counter" in metrics
+        for node in ours:
+            assert f'steem_lb_node_access_total{{server="{node}"}}' in metrics
+        assert 'steem_lb_requests_per_second{window="1min"}' in metrics
+        assert "rpcbalancer_requests_total" in metrics

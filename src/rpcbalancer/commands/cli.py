@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -75,7 +76,23 @@ def serve(
         raise typer.Exit(2) from None
     from ..hosts.standalone import serve as run
 
-    run(cfg, workers=workers)
+    overrides = {
+        "host": host,
+        "port": port,
+        "tls_cert": str(tls_cert) if tls_cert else None,
+        "tls_key": str(tls_key) if tls_key else None,
+    }
+    run(cfg, workers=workers, loader=functools.partial(reread, config, overrides))
+
+
+def reread(path: Path | None, overrides: dict[str, Any]) -> Config:
+    """The configuration ``serve`` was started with, read again (a reload): the same file
+    (or ``RPCBALANCER_CONFIG``) and flags; its TLS files must load."""
+    cfg = load(path, overrides=overrides)
+    from ..hosts.standalone import tls_context
+
+    tls_context(cfg)
+    return cfg
 
 
 def prepare(cfg: Config) -> None:
@@ -198,6 +215,69 @@ def top(
     from .top import run_top
 
     raise typer.Exit(run_top(url, interval, once))
+
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--url", help="The running server (default: the config's listen address)."),
+]
+
+
+def _admin(config: Path | None, url: str | None, path: str) -> None:
+    """POST an operator's request to a running server with the config's ``admin.key``, and
+    print its answer (exit 1 when it was refused)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    cfg = _load(config)
+    key = cfg.admin.key
+    if key is None:
+        err.print(
+            "[red]admin.key is not set:[/red] the server serves no admin route; "
+            "send it SIGHUP to reload (kill -HUP PID)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    if url is None:
+        scheme = "https" if cfg.listen.tls_cert else "http"
+        host = "127.0.0.1" if cfg.listen.host in ("0.0.0.0", "::", "") else cfg.listen.host
+        url = f"{scheme}://{host}:{cfg.listen.port}"
+    request = urllib.request.Request(
+        url.rstrip("/") + path, data=b"", method="POST", headers={"authorization": f"Bearer {key}"}
+    )
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # (its own server)
+    try:
+        with urllib.request.urlopen(request, timeout=60, context=context) as answer:
+            status, text = answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        status, text = refused.code, refused.read().decode()
+    except OSError as exc:
+        err.print(f"[red]cannot reach {url}:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    Console().print_json(text)
+    if status != 200:
+        raise typer.Exit(1)
+
+
+@cli.command()
+def reload(config: ConfigOption = None, url: UrlOption = None) -> None:
+    """Make a running server read its configuration again (POST /admin/reload)."""
+    _admin(config, url, "/admin/reload")
+
+
+@cli.command()
+def drain(
+    name: Annotated[str, typer.Argument(help="The node's name or URL.")],
+    config: ConfigOption = None,
+    url: UrlOption = None,
+    undo: Annotated[bool, typer.Option("--undo", help="Put the node back.")] = False,
+) -> None:
+    """Drain a node of a running server: no new requests; those it has finish."""
+    from urllib.parse import quote
+
+    _admin(config, url, f"/admin/nodes/{quote(name, safe='')}/{'undrain' if undo else 'drain'}")
 
 
 @cli.command()

@@ -54,7 +54,6 @@ _STRATEGIES = {
 
 # Accepted and deliberately not carried over, with the reason a user is told.
 _IGNORED = {
-    "version": "the balancer reports its own version",
     "max_age": "answers are not cached",
     "logging": "use log_level",
     "logging_max_body_len": "bodies are never logged",
@@ -172,6 +171,10 @@ def from_doctorlai(data: dict[str, Any], source: str) -> dict[str, Any]:
             mapped["cooldown"] = breaker["cooldownMs"] / 1000.0
         out["circuit_breaker"] = mapped
 
+    out.setdefault("compat", "doctorlai")  # its monitoring finds what it looks for
+    if "version" in data:  # (an unset ${VAR} is "" there, as its own reader makes it)
+        version = data["version"]
+        out.setdefault("deployment_version", "" if version is None else str(version))
     ignored += [f"{key} ({why})" for key, why in _IGNORED.items() if key in data]
     if ignored:
         log.warning("%s: DoctorLai config keys not carried over: %s", source, "; ".join(ignored))

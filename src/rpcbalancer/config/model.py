@@ -389,6 +389,15 @@ class ApiKeys(_Model):
     """The header carrying the key; a key may also be the request path (``POST /KEY``)."""
 
 
+class AdminConfig(_Model):
+    """The operator's routes (``POST /admin/...``: reload, drain), never open by default."""
+
+    key: str | None = Field(None, min_length=16, max_length=256)
+    """The key the operator's requests carry (``Authorization: Bearer KEY``); give it as
+    ``${ENV_VAR}`` so that it never sits in the file. None: the routes are not served
+    (``SIGHUP`` still reloads)."""
+
+
 class MetricsConfig(_Model):
     enabled: bool = True
     """Serve ``GET /metrics`` in Prometheus text format."""
@@ -616,6 +625,15 @@ class Config(_Model):
     """The JSON access log, one line per request."""
     metrics: MetricsConfig = MetricsConfig()
     """The Prometheus endpoint."""
+    admin: AdminConfig = AdminConfig()
+    """The operator's routes: reload the configuration, drain a node (docs/operations.md)."""
+    deployment_version: str | None = None
+    """This deployment's own version, as its operator names it (a commit, a date):
+    ``/version`` reports it beside rpcbalancer's (DoctorLai's ``version``)."""
+    compat: Literal["none", "doctorlai"] = "none"
+    """``doctorlai``: ``GET /``, ``/health``, ``/version`` and ``/metrics`` (also) answer as
+    DoctorLai/steem-load-balancer's do, for the monitoring written for it (set when its
+    config file is read; see "Coming from DoctorLai" below)."""
     explain: bool = False
     """Allow ``X-RPC-Explain: 1`` on a request to get the node scores in ``X-RPC-Scores``."""
     upstreams: dict[str, UpstreamGroup] = Field(default_factory=dict)

@@ -1,6 +1,7 @@
 """The fleet: which nodes may serve now, and why the others may not (sans-IO).
 
-A node is *excluded* while it is down, lags the best head block by more than
+A node is *excluded* while an operator drains it (it finishes what it has, and gets nothing
+new), while it is down, lags the best head block by more than
 ``max_block_lag``, has a head older than ``max_head_age``, runs a version under
 ``min_version``, or was ejected (by the circuit breaker after consecutive failures, or as
 an outlier whose success rate is well below its peers'). Each exclusion has a bounded kind
@@ -18,8 +19,9 @@ from .nodes import Health, Node, parse_version
 
 CANDIDATES_TTL = 0.05  # seconds the usable-node list is reused between changes
 
-ExclusionKind = Literal["ejected", "down", "lagging", "stale_head", "old_version"]
+ExclusionKind = Literal["drained", "ejected", "down", "lagging", "stale_head", "old_version"]
 EXCLUSION_KINDS: tuple[ExclusionKind, ...] = (
+    "drained",
     "ejected",
     "down",
     "lagging",
@@ -87,6 +89,8 @@ class Fleet:
 
     def excluded(self, node: Node, now: float, best: int | None = None) -> Exclusion | None:
         """Why ``node`` may not serve now (its kind and its reason), or None when it may."""
+        if node.drained:
+            return Exclusion("drained", "drained by the operator: no new requests")
         breaker = node.breaker
         if now < breaker.ejected_until:
             return Exclusion(
@@ -148,6 +152,7 @@ class Fleet:
         lag = self.lag(node, best) or 0
         ejected = 1.0 if node.breaker.is_open(now) else 0.0
         return (
+            1.0 if node.drained else 0.0,  # (failing open: a drained node last of all)
             down,
             ejected,
             float(lag),

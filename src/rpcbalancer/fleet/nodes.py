@@ -83,6 +83,7 @@ class Node:
     __slots__ = (
         "address",
         "breaker",
+        "drained",
         "failures",
         "group",
         "index",
@@ -94,6 +95,9 @@ class Node:
         "passive_at",
         "passive_head",
         "probe",
+        "probes_behind",
+        "probes_down",
+        "probes_silent",
         "recent",
         "requests",
         "spec",
@@ -138,6 +142,14 @@ class Node:
         """The last irreversible block this node reported (probes, answers passing through);
         the answer cache keeps a block forever only when the node that served it had it
         irreversible."""
+        self.drained = False
+        """Drained by the operator: it gets no new requests (those it has finish)."""
+        self.probes_down = 0
+        """Probes that found it down (an error, a bad answer)."""
+        self.probes_silent = 0
+        """Probes it did not answer in time."""
+        self.probes_behind = 0
+        """Probe rounds that found it lagging the best node by more than the lag rule."""
 
     def __repr__(self) -> str:
         head = self.probe.head_block if self.probe else None
@@ -227,6 +239,31 @@ class Node:
         seconds = self.breaker.eject(now, base, cap, cause)
         self._changed()
         return seconds
+
+    def drain(self, drained: bool = True) -> None:
+        """Drain the node (no new requests; those in flight finish), or put it back."""
+        self.drained = drained
+        self._changed()
+
+    def inherit(self, before: Node) -> None:
+        """What the node of the same URL learned in the configuration before this one (a
+        reload): its estimates and breaker (shared: the tries it still has in flight end
+        into them), its counts, what its probes and answers said, and whether it is drained.
+        Its tries in flight stay its own."""
+        self.latencies = before.latencies
+        self.breaker = before.breaker
+        self.recent = before.recent
+        self.requests = before.requests
+        self.failures = before.failures
+        self.last_error = before.last_error
+        self.probe = before.probe
+        self.passive_head = before.passive_head
+        self.passive_at = before.passive_at
+        self.irreversible = before.irreversible
+        self.drained = before.drained
+        self.probes_down = before.probes_down
+        self.probes_silent = before.probes_silent
+        self.probes_behind = before.probes_behind
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -350,3 +387,8 @@ class Node:
             self.latencies.observe(result.at, result.latency)
         else:
             self.last_error = result.error
+            error = result.error or ""
+            if "no answer within" in error or "timed out" in error:
+                self.probes_silent += 1
+            else:
+                self.probes_down += 1

@@ -212,7 +212,10 @@ class Prober:
         now = self.clock()
         best = self.fleet.best_head()
         for node in self.fleet.nodes:
-            reason = self.fleet.exclusion(node, now, best)
+            excluded = self.fleet.excluded(node, now, best)
+            reason = None if excluded is None else excluded.reason
+            if excluded is not None and excluded.kind == "lagging":
+                node.probes_behind += 1
             was = self._usable.get(node.index)
             self._usable[node.index] = reason is None
             if reason is not None and was is not False:

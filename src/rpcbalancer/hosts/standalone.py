@@ -4,7 +4,9 @@
 the first client already meets a probed fleet), listens, and runs until SIGTERM or SIGINT;
 then it stops accepting, gives in-flight requests a moment, and closes. With ``workers > 1``
 a supervisor starts that many worker processes, each listening on the same port with
-SO_REUSEPORT (the kernel spreads connections), and restarts a worker that dies.
+SO_REUSEPORT (the kernel spreads connections), and restarts a worker that dies. ``SIGHUP``
+(to the server, or to the supervisor) reloads the configuration in every process
+(:mod:`.live`).
 """
 
 from __future__ import annotations
@@ -20,16 +22,16 @@ import ssl
 import tempfile
 import time
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
-from ..balancer import Balancer
 from ..config import Config
 from ..errors import ConfigError
 from ..observe.logsetup import configure
-from ..proxy.gateway import Gateway
 from ..proxy.server import H1Server
+from .live import Live, update_state
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +39,29 @@ GRACE = 5.0  # seconds in-flight requests get after a stop signal
 
 
 async def serve_async(
-    config: Config, *, reuse_port: bool = False, stop: asyncio.Event | None = None
+    config: Config,
+    *,
+    reuse_port: bool = False,
+    stop: asyncio.Event | None = None,
+    loader: Callable[[], Config] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain for ``GRACE`` seconds."""
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain for ``GRACE`` seconds.
+    ``SIGHUP`` reloads the configuration with ``loader`` (:mod:`.live`)."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Balancer(config) as balancer:
-        gateway = Gateway(balancer)
-        limits = config.limits
-        # Open connections, for the drain at shutdown. Weak: a closed connection must not
-        # stay alive here (clients come and go by the million over a server's life).
-        connections: weakref.WeakSet[H1Server] = weakref.WeakSet()
+    limits = config.limits
+    # Open connections, for the drain at shutdown and the gateway's replacement at a reload.
+    # Weak: a closed connection must not stay alive here (clients come and go by the
+    # million over a server's life).
+    connections: weakref.WeakSet[H1Server] = weakref.WeakSet()
+    folder = os.environ.get("RPCBALANCER_METRICS_DIR") if reuse_port else None
+    async with Live(config, loader, connections, folder) as live:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _hangup(live))
 
         def factory() -> H1Server:
-            protocol = H1Server(gateway.serve, limits, loop)
+            protocol = H1Server(live.serve, limits, loop)
             connections.add(protocol)
             return protocol
 
@@ -86,6 +95,25 @@ async def serve_async(
             conn.close()
 
 
+def _hangup(live: Live) -> None:
+    """``SIGHUP``: reload (every worker, when there are several), logging how it went."""
+
+    async def reload() -> None:
+        try:
+            done = await live.reload()
+        except ConfigError as exc:
+            log.error("reload refused, the configuration serving stays: %s", exc)
+        else:
+            log.info("reload: %s", done)
+
+    task = asyncio.get_running_loop().create_task(reload())
+    _hangups.add(task)
+    task.add_done_callback(_hangups.discard)
+
+
+_hangups: set[asyncio.Task[None]] = set()
+
+
 def tls_context(config: Config) -> ssl.SSLContext | None:
     """The server's TLS context when ``listen.tls_cert``/``tls_key`` are set; a missing or
     unreadable file is a configuration error at start, not a failed handshake later."""
@@ -111,32 +139,42 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-def _worker(config: Config, index: int) -> None:
+def _worker(config: Config, index: int, loader: Callable[[], Config] | None = None) -> None:
     configure(config.log_level, config.log_format, worker=f"worker{index}")
-    run_loop(serve_async(config, reuse_port=True))
+    folder = os.environ.get("RPCBALANCER_METRICS_DIR")
+    if loader is not None and folder and Live.state_of(folder).get("generation"):
+        try:  # a worker (re)started after a reload serves what the others serve
+            config = loader()
+        except ConfigError as exc:
+            log.error("the configuration reloaded is refused here too: %s", exc)
+    run_loop(serve_async(config, reuse_port=True, loader=loader))
 
 
-def serve(config: Config, workers: int = 1) -> None:
+def serve(config: Config, workers: int = 1, loader: Callable[[], Config] | None = None) -> None:
+    """Serve ``config`` (``loader`` reads it again at a reload: :mod:`.live`)."""
     if workers <= 1:
-        run_loop(serve_async(config))
+        run_loop(serve_async(config, loader=loader))
         return
-    _supervise(config, workers)
+    _supervise(config, workers, loader)
 
 
-def _supervise(config: Config, workers: int) -> None:
-    # Workers share their metrics through files in a folder of their own (see .metrics);
-    # spawned processes inherit the environment, so the variable reaches every worker.
+def _supervise(config: Config, workers: int, loader: Callable[[], Config] | None) -> None:
+    # Workers share their metrics, and the operator's wanted state, through files in a
+    # folder of their own (see .metrics, .live); spawned processes inherit the environment,
+    # so the variable reaches every worker.
     with tempfile.TemporaryDirectory(prefix="rpcbalancer-metrics-") as folder:
         os.environ["RPCBALANCER_METRICS_DIR"] = folder
-        _watch(config, workers)
+        _watch(config, workers, loader, folder)
 
 
-def _watch(config: Config, workers: int) -> None:
+def _watch(config: Config, workers: int, loader: Callable[[], Config] | None, folder: str) -> None:
     context = multiprocessing.get_context("spawn")
     stopping = False
 
     def start(index: int) -> BaseProcess:
-        process = context.Process(target=_worker, args=(config, index), name=f"worker{index}")
+        process = context.Process(
+            target=_worker, args=(config, index, loader), name=f"worker{index}"
+        )
         process.start()
         return process
 
@@ -144,8 +182,14 @@ def _watch(config: Config, workers: int) -> None:
         nonlocal stopping
         stopping = True
 
+    def on_hangup(signum: int, frame: object) -> None:
+        # Every worker reloads (each refuses a configuration that does not validate).
+        update_state(Path(folder), lambda s: {**s, "generation": int(s.get("generation", 0)) + 1})
+        log.info("SIGHUP: every worker reloads its configuration")
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     procs = {i: start(i) for i in range(workers)}
     log.info("started %d workers", workers)
     while not stopping:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,30 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+WINDOWS = {"1min": 60, "5min": 300, "15min": 900}
+"""DoctorLai's windows of requests per second."""
+
+
+class Rates:
+    """The requests counter sampled once a second, for requests per second over windows."""
+
+    __slots__ = ("samples",)
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, int]] = deque(maxlen=901)
+
+    def sample(self, total: int, now: float) -> None:
+        self.samples.append((now, total))
+
+    def per_second(self) -> dict[str, float]:
+        samples = self.samples
+        if len(samples) < 2:
+            return dict.fromkeys(WINDOWS, 0.0)
+        now, last = samples[-1]
+        rates = {}
+        for name, seconds in WINDOWS.items():
+            count = last - next((n for at, n in samples if now - at <= seconds), last)
+            rates[name] = round(count / seconds, 2)
+        return rates

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..fleet.fleet import EXCLUSION_KINDS
 from ..fleet.nodes import LATENCY_BUCKETS
+from . import doctorlai
 from .counters import SnapshotFolder, Stats, merge
 
 if TYPE_CHECKING:
@@ -42,8 +43,19 @@ def render(balancer: Observed, stats: Stats, folder: SnapshotFolder | None) -> b
     if folder is not None:
         snapshots += list(folder.others())
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(balancer, merge(snapshots)))
+    totals = merge(snapshots)
+    registry.register(_Collector(balancer, totals))
+    if balancer.config.compat == "doctorlai":  # its dashboards' names too
+        registry.register(_Families(doctorlai.families, balancer, totals))
     return bytes(generate_latest(registry))
+
+
+class _Families:
+    def __init__(self, make: Any, balancer: Observed, totals: dict[str, Any]) -> None:
+        self.make, self.balancer, self.totals = make, balancer, totals
+
+    def collect(self) -> Iterator[Any]:
+        yield from self.make(self.balancer, self.totals)
 
 
 class _Collector:

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..cache import AnswerCache
+    from ..config import Config
     from ..fleet.fleet import FleetSet
     from ..fleet.policies import BasePolicy
     from ..health.canary import StoreView
     from ..health.chains import Chain
     from ..health.store import HealthStore
-    from .counters import Stats
+    from .counters import Rates, Stats
 
 
 class Observed(Protocol):
@@ -52,6 +53,14 @@ class Observed(Protocol):
 
     @property
     def started_at(self) -> float: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def rates(self) -> Rates | None:
+        """DoctorLai's requests per second (``compat: doctorlai``)."""
+        ...
 
     @property
     def answer_cache(self) -> AnswerCache | None: ...

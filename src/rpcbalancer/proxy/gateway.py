@@ -45,8 +45,9 @@ from ..balancer import Balancer
 from ..callbacks import Cancellable, until_called
 from ..config import ApiKey
 from ..health.chains.base import AGAIN
-from ..jsonrpc import dumps, null_answer, result_answer
+from ..jsonrpc import dumps, loads, null_answer, result_answer
 from ..messages import HttpRequest, HttpResponse, Reply, error_response, internal_error
+from ..observe import doctorlai
 from .accounting import Accounting
 from .admission import Admission
 from .answer import Answerer, reply_with, safe_path
@@ -98,6 +99,8 @@ class Gateway:
         self.stats = balancer.stats
         self.pause = min(0.5, max(0.05, balancer.chain.block_interval / 6))
         """Seconds before a block clients were told exists is asked for again."""
+        self.doctorlai = config.compat == "doctorlai"
+        """``GET /`` answered as DoctorLai/steem-load-balancer answers it."""
         self.shared_heads = balancer.shared_heads
         """The floors of every process sharing the cache's Redis (:mod:`.sharedheads`)."""
         self.writes = balancer.writes
@@ -353,6 +356,8 @@ class Gateway:
         if reply is None:
             return
         plan = ctx.plan
+        if self.doctorlai and ctx.call is None and ctx.path is None and ctx.answer is None:
+            ctx.answer = index_page(self.balancer, ctx)  # (its monitoring reads GET /)
         if wait and plan is not None and plan.shape.reports_head and ctx.answer is None:
             heads = plan.group.heads
             if heads is not None:  # the head told never goes back (:mod:`.heads`)
@@ -387,6 +392,32 @@ class Gateway:
         await shared.settle(plan.group.name, plan.key, heads)
         if ctx.reply is not None:
             self.answer(ctx)
+
+
+def index_page(balancer: Balancer, ctx: RequestContext) -> HttpResponse | None:
+    """DoctorLai's ``GET /`` (:mod:`..observe.doctorlai`): the node's page with the fields
+    and headers its monitoring reads; None when no node answered (the failure stands)."""
+    outcome = ctx.outcome
+    resp = outcome.response if outcome is not None else None
+    node = outcome.node if outcome is not None else None
+    if resp is None or node is None:
+        return None
+    try:
+        upstream = loads(resp.body)
+    except ValueError:
+        upstream = {"raw": resp.body.decode(errors="replace")[:4096]}
+        upstream["warning"] = "Upstream did not return JSON"
+    doc = doctorlai.index_doc(balancer, upstream, resp.status, node, ctx.ip)
+    headers = [
+        ("content-type", "application/json; charset=utf-8"),
+        ("access-control-allow-origin", "*"),
+        ("ip", ctx.ip),
+        ("server", node.url),
+        ("version", dumps(doc["__version__"]).decode()),
+        ("loadbalancerversion", doctorlai.label(balancer)),
+        ("x-rpc-node", node.name),
+    ]
+    return HttpResponse(resp.status, headers, dumps(doc))
 
 
 def hold(ctx: RequestContext, heads: HeadFloor, key: str) -> None:
