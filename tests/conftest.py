@@ -63,11 +63,13 @@ class BalancerProcess:
         env: dict[str, str] | None = None,
         config_path: Path | None = None,
         scheme: str = "http",
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        """``port``: another server's, to listen beside it (an upgrade)."""
+        self.port = port or free_port()
         self.scheme = scheme
         self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"balancer-{self.port}.log"
+        self.log_path = tmp / f"balancer-{self.port}-{free_port()}.log"
         if config_path is None and config is not None:
             config_path = tmp / f"balancer-{self.port}.yaml"
             config_path.write_text(yaml.safe_dump(config))

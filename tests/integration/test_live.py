@@ -256,6 +256,36 @@ def test_the_reload_and_drain_commands(
     assert done.returncode != 0  # (the command reads the file first: it refuses it too)
 
 
+@pytest.mark.timeout(120)
+def test_an_upgrade_under_load_fails_no_request(
+    fleet: FleetThread, balancer_process: Any, tmp_path: Path
+) -> None:
+    """The documented upgrade: the new program starts on the same port (SO_REUSEPORT), then
+    the old one gets SIGTERM: it stops accepting, answers what its connections send with
+    ``Connection: close``, closes the idle ones, and exits. Open loop, 200 req/s: 0 failed."""
+    path = tmp_path / "config.yaml"
+    write(path, {"nodes": [fleet[n].url for n in "abc"], "store": "none"})
+    old = balancer_process(None, config_path=path)
+    assert old.proc is not None
+    with Load(old.url, 200) as load:
+        time.sleep(3)
+        new = balancer_process(None, config_path=path, port=old.port)
+        deadline = time.monotonic() + 20
+        while "serving on" not in new.log and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "serving on" in new.log
+        time.sleep(1)
+        old.proc.send_signal(signal.SIGTERM)
+        assert old.proc.wait(30) == 0
+        sent_at_stop = load.sent
+        time.sleep(4)
+    assert load.failed == [], load.failed[:5]
+    assert load.sent - sent_at_stop >= 600  # the new one served on
+    assert new.proc is not None and new.proc.poll() is None
+    served = [line for line in new.log.splitlines() if '"status":200' in line]
+    assert len(served) >= 600
+
+
 def test_every_worker_reloads_on_sighup(
     fleet: FleetThread, balancer_process: Any, tmp_path: Path
 ) -> None:

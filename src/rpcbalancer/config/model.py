@@ -295,6 +295,10 @@ class Listen(_Model):
     """PEM certificate chain: with ``tls_key``, the server speaks HTTPS (TLS 1.2 or newer)."""
     tls_key: str | None = None
     """PEM private key for ``tls_cert``; the two go together."""
+    reuse_port: bool = True
+    """Listen with SO_REUSEPORT: another rpcbalancer (a new version) may listen on the same
+    port beside this one, which is how an upgrade replaces it without a failed request
+    (docs/operations.md). ``false``: the port is this process's alone."""
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> Listen:

@@ -383,8 +383,8 @@ _DOCTORLAI = (
         "`compat: doctorlai`: `GET /` with its `status_code` and `__server__`, `__version__`,"
         " `__selected__`, `__servers__`, `__ip__`, `__config__`, `__first_k_candidates__`,"
         " `__load_balancer_version__`, `__stats__` fields and its `IP`, `Server`, `Version`,"
-        " `LoadBalancerVersion` headers; `/health` as `{\"status\": \"OK\","
-        " \"uptime_seconds\": ...}` (always 200); `/version` with `version`; `/metrics` also"
+        ' `LoadBalancerVersion` headers; `/health` as `{"status": "OK",'
+        ' "uptime_seconds": ...}` (always 200); `/version` with `version`; `/metrics` also'
         " under its `steem_lb_*` names (accesses are tries, errors failed tries, not chosen /"
         " behind / timed out are probes that found the node down, lagging or silent)",
     ),

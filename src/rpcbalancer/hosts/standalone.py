@@ -36,6 +36,9 @@ from .live import Live, update_state
 log = logging.getLogger(__name__)
 
 GRACE = 5.0  # seconds in-flight requests get after a stop signal
+RETIRE_IDLE = 1.0
+"""Seconds a connection must have been idle to be closed at a stop; a busier one is closed
+by its next answer (``Connection: close``)."""
 
 
 async def serve_async(
@@ -70,7 +73,7 @@ async def serve_async(
             factory,
             config.listen.host,
             config.listen.port,
-            reuse_port=reuse_port,
+            reuse_port=reuse_port or config.listen.reuse_port,
             backlog=4096,
             ssl=tls,
             ssl_handshake_timeout=limits.request_timeout if tls else None,
@@ -86,10 +89,15 @@ async def serve_async(
         await stop.wait()
         log.info("stopping: no new connections; %.0fs for requests in flight", GRACE)
         server.close()
+        # Each connection closes when it is answered or idle (a client never writes into
+        # a socket closing under it), within the grace.
         deadline = time.monotonic() + GRACE
         while time.monotonic() < deadline:
-            if not any(c.busy for c in connections if not c.closed):
+            open_ = [c for c in connections if not c.closed]
+            if not open_:
                 break
+            for conn in open_:
+                conn.retire(RETIRE_IDLE)
             await asyncio.sleep(0.05)
         for conn in list(connections):
             conn.close()

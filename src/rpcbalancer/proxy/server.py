@@ -150,6 +150,9 @@ class H1Server(asyncio.Protocol):
         self.eof = False
         """The client half-closed: the answers it is owed are written, then the connection
         closes."""
+        self.retiring = False
+        """The server is stopping: the next answer closes the connection (see
+        :meth:`retire`)."""
         # One timer per connection, re-armed only when it fires: per-request timers would
         # cost a heap operation each. It checks the two deadlines below.
         self.timer: asyncio.TimerHandle | None = None
@@ -358,6 +361,8 @@ class H1Server(asyncio.Protocol):
         # After the client's EOF, the connection closes with the last answer it is owed.
         if keep_alive and self.eof and not self.queue:
             keep_alive = False
+        if self.retiring and not self.queue:
+            keep_alive = False  # (the server stops: the client opens its next elsewhere)
         try:
             self._write(response, head, keep_alive)
         except Exception:
@@ -446,6 +451,16 @@ class H1Server(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def retire(self, idle_for: float) -> None:
+        """The server is stopping: answer what the client sends with ``Connection: close``,
+        and close now if the connection has been idle ``idle_for`` seconds (a client that
+        uses it often gets its next answer first, and never writes into a closing socket;
+        one that left it idle sees it closed before it looks again)."""
+        self.retiring = True
+        idle = self.phase is IDLE and not self.queue and self.request_started is None
+        if idle and self.loop.time() - self.last_active >= idle_for:
+            self.close()
 
     def close(self) -> None:
         self.phase = CLOSED
