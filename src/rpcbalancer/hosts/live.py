@@ -135,11 +135,13 @@ class Live:
             ("listen.port", before.listen.port, config.listen.port),
             ("listen.tls_cert", before.listen.tls_cert, config.listen.tls_cert),
             ("listen.tls_key", before.listen.tls_key, config.listen.tls_key),
+            ("listen.reuse_port", before.listen.reuse_port, config.listen.reuse_port),
+            ("log_format", before.log_format, config.log_format),
         ):
             if old != new:
                 raise ConfigError(
-                    f"{what} changed ({old} -> {new}): a reload cannot move a listening "
-                    "server; restart it, or upgrade (docs/operations.md), to apply it"
+                    f"{what} changed ({old} -> {new}): a running server cannot take that "
+                    "change; restart it, or upgrade (docs/operations.md), to apply it"
                 )
         return config
 
@@ -157,6 +159,7 @@ class Live:
             gateway = Gateway(successor)
             gateway.control.operator = self
             self.balancer, self.gateway, self.config = successor, gateway, config
+            logging.getLogger().setLevel(config.log_level.upper())
             for conn in list(self.connections):  # each one's next request goes there
                 conn.handler = self.serve
             before = {node.key for node in old.fleet.nodes}
