@@ -385,6 +385,38 @@ async def test_a_slow_read_is_hedged_and_the_loser_is_not_blamed(harness: Any) -
     assert h.balancer.fleet.nodes[0].failures == 0  # cancelled, not failed
 
 
+async def test_a_node_that_swallows_requests_is_charged_and_ejected(harness: Any) -> None:
+    """``a`` (the fastest) never answers 30% of its requests: each such try loses its hedge,
+    is charged the time it took (its estimate rises, so the strategy turns away) and counts
+    as a slow outcome (so ``a`` is ejected as an outlier). Every client read is answered."""
+    h = await harness(
+        {
+            "a": Behaviour(latency=0.001),
+            "b": Behaviour(latency=0.003),
+            "c": Behaviour(latency=0.003),
+        },
+        strategy="fastest",
+        hedge={"min_delay": 0.01, "max_delay": 0.05},
+        budget={"ratio": 0.5},
+        timeouts={"per_try": 2, "total": 4},
+    )
+    await warm(h, 40)
+    a = next(node for node in h.balancer.fleet.nodes if node.url == h.nodes["a"].url)
+    before = a.latencies.ewma
+    h.nodes["a"].set(hang_rate=0.3)
+    served = []
+    for i in range(200):
+        if i == 100:
+            await asyncio.sleep(1.1)  # (the outlier review runs every second)
+        resp = await h.call(DGP, ident=i)
+        assert resp.status == 200
+        served.append(h.name_of(resp))
+    assert a.breaker.ejected_by.get("outlier", 0) >= 1
+    assert a.failures == 0  # swallowed tries are slow outcomes, not breaker failures
+    assert a.latencies.ewma is not None and before is not None and a.latencies.ewma > before
+    assert served[-80:].count("a") == 0  # out of rotation
+
+
 async def test_hedges_and_retries_stop_when_the_budget_is_spent(harness: Any) -> None:
     h = await harness(
         {"a": Behaviour(latency=0.003), "b": Behaviour(latency=0.003)},

@@ -26,16 +26,18 @@ ALL = (*SERVICES, "rpcbalancer-canary.timer")
 
 
 def system_root(tmp_path: Path, units: Path = UNITS) -> Path:
-    """A file system root holding the machine's unit library, our units and the program."""
+    """A file system root holding the machine's unit library, our units and the programs
+    they run."""
     root = tmp_path / "root"
     library = next(
         p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()
     )
     shutil.copytree(library, root / "usr/lib/systemd/system", symlinks=True)
-    program = root / "opt/rpcbalancer/bin/rpcbalancer"
-    program.parent.mkdir(parents=True)
-    program.write_text("#!/bin/sh\nexit 0\n")
-    program.chmod(0o755)
+    for name in ("opt/rpcbalancer/bin/rpcbalancer", "bin/kill"):  # (what the units run)
+        program = root / name
+        program.parent.mkdir(parents=True)
+        program.write_text("#!/bin/sh\nexit 0\n")
+        program.chmod(0o755)
     (root / "etc/systemd/system").mkdir(parents=True)
     for unit in ALL:
         shutil.copy(units / unit, root / "etc/systemd/system" / unit)

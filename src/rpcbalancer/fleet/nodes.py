@@ -192,6 +192,16 @@ class Node:
         """A try begun at ``started`` was abandoned: no outcome to record."""
         self._leave(started)
 
+    def lost(self, now: float, started: float) -> None:
+        """A try begun at ``started`` lost a hedge: another node answered the request, and
+        this one had not after ``now - started`` seconds. Its latency was at least that: the
+        estimates learn it (its quantiles, made of answers, do not), and its recent outcomes
+        count it as a slow one, so that a node that swallows requests is ejected as an
+        outlier (its breaker, for failures, is not touched)."""
+        self._leave(started)
+        self.latencies.observe(now, now - started)
+        self.recent.append(False)
+
     def end(
         self,
         now: float,

@@ -302,7 +302,7 @@ class Forwarding:
         outcome = self.outcome
         if error is None:
             for other in tries:
-                other.cancel()  # the hedge's loser: its node is not blamed
+                other.cancel(lost=True)  # the hedge's loser: charged the time it took
             tries.clear()
             outcome.response, outcome.node = resp, finished.node
             self.finish(answered=True)
@@ -445,7 +445,7 @@ class Forwarding:
             log.exception("unexpected error answering a forwarded request")
 
     def cancel(self) -> None:
-        """Nobody waits for the answer any more: stop every try (their nodes are not blamed)."""
+        """Nobody waits for the answer any more: stop every try (their nodes are not charged)."""
         if self.state >= DONE:
             return
         self._to(CANCEL)
@@ -567,12 +567,19 @@ class Try:
         )
         router.slots.freed()
 
-    def cancel(self) -> None:
+    def cancel(self, lost: bool = False) -> None:
+        """Stop the try: abandoned by us (the client went, a duplicate settled it), not
+        failed by the node; ``lost``: another node answered the request first (a hedge),
+        and this one is charged the time it had taken (:meth:`Node.lost`)."""
         if not self.live:
             return
         self.live = False
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.cancel()
-        self.node.cancel(self.started)  # abandoned by us, not failed by the node
-        self.forwarding.router.slots.freed()
+        router = self.forwarding.router
+        if lost:
+            self.node.lost(router.clock(), self.started)
+        else:
+            self.node.cancel(self.started)
+        router.slots.freed()
