@@ -69,9 +69,10 @@ class BalancerProcess:
         self.port = port or free_port()
         self.scheme = scheme
         self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"balancer-{self.port}-{free_port()}.log"
+        name = f"balancer-{self.port}" if port is None else f"balancer-{self.port}-next"
+        self.log_path = tmp / f"{name}.log"
         if config_path is None and config is not None:
-            config_path = tmp / f"balancer-{self.port}.yaml"
+            config_path = self.log_path.with_suffix(".yaml")
             config_path.write_text(yaml.safe_dump(config))
         cmd = [sys.executable, "-m", "rpcbalancer", "serve", "--port", str(self.port)]
         if config_path is not None:

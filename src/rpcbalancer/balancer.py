@@ -310,6 +310,24 @@ class Balancer:
                 log.warning("node %s ejected for %.0fs (%s): %s", name, seconds, cause, why)
 
     @property
+    def floors_view(self) -> list[dict[str, Any]]:
+        """Each group's held head (:mod:`.proxy.heads`): the highest head its answers
+        reported or showed, and what EVM's ``latest`` and ``finalized`` were last resolved
+        to (None before any)."""
+        return [
+            {
+                "group": name,
+                "head": group.heads.head,
+                "latest": group.heads.pinned or None,
+                "finalized": group.heads.final or None,
+                "held": group.heads.held,
+                "released": group.heads.released,
+            }
+            for name, group in self.groups.items()
+            if group.heads is not None
+        ]
+
+    @property
     def routes_view(self) -> list[dict[str, Any]]:
         """Each route: its prefix and what it sets (``preset``: the chain preset's, not
         replaced by a configured one)."""

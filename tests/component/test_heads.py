@@ -213,3 +213,22 @@ async def test_batch_members_hold_the_head_too(harness: Any, monotonic: bool) ->
         assert h.balancer.groups["default"].heads.held > 0
     else:  # (the same fleet shows the head going back: the test has teeth)
         assert went_back(seen[0]) > 0
+
+
+async def test_status_and_metrics_show_the_head_held(harness: Any) -> None:
+    from rpcbalancer.proxy.gateway import HttpRequest
+
+    h = await harness(fleet(), chain="evm", strategy="round_robin", hedge={"enabled": False})
+    seen = await poll(h, "eth_blockNumber", 30, "evm", 5)
+    await h.call("eth_getBalance", ["0x" + "ab" * 20, "finalized"])
+    status = await h.gateway.handle(HttpRequest("GET", "/status.json", peer="127.0.0.1"))
+    (floor,) = orjson.loads(status.body)["balancer"]["floors"]
+    assert floor["group"] == "default" and floor["head"] == max(seen)
+    assert floor["finalized"] is not None and floor["finalized"] < floor["head"]
+    metrics = await h.gateway.handle(HttpRequest("GET", "/metrics", peer="127.0.0.1"))
+    (line,) = [
+        line
+        for line in metrics.body.decode().splitlines()
+        if line.startswith('rpcbalancer_head_floor{group="default"}')
+    ]
+    assert float(line.split()[-1]) == max(seen)

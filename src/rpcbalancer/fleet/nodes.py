@@ -38,6 +38,10 @@ from .latency import BUCKETS, LoadLatency
 
 __all__ = ["LATENCY_BUCKETS", "Health", "Node", "ProbeResult", "parse_version"]
 
+SWALLOWED = 4.0
+"""A try abandoned after this many times its node's usual latency, unanswered while another
+node answered, counts as swallowed (:meth:`Node.lost`)."""
+
 _OUTCOME_WINDOW = 64  # recent outcomes kept per node for the error rate
 
 
@@ -195,12 +199,16 @@ class Node:
     def lost(self, now: float, started: float) -> None:
         """A try begun at ``started`` lost a hedge: another node answered the request, and
         this one had not after ``now - started`` seconds. Its latency was at least that: the
-        estimates learn it (its quantiles, made of answers, do not), and its recent outcomes
-        count it as a slow one, so that a node that swallows requests is ejected as an
-        outlier (its breaker, for failures, is not touched)."""
+        estimates learn it (its quantiles, made of answers, do not). When that is
+        :data:`SWALLOWED` times its usual latency or more (not the tail of a slow node: a
+        request it swallowed), its recent outcomes count it as a failed one, so that a node
+        that swallows requests is ejected as an outlier (its breaker is not touched)."""
         self._leave(started)
-        self.latencies.observe(now, now - started)
-        self.recent.append(False)
+        elapsed = now - started
+        usual = self.percentile(0.5)  # (its answers' median: what it takes when it answers)
+        self.latencies.observe(now, elapsed)
+        if usual is not None and elapsed >= SWALLOWED * usual:
+            self.recent.append(False)
 
     def end(
         self,

@@ -134,6 +134,16 @@ class _Collector:
         for ending, count in sorted(t["resent"].items()):
             resent.add_metric([ending], count)
         yield resent
+        floor = GaugeMetricFamily(
+            "rpcbalancer_head_floor",
+            "The head each group holds: the highest one its answers reported or showed "
+            "(this process's; with a shared Redis, settled with the others')",
+            labels=["group"],
+        )
+        for view in b.floors_view:
+            if view["head"] is not None:
+                floor.add_metric([view["group"]], view["head"])
+        yield floor
 
         nodes = t["nodes"]
         tries = CounterMetricFamily(

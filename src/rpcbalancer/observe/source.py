@@ -66,6 +66,11 @@ class Observed(Protocol):
     def answer_cache(self) -> AnswerCache | None: ...
 
     @property
+    def floors_view(self) -> list[dict[str, Any]]:
+        """Each group's held head, for status documents and metrics."""
+        ...
+
+    @property
     def routes_view(self) -> list[dict[str, Any]]:
         """The configured routes and the groups, for status documents."""
         ...

@@ -123,6 +123,7 @@ def status_doc(balancer: Observed) -> dict[str, Any]:
             "heavy_refused": stats.heavy_refused,
             "read_your_writes_clients": None if balancer.writes is None else len(balancer.writes),
             "groups": _groups(fleet, now),
+            "floors": balancer.floors_view,
             "routes": balancer.routes_view,
             "cache": _cache(balancer),
         },
