@@ -33,6 +33,7 @@ from .policy import (
     default_ttl,
     empty,
     evm_block_of,
+    quantity,
 )
 from .shared import RedisTier
 
@@ -210,7 +211,7 @@ class AnswerCache:
         it. None when it fits (or nothing is known of its block)."""
         if not isinstance(result, dict):
             return None
-        number = _quantity(result.get("blockNumber"))
+        number = quantity(result.get("blockNumber"))
         if number is None:
             return None
         tx = result.get("transactionHash", result.get("hash"))
@@ -318,13 +319,3 @@ def result_of(body: bytes) -> Any:
 
 def has_result(value: Any) -> bool:
     return value is not _MISSING
-
-
-def _quantity(value: Any) -> int | None:
-    """An EVM hex quantity (``"0x1b4"``) as a number, or None."""
-    if isinstance(value, str) and value.startswith("0x"):
-        try:
-            return int(value, 16)
-        except ValueError:
-            return None
-    return None

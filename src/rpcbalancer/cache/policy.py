@@ -251,7 +251,7 @@ def evm_block_of(method: str, params: Any) -> int | str | None:
         if not isinstance(spec, dict) or "blockHash" in spec:
             return None
         ends = [spec.get("fromBlock", "latest"), spec.get("toBlock", "latest")]
-        numbers = [_hex(e) for e in ends]
+        numbers = [quantity(e) for e in ends]
         if any(n is None for n in numbers):
             return "latest"
         return max(n for n in numbers if n is not None)
@@ -259,11 +259,12 @@ def evm_block_of(method: str, params: Any) -> int | str | None:
     if position is None or not isinstance(params, list) or len(params) <= position:
         return "latest"  # a missing block parameter means the latest block
     value = params[position]
-    number = _hex(value)
+    number = quantity(value)
     return number if number is not None else str(value)
 
 
-def _hex(value: Any) -> int | None:
+def quantity(value: Any) -> int | None:
+    """An EVM quantity (``"0x1b4"``, or a plain number) as a number, or None."""
     if isinstance(value, str) and value.startswith("0x"):
         try:
             return int(value, 16)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .fleet import FleetThread
-from .node import Behaviour, FakeNode, Mempool, chain_head, running
+from .mempool import Mempool
+from .node import Behaviour, FakeNode, chain_head, running
 from .process import free_port, stop_process
 
 __all__ = [

@@ -14,7 +14,8 @@ from collections.abc import Coroutine, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .node import Behaviour, FakeNode, Mempool
+from .mempool import Mempool
+from .node import Behaviour, FakeNode
 
 T = TypeVar("T")
 

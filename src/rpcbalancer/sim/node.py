@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import math
 import random
 import time
@@ -28,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from ..keccak import keccak256
+from .mempool import Mempool
 from .steem_api import MISSING, NO_HEADER, UNKNOWN_TRANSACTION, SteemApi
 
 GENESIS_BLOCK = 90_000_000
@@ -85,85 +85,6 @@ def block_time(number: int, block_interval: float = 3.0) -> float:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-class Mempool:
-    """The transactions a fleet's nodes have taken, shared by the nodes of one fleet as a
-    real network shares them: a transaction is on the chain once, and a node asked for one
-    that any node took answers as steemd does, "Duplicate transaction check failed"."""
-
-    def __init__(self) -> None:
-        self.transactions: dict[str, int] = {}
-        """Each transaction's id and the block it went into."""
-        self.taken_by: dict[str, str] = {}
-        """The node that took each transaction (it sees it at once; the others once their
-        head reaches its block)."""
-        self.transfers: list[tuple[str, str, str, float]] = []
-        """The transfers taken: transaction id, from, to, amount (of the main token)."""
-        self.sent: Counter[str] = Counter()
-        """How many times each transaction was broadcast to a node."""
-        self.replaced: set[str] = set()
-        """Signed EVM transactions whose nonce another transaction used: every node refuses
-        them ("nonce too low"), and none has them."""
-
-    def __repr__(self) -> str:
-        return f"<Mempool {len(self.transactions)} transactions>"
-
-    def __len__(self) -> int:
-        return len(self.transactions)
-
-    def take(
-        self, tx: Any, block: int, node: str = "", txid: str | None = None
-    ) -> tuple[str, bool]:
-        """A broadcast of ``tx`` to ``node``: its id (``txid``, else made from ``tx``), and
-        whether it is new (False: a duplicate)."""
-        if txid is None:
-            txid = hashlib.sha1(orjson.dumps(tx, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        self.sent[txid] += 1
-        if txid in self.transactions:
-            return txid, False
-        self.transactions[txid] = block
-        self.taken_by[txid] = node
-        operations = tx.get("operations") if isinstance(tx, dict) else None
-        for op in operations if isinstance(operations, list) else []:
-            if isinstance(op, list) and len(op) == 2 and op[0] == "transfer":
-                value = op[1] if isinstance(op[1], dict) else {}
-                amount = str(value.get("amount", "0")).split(" ")[0]
-                try:
-                    moved = float(amount)
-                except ValueError:
-                    continue
-                self.transfers.append((txid, str(value.get("from")), str(value.get("to")), moved))
-        return txid, True
-
-    def history(self, account: str, node: str, head: int) -> list[list[Any]]:
-        """``account``'s transfers that ``node`` (at ``head``) has seen, as
-        ``get_account_history`` lists them (``[index, {trx_id, block, op}]``)."""
-        entries: list[list[Any]] = []
-        for txid, sender, receiver, amount in self.transfers:
-            if self.taken_by[txid] != node and head < self.transactions[txid]:
-                continue
-            if account in (sender, receiver):
-                op = {"from": sender, "to": receiver, "amount": f"{amount:.3f} STEEM", "memo": ""}
-                entry = {"trx_id": txid, "block": self.transactions[txid], "op": ["transfer", op]}
-                entries.append([len(entries), entry])
-        return entries
-
-    def in_block(self, block: int) -> list[str]:
-        """The transactions that went into ``block``."""
-        return [txid for txid, number in self.transactions.items() if number == block]
-
-    def moved(self, account: str, node: str, head: int) -> float:
-        """What the transfers ``node`` (at ``head``) has seen changed ``account``'s balance."""
-        total = 0.0
-        for txid, sender, receiver, amount in self.transfers:
-            if self.taken_by[txid] != node and head < self.transactions[txid]:
-                continue  # not in a block this node has
-            if receiver == account:
-                total += amount
-            if sender == account:
-                total -= amount
-        return total
 
 
 class _Dies(Exception):
@@ -529,14 +450,8 @@ class FakeNode:
             return hex(head)
         if method == "eth_getBlockByNumber":
             tag = params[0] if isinstance(params, list) and params else "latest"
-            number = {"latest": head, "pending": head, "safe": head - 32, "finalized": head - 64}
-            block = number.get(tag) if isinstance(tag, str) and not tag.startswith("0x") else None
-            if block is None:
-                try:
-                    block = int(tag, 16) if isinstance(tag, str) else int(tag)
-                except (TypeError, ValueError):
-                    return None
-            if block > head or block < 0:
+            block = _block_at(tag, head)
+            if block is None or block > head or block < 0:
                 return None
             return {
                 "number": hex(block),
@@ -558,13 +473,9 @@ class FakeNode:
         at = _STATE_AT.get(method)
         if at is not None:  # state that grows with the chain: the block it was read at shows
             tag = params[at] if isinstance(params, list) and len(params) > at else "latest"
-            read = {"latest": head, "pending": head, "safe": head - 32, "finalized": head - 64}
-            block = read.get(tag) if isinstance(tag, str) and not tag.startswith("0x") else None
+            block = _block_at(tag, head)
             if block is None:
-                try:
-                    block = int(tag, 16) if isinstance(tag, str) else int(tag)
-                except (TypeError, ValueError):
-                    return None
+                return None
             if block > head or block < 0:
                 return NO_HEADER
             return hex(block * STATE_PER_BLOCK)
@@ -579,6 +490,17 @@ _STATE_AT = {"eth_getBalance": 1, "eth_getTransactionCount": 1, "eth_call": 1}
 """EVM reads of state at a block (the position of their block parameter): the simulator
 answers ``block x STATE_PER_BLOCK``, so the block a read was answered at shows in it."""
 STATE_PER_BLOCK = 1_000
+
+
+def _block_at(tag: Any, head: int) -> int | None:
+    """An EVM block parameter as a number at ``head`` (the simulator's safe block is 32
+    behind it, its finalized 64), or None when it is neither a tag nor a number."""
+    if isinstance(tag, str) and not tag.startswith("0x"):
+        return {"latest": head, "pending": head, "safe": head - 32, "finalized": head - 64}.get(tag)
+    try:
+        return int(tag, 16) if isinstance(tag, str) else int(tag)
+    except (TypeError, ValueError):
+        return None
 
 
 def _evm_hash(block: int) -> str:

@@ -147,13 +147,12 @@ class Evm:
         lowered = body.lower()
         if not any(phrase in lowered for phrase in _ALREADY):
             return None
-        raw = params[0] if isinstance(params, list) and params else None
-        if not isinstance(raw, str) or not raw.startswith("0x"):
-            return None
+        signed = _signed(params)
         try:
-            signed = bytes.fromhex(raw[2:])
             doc = loads(body)
         except ValueError:
+            return None
+        if signed is None:
             return None
         ident = doc.get("id") if isinstance(doc, dict) else None
         # eth_sendRawTransaction's answer when the node takes it: the transaction's hash.
@@ -167,14 +166,8 @@ class Evm:
         lowered = body.lower()
         if not any(phrase in lowered for phrase in _NONCE_USED):
             return None
-        raw = params[0] if isinstance(params, list) and params else None
-        if not isinstance(raw, str) or not raw.startswith("0x"):
-            return None
-        try:
-            signed = bytes.fromhex(raw[2:])
-        except ValueError:
-            return None
-        return "0x" + keccak256(signed).hex()
+        signed = _signed(params)
+        return None if signed is None else "0x" + keccak256(signed).hex()
 
     def cap(self, name: str) -> int:
         return 1_000_000 if name == "eth_getLogs" else 0
@@ -291,6 +284,17 @@ def _pinned_query(
     if first is not None and last is not None and first > last:
         return None
     return [query, *params[1:]], highest
+
+
+def _signed(params: Any) -> bytes | None:
+    """The signed transaction an ``eth_sendRawTransaction`` carries, as bytes."""
+    raw = params[0] if isinstance(params, list) and params else None
+    if not isinstance(raw, str) or not raw.startswith("0x"):
+        return None
+    try:
+        return bytes.fromhex(raw[2:])
+    except ValueError:
+        return None
 
 
 def hex_after(body: bytes, key: bytes) -> int | None:
