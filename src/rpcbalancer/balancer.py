@@ -32,6 +32,7 @@ from .fleet.policies import BasePolicy, Race, make_policy
 from .health.canary import Canary, StoreView
 from .health.chains import CHAINS, Chain
 from .health.chains.call import CallProbe
+from .health.chains.evm import Evm
 from .health.probe import Prober
 from .health.store import open_store
 from .health.store.redis import RedisStore
@@ -47,6 +48,7 @@ from .proxy.plan import Planner
 from .proxy.ratelimit import LocalLimiter, RedisLimiter
 from .proxy.router import Router
 from .proxy.sharedheads import SharedHeads
+from .proxy.subscriptions import Subscriptions
 from .proxy.writes import RecentWrites
 from .upstream.dns import DnsExpander, Resolver, system_resolver
 from .upstream.pool import H1Transport, Transport
@@ -267,6 +269,24 @@ class Balancer:
             self.shared_heads = (self._take(predecessor, "shared_heads") if same else None) or (
                 SharedHeads(config.cache.url, config.chain, consistency.hold_for)
             )
+        self.subscriptions: Subscriptions | None = None
+        """EVM subscriptions shared per topic (:mod:`.proxy.subscriptions`), for WebSocket
+        clients; taken over by a reload."""
+        if isinstance(self.chain, Evm) and config.websocket.enabled:
+            hub = self._take(predecessor, "subscriptions")
+            if hub is None:
+                hub = Subscriptions(
+                    config.websocket,
+                    self.groups,
+                    self.stats.websocket,
+                    timeout=config.timeouts.connect + config.timeouts.per_try,
+                    block_interval=self.chain.block_interval,
+                    user_agent=config.user_agent,
+                    clock=clock,
+                )
+            else:
+                hub.reconfigure(config.websocket, self.groups, self.stats.websocket)
+            self.subscriptions = hub
         self.rates = Rates() if config.compat == "doctorlai" else None
         """The requests counter sampled once a second (DoctorLai's requests per second)."""
         if self.rates is not None and predecessor is not None and predecessor.rates is not None:
@@ -310,6 +330,11 @@ class Balancer:
                 log.warning("node %s ejected for %.0fs (%s): %s", name, seconds, cause, why)
 
     @property
+    def subscriptions_view(self) -> list[dict[str, Any]]:
+        """Each subscription topic, the node carrying it and its clients."""
+        return [] if self.subscriptions is None else self.subscriptions.view()
+
+    @property
     def floors_view(self) -> list[dict[str, Any]]:
         """Each group's held head (:mod:`.proxy.heads`): the highest head its answers
         reported or showed, and what EVM's ``latest`` and ``finalized`` were last resolved
@@ -351,9 +376,11 @@ class Balancer:
 
     async def __aenter__(self) -> Balancer:
         stack = contextlib.AsyncExitStack()
-        for resource in (self.transport, self.answer_cache, self.shared_heads):
+        for resource in (self.transport, self.answer_cache, self.shared_heads, self.subscriptions):
             if resource is not None:
                 stack.push_async_callback(self._close, resource)
+        if self.subscriptions is not None and id(self.subscriptions) not in self._inherited:
+            self.subscriptions.start()
         if self.shared_limiter is not None:
             stack.push_async_callback(self.shared_limiter.aclose)
         if self.access_log is not None:

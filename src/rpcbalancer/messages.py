@@ -90,6 +90,7 @@ Outcome = Literal[
     "denied",
     "rate_limited",
     "no_node",
+    "busy",
     "timeout",
     "upstream_error",
     "internal",
@@ -126,6 +127,7 @@ FAILURES: dict[str, Failure] = {
     "internal": Failure(500, jsonrpc.INTERNAL_ERROR, "internal"),
     "upstream": Failure(502, jsonrpc.UPSTREAM_FAILED, "upstream_error"),
     "no_node": Failure(503, jsonrpc.NO_NODE, "no_node"),
+    "busy": Failure(503, jsonrpc.RATE_LIMITED, "busy"),
     "timeout": Failure(504, jsonrpc.UPSTREAM_TIMEOUT, "timeout"),
 }
 

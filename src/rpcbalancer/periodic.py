@@ -32,9 +32,13 @@ class Periodic:
             except Exception:
                 log.exception("%s: round failed", self.name)
 
-    async def __aenter__(self) -> Periodic:
+    def start(self) -> Periodic:
+        """Start the rounds (in the running loop); :meth:`__aexit__` stops them."""
         self._task = asyncio.create_task(self._run(), name=f"rpcbalancer-{self.name}")
         return self
+
+    async def __aenter__(self) -> Periodic:
+        return self.start()
 
     async def __aexit__(
         self,

@@ -187,6 +187,56 @@ async def exercise(config: Config, cert: Path) -> None:
         await asyncio.wait_for(server, 15)
 
 
+async def exercise_websocket() -> None:
+    """The WebSocket keys (an EVM chain's): a simulated EVM node's own WebSocket as its
+    ``ws_url``, a client that calls and subscribes to ``newHeads``."""
+    from websockets.asyncio.client import connect
+
+    node = FakeNode("e", Behaviour(latency=0.001, block_interval=0.2), chain="evm")
+    await node.start()
+    try:
+        config = from_mapping(
+            {
+                "chain": "evm",
+                "store": "none",
+                "listen": {"port": free_port()},
+                "nodes": [{"url": node.url, "ws_url": node.url.replace("http", "ws")}],
+                "websocket": {
+                    "enabled": True, "max_connections": 10, "max_subscriptions": 3,
+                    "max_message_bytes": 65536, "max_buffered_bytes": 1 << 20,
+                    "ping_interval": 5, "ping_timeout": 5, "switch_lag": 3,
+                    "silent_after": 4, "max_gap": 64,
+                },
+            },
+            env={},
+        )  # fmt: skip
+        stop = asyncio.Event()
+        server = asyncio.create_task(serve_async(config, stop=stop))
+        try:
+            url = f"ws://127.0.0.1:{config.listen.port}/"
+            for _ in range(100):
+                try:
+                    ws = await connect(url)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+            async with ws:
+                await ws.send('{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}')
+                assert b"result" in (await ws.recv(decode=False))
+                await ws.send(
+                    '{"jsonrpc":"2.0","id":2,"method":"eth_subscribe","params":["newHeads"]}'
+                )
+                assert b"result" in (await ws.recv(decode=False))
+                notice = await asyncio.wait_for(ws.recv(decode=False), 5)
+                assert b"eth_subscription" in notice
+                await asyncio.sleep(0.6)  # (the subscriptions' watch looks at its node)
+        finally:
+            stop.set()
+            await asyncio.wait_for(server, 15)
+    finally:
+        await node.stop()
+
+
 # Each strategy reads its own keys, by design: (strategy, model, keys it leaves unread).
 RUNS = [
     ("fastest", "load", {"race_ttl", "decay"}),
@@ -214,6 +264,7 @@ async def test_every_config_key_is_read(
         config = full_config(tmp_path, urls, cert, key, strategy, model)
         reads.clear()  # what validation itself touched does not count
         await exercise(config, cert)
+        await exercise_websocket()
     finally:
         for node in nodes:
             await node.stop()

@@ -35,6 +35,7 @@ from .model import (
     ServerLimits,
     StrategyConfig,
     Timeouts,
+    WebSocketConfig,
     parse_duration,
 )
 from .urls import REDACTED, display_url
@@ -63,6 +64,7 @@ __all__ = [
     "ServerLimits",
     "StrategyConfig",
     "Timeouts",
+    "WebSocketConfig",
     "display_url",
     "from_mapping",
     "load",

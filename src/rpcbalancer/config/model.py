@@ -96,6 +96,10 @@ class NodeConfig(_Model):
     ``X-Edge-Key``); values from ``${ENV}`` are never shown."""
     verify_tls: bool = True
     """``false`` accepts any TLS certificate from this node (logged as a warning at start)."""
+    ws_url: str | None = None
+    """Where the node takes WebSocket subscriptions (``eth_subscribe``): a ``ws://`` or
+    ``wss://`` URL; default: ``url`` with ``http`` made ``ws`` (same host, port and path, as
+    ganache, Erigon and geth with one port serve it)."""
     _masked: str | None = PrivateAttr(default=None)
     """The URL with every value from the environment masked, when it had any."""
 
@@ -123,6 +127,29 @@ class NodeConfig(_Model):
         except ValueError as exc:
             raise ValueError(f"has an invalid port ({exc})") from None
         return url
+
+    @field_validator("ws_url")
+    @classmethod
+    def _check_ws_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        url = url.strip()
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError("must be a ws:// or wss:// URL with a host")
+        try:
+            parts.port  # noqa: B018 - reading it validates the port
+        except ValueError as exc:
+            raise ValueError(f"has an invalid port ({exc})") from None
+        return url
+
+    @property
+    def subscribe_url(self) -> str:
+        """The URL subscriptions go to (``ws_url``, else ``url`` as ``ws``/``wss``)."""
+        if self.ws_url is not None:
+            return self.ws_url
+        scheme, rest = self.url.split("://", 1)
+        return ("wss" if scheme == "https" else "ws") + "://" + rest
 
     @model_validator(mode="after")
     def _default_name(self, info: ValidationInfo) -> NodeConfig:
@@ -248,6 +275,36 @@ class BroadcastConfig(_Model):
                 "broadcast.resend (the same guarantee that a node refuses a duplicate)"
             )
         return self
+
+
+class WebSocketConfig(_Model):
+    """JSON-RPC over WebSocket on the server's port, and EVM subscriptions (docs/websocket.md)."""
+
+    enabled: bool = True
+    """Accept WebSocket connections (an HTTP/1.1 ``Upgrade`` on ``/``, ``wss://`` with TLS).
+    ``false``: an upgrade is refused with 400."""
+    max_connections: int = Field(10_000, ge=1)
+    """Open WebSocket connections per process; the next is refused with 503."""
+    max_subscriptions: int = Field(100, ge=0)
+    """Subscriptions one connection may hold; the next ``eth_subscribe`` is refused."""
+    max_message_bytes: int = Field(1024 * 1024, ge=1024)
+    """The largest message a client may send (a larger one closes the connection, 1009)."""
+    max_buffered_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)
+    """Bytes written to a client that it has not read yet: past this, a slow reader's
+    connection is closed (1008, "slow reader") instead of holding memory without bound."""
+    ping_interval: Seconds = Field(20.0, gt=0)
+    """Seconds between the server's pings on a quiet connection."""
+    ping_timeout: Seconds = Field(20.0, gt=0)
+    """Seconds a ping waits for its pong before the connection is closed (1011)."""
+    switch_lag: int = Field(2, ge=1)
+    """Blocks a node carrying subscriptions may fall behind the best head known before its
+    subscriptions move to another node (the missed heads and logs are fetched by number)."""
+    silent_after: Seconds | None = Field(None, gt=0)
+    """Seconds without a head from a node carrying subscriptions, while another node shows a
+    newer one, before they move; default: three block intervals of the chain."""
+    max_gap: int = Field(128, ge=1)
+    """Blocks a subscription fills after a switch or a skip; a longer gap is filled with its
+    latest blocks only (the client sees the jump)."""
 
 
 class BudgetConfig(_Model):
@@ -662,6 +719,8 @@ class Config(_Model):
     """Transactions: sent again when their node fails, or to several nodes at once."""
     consistency: ConsistencyConfig = ConsistencyConfig()
     """What a client sees of the chain across nodes at different heights."""
+    websocket: WebSocketConfig = WebSocketConfig()
+    """JSON-RPC calls and EVM subscriptions over WebSocket."""
     secrets: frozenset[str] = frozenset()
     """Filled in by the loader (not a key to write): the values that came from ``${ENV}``,
     so that they can be redacted wherever they would be shown."""

@@ -40,6 +40,7 @@ from ..periodic import Periodic
 from ..proxy.control import drain as drain_nodes
 from ..proxy.gateway import Gateway
 from ..proxy.server import H1Server
+from ..proxy.websocket import Session, open_session
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,11 @@ class Live:
         """The data plane's door for a new connection (it is pointed at each new gateway)."""
         assert self.gateway is not None
         return self.gateway.serve(req, reply)
+
+    def upgrade(self, req: Any, transport: Any, on_close: Any) -> Any:
+        """A WebSocket upgrade, taken by the gateway serving now."""
+        assert self.gateway is not None
+        return open_session(self.gateway, req, transport, on_close)
 
     # -- the operator's requests -------------------------------------------------------
 
@@ -162,6 +168,8 @@ class Live:
             logging.getLogger().setLevel(config.log_level.upper())
             for conn in list(self.connections):  # each one's next request goes there
                 conn.handler = self.serve
+                if isinstance(conn.upgraded, Session):
+                    conn.upgraded.gateway = gateway
             before = {node.key for node in old.fleet.nodes}
             after = {node.key for node in successor.fleet.nodes}
             task = asyncio.get_running_loop().create_task(self._retire(old))

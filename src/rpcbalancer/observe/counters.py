@@ -35,6 +35,7 @@ class Stats:
         "requests",
         "resent",
         "retries",
+        "websocket",
     )
 
     def __init__(self, methods: Iterable[str]) -> None:
@@ -58,6 +59,9 @@ class Stats:
         request's outcome, or ``duplicate`` (a node's "already have it", taken as success)."""
         self.cache: dict[tuple[str, str], int] = {}
         """Answer cache events by (method label, event): the cache counts into it."""
+        self.websocket: dict[str, int] = {}
+        """WebSocket connections and subscriptions: gauges (``connections``,
+        ``subscriptions``) and counters (messages, switches, fills, closes)."""
 
     def method_label(self, call: RpcCall | None) -> str:
         if call is None:
@@ -89,6 +93,7 @@ class Stats:
             "heavy_refused": self.heavy_refused,
             "resent": dict(self.resent),
             "cache": [[m, e, n] for (m, e), n in self.cache.items()],
+            "websocket": dict(self.websocket),
             "nodes": {
                 n.name: {
                     "tries": n.requests,
@@ -120,6 +125,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "heavy_refused": 0,
         "resent": {},
         "cache": {},
+        "websocket": {},
         "nodes": {},
     }
     for snap in snapshots:
@@ -133,6 +139,8 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             total[key] += snap.get(key, 0)  # (a worker of an older version has none)
         for ending, count in snap.get("resent", {}).items():
             total["resent"][ending] = total["resent"].get(ending, 0) + count
+        for what, count in snap.get("websocket", {}).items():
+            total["websocket"][what] = total["websocket"].get(what, 0) + count
         for method, event, count in snap.get("cache", []):
             total["cache"][method, event] = total["cache"].get((method, event), 0) + count
         for name, node in snap["nodes"].items():

@@ -144,6 +144,7 @@ class _Collector:
             if view["head"] is not None:
                 floor.add_metric([view["group"]], view["head"])
         yield floor
+        yield from _websocket(t["websocket"], GaugeMetricFamily, CounterMetricFamily)
 
         nodes = t["nodes"]
         tries = CounterMetricFamily(
@@ -288,3 +289,45 @@ def _histogram(family: Any, name: str, text: str, labels: list[str], series: Ser
             buckets.append((bound, running))
         metric.add_metric(values, buckets, total)
     return metric
+
+
+WEBSOCKET_GAUGES = {
+    "connections": "Open WebSocket connections",
+    "subscriptions": "Subscriptions held by WebSocket clients",
+}
+WEBSOCKET_EVENTS = (
+    "opened",
+    "refused",
+    "slow_readers",
+    "ping_timeouts",
+    "subscribed",
+    "notifications",
+    "switches",
+    "upstream_sockets",
+    "filled_heads",
+    "filled_logs",
+)
+
+
+def _websocket(counts: dict[str, int], gauge: Any, counter: Any) -> Iterator[Any]:
+    """The WebSocket families: connections and subscriptions now, messages, and events
+    (connections opened and refused, slow readers closed, pongs missed, subscriptions made,
+    notifications sent, switches of node, heads and logs filled after a gap)."""
+    for key, text in WEBSOCKET_GAUGES.items():
+        yield gauge(f"rpcbalancer_websocket_{key}", text, value=max(0, counts.get(key, 0)))
+    messages = counter(
+        "rpcbalancer_websocket_messages", "WebSocket messages by direction", labels=["direction"]
+    )
+    messages.add_metric(["in"], counts.get("messages_in", 0))
+    messages.add_metric(["out"], counts.get("messages_out", 0))
+    yield messages
+    events = counter(
+        "rpcbalancer_websocket_events",
+        "WebSocket and subscription events: connections opened and refused, slow readers "
+        "and pings unanswered closed, subscriptions made, notifications sent, node switches, "
+        "sockets opened to nodes, heads and logs filled after a gap",
+        labels=["event"],
+    )
+    for event in WEBSOCKET_EVENTS:
+        events.add_metric([event], counts.get(event, 0))
+    yield events

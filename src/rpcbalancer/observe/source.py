@@ -66,6 +66,11 @@ class Observed(Protocol):
     def answer_cache(self) -> AnswerCache | None: ...
 
     @property
+    def subscriptions_view(self) -> list[dict[str, Any]]:
+        """The subscription topics and the nodes carrying them."""
+        ...
+
+    @property
     def floors_view(self) -> list[dict[str, Any]]:
         """Each group's held head, for status documents and metrics."""
         ...

@@ -124,6 +124,7 @@ def status_doc(balancer: Observed) -> dict[str, Any]:
             "read_your_writes_clients": None if balancer.writes is None else len(balancer.writes),
             "groups": _groups(fleet, now),
             "floors": balancer.floors_view,
+            "websocket": {**stats.websocket, "topics": balancer.subscriptions_view},
             "routes": balancer.routes_view,
             "cache": _cache(balancer),
         },

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from enum import Enum
 from http import HTTPStatus
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -47,6 +47,20 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[HttpRequest, Reply], Cancellable | None]
 """Answers a request through the reply callback (:meth:`.Gateway.serve`)."""
+
+
+class Upgraded(Protocol):
+    """What a connection becomes after a WebSocket upgrade (:class:`.websocket.Session`)."""
+
+    def received(self, data: bytes) -> None: ...
+    def eof(self) -> None: ...
+    def lost(self) -> None: ...
+    def retire(self) -> None: ...
+
+
+Upgrade = Callable[[HttpRequest, asyncio.Transport, Callable[[], None]], "Upgraded | HttpResponse"]
+"""Takes a connection whose request asks for a WebSocket: the session it becomes (the
+``101`` written), or the error that refuses it."""
 
 
 class Phase(Enum):
@@ -126,9 +140,18 @@ class H1Server(asyncio.Protocol):
     """One client connection."""
 
     def __init__(
-        self, handler: Handler, limits: ServerLimits, loop: asyncio.AbstractEventLoop
+        self,
+        handler: Handler,
+        limits: ServerLimits,
+        loop: asyncio.AbstractEventLoop,
+        upgrade: Upgrade | None = None,
     ) -> None:
         self.handler = handler
+        self.upgrade = upgrade
+        """Where a WebSocket upgrade goes (None: refused, as any upgrade)."""
+        self.upgrading: HttpRequest | None = None
+        self.upgraded: Upgraded | None = None
+        """The WebSocket session this connection became, if it did."""
         self.limits = limits
         self.loop = loop
         self.transport: asyncio.Transport | None = None
@@ -190,12 +213,17 @@ class H1Server(asyncio.Protocol):
         self._arm(min(self.limits.idle_timeout, self.limits.request_timeout))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.upgraded is not None:
+            self.upgraded.lost()
         self.phase = CLOSED
         self._disarm()
         self.queue.clear()
         self._abandon()  # nobody is left to answer; the router counts it abandoned
 
     def eof_received(self) -> bool:
+        if self.upgraded is not None:
+            self.upgraded.eof()
+            return True
         self.eof = True
         if self.phase is IDLE and not self.queue:
             self.close()
@@ -213,14 +241,22 @@ class H1Server(asyncio.Protocol):
         self._next()
 
     def data_received(self, data: bytes) -> None:
+        upgraded = self.upgraded
+        if upgraded is not None:
+            upgraded.received(data)
+            return
         if self.phase is CLOSED:
             return
         try:
             self.parser.feed_data(data)
         except _Reject as reject:
             self._refuse(reject.kind, reject.message)
-        except httptools.HttpParserUpgrade:
-            self._refuse("invalid", "Protocol upgrades are not supported")
+        except httptools.HttpParserUpgrade as upgrade:
+            request, self.upgrading = self.upgrading, None
+            if request is None:
+                self._refuse("invalid", "Protocol upgrades are not supported")
+            else:
+                self._switch(request, data[upgrade.args[0] :])
         except httptools.HttpParserError as error:
             cause = error.__context__
             if isinstance(cause, _Reject):
@@ -289,6 +325,15 @@ class H1Server(asyncio.Protocol):
         path, _, query = self._url.partition(b"?")
         parts = self._body
         parser = self.parser
+        if self.upgrade is not None and parser.should_upgrade():
+            websocket = self._headers.get("upgrade", "").lower() == "websocket"
+            if websocket and parser.get_method() == b"GET":
+                self.upgrading = HttpRequest(
+                    "GET", path.decode("latin-1"), query.decode("latin-1"), self._headers,
+                    b"", self.peer,
+                )  # fmt: skip
+                self._url, self._headers, self._header_bytes = b"", {}, 0
+                return
         request = HttpRequest(
             parser.get_method().decode("ascii"),
             path.decode("latin-1"),
@@ -350,6 +395,26 @@ class H1Server(asyncio.Protocol):
             self.last_active = self.loop.time()
             if self.eof:
                 self.close()
+
+    def _switch(self, request: HttpRequest, rest: bytes) -> None:
+        """The request asked for a WebSocket: the connection becomes one, or is refused."""
+        assert self.upgrade is not None and self.transport is not None
+        if self.phase is not IDLE or self.queue:
+            self._refuse("invalid", "WebSocket upgrade behind requests not answered yet")
+            return
+        try:
+            taken = self.upgrade(request, self.transport, self.close)
+        except Exception:
+            log.exception("unexpected error upgrading to a WebSocket")
+            taken = internal_error()
+        if isinstance(taken, HttpResponse):
+            self._write(taken, False, False)
+            self.close()
+            return
+        self._disarm()  # (the session keeps its own time: pings)
+        self.upgraded = taken
+        if rest:
+            taken.received(rest)
 
     def _reply(self, response: HttpResponse) -> None:
         """The handler's answer to the request being answered: write it, go on."""
@@ -458,6 +523,9 @@ class H1Server(asyncio.Protocol):
         uses it often gets its next answer first, and never writes into a closing socket;
         one that left it idle sees it closed before it looks again)."""
         self.retiring = True
+        if self.upgraded is not None:
+            self.upgraded.retire()
+            return
         idle = self.phase is IDLE and not self.queue and self.request_started is None
         if idle and self.loop.time() - self.last_active >= idle_for:
             self.close()

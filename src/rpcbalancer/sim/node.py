@@ -27,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from ..keccak import keccak256
+from . import websocket
 from .mempool import Mempool
 from .steem_api import MISSING, NO_HEADER, UNKNOWN_TRANSACTION, SteemApi
 
@@ -189,7 +190,9 @@ class FakeNode:
             return _unavailable()
         return None
 
-    async def _get(self, request: web.Request) -> web.Response:
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        if self.chain == "evm" and request.headers.get("Upgrade", "").lower() == "websocket":
+            return await websocket.serve(self, request)
         if request.path == "/__stats__":  # for the benchmark: never misbehaves
             return web.json_response({"tagged": self.tagged, "counts": dict(self.counts)})
         self.counts["GET " + request.path] += 1
@@ -253,6 +256,10 @@ class FakeNode:
             await asyncio.sleep(3600)  # (cancelled with the connection)
             raise
         return _json(answers if isinstance(doc, list) else answers[0])
+
+    def answer_member(self, member: Any) -> dict[str, Any]:
+        """One JSON-RPC call's answer (no latency, faults or death: the WebSocket's)."""
+        return self._answer(member)
 
     def _answer(self, member: Any) -> dict[str, Any]:
         ident = member.get("id") if isinstance(member, dict) else None
