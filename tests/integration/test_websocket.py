@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from rpcbalancer.sim import Behaviour, FleetThread, stop_process
@@ -256,6 +256,15 @@ def test_one_upstream_subscription_per_topic_shared_by_clients(
     _until(lambda: _status(evm_lb)["topics"] == [], 5, lambda: _status(evm_lb))
 
 
+def test_pending_transactions_reach_the_subscriber(one_node: Any, evm_lb: BalancerProcess) -> None:
+    with _ws(evm_lb) as ws:
+        sub = _call(ws, "eth_subscribe", ["newPendingTransactions"])["result"]
+        sent = Wallet(one_node).send("g1", to=SENDER)
+        got = json.loads(ws.recv(10))["params"]
+        assert got == {"subscription": sub, "result": sent}
+        assert _call(ws, "eth_unsubscribe", [sub], ident=2)["result"] is True
+
+
 def test_subscription_limits(evm_lb: BalancerProcess) -> None:
     with _ws(evm_lb) as ws:
         unknown = _call(ws, "eth_subscribe", ["everything"], ident=4)["error"]
@@ -277,9 +286,17 @@ def test_a_slow_reader_is_closed_and_a_silent_client_is_pinged_out(
     lb = _balancer(
         one_node,
         tmp_path,
-        websocket={"max_buffered_bytes": 65536, "ping_interval": 0.5, "ping_timeout": 0.5},
-    )
+        websocket={
+            "max_buffered_bytes": 65536, "ping_interval": 0.5, "ping_timeout": 0.5,
+            "max_connections": 2,
+        },
+    )  # fmt: skip
     try:
+        with _ws(lb), _ws(lb), pytest.raises(InvalidStatus) as refused:
+            _ws(lb).close()
+        assert refused.value.response.status_code == 503
+        assert refused.value.response.headers["retry-after"] == "1"
+        time.sleep(0.2)  # (the two closed)
         with _raw(lb, rcvbuf=4096) as slow:
             batch = json.dumps(
                 [{"jsonrpc": "2.0", "id": i, "method": "eth_chainId"} for i in range(100)]
@@ -349,14 +366,16 @@ def _close_codes(sock: socket.socket, seconds: float) -> list[int]:
         data += chunk
         while len(data) >= 2:
             opcode, size, at = data[0] & 0x0F, data[1] & 0x7F, 2
+            if len(data) < {126: 4, 127: 10}.get(size, 2):
+                break  # (the rest of its header is still on its way)
             if size == 126:
                 size, at = struct.unpack("!H", data[2:4])[0], 4
             elif size == 127:
                 size, at = struct.unpack("!Q", data[2:10])[0], 10
             if len(data) < at + size:
                 break
-            if opcode == 8:
-                codes.append(struct.unpack("!H", data[at : at + 2])[0])
+            if opcode == 8:  # (no code in it: 1005, as RFC 6455 reads it)
+                codes.append(struct.unpack("!H", data[at : at + 2])[0] if size >= 2 else 1005)
             data = data[at + size :]
         if codes:
             break

@@ -325,7 +325,7 @@ class H1Server(asyncio.Protocol):
         path, _, query = self._url.partition(b"?")
         parts = self._body
         parser = self.parser
-        if self.upgrade is not None and parser.should_upgrade():
+        if "upgrade" in self._headers and self.upgrade is not None and parser.should_upgrade():
             websocket = self._headers.get("upgrade", "").lower() == "websocket"
             if websocket and parser.get_method() == b"GET":
                 self.upgrading = HttpRequest(
