@@ -153,10 +153,8 @@ class Subscriptions:
         if group not in self.groups:
             raise SubscriptionError(-32603, f"eth_subscribe: no group {group!r}")
         kind = params[0]
-        if kind == "logs" and (len(params) > 2 or not isinstance(params[1:] or [{}], list)):
-            raise SubscriptionError(-32602, "eth_subscribe logs: one filter object")
-        if kind == "logs" and len(params) == 2 and not isinstance(params[1], dict):
-            raise SubscriptionError(-32602, "eth_subscribe logs: the filter must be an object")
+        if kind == "logs" and (len(params) > 2 or not isinstance(([*params, {}])[1], dict)):
+            raise SubscriptionError(-32602, "eth_subscribe logs: give one filter object")
         probe = Topic(self, group, kind, params)
         topic = self.topics.get(probe.key)
         if topic is None:

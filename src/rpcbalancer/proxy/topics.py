@@ -143,9 +143,10 @@ class Topic:
                         await self._item(item)
                     else:
                         await self._fill(*item)
-                except UpstreamError as exc:
-                    log.info("subscription %s: a fill failed (%s); it moves", self.key, exc)
-                    self.hub.move(self, f"fill failed: {exc.reason}")
+                except (UpstreamError, TimeoutError) as exc:
+                    why = exc.reason if isinstance(exc, UpstreamError) else "no answer in time"
+                    log.info("subscription %s: a fill failed (%s); it moves", self.key, why)
+                    self.hub.move(self, f"fill failed: {why}")
                 except Exception:
                     log.exception("subscription %s: unexpected error delivering", self.key)
 

@@ -40,6 +40,7 @@ from websockets.utils import accept_key
 
 from ..callbacks import Cancellable
 from ..messages import HttpRequest, HttpResponse, error_response
+from ..upstream.websocket import FRAMES
 from .subscriptions import SubscriptionError
 
 if TYPE_CHECKING:
@@ -136,7 +137,9 @@ class Session:
         self.transport = transport
         self.loop = loop
         self.on_close = on_close
-        self.protocol = ServerProtocol(state=State.OPEN, max_size=self.config.max_message_bytes)
+        self.protocol = ServerProtocol(
+            state=State.OPEN, max_size=self.config.max_message_bytes, logger=FRAMES
+        )
         self.headers = {k: v for k, v in request.headers.items() if k not in _DROPPED}
         self.headers["content-type"] = "application/json"
         self.path, self.query, self.peer = request.path, request.query, request.peer

@@ -33,6 +33,10 @@ from websockets.uri import parse_uri
 from ..errors import UpstreamError
 
 log = logging.getLogger(__name__)
+FRAMES = logging.getLogger("rpcbalancer.websocket.frames")
+"""The ``websockets`` library's own log: its debug lines show a handshake's request line,
+whose path may hold a node's key, so it never logs below warnings."""
+FRAMES.setLevel(logging.WARNING)
 
 Notice = Callable[[str, Any], None]
 """A subscription's notification: the node's subscription id and its result."""
@@ -54,7 +58,7 @@ class NodeSocket(asyncio.Protocol):
         """The node's name (shown; the URL may hold a key)."""
         self.url = url
         self.uri = parse_uri(url)
-        self.protocol = ClientProtocol(self.uri, max_size=max_size)
+        self.protocol = ClientProtocol(self.uri, max_size=max_size, logger=FRAMES)
         self.headers = headers
         self.on_notice = on_notice
         self.on_lost = on_lost
