@@ -113,6 +113,11 @@ def test_environment_overrides_the_node_list_and_flags_the_listen_address() -> N
     ("data", "message"),
     [
         ({"nodes": ["ftp://a"]}, "nodes.0.url: must be an http:// or https:// URL"),
+        (
+            {"nodes": [{"url": "http://a", "ws_url": "http://a"}]},
+            "nodes.0.ws_url: must be a ws:// or wss:// URL",
+        ),
+        ({"nodes": ["http://a"], "websocket": {"max_message_bytes": 10}}, "max_message_bytes"),
         ({"nodes": []}, "nodes:"),
         ({"nodes": ["http://a"], "strategy": "fastest_ever"}, "strategy.name"),
         ({"nodes": ["http://a"], "retries": -1}, "retries"),

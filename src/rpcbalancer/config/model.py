@@ -74,6 +74,19 @@ _NUMBER = re.compile(r"\s*-?\d+(?:\.\d+)?\s*")
 Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
+def _url_of(url: str, schemes: tuple[str, str], article: str) -> str:
+    """A node URL, stripped, of one of ``schemes``, with a host and a valid port."""
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"must be {article} {schemes[0]}:// or {schemes[1]}:// URL with a host")
+    try:
+        parts.port  # noqa: B018 - reading it validates the port
+    except ValueError as exc:
+        raise ValueError(f"has an invalid port ({exc})") from None
+    return url
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -118,30 +131,12 @@ class NodeConfig(_Model):
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
-        url = url.strip()
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        try:
-            parts.port  # noqa: B018 - reading it validates the port
-        except ValueError as exc:
-            raise ValueError(f"has an invalid port ({exc})") from None
-        return url
+        return _url_of(url, ("http", "https"), "an")
 
     @field_validator("ws_url")
     @classmethod
     def _check_ws_url(cls, url: str | None) -> str | None:
-        if url is None:
-            return None
-        url = url.strip()
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError("must be a ws:// or wss:// URL with a host")
-        try:
-            parts.port  # noqa: B018 - reading it validates the port
-        except ValueError as exc:
-            raise ValueError(f"has an invalid port ({exc})") from None
-        return url
+        return None if url is None else _url_of(url, ("ws", "wss"), "a")
 
     @property
     def subscribe_url(self) -> str:
