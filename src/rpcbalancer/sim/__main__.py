@@ -60,6 +60,7 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--node", action="append", type=parse_node, required=True)
     parser.add_argument("--chain", default="steem")
     parser.add_argument("--port", type=int, default=0, help="port of the first node (0: any)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the nodes listen on")
     parser.add_argument(
         "--script",
         default="[]",
@@ -68,7 +69,7 @@ async def main(argv: list[str]) -> None:
     )
     args = parser.parse_args(argv)
     nodes = [
-        FakeNode(name, b, chain=_KINDS.get(name, args.chain), seed=i)
+        FakeNode(name, b, chain=_KINDS.get(name, args.chain), seed=i, host=args.host)
         for i, (name, b) in enumerate(args.node)
     ]
     for i, node in enumerate(nodes):

@@ -1,0 +1,276 @@
+"""Faults on real links: simulated nodes in network namespaces of their own, joined to the
+balancer by veth links (tests/netns.py), the links broken with nftables while a client reads
+through the balancer at a steady pace. Root and iproute2/nftables, or skipped with the reason
+(CI runs them)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from ..conftest import BalancerProcess, require_tool
+from ..netns import FaultNetwork, Link, require_netns
+
+PORT = 8090
+DGP = {"jsonrpc": "2.0", "method": "condenser_api.get_dynamic_global_properties", "params": []}
+
+
+@pytest.fixture
+def fleet() -> Iterator[tuple[FaultNetwork, dict[str, Link]]]:
+    """Three simulated Steem nodes, each in its own namespace."""
+    require_netns()
+    with FaultNetwork() as net:
+        links = {}
+        for name in ("a", "b", "c"):
+            link = net.namespace(name)
+            net.run(link, [sys.executable, "-m", "rpcbalancer.sim", "--host", link.address,
+                           "--port", str(PORT), "--node", f"{name}:latency=0.003"],
+                    stdout=subprocess.DEVNULL)  # fmt: skip
+            links[name] = link
+        for link in links.values():
+            _wait_listening(link)
+        yield net, links
+
+
+def _wait_listening(link: Link) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"http://{link.address}:{PORT}/__stats__", timeout=0.5)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"node {link.name} did not listen in its namespace")
+
+
+def _balancer(links: dict[str, Link], folder: Path, **extra: Any) -> BalancerProcess:
+    config = {
+        "store": "none",
+        "cache": {"enabled": False},
+        "probe": {"interval": 1.0, "timeout": 0.5},
+        "timeouts": {"connect": 0.5, "per_try": 1.0, "total": 4.0},
+        "nodes": [{"url": f"http://{link.address}:{PORT}", "name": n} for n, link in links.items()],
+        **extra,
+    }
+    return BalancerProcess(config, folder).start()
+
+
+class Load:
+    """A client reading at a steady pace (``rate`` a second, ``seconds`` long) in threads."""
+
+    def __init__(self, url: str, rate: float, seconds: float, threads: int = 4) -> None:
+        self.url, self.rate, self.seconds, self.threads = url, rate, seconds, threads
+        self.results: list[tuple[float, bool, float]] = []
+        """(when, answered, seconds) per request."""
+        self._workers = [threading.Thread(target=self._work, args=(i,)) for i in range(threads)]
+        self.started = 0.0
+
+    def __enter__(self) -> Load:
+        self.started = time.monotonic()
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for worker in self._workers:
+            worker.join(self.seconds + 30)
+
+    def _work(self, index: int) -> None:
+        every = self.threads / self.rate
+        session = requests.Session()
+        count = int(self.seconds * self.rate / self.threads)
+        for n in range(count):
+            due = self.started + index * every / self.threads + n * every
+            time.sleep(max(0.0, due - time.monotonic()))
+            began = time.monotonic()
+            try:
+                resp = session.post(self.url, json={**DGP, "id": n}, timeout=10)
+                ok = resp.status_code == 200 and "result" in resp.json()
+            except requests.RequestException:
+                ok = False
+            self.results.append((began - self.started, ok, time.monotonic() - began))
+
+    def errors(self) -> int:
+        return sum(1 for _, ok, _ in self.results if not ok)
+
+    def p99(self) -> float:
+        return statistics.quantiles([s for _, _, s in self.results], n=100)[98]
+
+
+def _usable(lb: BalancerProcess, name: str) -> bool:
+    nodes = requests.get(f"{lb.url}/health", timeout=5).json()["nodes"]
+    return bool(next(n for n in nodes if n["name"] == name)["usable"])
+
+
+def _until(check: Any, seconds: float) -> float:
+    """Seconds until ``check()`` held (fails past ``seconds``)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < seconds
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def _taken(link: Link) -> int:
+    stats = requests.get(f"http://{link.address}:{PORT}/__stats__", timeout=2).json()
+    return int(sum(v for k, v in stats["counts"].items() if not k.startswith("GET")))
+
+
+@pytest.mark.timeout(120)
+def test_a_blackholed_node_is_left_within_a_try_and_taken_back_when_it_heals(
+    fleet: tuple[FaultNetwork, dict[str, Link]], tmp_path: Path
+) -> None:
+    """Node ``a`` drops every packet (no reset: its open connections look alive) for six
+    seconds under 100 reads a second: no client error, the node out of rotation within a
+    try's timeout and a probe, and back within two probe intervals of healing."""
+    net, links = fleet
+    lb = _balancer(links, tmp_path)
+    try:
+        with Load(lb.url, rate=100, seconds=15) as load:
+            time.sleep(3)
+            net.blackhole(links["a"])
+            left = _until(lambda: not _usable(lb, "a"), 5)
+            time.sleep(6 - left)
+            net.heal(links["a"])
+            before = _taken(links["a"])
+            back = _until(lambda: _usable(lb, "a"), 5)
+            _until(lambda: _taken(links["a"]) > before + 5, 5)  # it serves again
+        print(json.dumps({"left_after_s": left, "back_after_s": back, "p99_s": load.p99()}))
+        assert load.errors() == 0, [r for r in load.results if not r[1]][:5]
+        assert len(load.results) >= 1400
+        assert left <= 1.0 + 1.0 + 0.5  # the per-try timeout and one probe, with slack
+        assert back <= 2 * 1.0 + 0.5  # two probe intervals
+        assert load.p99() < 1.0  # a hedge or a retry answered what the blackhole held
+    finally:
+        lb.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_lossy_node_costs_no_errors_and_loses_traffic(
+    fleet: tuple[FaultNetwork, dict[str, Link]], tmp_path: Path
+) -> None:
+    """Node ``a`` loses 10% of the packets sent to it (each loss a retransmission, 200 ms or
+    more) under 100 reads a second: no client error, the tail stays within a hedge, and
+    ``a`` serves less than its share."""
+    net, links = fleet
+    lb = _balancer(links, tmp_path, strategy="round_robin")
+    try:
+        net.loss(links["a"], 10)
+        before = {name: _taken(link) for name, link in links.items()}
+        with Load(lb.url, rate=100, seconds=12) as load:
+            pass
+        taken = {name: _taken(link) - before[name] for name, link in links.items()}
+        print(json.dumps({"taken": taken, "p99_s": load.p99(), "errors": load.errors()}))
+        assert load.errors() == 0, [r for r in load.results if not r[1]][:5]
+        assert load.p99() < 0.25, load.p99()  # retransmissions hidden by hedges
+        assert taken["a"] < min(taken["b"], taken["c"]), taken
+    finally:
+        lb.stop()
+
+
+# -- a store partition -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def backend() -> Iterator[tuple[FaultNetwork, Link, str, dict[str, int]]]:
+    """A namespace holding Redis and three simulated nodes at one service address."""
+    require_netns()
+    redis = require_tool("redis-server")
+    with FaultNetwork() as net:
+        link = net.namespace("backend")
+        service = f"10.{link.address.split('.')[1]}.250.1"
+        net.serve_at(link, service)
+        net.run(link, [redis, "--port", "6379", "--bind", "0.0.0.0", "--protected-mode",
+                       "no", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)  # fmt: skip
+        sim = net.run(link, [sys.executable, "-m", "rpcbalancer.sim", "--host", "0.0.0.0",
+                             "--port", str(PORT), "--node", "a:latency=0.003",
+                             "--node", "b:latency=0.003", "--node", "c:latency=0.003"],
+                      stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert sim.stdout is not None
+        urls = json.loads(sim.stdout.readline())
+        ports = {name: int(url.rsplit(":", 1)[1]) for name, url in urls.items()}
+        yield net, link, service, ports
+
+
+def _balancer_in(
+    net: FaultNetwork, link: Link, config: dict[str, Any], folder: Path
+) -> BalancerProcess:
+    """A balancer process in a namespace of its own, listening on its address there."""
+    lb = BalancerProcess({**config, "listen": {"host": "0.0.0.0"}}, folder)
+    lb.cmd = ["ip", "netns", "exec", link.namespace, *lb.cmd]
+    lb.url = f"http://{link.address}:{lb.port}"
+    return lb.start(timeout=30)
+
+
+def _fleet_view(lb: BalancerProcess) -> dict[str, bool]:
+    nodes = requests.get(f"{lb.url}/health", timeout=5).json()["nodes"]
+    return {n["name"]: bool(n["usable"]) for n in nodes}
+
+
+def _store_up(lb: BalancerProcess) -> bool:
+    return bool(requests.get(f"{lb.url}/status.json", timeout=5).json()["balancer"]["store"]["up"])
+
+
+@pytest.mark.timeout(180)
+def test_a_balancer_cut_off_from_the_shared_store_fails_nothing_and_converges(
+    backend: tuple[FaultNetwork, Link, str, dict[str, int]], tmp_path: Path
+) -> None:
+    """Three balancers share a Redis store; one is cut off from it (packets dropped, no
+    reset) for 15 seconds while a node goes dark and comes back: no request fails on any of
+    them, and after the cut heals all three see the same fleet within two probe intervals."""
+    net, back, service, ports = backend
+    config = {
+        "store": f"redis://{service}:6379/0",
+        "cache": {"enabled": False},
+        "probe": {"interval": 1.0, "timeout": 0.5},
+        "store_refresh": 0.5,
+        "timeouts": {"connect": 0.5, "per_try": 1.0, "total": 4.0},
+        "nodes": [{"url": f"http://{service}:{port}", "name": n} for n, port in ports.items()],
+    }
+    links = {}
+    lbs = {}
+    try:
+        for name in ("one", "two", "three"):
+            links[name] = net.namespace(name)
+            net.join(links[name], back, service)
+            (tmp_path / name).mkdir()
+            lbs[name] = _balancer_in(net, links[name], config, tmp_path / name)
+        loads = [Load(lb.url, rate=30, seconds=26, threads=2) for lb in lbs.values()]
+        for load in loads:
+            load.__enter__()
+        try:
+            time.sleep(3)
+            net.partition(links["one"], service, 6379)
+            time.sleep(2)
+            net.close_port(back, ports["a"])  # node a goes dark for everyone
+            _until(lambda: all(not _fleet_view(lb)["a"] for lb in lbs.values()), 6)
+            time.sleep(6)
+            net.heal(back)
+            _until(lambda: all(_fleet_view(lb)["a"] for lb in lbs.values()), 6)
+            time.sleep(3)
+            net.heal(links["one"])  # the cut heals
+            healed = _until(lambda: _store_up(lbs["one"]), 10)
+            views = [_fleet_view(lb) for lb in lbs.values()]
+        finally:
+            for load in loads:
+                load.__exit__(None, None, None)
+        print(json.dumps({"store_back_s": healed, "views": views}))
+        for name, load in zip(lbs, loads, strict=True):
+            assert load.errors() == 0, (name, [r for r in load.results if not r[1]][:5])
+            assert len(load.results) >= 700, name
+        assert views[0] == views[1] == views[2], views
+        assert healed <= 2 * 1.0 + 0.5, healed  # two probe intervals
+        assert "store" in lbs["one"].log.lower()  # the outage was told in its log
+    finally:
+        for lb in lbs.values():
+            lb.stop()
