@@ -1,0 +1,193 @@
+"""The fault matrix: rpcbalancer, nginx and HAProxy behind the same broken links.
+
+    sudo .venv/bin/python bench/faults.py [--seconds 20] [--rate 100] [--only blackhole,loss]
+        [--balancers rpcbalancer,nginx,haproxy] [--repeat N] [--out NAME]
+
+Three simulated Steem nodes, each in a network namespace of its own joined to this one by a
+veth link (``rpcbalancer.sim.links``); the balancer under test listens on 127.0.0.1 here
+(pinned to CPU 1, as in bench/scenarios.py, with the same nginx and HAProxy configurations).
+The load is bench/scenarios.py's: open loop at ``--rate`` requests a second, the same mix,
+every answer checked (HTTP 200, results present, a head no more than 10 blocks behind).
+After 5 seconds one node's link breaks for ``--seconds``, then heals, and the load goes on
+10 seconds more. The faults:
+
+* ``blackhole``: every packet to and from the node dropped (no reset: open connections look
+  alive, new ones hang);
+* ``loss``: 3% of the packets to the node dropped, at random (each loss costs a TCP
+  retransmission, 200 ms or more);
+* ``flap``: the node's link down and up every 5 seconds (a route that comes and goes);
+* ``slowlink``: the link to the node limited to 256 kbit/s (a congested path);
+* ``dark``: the node's port closed by a firewall that drops (it stays up for pings).
+
+Per fault and balancer: client errors, stale answers, p50/p99/p99.9 and the worst latency
+(from the scheduled send), and the recovery: seconds from the heal until the node is sent
+the benchmark's requests again (``-`` when it was never left, or never taken back). Writes
+bench/results/faults.md and faults.json (``--out NAME``: NAME.md and NAME.json).
+
+Needs root, iproute2 and nftables. ``tc netem`` (delay, jitter, reordering) is missing from
+the kernels here: delay faults wait for a machine that has it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from common import free_port, stop_all, wait_port  # bench/common.py, beside this file
+from scenarios import run_load, start_balancer
+
+from rpcbalancer.sim.links import FaultNetwork, Link
+
+RESULTS = Path(__file__).parent / "results"
+PORT = 8090
+LEAD = 5.0
+"""Seconds of load before the fault."""
+AFTER = 10.0
+"""Seconds of load after it."""
+
+
+def fault(net: FaultNetwork, link: Link, kind: str, seconds: float, done: threading.Event) -> None:
+    """Break ``link`` as ``kind`` says for ``seconds``, then heal it."""
+    end = time.monotonic() + seconds
+    if kind == "blackhole":
+        net.blackhole(link)
+    elif kind == "loss":
+        net.loss(link, 3)
+    elif kind == "slowlink":
+        net.bandwidth(link, "256kbit")
+    elif kind == "dark":
+        net.close_port(link, PORT)
+    elif kind == "flap":
+        while time.monotonic() < end and not done.is_set():
+            net.down(link)
+            time.sleep(min(2.5, max(0.0, end - time.monotonic())))
+            net.up(link)
+            time.sleep(min(2.5, max(0.0, end - time.monotonic())))
+    time.sleep(max(0.0, end - time.monotonic()))
+    net.up(link)
+    net.heal(link)
+
+
+def taken(link: Link) -> int:
+    stats = requests.get(f"http://{link.address}:{PORT}/__stats__", timeout=2).json()
+    return int(stats["tagged"])
+
+
+def run_one(kind: str, balancer: str, seconds: float, rate: float) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix=f"rpcb-fault-{kind}-"))
+    procs: list[Any] = []
+    try:
+        with FaultNetwork() as net:
+            links = {}
+            for name in ("n1", "n2", "n3"):
+                link = net.namespace(name)
+                net.run(link, ["taskset", "-c", "0", sys.executable, "-m", "rpcbalancer.sim",
+                               "--host", link.address, "--port", str(PORT),
+                               "--node", f"{name}:latency=0.005,jitter=0.3"],
+                        stdout=subprocess.DEVNULL)  # fmt: skip
+                links[name] = link
+            for link in links.values():
+                wait_listening(link)
+            urls = [f"http://{link.address}:{PORT}" for link in links.values()]
+            port = free_port()
+            procs.append(start_balancer(balancer, tmp, port, urls))
+            wait_port(port)
+            time.sleep(3.0)  # every balancer has looked at its nodes
+            broken = links["n1"]
+            done = threading.Event()
+            healed_at: list[float] = []
+
+            def timeline() -> None:
+                time.sleep(LEAD)
+                fault(net, broken, kind, seconds, done)
+                healed_at.append(time.monotonic())
+                before = taken(broken)
+                while not done.wait(0.1):
+                    if taken(broken) > before:
+                        healed_at.append(time.monotonic())
+                        return
+
+            mover = threading.Thread(target=timeline)
+            mover.start()
+            result = asyncio.run(
+                run_load(f"http://127.0.0.1:{port}/", LEAD + seconds + AFTER, rate, seed=11)
+            )
+            done.set()
+            mover.join(30)
+            result["recovery_s"] = healed_at[1] - healed_at[0] if len(healed_at) > 1 else None
+            del result["latencies"]
+            return result
+    finally:
+        stop_all(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wait_listening(link: Link) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            taken(link)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"node {link.name} did not listen")
+
+
+FAULTS = ("blackhole", "loss", "flap", "slowlink", "dark")
+
+
+def table(rows: list[dict[str, Any]], seconds: float, rate: float) -> str:
+    lines = [
+        f"Fault matrix: 3 simulated Steem nodes in network namespaces, one node's link broken "
+        f"for {seconds:g} s under {rate:g} req/s (open loop, bench/scenarios.py's mix); "
+        "`bench/faults.py`.",
+        "",
+        "| fault | balancer | requests | errors | stale | p50 ms | p99 ms | p99.9 ms | max ms "
+        "| recovery s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        recovery = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
+        lines.append(
+            f"| {r['fault']} | {r['balancer']} | {r['requests']} | {r['errors']} | {r['stale']} "
+            f"| {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} | {r['max']:.0f} | {recovery} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--only", help="comma-separated faults")
+    parser.add_argument("--balancers", default="rpcbalancer,nginx,haproxy")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--out", default="faults")
+    args = parser.parse_args()
+    kinds = args.only.split(",") if args.only else list(FAULTS)
+    rows = []
+    for kind in kinds:
+        for _ in range(args.repeat):
+            for balancer in args.balancers.split(","):
+                result = run_one(kind, balancer, args.seconds, args.rate)
+                row = {"fault": kind, "balancer": balancer, **result}
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "slow"}), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(rows, indent=1))
+    (RESULTS / f"{args.out}.md").write_text(table(rows, args.seconds, args.rate))
+    print(table(rows, args.seconds, args.rate))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Links that break, for the fault tests and the fault benchmark: programs in network
+namespaces of their own, each joined to the caller's namespace by a veth link, and the means
+to break those links.
+
+    with FaultNetwork() as net:
+        link = net.namespace("a")          # 10.X.N.2 in its namespace, 10.X.N.1 here
+        proc = net.run(link, [python, "-m", "rpcbalancer.sim", "--host", link.address, ...])
+        net.blackhole(link)                # every packet dropped both ways, no reset
+        net.loss(link, 3)                  # 3% of the packets into the namespace dropped
+        net.heal(link)                     # the rules gone
+
+The faults are nftables rules in the namespace (a blackhole, random loss, a closed port, a
+cut to one address), a token bucket on the link (bandwidth) and the link set down and up (a
+flapping route). The kernels of the machines here have no ``sch_netem``, so ``tc netem``
+(delay with jitter, reordering) is not used: delay is the simulated nodes' own. Everything
+made is taken down at exit, whatever happened: the processes started here (by their PIDs),
+the namespaces and their links. Needs root, iproute2 and nftables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from .process import stop_process
+
+_serial = itertools.count(1)
+
+
+@dataclass
+class Link:
+    """One namespace and its veth link to the test's."""
+
+    name: str
+    namespace: str
+    device: str
+    """The link's end on the test's side."""
+    address: str
+    """The namespace's address."""
+    gateway: str
+    """The test side's address on the link."""
+
+
+class FaultNetwork:
+    def __init__(self) -> None:
+        self.tag = f"{os.getpid() % 100000}-{next(_serial)}"
+        self.links: list[Link] = []
+        self.joins: list[tuple[Link, Link]] = []
+        self.procs: list[subprocess.Popen[Any]] = []
+
+    def __enter__(self) -> FaultNetwork:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            stop_process(proc)
+        for link in self.links:
+            subprocess.run(["ip", "link", "del", link.device], capture_output=True, check=False)
+            subprocess.run(["ip", "netns", "del", link.namespace], capture_output=True, check=False)
+
+    # -- building ------------------------------------------------------------------------
+
+    def namespace(self, name: str) -> Link:
+        index = len(self.links) + 1
+        subnet = 10 + (os.getpid() % 200)  # (two test runs at once use two subnets)
+        link = Link(
+            name=name,
+            namespace=f"rpcbt-{self.tag}-{name}",
+            device=f"rb{os.getpid() % 10000}x{index}",
+            address=f"10.{subnet}.{index}.2",
+            gateway=f"10.{subnet}.{index}.1",
+        )
+        self.links.append(link)  # (taken down at exit even if what follows fails)
+        ns = link.namespace
+        for argv in (
+            ["ip", "netns", "add", ns],
+            ["ip", "link", "add", link.device, "type", "veth", "peer", "name", "eth0", "netns", ns],
+            ["ip", "addr", "add", f"{link.gateway}/30", "dev", link.device],
+            ["ip", "link", "set", link.device, "up"],
+            ["ip", "-n", ns, "addr", "add", f"{link.address}/30", "dev", "eth0"],
+            ["ip", "-n", ns, "link", "set", "eth0", "up"],
+            ["ip", "-n", ns, "link", "set", "lo", "up"],
+            ["ip", "-n", ns, "route", "add", "default", "via", link.gateway],
+        ):
+            _run(argv)
+        self._nft(link, "add table inet rpcbt")
+        for hook in ("input", "output"):
+            self._nft(
+                link, f"add chain inet rpcbt {hook} {{ type filter hook {hook} priority 0; }}"
+            )
+        return link
+
+    def join(self, near: Link, far: Link, service: str) -> str:
+        """A veth link between two namespaces (not through the test's), over which ``near``
+        reaches ``far``'s ``service`` address (see :meth:`serve_at`); ``near``'s address on
+        it."""
+        index = 100 + len(self.joins)
+        self.joins.append((near, far))
+        subnet = 10 + (os.getpid() % 200)
+        mine, theirs = f"10.{subnet}.{index}.1", f"10.{subnet}.{index}.2"
+        a, b = f"j{index}a", f"j{index}b"
+        for argv in (
+            ["ip", "-n", near.namespace, "link", "add", a, "type", "veth", "peer", "name", b,
+             "netns", far.namespace],
+            ["ip", "-n", near.namespace, "addr", "add", f"{mine}/30", "dev", a],
+            ["ip", "-n", far.namespace, "addr", "add", f"{theirs}/30", "dev", b],
+            ["ip", "-n", near.namespace, "link", "set", a, "up"],
+            ["ip", "-n", far.namespace, "link", "set", b, "up"],
+            ["ip", "-n", near.namespace, "route", "add", f"{service}/32", "via", theirs],
+        ):  # fmt: skip
+            _run(argv)
+        return mine
+
+    def serve_at(self, link: Link, service: str) -> None:
+        """Give the namespace one more address, on its loopback, that joined namespaces
+        reach it by (the same address from each)."""
+        _run(["ip", "-n", link.namespace, "addr", "add", f"{service}/32", "dev", "lo"])
+
+    def partition(self, link: Link, address: str, port: int) -> None:
+        """Every packet between the namespace and ``address:port`` dropped (no reset)."""
+        self._nft(link, f"add rule inet rpcbt output ip daddr {address} tcp dport {port} drop")
+        self._nft(link, f"add rule inet rpcbt input ip saddr {address} tcp sport {port} drop")
+
+    def close_port(self, link: Link, port: int) -> None:
+        """The namespace's ``port`` blackholed: what is sent to it or from it is dropped."""
+        self._nft(link, f"add rule inet rpcbt input tcp dport {port} drop")
+        self._nft(link, f"add rule inet rpcbt output tcp sport {port} drop")
+
+    def run(self, link: Link, argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start a program in the namespace (stopped at exit)."""
+        proc = subprocess.Popen(["ip", "netns", "exec", link.namespace, *argv], **kw)
+        self.procs.append(proc)
+        return proc
+
+    # -- breaking ------------------------------------------------------------------------
+
+    def blackhole(self, link: Link) -> None:
+        """Every packet into and out of the namespace dropped: no reset, no answer; open
+        connections look alive."""
+        self._nft(link, "add rule inet rpcbt input drop")
+        self._nft(link, "add rule inet rpcbt output drop")
+
+    def loss(self, link: Link, percent: int) -> None:
+        """``percent`` % of the packets into the namespace dropped, at random."""
+        self._nft(link, f"add rule inet rpcbt input numgen random mod 100 < {percent} drop")
+
+    def bandwidth(self, link: Link, rate: str) -> None:
+        """The link toward the namespace limited to ``rate`` (``1mbit``)."""
+        _run(["tc", "qdisc", "replace", "dev", link.device, "root", "tbf", "rate", rate,
+              "burst", "32kbit", "latency", "400ms"])  # fmt: skip
+
+    def down(self, link: Link) -> None:
+        """The link down (a route gone: connections stall, new ones are refused)."""
+        _run(["ip", "link", "set", link.device, "down"])
+
+    def up(self, link: Link) -> None:
+        _run(["ip", "link", "set", link.device, "up"])
+
+    def heal(self, link: Link) -> None:
+        """Every fault of the link gone."""
+        for hook in ("input", "output"):
+            self._nft(link, f"flush chain inet rpcbt {hook}")
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _run(["tc", "qdisc", "del", "dev", link.device, "root"])
+
+    def _nft(self, link: Link, rule: str) -> None:
+        _run(["ip", "netns", "exec", link.namespace, "nft", rule])
+
+
+def _run(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
