@@ -22,19 +22,21 @@ from ..conftest import BalancerProcess, require_tool
 from ..netns import FaultNetwork, Link, require_netns
 
 PORT = 8090
+LATENCY = {"a": 0.001, "b": 0.004, "c": 0.004}
 DGP = {"jsonrpc": "2.0", "method": "condenser_api.get_dynamic_global_properties", "params": []}
 
 
 @pytest.fixture
 def fleet() -> Iterator[tuple[FaultNetwork, dict[str, Link]]]:
-    """Three simulated Steem nodes, each in its own namespace."""
+    """Three simulated Steem nodes, each in its own namespace: ``a`` the fastest (the one a
+    latency-aware balancer prefers while its link is sound)."""
     require_netns()
     with FaultNetwork() as net:
         links = {}
         for name in ("a", "b", "c"):
             link = net.namespace(name)
             net.run(link, [sys.executable, "-m", "rpcbalancer.sim", "--host", link.address,
-                           "--port", str(PORT), "--node", f"{name}:latency=0.003"],
+                           "--port", str(PORT), "--node", f"{name}:latency={LATENCY[name]}"],
                     stdout=subprocess.DEVNULL)  # fmt: skip
             links[name] = link
         for link in links.values():
@@ -159,21 +161,22 @@ def test_a_blackholed_node_is_left_within_a_try_and_taken_back_when_it_heals(
 def test_a_lossy_node_costs_no_errors_and_loses_traffic(
     fleet: tuple[FaultNetwork, dict[str, Link]], tmp_path: Path
 ) -> None:
-    """Node ``a`` loses 10% of the packets sent to it (each loss a retransmission, 200 ms or
-    more) under 100 reads a second: no client error, the tail stays within a hedge, and
-    ``a`` serves less than its share."""
+    """Node ``a``, the fastest, loses 10% of the packets sent to it (each loss a
+    retransmission, 200 ms or more) under 100 reads a second: no client error, the tail stays
+    within a hedge, and ``a`` serves less than a third (the default strategy counts what the
+    retransmissions cost it; sound, it serves most)."""
     net, links = fleet
-    lb = _balancer(links, tmp_path, strategy="round_robin")
+    lb = _balancer(links, tmp_path)
     try:
         net.loss(links["a"], 10)
-        before = {name: _taken(link) for name, link in links.items()}
-        with Load(lb.url, rate=100, seconds=12) as load:
-            pass
+        with Load(lb.url, rate=100, seconds=14) as load:
+            time.sleep(4)  # (what it learns in the first seconds is not counted)
+            before = {name: _taken(link) for name, link in links.items()}
         taken = {name: _taken(link) - before[name] for name, link in links.items()}
         print(json.dumps({"taken": taken, "p99_s": load.p99(), "errors": load.errors()}))
         assert load.errors() == 0, [r for r in load.results if not r[1]][:5]
         assert load.p99() < 0.25, load.p99()  # retransmissions hidden by hedges
-        assert taken["a"] < min(taken["b"], taken["c"]), taken
+        assert taken["a"] < sum(taken.values()) / 3, taken  # (sound, it serves most)
     finally:
         lb.stop()
 

@@ -58,6 +58,9 @@ class FaultNetwork:
     def __exit__(self, *exc: object) -> None:
         for proc in self.procs:
             stop_process(proc)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
         for link in self.links:
             subprocess.run(["ip", "link", "del", link.device], capture_output=True, check=False)
             subprocess.run(["ip", "netns", "del", link.namespace], capture_output=True, check=False)
