@@ -50,6 +50,9 @@ class FaultNetwork:
         self.tag = f"{os.getpid() % 100000}-{next(_serial)}"
         self.links: list[Link] = []
         self.joins: list[tuple[Link, Link]] = []
+        self.fenced = False
+        self.subnet = 10 + (os.getpid() % 200)
+        """The second byte of every address here (two test runs at once use two)."""
         self.procs: list[subprocess.Popen[Any]] = []
 
     def __enter__(self) -> FaultNetwork:
@@ -64,12 +67,14 @@ class FaultNetwork:
         for link in self.links:
             subprocess.run(["ip", "link", "del", link.device], capture_output=True, check=False)
             subprocess.run(["ip", "netns", "del", link.namespace], capture_output=True, check=False)
+        if self.fenced:
+            self._fence("del")
 
     # -- building ------------------------------------------------------------------------
 
     def namespace(self, name: str) -> Link:
         index = len(self.links) + 1
-        subnet = 10 + (os.getpid() % 200)  # (two test runs at once use two subnets)
+        subnet = self.subnet
         link = Link(
             name=name,
             namespace=f"rpcbt-{self.tag}-{name}",
@@ -78,6 +83,10 @@ class FaultNetwork:
             gateway=f"10.{subnet}.{index}.1",
         )
         self.links.append(link)  # (taken down at exit even if what follows fails)
+        if not self.fenced:
+            # Nothing for the test's addresses may leave by this host's default route: with
+            # a link down (its own route gone), they are unreachable, not sent elsewhere.
+            self.fenced = self._fence("add")
         ns = link.namespace
         for argv in (
             ["ip", "netns", "add", ns],
@@ -87,7 +96,6 @@ class FaultNetwork:
             ["ip", "-n", ns, "addr", "add", f"{link.address}/30", "dev", "eth0"],
             ["ip", "-n", ns, "link", "set", "eth0", "up"],
             ["ip", "-n", ns, "link", "set", "lo", "up"],
-            ["ip", "-n", ns, "route", "add", "default", "via", link.gateway],
         ):
             _run(argv)
         self._nft(link, "add table inet rpcbt")
@@ -103,7 +111,7 @@ class FaultNetwork:
         it."""
         index = 100 + len(self.joins)
         self.joins.append((near, far))
-        subnet = 10 + (os.getpid() % 200)
+        subnet = self.subnet
         mine, theirs = f"10.{subnet}.{index}.1", f"10.{subnet}.{index}.2"
         a, b = f"j{index}a", f"j{index}b"
         for argv in (
@@ -169,6 +177,10 @@ class FaultNetwork:
             self._nft(link, f"flush chain inet rpcbt {hook}")
         with contextlib.suppress(subprocess.CalledProcessError):
             _run(["tc", "qdisc", "del", "dev", link.device, "root"])
+
+    def _fence(self, verb: str) -> bool:
+        route = ["ip", "route", verb, "unreachable", f"10.{self.subnet}.0.0/16", "metric", "4000"]
+        return subprocess.run(route, capture_output=True, check=False).returncode == 0
 
     def _nft(self, link: Link, rule: str) -> None:
         _run(["ip", "netns", "exec", link.namespace, "nft", rule])
