@@ -271,8 +271,9 @@ class Balancer:
             )
         self.subscriptions: Subscriptions | None = None
         """EVM subscriptions shared per topic (:mod:`.proxy.subscriptions`), for WebSocket
-        clients; taken over by a reload."""
-        if isinstance(self.chain, Evm) and config.websocket.enabled:
+        clients of the standalone server (hosts where nothing runs in the background, as
+        Lambda, have none); taken over by a reload."""
+        if isinstance(self.chain, Evm) and config.websocket.enabled and background:
             hub = self._take(predecessor, "subscriptions")
             if hub is None:
                 hub = Subscriptions(
