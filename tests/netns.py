@@ -11,9 +11,9 @@ import os
 import shutil
 import subprocess
 
-import pytest
-
 from rpcbalancer.sim.links import FaultNetwork, Link
+
+from .services import missing
 
 __all__ = ["FaultNetwork", "Link", "require_netns"]
 
@@ -36,6 +36,4 @@ def require_netns() -> None:
         else:
             subprocess.run(["ip", "netns", "del", name], check=False)
     if why is not None:
-        if os.environ.get("RPCBALANCER_REQUIRE_SERVICES"):
-            pytest.fail(f"the fault tests need network namespaces: {why}")
-        pytest.skip(why)
+        missing(f"network namespaces ({why})")

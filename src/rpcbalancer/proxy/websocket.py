@@ -40,7 +40,7 @@ from websockets.utils import accept_key
 
 from ..callbacks import Cancellable
 from ..messages import HttpRequest, HttpResponse, error_response
-from ..upstream.websocket import FRAMES
+from ..upstream.websocket import DATA, FRAMES, Assembler
 from .subscriptions import SubscriptionError
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class Session:
         self.closing = False
         """The closing handshake began: nothing more is sent or answered."""
         self.closed = False
-        self._parts: list[bytes] = []
+        self._message_in = Assembler()
         self.heard = loop.time()
         self.pinged: float | None = None
         self.timer = loop.call_later(self.config.ping_interval, self._tick)
@@ -183,13 +183,11 @@ class Session:
         self._flush()
 
     def _frame(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
-            self._parts.append(bytes(frame.data))
-            if frame.fin:
-                parts, self._parts = self._parts, []
-                self._message(parts[0] if len(parts) == 1 else b"".join(parts))
-        elif opcode is Opcode.PONG:
+        if frame.opcode in DATA:
+            data = self._message_in.add(frame)
+            if data is not None:
+                self._message(data)
+        elif frame.opcode is Opcode.PONG:
             self.pinged = None
 
     def _message(self, data: bytes) -> None:

@@ -38,6 +38,27 @@ FRAMES = logging.getLogger("rpcbalancer.websocket.frames")
 whose path may hold a node's key, so it never logs below warnings."""
 FRAMES.setLevel(logging.WARNING)
 
+DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+"""The opcodes of a message's frames."""
+
+
+class Assembler:
+    """A message put back together from its data frames (one, or several)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def add(self, frame: Frame) -> bytes | None:
+        """The whole message once its last frame came; None before."""
+        self.parts.append(bytes(frame.data))
+        if not frame.fin:
+            return None
+        parts, self.parts = self.parts, []
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 Notice = Callable[[str, Any], None]
 """A subscription's notification: the node's subscription id and its result."""
 
@@ -71,7 +92,7 @@ class NodeSocket(asyncio.Protocol):
         self.heard = time.monotonic()
         """When the node last sent anything (a pong included)."""
         self.pinged = 0.0
-        self._parts: list[bytes] = []
+        self._message_in = Assembler()
 
     def __repr__(self) -> str:
         return f"<NodeSocket {self.name} {'open' if self.reason is None else self.reason}>"
@@ -189,11 +210,9 @@ class NodeSocket(asyncio.Protocol):
             self.opened.set_result(None)
 
     def _frame(self, frame: Frame) -> None:
-        if frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
-            self._parts.append(bytes(frame.data))
-            if frame.fin:
-                data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-                self._parts = []
+        if frame.opcode in DATA:
+            data = self._message_in.add(frame)
+            if data is not None:
                 self._message(data)
         elif frame.opcode is Opcode.CLOSE:
             self._end(f"closed by the node ({self.protocol.close_code})")
