@@ -153,6 +153,52 @@ def test_weight_and_slow_start_divide_the_prediction() -> None:
     assert score == pytest.approx(0.020 / 3) and "predicted 20.0 ms" in why
 
 
+def test_a_node_back_from_down_takes_a_trickle_at_once_and_its_share_by_the_end() -> None:
+    """A node as fast as the other, in the first moment of its slow start, is weighed at
+    its own cost for a ramp's share (10%) of the calls, so it gets about 5% of them (it
+    ties half the time), not none; near the end of the ramp about half."""
+    back, other = make_nodes(2)
+    for node in (back, other):
+        node.breaker.slow_start = 10.0
+        serve(node, 0.0, 0.005)
+    back.breaker.recovered(1.0)
+    p = fastest()
+    random.seed(3)  # the ramp's draw uses the module's generator
+    early = late = 0
+    for _ in range(4000):
+        if p.pick([back, other], PickContext(now=1.0)) is back:
+            early += 1
+            back.record(1.0, 0.005, True)  # its trial tries answer at once
+    for _ in range(4000):
+        late += p.pick([back, other], PickContext(now=10.9)) is back
+    assert 0.03 < early / 4000 < 0.08
+    assert 0.4 < late / 4000 < 0.6
+    assert back.ramp(1.0) == pytest.approx(0.1)  # the ramp itself is unchanged
+
+
+def test_a_node_back_is_tried_a_few_times_then_judged_on_its_answers() -> None:
+    """A node that comes back looking three times slower than the other (its probe) is
+    still sent its few trial tries at once, never more than that in flight; once they
+    answer at that latency it gets nothing more."""
+    back, other = make_nodes(2)
+    for node in (back, other):
+        node.breaker.slow_start = 10.0
+    serve(other, 0.0, 0.005)
+    serve(back, 0.0, 0.015)
+    back.breaker.recovered(1.0)
+    p = fastest()
+    random.seed(4)
+    sent = 0
+    for _ in range(200):
+        if p.pick([back, other], PickContext(now=1.0)) is back:
+            back.begin(1.0)
+            sent += 1
+    assert sent == 5 and back.inflight == 5  # the trials, all out at once, no more
+    for _ in range(5):
+        back.end(1.015, 0.015, True)
+    assert sum(p.pick([back, other], PickContext(now=1.1)) is back for _ in range(1000)) == 0
+
+
 def test_the_hetero_fleet_keeps_its_fast_node_through_bursts() -> None:
     """3 / 15 / 60 ms nodes and bursts of up to 8 requests at once: every request of the
     burst goes to the 3 ms node (its latency does not grow with load)."""

@@ -186,6 +186,30 @@ def test_a_returning_node_ramps_up() -> None:
     assert node.ramp(15.0) == 1.0
 
 
+def test_a_probe_answered_after_a_breaker_ejection_ends_it_but_not_an_outliers() -> None:
+    """A link that flapped: the breaker ejected the node at t=10 for 10 s; a probe sent
+    before that (answered at 10.5) changes nothing, one sent after it ends the ejection,
+    with one trial try, a slow start and its latency learned afresh from the probe. An outlier ejection is not ended by a probe."""
+    f = fleet(2, slow_start=10.0, breaker_failures=2)
+    flapped, outlier = f.nodes
+    probed(flapped, at=0.0)
+    for _ in range(2):
+        flapped.record(10.0, 2.0, False, error="timed out", penalty=2.0, health=f.health)
+    assert flapped.breaker.is_open(10.0)
+    probed(flapped, at=10.5, latency=1.0)  # sent at 9.5: before the ejection
+    assert flapped.breaker.is_open(12.0)
+    probed(flapped, at=12.0, latency=0.01)
+    assert not flapped.breaker.is_open(12.0)
+    assert flapped.ramp(12.0) == pytest.approx(0.1)
+    assert flapped.model.level == pytest.approx(0.01)  # the timeouts' penalties forgotten
+    flapped.record(12.5, 0.01, False, error="cannot connect", health=f.health)
+    assert flapped.breaker.is_open(12.5)  # the trial try failed: out again, for longer
+    assert flapped.breaker.ejected_until == pytest.approx(12.5 + 20.0)
+    outlier.eject(10.0, 10.0, 60.0, "outlier")
+    probed(outlier, at=12.0)
+    assert outlier.breaker.is_open(12.0)
+
+
 def test_latency_quantiles_for_hedging_need_enough_samples() -> None:
     (node,) = make_nodes(1)
     for i in range(10):

@@ -4,30 +4,43 @@
 ``failures`` failures in a row eject the node for ``cooldown`` seconds; each ejection since the
 node last stayed clean for :data:`CLEAN_AFTER` seconds doubles it (up to eight times the
 cooldown for the breaker, up to the rule's cap for an outlier ejection). After a breaker
-ejection the node gets one trial try: one more failure ejects it again. A node coming back
+ejection the node gets one trial try: one more failure ejects it again; a probe answered
+after the ejection began ends it early (the node is reachable again). A node coming back
 (from an ejection, or from down) takes a share of its traffic that ramps from 10% to all of it
 over ``slow_start`` seconds, so that a cold cache or a node still catching up is not flooded.
 """
 
 from __future__ import annotations
 
+import math
+from random import random
+
 CLEAN_AFTER = 300.0
 """Seconds without an ejection after which a node's earlier ejections are forgotten."""
+TRIALS = 5
+"""Real requests a node coming back is sent at once during its slow start, before it is
+weighed at its own cost."""
 
 
 class Breaker:
     __slots__ = (
+        "cause",
         "consecutive_failures",
+        "ejected_at",
         "ejected_by",
         "ejected_until",
         "ejections",
         "ramp_from",
         "slow_start",
+        "trials",
     )
 
     def __init__(self, slow_start: float = 0.0) -> None:
         self.consecutive_failures = 0
         self.ejected_until = 0.0
+        self.ejected_at = 0.0
+        self.cause = ""
+        """What ejected the node last (``breaker``, ``outlier``)."""
         self.ejections = 0
         """Ejections since the node last stayed clean (they double the next one)."""
         self.ejected_by: dict[str, int] = {}
@@ -35,6 +48,9 @@ class Breaker:
         self.slow_start = slow_start
         self.ramp_from = -1e18
         """When the node came back (from ejection or down): its share ramps up from here."""
+        self.trials = 0
+        """Real answers still wanted from a node coming back before it is judged on them
+        (until then it knows the node from its probes only)."""
 
     def __repr__(self) -> str:
         return (
@@ -65,16 +81,36 @@ class Breaker:
             self.ejections = 0
         seconds = float(min(cap, base * 2 ** min(self.ejections, 16)))
         self.ejected_until = now + seconds
+        self.ejected_at = now
+        self.cause = cause
         self.ejections += 1
         self.ejected_by[cause] = self.ejected_by.get(cause, 0) + 1
         self.ramp_from = self.ejected_until
+        self.trials = TRIALS
         return seconds
+
+    def answered_probe(self, started: float, now: float) -> bool:
+        """A probe sent at ``started`` was answered well at ``now``: when that was after a
+        breaker ejection began, the node answered after the failures that ejected it, so
+        the ejection ends and the node comes back through a slow start, with one trial try
+        (a failure ejects it again, for twice as long). True when it ended one. A node
+        whose link flapped is back at the next probe, not when a doubled cooldown ends;
+        one that fails requests but answers probes costs a failed try per probe. An
+        outlier ejection (a success rate below its peers') runs its course: one good
+        answer says nothing of a rate."""
+        if self.cause != "breaker" or now >= self.ejected_until or started <= self.ejected_at:
+            return False
+        self.ejected_until = now
+        self.ramp_from = now
+        self.trials = TRIALS
+        return True
 
     def recovered(self, now: float) -> None:
         """Back from down: no ejection left, the slow start from now."""
         self.consecutive_failures = 0
         self.ejected_until = 0.0
         self.ramp_from = now
+        self.trials = TRIALS
 
     def ramp(self, now: float) -> float:
         """The share of its full traffic the node takes now (0.1 .. 1)."""
@@ -82,3 +118,16 @@ class Breaker:
         if slow <= 0 or now >= self.ramp_from + slow:
             return 1.0
         return max(0.1, min(1.0, 0.1 + 0.9 * (now - self.ramp_from) / slow))
+
+    def slowed(self, now: float, inflight: int) -> float:
+        """What a strategy that ranks by cost multiplies the node's weight by now, with
+        ``inflight`` tries out to it: for a :meth:`ramp`'s share of the calls, infinity
+        while :attr:`trials` are wanted (the node is tried at once: a node known by its
+        probes alone would lose to nodes known by their answers, since a probe reads
+        slower than a request and one sample is noisy), then 1 (weighed at its own cost);
+        the ramp for the rest of the calls. Dividing every cost by the ramp would leave a
+        node that comes back idle until its ramp is nearly done."""
+        ramp = self.ramp(now)
+        if random() >= ramp:
+            return ramp
+        return math.inf if self.trials > inflight else 1.0

@@ -241,6 +241,8 @@ class Node:
         self.latencies.tried(now, latency, sample, ok, load)
         self.recent.append(ok)
         breaker = self.breaker
+        if breaker.trials:
+            breaker.trials -= 1
         if ok:
             breaker.succeeded()
             return
@@ -332,9 +334,10 @@ class Node:
         return predicted
 
     def predicted_cost(self, now: float) -> float:
-        """The ``fastest`` strategy's cost (lower wins): :meth:`predicted` / (weight x
-        slow-start ramp); 0 for a node never measured (explore it), infinite at weight 0.
-        In one call: it runs for every node of every request."""
+        """The ``fastest`` strategy's cost (lower wins): :meth:`predicted` / weight, and
+        during a slow start also / the ramp, except for a ramp's share of the calls
+        (:meth:`Breaker.slowed`); 0 for a node never measured (explore it), infinite at
+        weight 0. In one call: it runs for every node of every request."""
         weight = self.weight
         if weight <= 0:
             return math.inf
@@ -351,7 +354,7 @@ class Node:
         breaker = self.breaker
         slow = breaker.slow_start
         if slow > 0 and now < breaker.ramp_from + slow:
-            weight *= breaker.ramp(now)
+            weight *= breaker.slowed(now, inflight)
         return predicted / weight
 
     def load_cost(self, now: float, decay: float) -> float:
@@ -365,7 +368,7 @@ class Node:
             return 0.0
         breaker = self.breaker
         if breaker.slow_start > 0 and now < breaker.ramp_from + breaker.slow_start:
-            weight *= breaker.ramp(now)
+            weight *= breaker.slowed(now, self.inflight)
         return latency * (self.inflight + 1) / weight
 
     # -- what the probes and the answers say of its chain --------------------------------
@@ -400,6 +403,8 @@ class Node:
             # it collected while down would keep it idle for a minute), through a slow start.
             self.latencies.restart()
             self.breaker.recovered(result.at)
+        elif result.ok and self.breaker.answered_probe(result.at - result.latency, result.at):
+            self.latencies.restart()  # reachable again after its ejection: the same
         self._changed()
         if result.ok:
             self.latencies.observe(result.at, result.latency)

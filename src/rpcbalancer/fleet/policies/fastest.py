@@ -3,9 +3,11 @@
 With ``model: load`` (the default) each node's cost is the latency a request sent to it now
 is predicted to take at the load it would meet (``Node.predicted``: learned per node from its
 answers, see :mod:`..latency`, and never below the mean age of its tries still out), divided
-by its weight and its slow-start ramp. Every node is compared, up to ``choices`` (16): a
-public fleet is a handful of very different nodes, where comparing two random ones would
-send a share of the traffic to the slower of two slow nodes. A fleet larger than that is
+by its weight and, during a slow start, by its ramp for all but a ramp's share of the
+requests (a node coming back takes a trickle at once, and its first few tries go out
+before it is judged on them). Every node is compared, up to ``choices`` (16): a public
+fleet is a handful of very different nodes, where comparing two random ones would send a
+share of the traffic to the slower of two slow nodes. A fleet larger than that is
 sampled.
 
 ``model: peak_ewma`` is the classic rule (Finagle's, Envoy's), kept for comparison: peak-EWMA
