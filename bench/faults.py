@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -174,6 +175,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", default="faults")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the namespaces, links and processes are taken down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     kinds = args.only.split(",") if args.only else list(FAULTS)
     rows = []
     for kind in kinds:

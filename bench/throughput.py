@@ -157,58 +157,12 @@ def print_profile(path: Path, top: int = 20) -> None:
             print(f"  {100 * n / total:5.1f}%  {frame}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument(
-        "--cpus",
-        default="1",
-        help="CPUs the balancers are pinned to (wrk and the nodes take CPU 0)",
-    )
-    parser.add_argument(
-        "--rss-every",
-        type=float,
-        default=5.0,
-        help="seconds between RSS samples of each balancer during its run",
-    )
-    parser.add_argument(
-        "--set",
-        default="{}",
-        help='JSON merged into the rpcbalancer config, e.g. \'{"hedge": {"enabled": false}}\'',
-    )
-    parser.add_argument("--only", help="comma-separated targets to run (default: all)")
-    parser.add_argument(
-        "--floor",
-        action="store_true",
-        help="also run bench/floor.py's bare proxy and rpcbalancer's HTTP layers alone",
-    )
-    parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="sample rpcbalancer with py-spy during its run and print its top frames",
-    )
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
-    for tool in ("wrk", "nginx", "haproxy", "taskset"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} is needed (apt-get install wrk nginx-light haproxy util-linux)")
-
-    tmp = Path(tempfile.mkdtemp(prefix="rpcb-bench-"))
-    lua = tmp / "post.lua"
-    lua.write_text(LUA)
-    node_ports = [free_port() for _ in range(3)]
-    ports = {"nginx": free_port(), "haproxy": free_port(), "rpcbalancer": free_port()}
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(cmd: list[str], cpu: int | str, **kw: object) -> subprocess.Popen[bytes]:
-        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
-            ["taskset", "-c", str(cpu), *cmd], **kw
-        )
-        procs.append(proc)
-        return proc
-
+def write_configs(
+    tmp: Path, node_ports: list[int], ports: dict[str, int], extra: dict[str, object]
+) -> Path:
+    """The nodes' nginx (``nodes.conf``: fixed JSON from memory), nginx and HAProxy in front
+    of them (``proxy.conf``, ``haproxy.cfg``: round-robin, keep-alive), and rpcbalancer's
+    configuration (returned; ``extra`` merged into it)."""
     servers = "\n".join(
         f"""  server {{ listen 127.0.0.1:{p}; access_log off;
     location / {{ default_type application/json;
@@ -265,10 +219,66 @@ backend nodes
                 # Proxying is measured: every request to a node (the answer cache, on by
                 # default, would answer these repeats; bench/gateway.py measures hits).
                 "cache": {"enabled": False},
-                **json.loads(args.set),
+                **extra,
             }
         )
     )
+    return config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--cpus",
+        default="1",
+        help="CPUs the balancers are pinned to (wrk and the nodes take CPU 0)",
+    )
+    parser.add_argument(
+        "--rss-every",
+        type=float,
+        default=5.0,
+        help="seconds between RSS samples of each balancer during its run",
+    )
+    parser.add_argument(
+        "--set",
+        default="{}",
+        help='JSON merged into the rpcbalancer config, e.g. \'{"hedge": {"enabled": false}}\'',
+    )
+    parser.add_argument("--only", help="comma-separated targets to run (default: all)")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run bench/floor.py's bare proxy and rpcbalancer's HTTP layers alone",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample rpcbalancer with py-spy during its run and print its top frames",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "haproxy", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is needed (apt-get install wrk nginx-light haproxy util-linux)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="rpcb-bench-"))
+    lua = tmp / "post.lua"
+    lua.write_text(LUA)
+    node_ports = [free_port() for _ in range(3)]
+    ports = {"nginx": free_port(), "haproxy": free_port(), "rpcbalancer": free_port()}
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(cmd: list[str], cpu: int | str, **kw: object) -> subprocess.Popen[bytes]:
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            ["taskset", "-c", str(cpu), *cmd], **kw
+        )
+        procs.append(proc)
+        return proc
+
+    config = write_configs(tmp, node_ports, ports, json.loads(args.set))
     try:
         start(["nginx", "-c", str(tmp / "nodes.conf"), "-p", str(tmp)], 0)
         for p in node_ports:

@@ -381,6 +381,24 @@ class ServerLimits(_Model):
     """How deep arrays and objects may nest in a request."""
 
 
+class OverloadConfig(_Model):
+    """What one worker process takes on before it refuses new requests at once (503 with
+    ``Retry-After`` and a JSON-RPC error, before the request is read as JSON-RPC)."""
+
+    max_inflight: int = Field(4096, ge=0)
+    """Requests one worker answers at once (read, not yet answered); the next is refused.
+    0: no limit."""
+    max_queue_time: Seconds = Field(0.02, ge=0)
+    """Seconds a request may wait for the worker to read it: when the worker's event loop
+    has run this late for ``interval``, it admits only a share of the new requests,
+    steered by how late it runs, until it serves them all on time again. 0: off."""
+    interval: Seconds = Field(0.1, gt=0)
+    """Seconds the queue time must stay above ``max_queue_time`` before requests are
+    refused (a burst passes)."""
+    retry_after: int = Field(1, ge=1, le=3600)
+    """Seconds a refused client is told to wait (``Retry-After``)."""
+
+
 class RateLimit(_Model):
     """A token bucket per client (address, or API key): ``rate`` calls a second on average,
     up to ``burst`` at once. A batch costs one token per call. DoctorLai's ``windowMs`` /
@@ -631,6 +649,9 @@ class Config(_Model):
     """Where the standalone server listens, and its TLS certificate."""
     limits: ServerLimits = ServerLimits()
     """What one client connection and one request may send."""
+    overload: OverloadConfig = OverloadConfig()
+    """When one worker refuses new requests at once: too many in flight, or a standing
+    queue (the standalone server)."""
     store: str = "sqlite:///rpcbalancer-health.db"
     """The shared health store's URL (``sqlite:///file.db``, ``redis://host:port/db``,
     ``postgresql://...``, ``dynamodb://table?region=...``); ``none`` keeps health in memory

@@ -39,6 +39,7 @@ from ..errors import ConfigError
 from ..periodic import Periodic
 from ..proxy.control import drain as drain_nodes
 from ..proxy.gateway import Gateway
+from ..proxy.overload import Guard
 from ..proxy.server import H1Server
 from ..proxy.websocket import Session, open_session
 
@@ -67,6 +68,8 @@ class Live:
         self.folder = Path(folder) if folder else None
         self.balancer: Balancer | None = None
         self.gateway: Gateway | None = None
+        self.guard: Guard | None = None
+        """This worker's admission by load, kept across reloads (:mod:`..proxy.overload`)."""
         self.generation = 0
         self.reloads = 0
         self._stack = contextlib.AsyncExitStack()
@@ -81,6 +84,8 @@ class Live:
         self.balancer = await Balancer(self.config).__aenter__()
         self.gateway = Gateway(self.balancer)
         self.gateway.control.operator = self
+        self.guard = Guard(self.config.overload, self.balancer.stats.overload)
+        self.guard.start(asyncio.get_running_loop())
         if self.folder is not None:
             state = self._read()
             self.generation = int(state.get("generation", 0))
@@ -89,6 +94,8 @@ class Live:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.guard is not None:
+            self.guard.stop()
         await self._stack.aclose()
         for task in list(self._retiring):
             task.cancel()
@@ -165,6 +172,8 @@ class Live:
             gateway = Gateway(successor)
             gateway.control.operator = self
             self.balancer, self.gateway, self.config = successor, gateway, config
+            if self.guard is not None:
+                self.guard.configure(config.overload, successor.stats.overload)
             logging.getLogger().setLevel(config.log_level.upper())
             for conn in list(self.connections):  # each one's next request goes there
                 conn.handler = self.serve

@@ -64,7 +64,7 @@ async def serve_async(
         loop.add_signal_handler(signal.SIGHUP, lambda: _hangup(live))
 
         def factory() -> H1Server:
-            protocol = H1Server(live.serve, live.config.limits, loop, live.upgrade)
+            protocol = H1Server(live.serve, live.config.limits, loop, live.upgrade, live.guard)
             connections.add(protocol)
             return protocol
 

@@ -32,6 +32,7 @@ class Stats:
         "hedge_wins",
         "hedges",
         "methods",
+        "overload",
         "requests",
         "resent",
         "retries",
@@ -62,6 +63,10 @@ class Stats:
         self.websocket: dict[str, int] = {}
         """WebSocket connections and subscriptions: gauges (``connections``,
         ``subscriptions``) and counters (messages, switches, fills, closes)."""
+        self.overload: dict[str, int] = {}
+        """The worker's admission by load (:mod:`~rpcbalancer.proxy.overload`): gauges
+        (``inflight``, ``shedding``) and counters (``refused_queue``, ``refused_inflight``,
+        ``sheds``)."""
 
     def method_label(self, call: RpcCall | None) -> str:
         if call is None:
@@ -94,6 +99,7 @@ class Stats:
             "resent": dict(self.resent),
             "cache": [[m, e, n] for (m, e), n in self.cache.items()],
             "websocket": dict(self.websocket),
+            "overload": dict(self.overload),
             "nodes": {
                 n.name: {
                     "tries": n.requests,
@@ -126,6 +132,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "resent": {},
         "cache": {},
         "websocket": {},
+        "overload": {},
         "nodes": {},
     }
     for snap in snapshots:
@@ -139,8 +146,9 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             total[key] += snap.get(key, 0)  # (a worker of an older version has none)
         for ending, count in snap.get("resent", {}).items():
             total["resent"][ending] = total["resent"].get(ending, 0) + count
-        for what, count in snap.get("websocket", {}).items():
-            total["websocket"][what] = total["websocket"].get(what, 0) + count
+        for part in ("websocket", "overload"):
+            for what, count in snap.get(part, {}).items():
+                total[part][what] = total[part].get(what, 0) + count
         for method, event, count in snap.get("cache", []):
             total["cache"][method, event] = total["cache"].get((method, event), 0) + count
         for name, node in snap["nodes"].items():

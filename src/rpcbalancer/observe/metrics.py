@@ -145,6 +145,7 @@ class _Collector:
                 floor.add_metric([view["group"]], view["head"])
         yield floor
         yield from _websocket(t["websocket"], GaugeMetricFamily, CounterMetricFamily)
+        yield from _overload(t["overload"], GaugeMetricFamily, CounterMetricFamily)
 
         nodes = t["nodes"]
         tries = CounterMetricFamily(
@@ -331,3 +332,31 @@ def _websocket(counts: dict[str, int], gauge: Any, counter: Any) -> Iterator[Any
     for event in WEBSOCKET_EVENTS:
         events.add_metric([event], counts.get(event, 0))
     yield events
+
+
+def _overload(counts: dict[str, int], gauge: Any, counter: Any) -> Iterator[Any]:
+    """The workers' admission by load: requests in flight and workers shedding now, sheds
+    begun, and requests refused by reason (a standing queue, too many in flight)."""
+    yield gauge(
+        "rpcbalancer_overload_inflight",
+        "Requests being answered (admitted, not yet answered), all workers",
+        value=max(0, counts.get("inflight", 0)),
+    )
+    yield gauge(
+        "rpcbalancer_overload_shedding",
+        "Workers refusing new requests now for a standing queue",
+        value=max(0, counts.get("shedding", 0)),
+    )
+    yield counter(
+        "rpcbalancer_overload_sheds",
+        "Times a worker began refusing new requests for a standing queue",
+        value=counts.get("sheds", 0),
+    )
+    refused = counter(
+        "rpcbalancer_overload_refused",
+        "Requests refused at once for overload (503, Retry-After), by reason",
+        labels=["reason"],
+    )
+    refused.add_metric(["queue"], counts.get("refused_queue", 0))
+    refused.add_metric(["inflight"], counts.get("refused_inflight", 0))
+    yield refused

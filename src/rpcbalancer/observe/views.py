@@ -125,6 +125,7 @@ def status_doc(balancer: Observed) -> dict[str, Any]:
             "groups": _groups(fleet, now),
             "floors": balancer.floors_view,
             "websocket": {**stats.websocket, "topics": balancer.subscriptions_view},
+            "overload": dict(stats.overload),
             "routes": balancer.routes_view,
             "cache": _cache(balancer),
         },

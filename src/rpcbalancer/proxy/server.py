@@ -21,6 +21,10 @@ Back-pressure both ways: when the peer reads slower than we write, the next resp
 waits until the transport drains; when the queue of pipelined requests grows long,
 reading pauses until it shrinks. A client that half-closes (sends EOF) after its requests
 still gets every answer before the connection closes.
+
+Overload: with a :class:`~.overload.Guard`, each request asks it first; a worker with a
+standing queue or too many requests in flight answers 503 at once, before the gateway sees
+the request.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import httptools
 from ..callbacks import Cancellable
 from ..config import ServerLimits
 from ..messages import CORS, JSON, HttpRequest, HttpResponse, Reply, error_response, internal_error
+from .overload import Guard
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +150,15 @@ class H1Server(asyncio.Protocol):
         limits: ServerLimits,
         loop: asyncio.AbstractEventLoop,
         upgrade: Upgrade | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.handler = handler
         self.upgrade = upgrade
         """Where a WebSocket upgrade goes (None: refused, as any upgrade)."""
+        self.guard = guard
+        """The worker's admission by load (:mod:`.overload`), if any."""
+        self.counted = False
+        """The request being answered counts in the guard's requests in flight."""
         self.upgrading: HttpRequest | None = None
         self.upgraded: Upgraded | None = None
         """The WebSocket session this connection became, if it did."""
@@ -367,6 +377,14 @@ class H1Server(asyncio.Protocol):
         self.phase = ANSWERING
         self.answering = (request.method == "HEAD", keep_alive)
         self.dispatching = True  # an answer given at once must not start the next request
+        guard = self.guard
+        if guard is not None and request.method == "POST":  # (health and metrics: always)
+            refusal = guard.admit()
+            if refusal is not None:  # overloaded: refused before anything is parsed
+                self._reply(refusal)
+                self.dispatching = False
+                return
+            self.counted = True
         try:
             pending = self.handler(request, self._reply_to)
         except Exception:
@@ -422,6 +440,10 @@ class H1Server(asyncio.Protocol):
             return  # the connection was refused or lost meanwhile
         self.phase = IDLE
         self.pending = None
+        guard = self.guard
+        if self.counted and guard is not None:
+            self.counted = False
+            guard.done()
         head, keep_alive = self.answering
         # After the client's EOF, the connection closes with the last answer it is owed.
         if keep_alive and self.eof and not self.queue:
@@ -442,6 +464,10 @@ class H1Server(asyncio.Protocol):
             self.last_active = self.loop.time()
 
     def _abandon(self) -> None:
+        guard = self.guard
+        if self.counted and guard is not None:
+            self.counted = False
+            guard.done()
         pending, self.pending = self.pending, None
         if self.phase is ANSWERING:
             self.phase = IDLE
