@@ -384,7 +384,7 @@ async def test_tls_nodes_with_sni_and_verification(
 
     port = int((await raw_server(handler, ssl=context)).rsplit(":", 1)[1])
     strict = H1Transport()
-    with pytest.raises(UpstreamConnectError, match="TLS failed"):
+    with pytest.raises(UpstreamConnectError, match=r"TLS certificate rejected: self.signed"):
         await strict.send(
             node_at(f"https://localhost:{port}"), NodeRequest("GET", None, {}, None), 5
         )
