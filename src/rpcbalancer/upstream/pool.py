@@ -356,8 +356,10 @@ class H1Transport:
         except ssl.SSLCertVerificationError as bad:
             # Say what is wrong with it (expired, another host's, an unknown issuer): the
             # node's exclusion on /status reads this.
-            why = bad.verify_message or bad.reason or bad
-            raise UpstreamConnectError(origin.name, f"TLS certificate rejected: {why}") from None
+            problem = str(bad.verify_message or bad.reason or bad)
+            raise UpstreamConnectError(
+                origin.name, f"TLS certificate rejected: {problem}"
+            ) from None
         except ssl.SSLError as tls:
             raise UpstreamConnectError(origin.name, f"TLS failed ({tls.reason or tls})") from None
         except OSError as exc:
