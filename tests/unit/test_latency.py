@@ -14,7 +14,7 @@ from rpcbalancer.fleet.latency import LoadLatency, bucket
 from rpcbalancer.fleet.nodes import Node
 from rpcbalancer.fleet.policies import PickContext, make_policy
 
-from .helpers import make_nodes, probed
+from .helpers import make_nodes
 
 
 def fastest(**params: object):  # type: ignore[no-untyped-def]
@@ -197,43 +197,6 @@ def test_a_node_back_is_tried_a_few_times_then_judged_on_its_answers() -> None:
     for _ in range(5):
         back.end(1.015, 0.015, True)
     assert sum(p.pick([back, other], PickContext(now=1.1)) is back for _ in range(1000)) == 0
-
-
-def test_a_node_idle_since_its_last_probe_is_tried_once_when_near_the_best() -> None:
-    """Known by its probe alone (8 ms, where the busy node answers in 6 ms), a node is owed
-    one try at a bonus: it is sent one request (not two while it is out), and its answer
-    judges it (10 ms: nothing more). The next probe that finds it idle owes it one more,
-    whose answer (5 ms) moves its estimate. A node three times slower is never tried."""
-    idle, busy, far = make_nodes(3)
-    serve(busy, 0.0, 0.006)
-    probed(idle, at=0.0, latency=0.008)
-    probed(far, at=0.0, latency=0.020)
-    p = fastest()
-    nodes = [idle, busy, far]
-
-    def picks(now: float) -> list[Node]:
-        chosen = []
-        for _ in range(200):
-            node = p.pick(nodes, PickContext(now=now))
-            chosen.append(node)
-            if node is idle:
-                node.begin(now)
-        return chosen
-
-    first = picks(0.5)
-    assert first.count(idle) == 1 and far not in first
-    idle.end(0.51, 0.010, True)
-    assert idle not in picks(0.6)  # judged on its answer: slower
-    probed(idle, at=1.0, latency=0.008)  # it had a try since the last probe: none owed
-    assert idle.breaker.trials == 0
-    probed(idle, at=2.0, latency=0.008)  # no try since the last probe: idle
-    probed(far, at=2.0, latency=0.020)
-    second = picks(2.1)
-    assert second.count(idle) == 1 and far not in second
-    idle.end(2.105, 0.005, True)
-    assert idle.model.level is not None and idle.model.level < 0.008  # its answers count
-    probed(idle, at=4.0, latency=0.008)  # it was sent a try since: none owed
-    assert idle.breaker.trials == 0
 
 
 def test_the_hetero_fleet_keeps_its_fast_node_through_bursts() -> None:

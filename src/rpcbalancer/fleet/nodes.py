@@ -43,10 +43,6 @@ SWALLOWED = 4.0
 node answered, counts as swallowed (:meth:`Node.lost`)."""
 
 _OUTCOME_WINDOW = 64  # recent outcomes kept per node for the error rate
-TRIAL_BONUS = 2.0
-"""An idle node's trial try (one per probe that finds it idle) goes out when its predicted
-latency is within this factor of the best node's: a node half as fast is tried once a probe
-interval, one much slower never."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +104,6 @@ class Node:
         "probes_silent",
         "recent",
         "requests",
-        "requests_at_probe",
         "spec",
         "started_sum",
         "weight",
@@ -139,8 +134,6 @@ class Node:
         self.recent: deque[bool] = deque(maxlen=_OUTCOME_WINDOW)
         self.requests = 0
         """Tries begun."""
-        self.requests_at_probe = 0
-        """:attr:`requests` when its last probe came: none since means it is idle."""
         self.failures = 0
         self.last_error: str | None = None
         self.probe: ProbeResult | None = None
@@ -343,9 +336,8 @@ class Node:
     def predicted_cost(self, now: float) -> float:
         """The ``fastest`` strategy's cost (lower wins): :meth:`predicted` / weight, and
         during a slow start also / the ramp, except for a ramp's share of the calls
-        (:meth:`Breaker.slowed`), and / :data:`TRIAL_BONUS` while an idle node's trial is
-        owed; 0 for a node never measured (explore it), infinite at weight 0. In one call:
-        it runs for every node of every request."""
+        (:meth:`Breaker.slowed`); 0 for a node never measured (explore it), infinite at
+        weight 0. In one call: it runs for every node of every request."""
         weight = self.weight
         if weight <= 0:
             return math.inf
@@ -363,8 +355,6 @@ class Node:
         slow = breaker.slow_start
         if slow > 0 and now < breaker.ramp_from + slow:
             weight *= breaker.slowed(now, inflight)
-        elif breaker.trials > inflight:
-            weight *= TRIAL_BONUS
         return predicted / weight
 
     def load_cost(self, now: float, decay: float) -> float:
@@ -379,8 +369,6 @@ class Node:
         breaker = self.breaker
         if breaker.slow_start > 0 and now < breaker.ramp_from + breaker.slow_start:
             weight *= breaker.slowed(now, self.inflight)
-        elif breaker.trials > self.inflight:
-            weight *= TRIAL_BONUS
         return latency * (self.inflight + 1) / weight
 
     # -- what the probes and the answers say of its chain --------------------------------
@@ -417,11 +405,6 @@ class Node:
             self.breaker.recovered(result.at)
         elif result.ok and self.breaker.answered_probe(result.at - result.latency, result.at):
             self.latencies.restart()  # reachable again after its ejection: the same
-        elif result.ok and self.requests == self.requests_at_probe:
-            # Idle since its last probe: known by its probes alone, which read slower than
-            # requests; one try at a bonus lets its answers judge it (see predicted_cost).
-            self.breaker.trials = max(self.breaker.trials, 1)
-        self.requests_at_probe = self.requests
         self._changed()
         if result.ok:
             self.latencies.observe(result.at, result.latency)
