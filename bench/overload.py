@@ -223,16 +223,22 @@ def main() -> None:
         # rpcbalancer's capacity is measured with its admission by load off: a closed loop
         # of many connections is a standing queue, which it would (rightly) refuse.
         unguarded = tmp / "unguarded.json"
-        for name in args.balancers.split(","):
+
+        def launch(name: str, configuration: Path) -> subprocess.Popen[bytes]:
+            """Start balancer ``name`` on a port free now, capped, and wait for it."""
             port_for(name)
-            off = {"overload": {"max_queue_time": 0, "max_inflight": 0}}
-            unguarded.write_text(json.dumps({**json.loads(config.read_text()), **off}))
-            proc = start(name, tmp, ports[name], unguarded)
+            proc = start(name, tmp, ports[name], configuration)
             procs.append(proc)
             if args.quota < 1:
                 cap(proc.pid, args.quota)
             wait_port(ports[name])
             time.sleep(1.0)
+            return proc
+
+        for name in args.balancers.split(","):
+            off = {"overload": {"max_queue_time": 0, "max_inflight": 0}}
+            unguarded.write_text(json.dumps({**json.loads(config.read_text()), **off}))
+            proc = launch(name, unguarded)
             attack(tmp, ports[name], 0, 2, closed=True)  # warm-up
             own = summary(
                 attack(tmp, ports[name], 0, args.seconds, closed=True), args.seconds, None
@@ -245,13 +251,7 @@ def main() -> None:
                 stop_all([proc])
                 procs.remove(proc)
                 uncap()
-                port_for(name)
-                proc = start(name, tmp, ports[name], config)
-                procs.append(proc)
-                if args.quota < 1:
-                    cap(proc.pid, args.quota)
-                wait_port(ports[name])
-                time.sleep(1.0)
+                proc = launch(name, config)
             for phase, factor in PHASES:
                 seconds = 5.0 if factor < 1 else args.seconds
                 result = summary(

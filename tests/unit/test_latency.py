@@ -199,6 +199,20 @@ def test_a_node_back_is_tried_a_few_times_then_judged_on_its_answers() -> None:
     assert sum(p.pick([back, other], PickContext(now=1.1)) is back for _ in range(1000)) == 0
 
 
+def test_what_status_shows_is_the_steady_cost_not_the_slow_starts_draws() -> None:
+    """/status and `top` read :meth:`explain`: during a slow start its score is the cost
+    divided by the whole ramp every time, while picks draw a ramp's share at full cost."""
+    back, other = make_nodes(2)
+    for node in (back, other):
+        node.breaker.slow_start = 10.0
+        serve(node, 0.0, 0.005)
+    back.breaker.recovered(1.0)
+    p = fastest()
+    scores = {p.explain(back, 1.0)[0] for _ in range(200)}
+    assert len(scores) == 1 and scores.pop() == pytest.approx(0.005 / 0.1)
+    assert p.explain(other, 1.0)[0] == pytest.approx(0.005)
+
+
 def test_the_hetero_fleet_keeps_its_fast_node_through_bursts() -> None:
     """3 / 15 / 60 ms nodes and bursts of up to 8 requests at once: every request of the
     burst goes to the 3 ms node (its latency does not grow with load)."""

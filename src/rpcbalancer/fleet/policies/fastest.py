@@ -20,6 +20,7 @@ A node with no measurement yet costs nothing, so it is explored at once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from ..nodes import Node
@@ -39,15 +40,20 @@ class Fastest(BasePolicy):
         return "lowest predicted latency at the node's load / (weight x ramp)"
 
     def explain(self, node: Node, now: float) -> tuple[float | None, str]:
+        # The cost most requests meet: divided by the whole ramp, without the slow start's
+        # random share weighed at its own cost and its trial tries (Breaker.slowed), so
+        # that /status and `top` show a steady choice.
+        weight = node.weight * node.ramp(now)
         if self.params.model == "peak_ewma":
             latency = node.latency(now, self.params.decay)
-            return self.cost(node, now), (
+            score = steady(latency, node.inflight + 1, weight)
+            return score, (
                 f"latency {ms(latency)} x (in flight {node.inflight} + 1) / "
                 f"(weight {node.weight:g} x ramp {node.ramp(now):.2f})"
             )
         level = node.model.level
         shape = node.model.shape(node.inflight + 1)
-        return self.cost(node, now), (
+        return steady(node.predicted(now), 1, weight), (
             f"predicted {ms(node.predicted(now))} (latency {ms(level)} x load "
             f"{shape:.2f} at {node.inflight + 1} in flight) / "
             f"(weight {node.weight:g} x ramp {node.ramp(now):.2f})"
@@ -97,3 +103,11 @@ class Fastest(BasePolicy):
 
     def _ewma_cost(self, node: Node, now: float) -> float:
         return node.load_cost(now, self.params.decay)
+
+
+def steady(latency: float | None, load: int, weight: float) -> float:
+    """A cost without the slow start's draws: ``latency x load / weight`` (0 unmeasured,
+    infinite at weight 0)."""
+    if weight <= 0:
+        return math.inf
+    return 0.0 if latency is None else latency * load / weight
