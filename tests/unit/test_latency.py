@@ -153,15 +153,22 @@ def test_weight_and_slow_start_divide_the_prediction() -> None:
     assert score == pytest.approx(0.020 / 3) and "predicted 20.0 ms" in why
 
 
+def back_in_slow_start(back_latency: float = 0.005) -> tuple[Node, Node]:
+    """Two nodes with a 10 s slow start, answering in ``back_latency`` and 5 ms; the first
+    back from down at t=1."""
+    back, other = make_nodes(2)
+    for node, latency in ((back, back_latency), (other, 0.005)):
+        node.breaker.slow_start = 10.0
+        serve(node, 0.0, latency)
+    back.breaker.recovered(1.0)
+    return back, other
+
+
 def test_a_node_back_from_down_takes_a_trickle_at_once_and_its_share_by_the_end() -> None:
     """A node as fast as the other, in the first moment of its slow start, is weighed at
     its own cost for a ramp's share (10%) of the calls, so it gets about 5% of them (it
     ties half the time), not none; near the end of the ramp about half."""
-    back, other = make_nodes(2)
-    for node in (back, other):
-        node.breaker.slow_start = 10.0
-        serve(node, 0.0, 0.005)
-    back.breaker.recovered(1.0)
+    back, other = back_in_slow_start()
     p = fastest()
     random.seed(3)  # the ramp's draw uses the module's generator
     early = late = 0
@@ -180,12 +187,7 @@ def test_a_node_back_is_tried_a_few_times_then_judged_on_its_answers() -> None:
     """A node that comes back looking three times slower than the other (its probe) is
     still sent its few trial tries at once, never more than that in flight; once they
     answer at that latency it gets nothing more."""
-    back, other = make_nodes(2)
-    for node in (back, other):
-        node.breaker.slow_start = 10.0
-    serve(other, 0.0, 0.005)
-    serve(back, 0.0, 0.015)
-    back.breaker.recovered(1.0)
+    back, other = back_in_slow_start(0.015)
     p = fastest()
     random.seed(4)
     sent = 0
@@ -202,11 +204,7 @@ def test_a_node_back_is_tried_a_few_times_then_judged_on_its_answers() -> None:
 def test_what_status_shows_is_the_steady_cost_not_the_slow_starts_draws() -> None:
     """/status and `top` read :meth:`explain`: during a slow start its score is the cost
     divided by the whole ramp every time, while picks draw a ramp's share at full cost."""
-    back, other = make_nodes(2)
-    for node in (back, other):
-        node.breaker.slow_start = 10.0
-        serve(node, 0.0, 0.005)
-    back.breaker.recovered(1.0)
+    back, other = back_in_slow_start()
     p = fastest()
     scores = {p.explain(back, 1.0)[0] for _ in range(200)}
     assert len(scores) == 1 and scores.pop() == pytest.approx(0.005 / 0.1)
