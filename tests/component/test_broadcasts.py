@@ -82,12 +82,14 @@ async def test_a_chain_error_is_the_answer_and_is_not_sent_again(harness: Any) -
     assert h.balancer.stats.resent == {}
 
 
-@pytest.mark.parametrize("strategy", ["fastest", "round_robin"])
+@pytest.mark.parametrize("strategy", ["first", "round_robin", "fastest"])
 async def test_every_broadcast_succeeds_once_when_a_node_dies_on_half_of_them(
     harness: Any, strategy: str
 ) -> None:
     """The issue's proof: 60 transfers, one node taking half of the broadcasts it gets and
-    dying before it answers."""
+    dying before it answers. ``first`` sends it all 60 and ``round_robin`` a third; ``fastest``
+    shuns it after its first death (it may never pick it at all), so there the proof is
+    only that every answer is right."""
     h = await harness(
         {
             "a": Behaviour(latency=0.001, broadcast_die_rate=0.5),
@@ -108,7 +110,8 @@ async def test_every_broadcast_succeeds_once_when_a_node_dies_on_half_of_them(
     assert len(h.mempool) == 60  # each transfer on the chain once
     assert all(count in (1, 2) for count in h.mempool.sent.values())
     resent = h.balancer.stats.resent
-    assert resent.get("duplicate", 0) > 0
+    if strategy != "fastest":
+        assert resent.get("duplicate", 0) > 0
     assert sum(resent.values()) == sum(sent(h).values()) - 60
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +111,7 @@ def status_doc(balancer: Observed) -> dict[str, Any]:
             "configured_strategy": balancer.policy.name,
             "choice": choice[1] if choice is not None else None,
             "uptime_s": round(time.time() - balancer.started_at, 1),
+            "pid": os.getpid(),  # which worker answered, under ``serve --workers N``
             "best_head_block": best,
             "usable": 0 if failopen else len(usable),
             "failing_open": failopen,
