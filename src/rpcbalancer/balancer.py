@@ -50,7 +50,8 @@ from .proxy.router import Router
 from .proxy.sharedheads import SharedHeads
 from .proxy.subscriptions import Subscriptions
 from .proxy.writes import RecentWrites
-from .upstream.dns import DnsExpander, Resolver, system_resolver
+from .upstream.dns import DnsExpander
+from .upstream.names import Names, Resolver, system_resolver
 from .upstream.pool import H1Transport, Transport
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,12 @@ class Balancer:
         before = predecessor.config if predecessor is not None else None
         same = before is not None and before.timeouts.connect == config.timeouts.connect
         self.transport = transport or (
-            self._take(predecessor, "transport") if same else H1Transport(config.timeouts.connect)
+            self._take(predecessor, "transport")
+            if same
+            else H1Transport(config.timeouts.connect, names=Names(config.dns_refresh, resolver))
         )
+        if isinstance(self.transport, H1Transport):
+            self.transport.names.ttl = config.dns_refresh  # (a reload keeps what it knows)
         self.trusted_proxies = parse_networks(config.trusted_proxies)
         budget = RetryBudget(config.budget.ratio, config.budget.min_per_second, config.budget.burst)
         methods = self.chain.metric_methods | set(config.metrics.methods)
@@ -354,6 +359,13 @@ class Balancer:
         ]
 
     @property
+    def names_view(self) -> dict[str, dict[str, Any]]:
+        """Each node host name's addresses as resolved for new connections, and whether its
+        last lookup failed (:mod:`.upstream.names`)."""
+        names = getattr(self.transport, "names", None)
+        return names.view() if isinstance(names, Names) else {}
+
+    @property
     def routes_view(self) -> list[dict[str, Any]]:
         """Each route: its prefix and what it sets (``preset``: the chain preset's, not
         replaced by a configured one)."""
@@ -394,6 +406,8 @@ class Balancer:
         if self.background and isinstance(self.transport, H1Transport):
             every = self.transport.idle_ttl / 2
             await stack.enter_async_context(Periodic("pool", every, self.transport.prune))
+            names = self.transport.names
+            await stack.enter_async_context(Periodic("names", 1.0, names.refresh))
         if self.snapshots is not None:
             folder = self.snapshots
             stack.callback(lambda: folder.remove() if self.mine(folder) else None)

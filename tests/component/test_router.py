@@ -357,7 +357,7 @@ async def test_dns_names_become_one_node_per_address() -> None:
 
 
 async def test_the_system_resolver_resolves_localhost() -> None:
-    from rpcbalancer.upstream.dns import system_resolver
+    from rpcbalancer.upstream.names import system_resolver
 
     assert "127.0.0.1" in await system_resolver("localhost", 80)
 

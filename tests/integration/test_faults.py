@@ -277,3 +277,65 @@ def test_a_balancer_cut_off_from_the_shared_store_fails_nothing_and_converges(
     finally:
         for lb in lbs.values():
             lb.stop()
+
+
+# -- a resolver that goes silent ----------------------------------------------------------------
+
+
+def _names(lb: BalancerProcess) -> dict[str, Any]:
+    doc = requests.get(f"{lb.url}/status.json", timeout=5).json()
+    return dict(doc["balancer"]["names"])
+
+
+@pytest.mark.timeout(180)
+def test_a_silent_resolver_delays_no_request_to_a_node_already_resolved(
+    backend: tuple[FaultNetwork, Link, str, dict[str, int]], tmp_path: Path
+) -> None:
+    """The nodes are named (``a.rpcbt.test``...), answered by dnsmasq in the backend's
+    namespace. The resolver goes silent (its packets dropped: a lookup waits out its 1 s
+    timeout, twice) for 20 s, its answers expire, and a burst of clients makes the balancer
+    open new connections: no request fails or waits for DNS, /status names the lookups that
+    fail, and they succeed again once the resolver is back."""
+    dnsmasq = require_tool("dnsmasq")
+    net, back, service, ports = backend
+    net.run(back, [dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+                   "--no-hosts", "--pid-file=", "--bind-interfaces", "--listen-address",
+                   service, f"--address=/rpcbt.test/{service}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    link = net.namespace("lb")
+    net.join(link, back, service)
+    net.resolver(link, service)
+    config = {
+        "store": "none",
+        "cache": {"enabled": False},
+        "probe": {"interval": 1.0, "timeout": 0.5},
+        "timeouts": {"connect": 0.5, "per_try": 1.0, "total": 4.0},
+        "dns_refresh": 2.0,
+        "nodes": [{"url": f"http://{n}.rpcbt.test:{port}", "name": n} for n, port in ports.items()],
+    }
+    lb = _balancer_in(net, link, config, tmp_path)
+    try:
+        _until(lambda: all(_fleet_view(lb).values()), 10)
+        assert set(_names(lb)) == {f"{n}.rpcbt.test" for n in ports}
+        with Load(lb.url, rate=20, seconds=26, threads=2) as steady:
+            time.sleep(2)
+            net.close_port(back, 53, "udp")  # the resolver silent
+            # Every name's answer expires and its lookup in the background fails.
+            _until(lambda: all(v["failing"] for v in _names(lb).values()), 12)
+            # 32 clients at once, each sending as soon as it has its answer: connections
+            # the pool does not have yet.
+            with Load(lb.url, rate=3200, seconds=1, threads=32) as burst:
+                pass
+            assert all(_fleet_view(lb).values())
+            time.sleep(2)
+            net.heal(back)
+            back_in = _until(lambda: not any(v["failing"] for v in _names(lb).values()), 10)
+        print(json.dumps({"burst_p99_s": burst.p99(), "resolver_back_s": back_in}))
+        assert steady.errors() == 0, [r for r in steady.results if not r[1]][:5]
+        assert burst.errors() == 0, [r for r in burst.results if not r[1]][:5]
+        assert len(burst.results) == 3200
+        # None waited for a lookup (each waits at least the resolver's 1 s timeout).
+        assert max(s for _, _, s in burst.results + steady.results) < 1.0
+        assert "cannot resolve" in lb.log
+    finally:
+        lb.stop()

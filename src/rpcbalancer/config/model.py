@@ -684,7 +684,10 @@ class Config(_Model):
     """Make one node of each address a node's host name resolves to (the Host header and TLS
     SNI keep the name)."""
     dns_refresh: Seconds = Field(60.0, gt=0)
-    """Seconds between resolutions of the node names, with ``resolve_dns: true``."""
+    """Seconds between resolutions of the node names: a name's answer serves new connections
+    this long, then is looked up again in the background (a failed lookup keeps the last
+    answer, so a slow or failing resolver never delays a node already resolved); with
+    ``resolve_dns: true``, also how often the nodes per address are made again."""
     user_agent: str = "rpcbalancer"
     """User-Agent sent to the nodes, with requests and probes."""
     rate_limit: RateLimit | None = None

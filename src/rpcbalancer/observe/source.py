@@ -76,6 +76,11 @@ class Observed(Protocol):
         ...
 
     @property
+    def names_view(self) -> dict[str, dict[str, Any]]:
+        """The node host names' resolved addresses, for status documents."""
+        ...
+
+    @property
     def routes_view(self) -> list[dict[str, Any]]:
         """The configured routes and the groups, for status documents."""
         ...

@@ -129,6 +129,7 @@ def status_doc(balancer: Observed) -> dict[str, Any]:
             "websocket": {**stats.websocket, "topics": balancer.subscriptions_view},
             "overload": dict(stats.overload),
             "routes": balancer.routes_view,
+            "names": balancer.names_view,
             "cache": _cache(balancer),
         },
         "nodes": nodes,

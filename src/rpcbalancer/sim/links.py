@@ -14,7 +14,7 @@ cut to one address), a token bucket on the link (bandwidth) and the link set dow
 flapping route). The kernels of the machines here have no ``sch_netem``, so ``tc netem``
 (delay with jitter, reordering) is not used: delay is the simulated nodes' own. Everything
 made is taken down at exit, whatever happened: the processes started here (by their PIDs),
-the namespaces and their links. Needs root, iproute2 and nftables.
+the namespaces, their links and their resolver files. Needs root, iproute2 and nftables.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .process import stop_process
@@ -67,6 +69,7 @@ class FaultNetwork:
         for link in self.links:
             subprocess.run(["ip", "link", "del", link.device], capture_output=True, check=False)
             subprocess.run(["ip", "netns", "del", link.namespace], capture_output=True, check=False)
+            shutil.rmtree(Path("/etc/netns") / link.namespace, ignore_errors=True)
         if self.fenced:
             self._fence("del")
 
@@ -136,10 +139,20 @@ class FaultNetwork:
         self._nft(link, f"add rule inet rpcbt output ip daddr {address} tcp dport {port} drop")
         self._nft(link, f"add rule inet rpcbt input ip saddr {address} tcp sport {port} drop")
 
-    def close_port(self, link: Link, port: int) -> None:
+    def close_port(self, link: Link, port: int, protocol: str = "tcp") -> None:
         """The namespace's ``port`` blackholed: what is sent to it or from it is dropped."""
-        self._nft(link, f"add rule inet rpcbt input tcp dport {port} drop")
-        self._nft(link, f"add rule inet rpcbt output tcp sport {port} drop")
+        self._nft(link, f"add rule inet rpcbt input {protocol} dport {port} drop")
+        self._nft(link, f"add rule inet rpcbt output {protocol} sport {port} drop")
+
+    def resolver(self, link: Link, address: str, timeout: int = 1) -> None:
+        """Programs started in the namespace ask the DNS server at ``address`` (a resolv.conf
+        of the namespace's own, which ``ip netns exec`` puts over /etc/resolv.conf), giving
+        up on one lookup after ``timeout`` seconds, twice."""
+        folder = Path("/etc/netns") / link.namespace
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "resolv.conf").write_text(
+            f"nameserver {address}\noptions timeout:{timeout} attempts:2\n"
+        )
 
     def run(self, link: Link, argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start a program in the namespace (stopped at exit)."""

@@ -9,33 +9,16 @@ keep their state across refreshes; a failed lookup keeps the previous addresses.
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import logging
-import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from ..config import NodeConfig
 from ..fleet.fleet import Fleet
 from ..fleet.nodes import Node
+from .names import Resolver, is_literal, system_resolver
 
 log = logging.getLogger(__name__)
-
-Resolver = Callable[[str, int], Awaitable[list[str]]]
-
-
-async def system_resolver(host: str, port: int) -> list[str]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({str(info[4][0]) for info in infos})
-
-
-def _is_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class DnsExpander:
@@ -63,7 +46,7 @@ class DnsExpander:
         for spec in self.specs:
             parts = urlsplit(spec.url)
             host = parts.hostname or ""
-            if _is_literal(host):
+            if is_literal(host):
                 nodes.extend(previous.get(spec.url) or [self._node(spec, None)])
                 continue
             port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -42,6 +42,7 @@ from ..callbacks import Cancellable, running_loop, until_called
 from ..errors import UpstreamConnectError, UpstreamError
 from ..fleet.address import NodeAddress
 from .connection import MAX_BODY, Connection, Stale
+from .names import Names
 from .wire import NodeRequest, Target, UpstreamResponse, encode_request
 
 __all__ = [
@@ -234,8 +235,11 @@ class H1Transport:
         max_idle_per_node: int = 64,
         idle_ttl: float = 30.0,
         max_body: int = MAX_BODY,
+        names: Names | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.names = names if names is not None else Names()
+        """The node host names' addresses, kept and refreshed in the background."""
         self.max_idle_per_node = max_idle_per_node
         self.idle_ttl = idle_ttl
         self.max_body = max_body
@@ -337,13 +341,8 @@ class H1Transport:
         budget = min(self.connect_timeout, max(deadline - loop.time(), 0.0))
         try:
             async with asyncio.timeout(budget):
-                _, conn = await loop.create_connection(
-                    lambda: Connection(loop, self.max_body, origin.name),
-                    target.host,
-                    target.port,
-                    ssl=target.tls,
-                    server_hostname=target.sni,
-                )
+                addresses = await self.names.addresses(target.host, target.port)
+                conn = await self._open(loop, origin, target, addresses)
         except TimeoutError:
             raise UpstreamConnectError(
                 origin.name, f"connect timed out after {budget:.2f}s"
@@ -371,6 +370,33 @@ class H1Transport:
             raise UpstreamConnectError(origin.name, f"cannot connect ({why})") from None
         return conn
 
+    async def _open(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        origin: NodeAddress,
+        target: Target,
+        addresses: list[str],
+    ) -> Connection:
+        """A connection to the first of ``addresses`` that takes one (TLS names the host)."""
+        for address in addresses[:-1]:
+            try:
+                return await self._open_one(loop, origin, target, address)
+            except OSError:
+                continue
+        return await self._open_one(loop, origin, target, addresses[-1])
+
+    async def _open_one(
+        self, loop: asyncio.AbstractEventLoop, origin: NodeAddress, target: Target, address: str
+    ) -> Connection:
+        _, conn = await loop.create_connection(
+            lambda: Connection(loop, self.max_body, origin.name),
+            address,
+            target.port,
+            ssl=target.tls,
+            server_hostname=target.sni,
+        )
+        return conn
+
     async def prune(self) -> int:
         """Close idle connections older than ``idle_ttl`` (oldest first); how many. Run now
         and then, so that after a burst the pool shrinks back without waiting for traffic."""
@@ -389,6 +415,7 @@ class H1Transport:
         for conn in list(self.busy):
             conn.abort()
         self._idle.clear()
+        self.names.close()
         await asyncio.sleep(0)  # let the transports finish closing
 
 
