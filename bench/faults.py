@@ -17,7 +17,11 @@ After 5 seconds one node's link breaks for ``--seconds``, then heals, and the lo
   retransmission, 200 ms or more);
 * ``flap``: the node's link down and up every 5 seconds (a route that comes and goes);
 * ``slowlink``: the link to the node limited to 256 kbit/s (a congested path);
-* ``dark``: the node's port closed by a firewall that drops (it stays up for pings).
+* ``dark``: the node's port closed by a firewall that drops (it stays up for pings);
+* ``resolver``: the nodes are named (``n1.rpcbt.test``), answered by dnsmasq in a namespace
+  of its own, which each balancer asks (a resolv.conf of its own, bind-mounted in a mount
+  namespace); its packets are dropped for 60 seconds (whatever ``--seconds`` says), and
+  halfway through, the node restarts (its connections closed: new ones are needed).
 
 Per fault and balancer: client errors, stale answers, p50/p99/p99.9 and the worst latency
 (from the scheduled send), and the recovery: seconds from the heal until the node is sent
@@ -40,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +53,35 @@ from common import free_port, stop_all, wait_port  # bench/common.py, beside thi
 from scenarios import run_load, start_balancer
 
 from rpcbalancer.sim.links import FaultNetwork, Link
+from rpcbalancer.sim.process import stop_process
 
 RESULTS = Path(__file__).parent / "results"
 PORT = 8090
+RESOLVER_SECONDS = 60.0
+"""How long the resolver is down (the issue's figure)."""
+DOMAIN = "rpcbt.test"
 LEAD = 5.0
 """Seconds of load before the fault."""
 AFTER = 10.0
 """Seconds of load after it."""
 
 
-def fault(net: FaultNetwork, link: Link, kind: str, seconds: float, done: threading.Event) -> None:
-    """Break ``link`` as ``kind`` says for ``seconds``, then heal it."""
+def fault(
+    net: FaultNetwork,
+    link: Link,
+    kind: str,
+    seconds: float,
+    done: threading.Event,
+    restart: Callable[[], None],
+) -> None:
+    """Break ``link`` as ``kind`` says for ``seconds``, then heal it (``resolver``: the
+    resolver's link; ``restart`` restarts the node halfway through)."""
     end = time.monotonic() + seconds
-    if kind == "blackhole":
+    if kind == "resolver":
+        net.close_port(link, 53, "udp")
+        time.sleep(seconds / 2)
+        restart()
+    elif kind == "blackhole":
         net.blackhole(link)
     elif kind == "loss":
         net.loss(link, 3)
@@ -90,27 +111,46 @@ def run_one(kind: str, balancer: str, seconds: float, rate: float) -> dict[str, 
     try:
         with FaultNetwork() as net:
             links = {}
+            nodes = {}
             for name in ("n1", "n2", "n3"):
                 link = net.namespace(name)
-                net.run(link, ["taskset", "-c", "0", sys.executable, "-m", "rpcbalancer.sim",
-                               "--host", link.address, "--port", str(PORT),
-                               "--node", f"{name}:latency=0.005,jitter=0.3"],
-                        stdout=subprocess.DEVNULL)  # fmt: skip
+                nodes[name] = net.run(link, node_cmd(link), stdout=subprocess.DEVNULL)
                 links[name] = link
             for link in links.values():
                 wait_listening(link)
             urls = [f"http://{link.address}:{PORT}" for link in links.values()]
+            wrap = None
+            if kind == "resolver":
+                dns = net.namespace("dns")
+                answers = [f"--address=/{n}.{DOMAIN}/{link.address}" for n, link in links.items()]
+                net.run(dns, ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+                              "--no-resolv", "--no-hosts", "--pid-file=", "--bind-interfaces",
+                              "--listen-address", dns.address, *answers],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                urls = [f"http://{n}.{DOMAIN}:{PORT}" for n in links]
+                resolv = tmp / "resolv.conf"
+                resolv.write_text(f"nameserver {dns.address}\noptions timeout:1 attempts:2\n")
+                # The balancer alone sees this resolv.conf (a mount namespace of its own).
+                wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv)]  # fmt: skip
             port = free_port()
-            procs.append(start_balancer(balancer, tmp, port, urls))
+            procs.append(start_balancer(balancer, tmp, port, urls, wrap))
             wait_port(port)
             time.sleep(3.0)  # every balancer has looked at its nodes
             broken = links["n1"]
             done = threading.Event()
             healed_at: list[float] = []
 
+            def restart() -> None:
+                stop_process(nodes["n1"])
+                nodes["n1"] = net.run(broken, node_cmd(broken), stdout=subprocess.DEVNULL)
+
             def timeline() -> None:
                 time.sleep(LEAD)
-                fault(net, broken, kind, seconds, done)
+                if kind == "resolver":
+                    fault(net, dns, kind, RESOLVER_SECONDS, done, restart)
+                else:
+                    fault(net, broken, kind, seconds, done, restart)
                 healed_at.append(time.monotonic())
                 before = taken(broken)
                 while not done.wait(0.1):
@@ -120,9 +160,12 @@ def run_one(kind: str, balancer: str, seconds: float, rate: float) -> dict[str, 
 
             mover = threading.Thread(target=timeline)
             mover.start()
+            if kind == "resolver":
+                seconds = RESOLVER_SECONDS
             result = asyncio.run(
                 run_load(f"http://127.0.0.1:{port}/", LEAD + seconds + AFTER, rate, seed=11)
             )
+            result["fault_s"] = seconds
             done.set()
             mover.join(30)
             result["recovery_s"] = healed_at[1] - healed_at[0] if len(healed_at) > 1 else None
@@ -131,6 +174,11 @@ def run_one(kind: str, balancer: str, seconds: float, rate: float) -> dict[str, 
     finally:
         stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def node_cmd(link: Link) -> list[str]:
+    return ["taskset", "-c", "0", sys.executable, "-m", "rpcbalancer.sim", "--host",
+            link.address, "--port", str(PORT), "--node", f"{link.name}:latency=0.005,jitter=0.3"]  # fmt: skip
 
 
 def wait_listening(link: Link) -> None:
@@ -144,14 +192,14 @@ def wait_listening(link: Link) -> None:
     raise RuntimeError(f"node {link.name} did not listen")
 
 
-FAULTS = ("blackhole", "loss", "flap", "slowlink", "dark")
+FAULTS = ("blackhole", "loss", "flap", "slowlink", "dark", "resolver")
 
 
 def table(rows: list[dict[str, Any]], seconds: float, rate: float) -> str:
     lines = [
         f"Fault matrix: 3 simulated Steem nodes in network namespaces, one node's link broken "
-        f"for {seconds:g} s under {rate:g} req/s (open loop, bench/scenarios.py's mix); "
-        "`bench/faults.py`.",
+        f"for {seconds:g} s (the resolver: {RESOLVER_SECONDS:g} s, the node restarted halfway) "
+        f"under {rate:g} req/s (open loop, bench/scenarios.py's mix); `bench/faults.py`.",
         "",
         "| fault | balancer | requests | errors | stale | p50 ms | p99 ms | p99.9 ms | max ms "
         "| recovery s |",

@@ -329,8 +329,11 @@ VARIANTS = {
 race (all three without the cache), and the default with the cache."""
 
 
-def start_balancer(name: str, tmp: Path, port: int, nodes: list[str]) -> subprocess.Popen[bytes]:
-    pin = ["taskset", "-c", "1"]
+def start_balancer(
+    name: str, tmp: Path, port: int, nodes: list[str], wrap: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``wrap``: a command that runs the balancer's (bench/faults.py: another resolv.conf)."""
+    pin = [*(wrap or []), "taskset", "-c", "1"]
     env = dict(os.environ)
     name, _, other = name.partition("@")  # "rpcbalancer@old": from the --src checkout
     if SOURCE is not None and other and name.startswith("rpcbalancer"):
