@@ -1,7 +1,8 @@
 """The fault matrix: rpcbalancer, nginx and HAProxy behind the same broken links.
 
     sudo .venv/bin/python bench/faults.py [--seconds 20] [--rate 100] [--only blackhole,loss]
-        [--balancers rpcbalancer,nginx,haproxy] [--repeat N] [--out NAME]
+        [--balancers rpcbalancer,nginx,haproxy,rpcbalancer@old] [--src DIR] [--repeat N]
+        [--out NAME]
 
 Three simulated Steem nodes, each in a network namespace of its own joined to this one by a
 veth link (``rpcbalancer.sim.links``); the balancer under test listens on 127.0.0.1 here
@@ -23,9 +24,15 @@ After 5 seconds one node's link breaks for ``--seconds``, then heals, and the lo
   namespace); its packets are dropped for 60 seconds (whatever ``--seconds`` says), and
   halfway through, the node restarts (its connections closed: new ones are needed).
 
-Per fault and balancer: client errors, stale answers, p50/p99/p99.9 and the worst latency
-(from the scheduled send), and the recovery: seconds from the heal until the node is sent
-the benchmark's requests again (``-`` when it was never left, or never taken back). Writes
+Beside the reads, a new signed transfer is broadcast every second. Per fault and balancer:
+client errors, stale answers, p50/p99/p99.9 and the worst latency (from the scheduled send),
+the recovery: seconds from the heal until the node is sent the benchmark's requests again
+(``-`` when it was never left, or never taken back); the broadcasts that failed for the
+client (an error answer or none), and the transactions that more than one node took as new.
+The nodes here do not share a mempool (each is a process of its own, as each steemd is
+before gossip), so a transaction sent again to a second node counts there, though a chain
+keeps it once (its id is its hash): it is the price of a broadcast re-sent when its first
+node's answer was lost. Writes
 bench/results/faults.md and faults.json (``--out NAME``: NAME.md and NAME.json).
 
 Needs root, iproute2 and nftables. ``tc netem`` (delay, jitter, reordering) is missing from
@@ -44,11 +51,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import requests
+import scenarios
 from common import free_port, stop_all, wait_port  # bench/common.py, beside this file
 from scenarios import run_load, start_balancer
 
@@ -100,9 +110,58 @@ def fault(
     net.heal(link)
 
 
+def stats(link: Link) -> dict[str, Any]:
+    return dict(requests.get(f"http://{link.address}:{PORT}/__stats__", timeout=2).json())
+
+
 def taken(link: Link) -> int:
-    stats = requests.get(f"http://{link.address}:{PORT}/__stats__", timeout=2).json()
-    return int(stats["tagged"])
+    return int(stats(link)["tagged"])
+
+
+async def load(url: str, seconds: float, rate: float) -> dict[str, Any]:
+    """bench/scenarios.py's reads at ``rate``, and a broadcast a second beside them."""
+    reads, sends = await asyncio.gather(
+        run_load(url, seconds, rate, seed=11), broadcasts(url, seconds)
+    )
+    return {**reads, "broadcasts": sends}
+
+
+async def broadcasts(url: str, seconds: float) -> dict[str, Any]:
+    """A new signed transfer every second, each answer checked: ``ok`` (a result), ``errors``
+    (anything else: an error answer, a failed status, no answer within 10 s)."""
+    done = {"sent": 0, "ok": 0, "errors": 0}
+    stamp = time.time_ns()
+    async with aiohttp.ClientSession() as session:
+
+        async def one(n: int) -> None:
+            tx = {
+                "ref_block_num": 1,
+                "ref_block_prefix": 2,
+                "expiration": "2030-01-01T00:00:00",
+                "operations": [
+                    ["transfer", {"from": "alice", "to": "bob", "amount": "1.000 STEEM"}]
+                ],
+                "signatures": [f"{stamp:032x}{n:098x}"],  # (unique, as a signature is)
+            }
+            body = {"jsonrpc": "2.0", "id": n, "method": "condenser_api.broadcast_transaction",
+                    "params": [tx]}  # fmt: skip
+            done["sent"] += 1
+            try:
+                timeout = aiohttp.ClientTimeout(total=10)
+                async with session.post(url, json=body, timeout=timeout) as resp:
+                    answer = await resp.json(content_type=None)
+                    good = resp.status == 200 and "result" in answer
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                good = False
+            done["ok" if good else "errors"] += 1
+
+        await asyncio.gather(*(_after(n, one) for n in range(int(seconds))))
+    return done
+
+
+async def _after(n: int, work: Callable[[int], Awaitable[None]]) -> None:
+    await asyncio.sleep(0.5 + n)
+    await work(n)
 
 
 def run_one(kind: str, balancer: str, seconds: float, rate: float) -> dict[str, Any]:
@@ -158,14 +217,16 @@ def run_one(kind: str, balancer: str, seconds: float, rate: float) -> dict[str, 
                         healed_at.append(time.monotonic())
                         return
 
-            mover = threading.Thread(target=timeline)
+            mover = threading.Thread(target=timeline, daemon=True)
             mover.start()
             if kind == "resolver":
                 seconds = RESOLVER_SECONDS
-            result = asyncio.run(
-                run_load(f"http://127.0.0.1:{port}/", LEAD + seconds + AFTER, rate, seed=11)
-            )
+            result = asyncio.run(load(f"http://127.0.0.1:{port}/", LEAD + seconds + AFTER, rate))
             result["fault_s"] = seconds
+            takers: Counter[str] = Counter()  # each transaction: how many nodes took it
+            for link in links.values():
+                takers.update(stats(link)["taken"])
+            result["broadcasts"]["twice"] = sum(1 for n in takers.values() if n > 1)
             done.set()
             mover.join(30)
             result["recovery_s"] = healed_at[1] - healed_at[0] if len(healed_at) > 1 else None
@@ -202,14 +263,16 @@ def table(rows: list[dict[str, Any]], seconds: float, rate: float) -> str:
         f"under {rate:g} req/s (open loop, bench/scenarios.py's mix); `bench/faults.py`.",
         "",
         "| fault | balancer | requests | errors | stale | p50 ms | p99 ms | p99.9 ms | max ms "
-        "| recovery s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| recovery s | broadcasts failed | on two nodes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         recovery = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.1f}"
+        sends = r["broadcasts"]
         lines.append(
             f"| {r['fault']} | {r['balancer']} | {r['requests']} | {r['errors']} | {r['stale']} "
-            f"| {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} | {r['max']:.0f} | {recovery} |"
+            f"| {r['p50']:.1f} | {r['p99']:.1f} | {r['p999']:.1f} | {r['max']:.0f} | {recovery} "
+            f"| {sends['errors']} of {sends['sent']} | {sends['twice']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -222,7 +285,9 @@ def main() -> None:
     parser.add_argument("--balancers", default="rpcbalancer,nginx,haproxy")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", default="faults")
+    parser.add_argument("--src", type=Path, help="the checkout that rpcbalancer@old runs")
     args = parser.parse_args()
+    scenarios.SOURCE = args.src.resolve() if args.src else None
     # SIGTERM unwinds like Ctrl-C, so the namespaces, links and processes are taken down.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     kinds = args.only.split(",") if args.only else list(FAULTS)

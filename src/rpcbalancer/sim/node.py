@@ -194,7 +194,10 @@ class FakeNode:
         if self.chain == "evm" and request.headers.get("Upgrade", "").lower() == "websocket":
             return await websocket.serve(self, request)
         if request.path == "/__stats__":  # for the benchmark: never misbehaves
-            return web.json_response({"tagged": self.tagged, "counts": dict(self.counts)})
+            taken = [tx for tx, node in self.mempool.taken_by.items() if node == self.name]
+            return web.json_response(
+                {"tagged": self.tagged, "counts": dict(self.counts), "taken": taken}
+            )
         self.counts["GET " + request.path] += 1
         self._note_headers(request)
         failed = await self._misbehave()
