@@ -70,6 +70,8 @@ PORT = 8090
 RESOLVER_SECONDS = 60.0
 """How long the resolver is down (the issue's figure)."""
 DOMAIN = "rpcbt.test"
+SENDS = True
+"""Whether a broadcast a second goes with the reads (--no-broadcasts: not)."""
 LEAD = 5.0
 """Seconds of load before the fault."""
 AFTER = 10.0
@@ -121,7 +123,7 @@ def taken(link: Link) -> int:
 async def load(url: str, seconds: float, rate: float) -> dict[str, Any]:
     """bench/scenarios.py's reads at ``rate``, and a broadcast a second beside them."""
     reads, sends = await asyncio.gather(
-        run_load(url, seconds, rate, seed=11), broadcasts(url, seconds)
+        run_load(url, seconds, rate, seed=11), broadcasts(url, seconds if SENDS else 0)
     )
     return {**reads, "broadcasts": sends}
 
@@ -286,7 +288,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", default="faults")
     parser.add_argument("--src", type=Path, help="the checkout that rpcbalancer@old runs")
+    parser.add_argument("--no-broadcasts", action="store_true", help="reads only")
     args = parser.parse_args()
+    global SENDS
+    SENDS = not args.no_broadcasts
     scenarios.SOURCE = args.src.resolve() if args.src else None
     # SIGTERM unwinds like Ctrl-C, so the namespaces, links and processes are taken down.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

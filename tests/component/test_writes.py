@@ -111,6 +111,29 @@ async def test_when_the_node_that_took_it_dies_a_node_past_its_block_answers(
     assert h.name_of(resp) == "a"
 
 
+async def test_when_the_node_that_took_it_stops_answering_reads_go_elsewhere_at_once(
+    harness: Any,
+) -> None:
+    """The node that took the client's transfer goes dark (it reads requests and never
+    answers). The client's next read, sent there, is hedged to a node past the transfer's
+    block (a node alone in a request's choice was never hedged: it waited out the try's
+    timeout, and under load the retry budget ran out: errors); while that try hangs, the
+    client's reads go to that node directly."""
+    h = await harness(fleet(), strategy="fastest", hedge={"min_delay": 0.02, "max_delay": 0.1})
+    start = await balance(h, "bob")
+    await send(h, 1)  # fastest: b, 4 blocks behind, takes it
+    assert [n for n, node in h.nodes.items() if node.broadcasts] == ["b"]
+    h.nodes["b"].set(hang_rate=1.0)
+    body = orjson.dumps({"jsonrpc": "2.0", "method": ACCOUNTS, "params": [["bob"]], "id": 2})
+    resp = await h.post(body, peer="10.0.0.1")
+    assert h.name_of(resp) == "a"  # at the head: past the transfer's block (c lags too)
+    assert orjson.loads(resp.body)["result"][0]["balance"] == f"{start + 1:.3f} STEEM"
+    assert h.balancer.stats.hedges == 1
+    resp = await h.post(body, peer="10.0.0.1")
+    assert h.name_of(resp) == "a"
+    assert h.balancer.stats.hedges == 1  # not sent to b first: it is not answering
+
+
 async def test_other_clients_are_balanced_as_before(harness: Any) -> None:
     h = await harness(fleet(), strategy="round_robin", hedge={"enabled": False})
     await send(h, 1, peer="10.0.0.1")

@@ -14,7 +14,7 @@ from rpcbalancer.fleet.latency import LoadLatency, bucket
 from rpcbalancer.fleet.nodes import Node
 from rpcbalancer.fleet.policies import PickContext, make_policy
 
-from .helpers import make_nodes
+from .helpers import make_nodes, probed
 
 
 def fastest(**params: object):  # type: ignore[no-untyped-def]
@@ -228,3 +228,44 @@ def test_the_hetero_fleet_keeps_its_fast_node_through_bursts() -> None:
         node.begin(now)
         chosen[node.index] += 1
     assert chosen == {0: 8}
+
+
+def test_an_idle_node_known_by_its_probes_is_compared_as_if_it_answered_requests() -> None:
+    """Both nodes answer requests in 6.4 ms and probes in 7.3 ms (a probe reads slower).
+    While busy, each learns how its probes read; then one goes idle, known by its probes
+    only, and is predicted at its requests' latency, not at its probes' (raw, it would
+    lose every comparison with the busy one, and never be sent a request again)."""
+    idle, busy = make_nodes(2)
+    rng = random.Random(3)
+    t = 0.0
+    for second in range(40):  # both busy: a probe every 2 s, requests between
+        for node in (idle, busy):
+            for k in range(50):
+                serve(node, second + k * 0.02, 0.0064 * math.exp(0.1 * rng.gauss(0, 1)))
+            if second % 2 == 0:
+                probed(node, at=second + 0.99, latency=0.0073)
+    assert math.exp(idle.latencies.probe_skew) == pytest.approx(0.0073 / 0.0064, rel=0.05)
+    for second in range(40, 60):  # one idle: only its probes
+        t = second + 0.5
+        for k in range(50):
+            serve(busy, second + k * 0.02, 0.0064 * math.exp(0.1 * rng.gauss(0, 1)))
+        if second % 2 == 0:
+            probed(idle, at=t, latency=0.0073)
+            probed(busy, at=t, latency=0.0073)
+    assert idle.predicted(t) == pytest.approx(0.0064, rel=0.05)
+    assert idle.predicted(t) == pytest.approx(busy.predicted(t), rel=0.05)
+
+
+def test_probes_count_as_they_read_until_requests_say_otherwise() -> None:
+    """A node never sent a request has no skew: its probes count raw. A skew is bounded
+    (4x), whatever a probe took."""
+    (node,) = make_nodes(1)
+    for second in range(10):
+        probed(node, at=float(second), latency=0.010)
+    assert node.latencies.probe_skew == 0.0
+    assert node.model.level == pytest.approx(0.010)
+    for second in range(10, 40):
+        for k in range(20):
+            serve(node, second + k * 0.01, 0.001)
+        probed(node, at=second + 0.5, latency=1.0)  # absurdly slow probes
+    assert math.exp(node.latencies.probe_skew) == pytest.approx(4.0, rel=0.05)

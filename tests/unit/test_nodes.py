@@ -236,3 +236,19 @@ def test_each_exclusion_has_a_bounded_kind_and_a_reason() -> None:
     assert kinds == ["ejected", "down", "lagging", "stale_head", "old_version", None]
     assert f.exclusion(lagging, 0.0) == "60 blocks behind the best node (max 10)"
     assert str(f.excluded(old_version, 0.0)) == "version 0.22.0 is below min_version 0.23"
+
+
+def test_a_node_is_answering_until_its_tries_wait_too_long_or_its_last_one_failed() -> None:
+    (node,) = make_nodes(1)
+    assert node.answering(0.0)  # never tried: nothing says otherwise
+    for k in range(20):
+        node.begin(k * 0.1)
+        node.end(k * 0.1 + 0.005, 0.005, True)
+    node.begin(3.0)
+    assert node.answering(3.015)  # out 15 ms, usually 5: not yet
+    assert not node.answering(3.025)  # out 25 ms: more than 4 times its usual latency
+    node.end(3.03, 0.03, False)
+    assert not node.answering(3.03)  # its last try failed
+    node.begin(3.1)
+    node.end(3.105, 0.005, True)
+    assert node.answering(3.105)  # it answers again

@@ -22,6 +22,12 @@ QUANTILE_EVERY = 0.1
 """Seconds between recomputations of a quantile under load (see :meth:`Latencies.quantile`)."""
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Upper bounds (seconds) of the latency histogram kept per node (Prometheus buckets)."""
+SKEW_TRIES = 10
+"""Tries answered since the last probe for a probe to teach how it reads against them."""
+SKEW_ALPHA = 0.2
+"""Weight of one probe in the skew: about the last five decide it."""
+SKEW_MAX = math.log(4.0)
+"""A probe is taken to read at most 4 times slower or faster than a request."""
 
 
 class Latencies:
@@ -31,8 +37,10 @@ class Latencies:
         "_quantile",
         "_quantile_at",
         "_quantile_seen",
+        "_seen_at_probe",
         "hist",
         "model",
+        "probe_skew",
         "seen",
         "sum",
         "window",
@@ -53,6 +61,9 @@ class Latencies:
         self._quantile: dict[float, float] = {}
         self._quantile_seen = 0
         self._quantile_at = 0.0
+        self.probe_skew = 0.0
+        """How much slower a probe reads than a request to this node, as a log ratio."""
+        self._seen_at_probe = 0
 
     def __repr__(self) -> str:
         ewma = f"{self._ewma * 1000:.1f}ms" if self._ewma is not None else "?"
@@ -79,8 +90,25 @@ class Latencies:
             self._ewma = ewma * weight + sample * (1.0 - weight)
         self._ewma_at = now
 
+    def probed(self, now: float, latency: float) -> None:
+        """A probe answered in ``latency`` seconds. A probe does not read as a request does
+        (another call, on a connection idle since the last one): measured here, ~15% slower.
+        An idle node is known only by its probes, so judged by them raw it looks slower than
+        the busy nodes it is compared with, and may never be sent a request again. So, while
+        the node also answers requests, each probe learns how it reads against the level
+        they set (:attr:`probe_skew`), and every probe is counted as the request it stands
+        for."""
+        level = self.model.level
+        if level is not None and self.seen - self._seen_at_probe >= SKEW_TRIES:
+            skew = math.log(max(latency, 1e-4) / level)
+            skew = min(SKEW_MAX, max(-SKEW_MAX, skew))
+            self.probe_skew += SKEW_ALPHA * (skew - self.probe_skew)
+        self._seen_at_probe = self.seen
+        self.observe(now, latency * math.exp(-self.probe_skew))
+
     def restart(self) -> None:
-        """Forget the level (a node back from down), keep how load slows it."""
+        """Forget the level (a node back from down), keep how load slows it (and how its
+        probes read)."""
         self._ewma = None
         self.model.restart()
 

@@ -333,6 +333,20 @@ class Node:
                 return age
         return predicted
 
+    def answering(self, now: float) -> bool:
+        """False when its last try failed (or was swallowed: abandoned unanswered after
+        :data:`SWALLOWED` times its usual latency), or while the tries out to it have waited,
+        on average, that long: it is not answering now. A request that would go to it alone
+        (a read following the client's write) goes elsewhere until it answers again."""
+        recent = self.recent
+        if recent and not recent[-1]:
+            return False
+        inflight = self.inflight
+        if not inflight:
+            return True
+        expected = self.latencies.model.predict(inflight)
+        return expected is None or now - self.started_sum / inflight <= SWALLOWED * expected
+
     def predicted_cost(self, now: float) -> float:
         """The ``fastest`` strategy's cost (lower wins): :meth:`predicted` / weight, and
         during a slow start also / the ramp, except for a ramp's share of the calls
@@ -407,7 +421,7 @@ class Node:
             self.latencies.restart()  # reachable again after its ejection: the same
         self._changed()
         if result.ok:
-            self.latencies.observe(result.at, result.latency)
+            self.latencies.probed(result.at, result.latency)
         else:
             self.last_error = result.error
             error = result.error or ""

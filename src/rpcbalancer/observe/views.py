@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ def node_view(fleet: Fleet | FleetSet, node: Node, now: float, best: int | None)
             "ewma": _ms(node.ewma),
             "p50": _ms(node.percentile(0.5)),
             "p99": _ms(node.percentile(0.99)),
+            "probe_skew": round(math.exp(node.latencies.probe_skew), 3),
         },
         "inflight": node.inflight,
         "requests": node.requests,

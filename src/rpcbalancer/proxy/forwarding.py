@@ -204,24 +204,27 @@ class Forwarding:
         if not left:
             self.finish()
             return
+        choices = len(left)  # (a request sent to one of them may be hedged to another)
         prefer = req.prefer
-        if prefer is not None and not failopen and prefer in left:
+        if prefer is not None and not failopen and prefer in left and prefer.answering(now):
             left = [prefer]  # read-your-writes: it has the client's writes in its state
         elif req.min_head and not failopen:
             left = reached(left, req.min_head)
+            choices = len(left)
         cap = router.slots.cap
         if cap:
             free = [n for n in left if n.inflight < cap]
             if not free:  # every node is at its cap: wait for a slot, in line
                 self._queue()
                 return
+            choices -= len(left) - len(free)
             left = free
         if self.attempts and not router.budget.withdraw(now):
             self.finish()  # the retry budget is spent: no retry storm on a sick fleet
             return
         self.attempts += 1
         if failopen:
-            self._launch(left[0], len(left), now)  # least bad first
+            self._launch(left[0], choices, now)  # least bad first
             return
         policy = router.policy
         if isinstance(policy, Race):
@@ -230,10 +233,10 @@ class Forwarding:
                 self._to(RACE)
                 self._await(self._race(policy, left))
                 return
-            self._launch(winner, len(left), now)
+            self._launch(winner, choices, now)
             return
         node = policy.pick(left, PickContext(now, req.client_ip))
-        self._launch(node, len(left), now)
+        self._launch(node, choices, now)
 
     def _launch(self, node: Node, choices: int, now: float) -> None:
         self._to(TRY)
