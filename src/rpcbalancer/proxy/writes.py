@@ -6,8 +6,9 @@ its balance through a balancer may be answered by a node that has not seen it ye
 cache entry kept before it. So, for ``consistency.read_your_writes_for`` seconds after a
 client's broadcast is accepted, that client's reads
 
-* go to the node that accepted it while that node may serve (and accepted the client's
-  other broadcasts of the window: its later broadcasts go there too), else to a node whose
+* go to the node that accepted it while that node may serve and is answering (and accepted
+  the client's other broadcasts of the window: its later broadcasts go there too; a read
+  sent there is hedged like any read), else to a node whose
   head has passed the transactions' blocks (when known: the head of the accepting node plus
   one, or the block a synchronous broadcast names), else to any node;
 * are never answered from a cache entry that could be older than the broadcast (an entry kept
