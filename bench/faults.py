@@ -70,8 +70,6 @@ PORT = 8090
 RESOLVER_SECONDS = 60.0
 """How long the resolver is down (the issue's figure)."""
 DOMAIN = "rpcbt.test"
-SENDS = True
-"""Whether a broadcast a second goes with the reads (--no-broadcasts: not)."""
 LEAD = 5.0
 """Seconds of load before the fault."""
 AFTER = 10.0
@@ -120,12 +118,13 @@ def taken(link: Link) -> int:
     return int(stats(link)["tagged"])
 
 
-async def load(url: str, seconds: float, rate: float) -> dict[str, Any]:
-    """bench/scenarios.py's reads at ``rate``, and a broadcast a second beside them."""
-    reads, sends = await asyncio.gather(
-        run_load(url, seconds, rate, seed=11), broadcasts(url, seconds if SENDS else 0)
+async def load(url: str, seconds: float, rate: float, sends: bool) -> dict[str, Any]:
+    """bench/scenarios.py's reads at ``rate``, and (``sends``) a broadcast a second beside
+    them."""
+    reads, sent = await asyncio.gather(
+        run_load(url, seconds, rate, seed=11), broadcasts(url, seconds if sends else 0)
     )
-    return {**reads, "broadcasts": sends}
+    return {**reads, "broadcasts": sent}
 
 
 async def broadcasts(url: str, seconds: float) -> dict[str, Any]:
@@ -166,7 +165,9 @@ async def _after(n: int, work: Callable[[int], Awaitable[None]]) -> None:
     await work(n)
 
 
-def run_one(kind: str, balancer: str, seconds: float, rate: float) -> dict[str, Any]:
+def run_one(
+    kind: str, balancer: str, seconds: float, rate: float, sends: bool = True
+) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"rpcb-fault-{kind}-"))
     procs: list[Any] = []
     try:
@@ -223,7 +224,9 @@ def run_one(kind: str, balancer: str, seconds: float, rate: float) -> dict[str, 
             mover.start()
             if kind == "resolver":
                 seconds = RESOLVER_SECONDS
-            result = asyncio.run(load(f"http://127.0.0.1:{port}/", LEAD + seconds + AFTER, rate))
+            result = asyncio.run(
+                load(f"http://127.0.0.1:{port}/", LEAD + seconds + AFTER, rate, sends)
+            )
             result["fault_s"] = seconds
             takers: Counter[str] = Counter()  # each transaction: how many nodes took it
             for link in links.values():
@@ -290,8 +293,6 @@ def main() -> None:
     parser.add_argument("--src", type=Path, help="the checkout that rpcbalancer@old runs")
     parser.add_argument("--no-broadcasts", action="store_true", help="reads only")
     args = parser.parse_args()
-    global SENDS
-    SENDS = not args.no_broadcasts
     scenarios.SOURCE = args.src.resolve() if args.src else None
     # SIGTERM unwinds like Ctrl-C, so the namespaces, links and processes are taken down.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -300,7 +301,7 @@ def main() -> None:
     for kind in kinds:
         for _ in range(args.repeat):
             for balancer in args.balancers.split(","):
-                result = run_one(kind, balancer, args.seconds, args.rate)
+                result = run_one(kind, balancer, args.seconds, args.rate, not args.no_broadcasts)
                 row = {"fault": kind, "balancer": balancer, **result}
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "slow"}), flush=True)

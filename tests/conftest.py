@@ -28,11 +28,11 @@ def require_tool(name: str) -> str:
     insists on every service (CI sets RPCBALANCER_REQUIRE_SERVICES): then it fails."""
     import shutil
 
+    from .services import missing
+
     path = shutil.which(name)
     if path is None:
-        if os.environ.get("RPCBALANCER_REQUIRE_SERVICES"):
-            pytest.fail(f"{name} is required (RPCBALANCER_REQUIRE_SERVICES is set)")
-        pytest.skip(f"{name} is not installed (RPCBALANCER_REQUIRE_SERVICES unset)")
+        missing(f"the program {name}")
     return path
 
 
@@ -43,11 +43,11 @@ PEERS = Path(os.environ.get("RPCBALANCER_PEERS_DIR") or ROOT.parent / "shared" /
 def peer_file(name: str) -> Path:
     """A peer project's sample config file, read where it lies (never copied here). Missing,
     it skips the test, unless RPCBALANCER_REQUIRE_SERVICES is set: then it fails."""
+    from .services import missing
+
     path = PEERS / name
     if not path.is_file():
-        if os.environ.get("RPCBALANCER_REQUIRE_SERVICES"):
-            pytest.fail(f"{path} is required (RPCBALANCER_REQUIRE_SERVICES is set)")
-        pytest.skip(f"{path} is not here (RPCBALANCER_REQUIRE_SERVICES unset)")
+        missing(str(path))
     return path
 
 

@@ -362,8 +362,8 @@ class Balancer:
     def names_view(self) -> dict[str, dict[str, Any]]:
         """Each node host name's addresses as resolved for new connections, and whether its
         last lookup failed (:mod:`.upstream.names`)."""
-        names = getattr(self.transport, "names", None)
-        return names.view() if isinstance(names, Names) else {}
+        transport = self.transport
+        return transport.names.view() if isinstance(transport, H1Transport) else {}
 
     @property
     def routes_view(self) -> list[dict[str, Any]]:

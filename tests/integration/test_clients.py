@@ -11,7 +11,6 @@ returned and what the nodes got.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -26,6 +25,7 @@ from rpcbalancer.sim import Behaviour, FleetThread
 from rpcbalancer.sim.steem_api import TEST_PUBLIC_KEY
 
 from ..conftest import ROOT, BalancerProcess
+from ..services import missing
 
 CLIENTS = ROOT / "tests" / "clients"
 CLIENTS_PYTHON = ROOT / ".venv-clients" / "bin" / "python"
@@ -33,21 +33,15 @@ STEEM_ID = "0" * 64
 HIVE_ID = "beeab0de" + "0" * 56
 
 
-def _missing(what: str) -> None:
-    if os.environ.get("RPCBALANCER_REQUIRE_SERVICES"):
-        pytest.fail(f"{what} is required (RPCBALANCER_REQUIRE_SERVICES is set): make clients")
-    pytest.skip(f"{what} is not installed (make clients)")
-
-
 def _command(client: str) -> list[str]:
     """How to start a client's script (JavaScript clients by name, Python ones by file)."""
     if client.endswith(".py"):
         if not CLIENTS_PYTHON.exists():
-            _missing(".venv-clients")
+            missing(".venv-clients (make clients)")
         return [str(CLIENTS_PYTHON), str(CLIENTS / "py" / client)]
     node = shutil.which("node")
     if node is None or not (CLIENTS / "js" / "node_modules").is_dir():
-        _missing("node and tests/clients/js/node_modules")
+        missing("node and tests/clients/js/node_modules (make clients)")
     return [str(node), str(CLIENTS / "js" / client)]
 
 
@@ -334,8 +328,8 @@ def test_final_blocks_and_found_receipts_come_from_the_cache(
         assert _evm_call(lb, "eth_getBlockByNumber", ["latest", False]).headers["x-cache"] == "miss"
     unknown = "0x" + "ab" * 32
     for _ in range(2):
-        missing = _evm_call(lb, "eth_getTransactionReceipt", [unknown])
-        assert missing.json()["result"] is None and missing.headers["x-cache"] == "miss"
+        receipt = _evm_call(lb, "eth_getTransactionReceipt", [unknown])
+        assert receipt.json()["result"] is None and receipt.headers["x-cache"] == "miss"
     found = [_evm_call(lb, "eth_getTransactionReceipt", [tx_hash]) for _ in range(2)]
     assert [f.headers["x-cache"] for f in found] == ["miss", "hit"]
     assert found[1].json()["result"]["transactionHash"] == tx_hash

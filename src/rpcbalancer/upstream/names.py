@@ -21,6 +21,7 @@ addresses already and this is bypassed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import socket
@@ -100,13 +101,12 @@ class Names:
     def _look_up(self, key: tuple[str, int]) -> asyncio.Task[list[str]]:
         task = asyncio.get_running_loop().create_task(self._resolve(key))
         self._lookups[key] = task
-        task.add_done_callback(self._finished)
+        task.add_done_callback(functools.partial(self._finished, key))
         return task
 
-    def _finished(self, task: asyncio.Task[list[str]]) -> None:
-        for key, running in list(self._lookups.items()):
-            if running is task:
-                del self._lookups[key]
+    def _finished(self, key: tuple[str, int], task: asyncio.Task[list[str]]) -> None:
+        if self._lookups.get(key) is task:
+            del self._lookups[key]
         if not task.cancelled():
             task.exception()  # (retrieved: the callers that waited have it)
 
