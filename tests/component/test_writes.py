@@ -145,6 +145,52 @@ async def test_other_clients_are_balanced_as_before(harness: Any) -> None:
     assert len(h.gateway.writes) == 1
 
 
+async def test_only_the_reads_that_may_see_it_follow_the_broadcast(harness: Any) -> None:
+    """After its transfer, the client's account reads go to the node that took it; its
+    reads of what no transaction changes (the chain's properties, a block by number, the
+    node's version), alone or in a batch, are balanced as anyone's: a broadcasting client
+    does not tie the rest of its traffic to one node."""
+    h = await harness(fleet(), strategy="round_robin", hedge={"enabled": False})
+    await send(h, 1)
+    took = [name for name, node in h.nodes.items() if node.broadcasts]
+    assert len(took) == 1
+
+    async def served(*members: tuple[str, list[Any]]) -> set[str]:
+        names = set()
+        for n in range(6):
+            calls = [{"jsonrpc": "2.0", "method": m, "params": p, "id": n} for m, p in members]
+            body = orjson.dumps(calls if len(calls) > 1 else calls[0])
+            resp = await h.post(body, peer="10.0.0.1")
+            assert resp.status == 200, resp.body
+            names.add(h.name_of(resp))
+        return names
+
+    assert await served((ACCOUNTS, [["bob"]])) == set(took)
+    assert await served((HISTORY, ["bob", -1, 10])) == set(took)
+    assert await served(("condenser_api.get_version", [])) == {"a", "b", "c"}
+    assert await served(("condenser_api.get_block", [1])) == {"a", "b", "c"}
+    blind = (("condenser_api.get_config", []), ("condenser_api.get_version", []))
+    assert await served(*blind) == {"a", "b", "c"}
+    assert await served(*blind, (ACCOUNTS, [["bob"]])) == set(took)
+
+
+async def test_the_block_a_synchronous_broadcast_names_is_never_null(harness: Any) -> None:
+    """``broadcast_transaction_synchronous`` answers with the block that holds the
+    transaction; a read of that block (balanced as anyone's: a block is read by number) is
+    not answered ``null`` by a node that has not got it yet: it is asked again until one
+    has. (The simulated node names its next block at once, where a real one answers once it
+    has applied it: here no node has the block until the chain makes it.)"""
+    nodes = {name: Behaviour(latency=0.001) for name in "abc"}  # all at the head
+    h = await harness(nodes, strategy="round_robin", hedge={"enabled": False})
+    tx = {"jsonrpc": "2.0", "method": f"{BROADCAST}_synchronous", "params": [transfer(7)], "id": 1}
+    resp = await h.post(orjson.dumps(tx), peer="10.0.0.1")
+    block = orjson.loads(resp.body)["result"]["block_num"]
+    read = {"jsonrpc": "2.0", "method": "condenser_api.get_block", "params": [block], "id": 2}
+    resp = await h.post(orjson.dumps(read), peer="10.0.0.2")
+    assert resp.status == 200, resp.body
+    assert orjson.loads(resp.body)["result"] is not None
+
+
 @pytest.mark.parametrize("ryw", [True, False])
 async def test_a_broadcast_in_a_batch_is_read_back_in_a_batch(harness: Any, ryw: bool) -> None:
     """The transfer goes in a batch beside a read; the balance and the history are read back

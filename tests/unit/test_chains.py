@@ -85,6 +85,30 @@ def test_steem_broadcast_methods() -> None:
     assert not STEEM.is_broadcast("condenser_api.get_block")
 
 
+def test_which_calls_may_see_a_clients_own_transaction() -> None:
+    """After a broadcast, the client's calls that may read what it changed follow it; what
+    no transaction changes is routed as anyone's. A call not known either way follows."""
+    steem, evm = CHAINS["steem"], Evm()
+    for name in ("get_accounts", "get_account_history", "get_transaction", "find_rc_accounts"):
+        assert steem.sees_writes(name)
+    for name in ("get_dynamic_global_properties", "get_block", "get_version", "get_config"):
+        assert not steem.sees_writes(name)
+    for name in ("eth_getBalance", "eth_getTransactionCount", "eth_getTransactionReceipt"):
+        assert evm.sees_writes(name)
+    for name in ("eth_call", "eth_getLogs", "eth_estimateGas", "some_new_method"):
+        assert evm.sees_writes(name)
+    for name in ("eth_blockNumber", "eth_chainId", "eth_getBlockByNumber", "eth_gasPrice"):
+        assert not evm.sees_writes(name)
+
+
+def test_a_synchronous_broadcast_shows_the_block_that_holds_it() -> None:
+    steem = CHAINS["steem"]
+    answer = b'{"jsonrpc":"2.0","result":{"id":"ab","block_num":1234,"trx_num":0,"expired":false},"id":1}'
+    assert steem.named_block("broadcast_transaction_synchronous", answer) == 1234
+    assert steem.named_block("broadcast_transaction", b'{"result":{},"id":1}') is None
+    assert steem.named_block("get_transaction", answer) is None
+
+
 def test_evm_reading() -> None:
     evm = CHAINS["evm"]
     reading = evm.read(

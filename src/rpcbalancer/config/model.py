@@ -240,10 +240,12 @@ class ConsistencyConfig(_Model):
     one head: an answer that reports the head is settled with it before it goes out (one
     Redis call on those calls only). ``false``: each process holds its own."""
     read_your_writes: bool = True
-    """After a client's broadcast is accepted, its reads go to the node that accepted it (or
-    to one whose head passed the transaction's block) and skip cache entries that could be
-    older, for ``read_your_writes_for`` seconds. The client is its API key, else its
-    address. ``false``: its reads are routed and cached as anyone's."""
+    """After a client's broadcast is accepted, its reads that could see it (accounts,
+    balances, nonces, the transaction: not the chain's properties, a block by number, the
+    version) go to the node that accepted it (or to one whose head passed the transaction's
+    block) and skip cache entries that could be older, for ``read_your_writes_for``
+    seconds. The client is its API key, else its address. ``false``: its reads are routed
+    and cached as anyone's."""
     read_your_writes_for: Seconds = Field(30.0, gt=0)
     """Seconds a client's reads follow its latest broadcast (the slowest usable node passes
     its block within ``max_block_lag`` blocks)."""

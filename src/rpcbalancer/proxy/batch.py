@@ -92,8 +92,10 @@ class Batch:
         caching = lookup.cache is not None
         by_group: dict[str, list[tuple[int, Plan]]] = {}
         rewritten = False
+        follows = False
         for index, member in enumerate(call.members):
             plan = way.planner.plan(member)
+            follows = follows or plan.shape.follows_writes
             if plan.shape.limit:
                 refused = way.planner.refusal(plan)
                 if refused is not None:  # this member only: the others go on without it
@@ -107,7 +109,12 @@ class Batch:
                     lookup.count(label, "bypass")
                 else:
                     entry = lookup.here(plan)
-                    if entry is not None and ctx.wrote is not None and entry.expires != math.inf:
+                    if (
+                        entry is not None
+                        and ctx.wrote is not None
+                        and plan.shape.follows_writes
+                        and entry.expires != math.inf
+                    ):
                         entry = None  # it may be older than the client's own broadcast
                     if entry is not None and "id" in member:
                         lookup.count(label, "hit")
@@ -126,6 +133,8 @@ class Batch:
             # (A member that reports the head is answered member by member: it may be held.)
             rewritten = rewritten or plan.shape.rewritten or plan.shape.reports_head
             by_group.setdefault(plan.shape.group.name, []).append((index, plan))
+        if not follows:
+            ctx.wrote = None  # no member can see the client's broadcast: routed as anyone's
         if len(by_group) == 1 and not self.hits and not rewritten:
             plans = next(iter(by_group.values()))
             self._whole(plans)

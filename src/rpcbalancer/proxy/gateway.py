@@ -221,6 +221,8 @@ class Gateway:
         plan = self.planner.plan(call.members[0])
         ctx.plan = plan
         ctx.groups = plan.shape.groups
+        if ctx.wrote is not None and not plan.shape.follows_writes:
+            ctx.wrote = None  # it cannot see the client's broadcast: routed as anyone's
         if plan.shape.limit:  # a heavy call: within the limit, or refused here
             refused = self.planner.refusal(plan)
             if refused is not None:

@@ -64,6 +64,9 @@ class Shape:
     never split."""
     pins: bool = False
     """It may read at a block tag, and its group resolves tags to numbers (:mod:`.heads`)."""
+    follows_writes: bool = True
+    """After the client's broadcast, it goes where the broadcast went (:mod:`.writes`): a
+    broadcast, or a read that may see what a transaction changed."""
 
 
 class Plan:
@@ -254,5 +257,6 @@ class Planner:
             limit=chain.cap(parts[-1]) if route.limit is None else route.limit,
             split=chain.chunk(parts[-1]) if route.split is None else route.split,
             pins=group.heads is not None and not broadcast and chain.tagged(parts[-1]),
+            follows_writes=broadcast or chain.sees_writes(parts[-1]),
         )
         return shape, name.params

@@ -4,7 +4,9 @@ A transaction a node accepted is in that node's state at once (its pending block
 others' only once it is in a block they have: a client that sends a transfer and then reads
 its balance through a balancer may be answered by a node that has not seen it yet, or from a
 cache entry kept before it. So, for ``consistency.read_your_writes_for`` seconds after a
-client's broadcast is accepted, that client's reads
+client's broadcast is accepted, that client's reads that could see it (the chain preset's
+:meth:`~rpcbalancer.health.chains.base.Chain.sees_writes`: not the chain's properties, a
+block by number, the version, which are routed as anyone's)
 
 * go to the node that accepted it while that node may serve and is answering (and accepted
   the client's other broadcasts of the window: its later broadcasts go there too; a read

@@ -108,6 +108,13 @@ class Chain(Protocol):
         alone), or None."""
         ...
 
+    def sees_writes(self, name: str) -> bool:
+        """Whether a call of this name may read what a client's own transaction changed
+        (accounts, balances, nonces, the transaction): after a broadcast, that client's calls
+        of it follow the broadcast (:mod:`~rpcbalancer.proxy.writes`). False for what no
+        transaction changes (the chain's properties, a block by number, the node's version)."""
+        ...
+
     def tagged(self, name: str) -> bool:
         """Whether a call of this name may read at a block named by a tag (EVM's ``latest``,
         ``safe``, ``finalized``): the balancer resolves such a tag to a number

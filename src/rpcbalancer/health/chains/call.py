@@ -81,6 +81,9 @@ class CallProbe:
     def reports_head(self, name: str) -> bool:
         return False  # not a chain node: its answers say nothing of a head
 
+    def sees_writes(self, name: str) -> bool:
+        return bool(self.chain.sees_writes(name))
+
     def reported_head(self, body: bytes) -> int | None:
         return None
 

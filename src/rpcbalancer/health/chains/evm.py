@@ -59,6 +59,32 @@ _LEFT_OUT_IS_LATEST = frozenset(
 """Reads whose block may be left out (then it is ``latest``)."""
 _TAGS = frozenset({"latest", "safe", "finalized"})
 """The tags resolved to a number (``pending`` and ``earliest`` go as asked)."""
+_BLIND = frozenset(
+    {
+        "eth_blockNumber",
+        "eth_chainId",
+        "net_version",
+        "net_listening",
+        "net_peerCount",
+        "web3_clientVersion",
+        "eth_protocolVersion",
+        "eth_syncing",
+        "eth_gasPrice",
+        "eth_maxPriorityFeePerGas",
+        "eth_blobBaseFee",
+        "eth_feeHistory",
+        "eth_getBlockByNumber",
+        "eth_getBlockByHash",
+        "eth_getBlockTransactionCountByNumber",
+        "eth_getBlockTransactionCountByHash",
+        "eth_getUncleCountByBlockNumber",
+        "eth_getUncleCountByBlockHash",
+    }
+)
+"""Calls no transaction of a client's changes the answer to (a block is read by its number
+or hash: one a client was shown is never answered null, one by hash is asked of another node
+before ``null`` stands)."""
+
 _NAMES_BLOCK = {
     "eth_getTransactionReceipt": b'"blockNumber"',
     "eth_getTransactionByHash": b'"blockNumber"',
@@ -201,6 +227,9 @@ class Evm:
 
     def reports_head(self, name: str) -> bool:
         return name == "eth_blockNumber"
+
+    def sees_writes(self, name: str) -> bool:
+        return name not in _BLIND
 
     def reported_head(self, body: bytes) -> int | None:
         """``eth_blockNumber``'s result, a hex quantity (``"0x1b4"``)."""

@@ -29,6 +29,30 @@ _BROADCAST_PREFIXES = (
 
 _TRANSACTION_APIS = frozenset({"condenser_api", "network_broadcast_api"})
 
+_BLIND = frozenset(
+    {
+        "get_dynamic_global_properties",
+        "get_config",
+        "get_version",
+        "get_chain_properties",
+        "get_hardfork_version",
+        "get_next_scheduled_hardfork",
+        "get_current_median_history_price",
+        "get_feed_history",
+        "get_reward_fund",
+        "get_witness_schedule",
+        "get_active_witnesses",
+        "get_block",
+        "get_block_header",
+        "get_ops_in_block",
+        "get_block_range",
+        "get_methods",
+    }
+)
+"""Calls no transaction of a client's changes the answer to (the head they report is held by
+:mod:`~rpcbalancer.proxy.heads`; a block is asked for by number, and a block a client was
+shown is never answered null)."""
+
 _CAPS = {"get_account_history": 1000, "get_block_range": 1000}
 """What one call may ask for at most on a public endpoint (the nodes' own limits)."""
 _ASKED = {"get_account_history": ("limit", 2), "get_block_range": ("count", 1)}
@@ -217,6 +241,9 @@ class SteemLike:
     def reported_head(self, body: bytes) -> int | None:
         return self.head_in(body)
 
+    def sees_writes(self, name: str) -> bool:
+        return name not in _BLIND
+
     def tagged(self, name: str) -> bool:
         return False  # blocks are asked for by number
 
@@ -226,7 +253,9 @@ class SteemLike:
         return None
 
     def named_block(self, name: str, body: bytes) -> int | None:
-        return None
+        if name != "broadcast_transaction_synchronous" or b'"block_num"' not in body:
+            return None
+        return number_after(body, b'"block_num"')  # the block that holds it
 
     def head_result(self, head: int) -> bytes | None:
         return None  # the head comes with the rest of the chain's properties
