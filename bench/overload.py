@@ -143,15 +143,24 @@ def uncap() -> None:
         CGROUP.rmdir()  # (empty once its process has ended)
 
 
+SOURCE: Path | None = None
+"""Another checkout whose ``src`` runs as ``rpcbalancer@old`` (``--src``)."""
+
+
 def start(name: str, tmp: Path, port: int, config: Path) -> subprocess.Popen[bytes]:
-    if name == "rpcbalancer":
+    env = dict(os.environ)
+    if name == "rpcbalancer@old":
+        if SOURCE is None:
+            sys.exit("rpcbalancer@old runs the checkout given by --src")
+        env["PYTHONPATH"] = str(SOURCE / "src")
+    if name.startswith("rpcbalancer"):
         cmd = serve_cmd(config, port)
     elif name == "nginx":
         cmd = ["nginx", "-c", str(tmp / "proxy.conf"), "-p", str(tmp)]
     else:
         cmd = ["haproxy", "-f", str(tmp / "haproxy.cfg")]
     return subprocess.Popen(
-        ["taskset", "-c", "1", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["taskset", "-c", "1", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
 
 
@@ -195,14 +204,17 @@ def main() -> None:
         "must send 3x what the balancer serves from the other core of two",
     )
     parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    parser.add_argument("--src", type=Path, help="the checkout that rpcbalancer@old runs")
     args = parser.parse_args()
+    global SOURCE
+    SOURCE = args.src.resolve() if args.src else None
     for tool in ("nginx", "haproxy", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is needed (apt-get install nginx-light haproxy util-linux)")
     vegeta()
     tmp = Path(tempfile.mkdtemp(prefix="rpcb-overload-"))
     node_ports = [free_port() for _ in range(3)]
-    ports = {name: free_port() for name in ("rpcbalancer", "nginx", "haproxy")}
+    ports = {name: free_port() for name in ("rpcbalancer", "nginx", "haproxy", "rpcbalancer@old")}
     config = write_configs(tmp, node_ports, ports, json.loads(args.set))
 
     def port_for(name: str) -> int:
@@ -247,7 +259,7 @@ def main() -> None:
             if capacity is None:
                 capacity = float(own["goodput_rps"])
             rows.append({"balancer": name, "phase": "capacity (closed loop)", **own})
-            if name == "rpcbalancer":  # the phases below meet the configuration as it is
+            if name.startswith("rpcbalancer"):  # the phases below meet the configuration as it is
                 stop_all([proc])
                 procs.remove(proc)
                 uncap()
