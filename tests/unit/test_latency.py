@@ -269,3 +269,37 @@ def test_probes_count_as_they_read_until_requests_say_otherwise() -> None:
             serve(node, second + k * 0.01, 0.001)
         probed(node, at=second + 0.5, latency=1.0)  # absurdly slow probes
     assert math.exp(node.latencies.probe_skew) == pytest.approx(4.0, rel=0.05)
+
+
+def test_an_idle_node_whose_probes_read_far_faster_twice_starts_its_level_over() -> None:
+    """A slow link made a node answer in 200 ms, and it was left idle. The link heals: its
+    probes read 2 ms. Each probe used to move its level a third of the way (in log), so it
+    stayed the slowest for five probes or more; two probes in a row 4x below the level, with
+    no request between, start it over from them. One fast probe, or fast probes with a
+    request between them, move it as before."""
+
+    def slow_then_idle() -> Node:
+        (node,) = make_nodes(1)
+        for k in range(30):
+            serve(node, k * 0.1, 0.200)
+        probed(node, at=4.0, latency=0.200)  # while the link is slow: it reads as requests do
+        return node
+
+    node = slow_then_idle()
+    probed(node, at=6.0, latency=0.002)
+    assert node.model.level is not None and node.model.level > 0.02
+    probed(node, at=8.0, latency=0.002)
+    assert node.model.level == pytest.approx(0.002, rel=0.01)
+    assert node.predicted(8.0) == pytest.approx(0.002, rel=0.01)
+
+    busy = slow_then_idle()
+    probed(busy, at=6.0, latency=0.002)
+    serve(busy, 7.0, 0.200)  # a request between: it learns from that
+    probed(busy, at=8.0, latency=0.002)
+    assert busy.model.level is not None and busy.model.level > 0.02
+
+    flapping = slow_then_idle()
+    probed(flapping, at=6.0, latency=0.002)
+    probed(flapping, at=8.0, latency=0.150)  # not twice in a row
+    probed(flapping, at=10.0, latency=0.002)
+    assert flapping.model.level is not None and flapping.model.level > 0.02

@@ -28,12 +28,16 @@ SKEW_ALPHA = 0.2
 """Weight of one probe in the skew: about the last five decide it."""
 SKEW_MAX = math.log(4.0)
 """A probe is taken to read at most 4 times slower or faster than a request."""
+SHIFT = 4.0
+"""An idle node whose probes read this many times faster than its level, twice in a row,
+has changed (a slow link healed): its level starts again from them."""
 
 
 class Latencies:
     __slots__ = (
         "_ewma",
         "_ewma_at",
+        "_fast_probe",
         "_quantile",
         "_quantile_at",
         "_quantile_seen",
@@ -64,6 +68,8 @@ class Latencies:
         self.probe_skew = 0.0
         """How much slower a probe reads than a request to this node, as a log ratio."""
         self._seen_at_probe = 0
+        self._fast_probe: float | None = None
+        """The last probe of an idle node, when it read :data:`SHIFT` times below the level."""
 
     def __repr__(self) -> str:
         ewma = f"{self._ewma * 1000:.1f}ms" if self._ewma is not None else "?"
@@ -97,14 +103,27 @@ class Latencies:
         the busy nodes it is compared with, and may never be sent a request again. So, while
         the node also answers requests, each probe learns how it reads against the level
         they set (:attr:`probe_skew`), and every probe is counted as the request it stands
-        for."""
+        for. And an idle node whose level was set by a fault (a slow link, since healed)
+        would take a probe after probe to come down, each moving it a third of the way:
+        two probes in a row :data:`SHIFT` times below it, with no request between, start
+        the level again from them."""
         level = self.model.level
-        if level is not None and self.seen - self._seen_at_probe >= SKEW_TRIES:
+        tries = self.seen - self._seen_at_probe
+        if level is not None and tries >= SKEW_TRIES:
             skew = math.log(max(latency, 1e-4) / level)
             skew = min(SKEW_MAX, max(-SKEW_MAX, skew))
             self.probe_skew += SKEW_ALPHA * (skew - self.probe_skew)
         self._seen_at_probe = self.seen
-        self.observe(now, latency * math.exp(-self.probe_skew))
+        sample = latency * math.exp(-self.probe_skew)
+        if tries or level is None or sample * SHIFT > level:
+            self._fast_probe = None
+        elif self._fast_probe is None:
+            self._fast_probe = sample
+        else:  # twice in a row, and no request between: it is another node now
+            self.model.start_over(now, math.sqrt(sample * self._fast_probe))
+            self._fast_probe = None
+            self._ewma = None
+        self.observe(now, sample)
 
     def restart(self) -> None:
         """Forget the level (a node back from down), keep how load slows it (and how its

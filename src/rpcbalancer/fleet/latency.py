@@ -129,6 +129,15 @@ class LoadLatency:
             self._shape = [value * keep for value in self._shape]
         self._decayed_at = now
 
+    def start_over(self, now: float, latency: float) -> None:
+        """The node is another now (its probes say so): its level is ``latency``, as if
+        learned afresh (keep the shape: how load slows it)."""
+        x = math.log(latency if latency > FLOOR else FLOOR)
+        self._level = self._base = x
+        self._at = self._base_at = now
+        self._predicted = None
+        self.samples = 1
+
     def restart(self) -> None:
         """Forget the level (a node back from down), keep the shape (how load slows it)."""
         self._level = self._base = None
