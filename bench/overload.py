@@ -1,12 +1,13 @@
 """Overload: one worker offered 1.5x and 3x what it can serve, beside nginx and HAProxy.
 
     .venv/bin/python bench/overload.py [--seconds 10] [--balancers rpcbalancer,nginx,haproxy]
-        [--capacity RPS] [--set JSON] [--out NAME]
+        [--capacity RPS] [--set JSON] [--out NAME] [--src DIR]
 
 The nodes are throughput.py's: three nginx server blocks answering fixed JSON from memory,
 so the balancer is what runs out. Each balancer (one process, pinned to CPU 1 and held to
 ``--quota`` of it, half by default, by a cgroup; the nodes and the load on CPU 0) is
-measured in turn:
+measured in turn (``rpcbalancer@old``: the ``src`` of the checkout ``--src`` names, for a
+paired run against another build):
 
 1. its **capacity**: vegeta at the highest rate it can get answered (closed loop, as many
    workers as ``--connections``, ``--seconds``), in answers a second. rpcbalancer's is the unit of the load for
