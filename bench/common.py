@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -60,3 +61,15 @@ def serve_cmd(config: Path, port: int, *extra: str) -> list[str]:
         str(port),
         *extra,
     ]
+
+
+def checkout_env(src: Path | None) -> dict[str, str]:
+    """The environment of an rpcbalancer target: this checkout's (the venv's), or, with
+    ``src``, ``PYTHONPATH=<src>/src`` first, so that its package is the one imported (not this
+    checkout's, whatever that holds: compiled modules beside the .py files included)."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(src / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+    return env

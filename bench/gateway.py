@@ -72,7 +72,13 @@ from typing import Any
 
 import aiohttp
 import yaml
-from common import free_port, serve_cmd, stop_all, wait_port  # bench/common.py, beside this file
+from common import (  # bench/common.py, beside this file
+    checkout_env,
+    free_port,
+    serve_cmd,
+    stop_all,
+    wait_port,
+)
 from scenarios import haproxy_conf, nginx_conf  # the peers exactly as scenarios.py runs them
 from throughput import cpu_seconds, print_profile, rss_mb, run_wrk, start_profile
 
@@ -780,18 +786,6 @@ def drone_skipped(args: argparse.Namespace) -> tuple[Path | None, Path | None, s
 
 
 # -- rpcbalancer from another checkout ----------------------------------------------------
-
-
-def checkout_env(src: Path | None) -> dict[str, str]:
-    """The environment of an rpcbalancer target: this checkout's (the venv's), or, with
-    ``src``, ``PYTHONPATH=<src>/src`` first, so that its package is the one imported (not this
-    checkout's, whatever that holds: compiled modules beside the .py files included)."""
-    env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(src / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
-        )
-    return env
 
 
 def imported_from(env: dict[str, str], cwd: Path) -> str:

@@ -42,7 +42,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import free_port, serve_cmd, stop_all, wait_port  # bench/common.py, beside this file
+from common import (  # bench/common.py, beside this file
+    checkout_env,
+    free_port,
+    serve_cmd,
+    stop_all,
+    wait_port,
+)
 from throughput import write_configs
 
 RESULTS = Path(__file__).parent / "results"
@@ -149,11 +155,9 @@ SOURCE: Path | None = None
 
 
 def start(name: str, tmp: Path, port: int, config: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    if name == "rpcbalancer@old":
-        if SOURCE is None:
-            sys.exit("rpcbalancer@old runs the checkout given by --src")
-        env["PYTHONPATH"] = str(SOURCE / "src")
+    if name == "rpcbalancer@old" and SOURCE is None:
+        sys.exit("rpcbalancer@old runs the checkout given by --src")
+    env = checkout_env(SOURCE if name == "rpcbalancer@old" else None)
     if name.startswith("rpcbalancer"):
         cmd = serve_cmd(config, port)
     elif name == "nginx":

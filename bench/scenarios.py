@@ -43,7 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import free_port, serve_cmd, stop_all, wait_port  # bench/common.py, beside this file
+from common import (  # bench/common.py, beside this file
+    checkout_env,
+    free_port,
+    serve_cmd,
+    stop_all,
+    wait_port,
+)
 
 from rpcbalancer.sim.node import chain_head
 
@@ -334,10 +340,8 @@ def start_balancer(
 ) -> subprocess.Popen[bytes]:
     """``wrap``: a command that runs the balancer's (bench/faults.py: another resolv.conf)."""
     pin = [*(wrap or []), "taskset", "-c", "1"]
-    env = dict(os.environ)
     name, _, other = name.partition("@")  # "rpcbalancer@old": from the --src checkout
-    if SOURCE is not None and other and name.startswith("rpcbalancer"):
-        env["PYTHONPATH"] = str(SOURCE / "src")
+    env = checkout_env(SOURCE if other and name.startswith("rpcbalancer") else None)
     if name.startswith("rpcbalancer"):
         config = tmp / f"{name}.json"
         config.write_text(

@@ -234,7 +234,7 @@ def test_a_balancer_cut_off_from_the_shared_store_fails_nothing_and_converges(
     backend: tuple[FaultNetwork, Link, str, dict[str, int]], tmp_path: Path
 ) -> None:
     """Three balancers share a Redis store; one is cut off from it (packets dropped, no
-    reset) for 15 seconds (``PARTITION``) while a node goes dark and comes back: no request
+    reset) for ``PARTITION`` seconds (15 by default) while a node goes dark and comes back: no request
     fails on any of them, and after the cut heals all three see the same fleet within two
     probe intervals."""
     net, back, service, ports = backend

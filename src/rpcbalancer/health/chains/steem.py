@@ -253,7 +253,7 @@ class SteemLike:
         return None
 
     def named_block(self, name: str, body: bytes) -> int | None:
-        if name != "broadcast_transaction_synchronous" or b'"block_num"' not in body:
+        if name != "broadcast_transaction_synchronous":
             return None
         return number_after(body, b'"block_num"')  # the block that holds it
 
