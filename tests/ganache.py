@@ -13,6 +13,11 @@ A node can be held back (:meth:`EvmNetwork.hold`): it gets no blocks or transact
 released (:meth:`EvmNetwork.release`), when it replays what it missed and catches up. Holding
 every node but one puts that one ahead.
 
+A node can also go onto a fork (:meth:`EvmNetwork.fork`): cut off from the network, it mines
+blocks of its own (:meth:`EvmNetwork.mine_fork`), at the network's heights with other hashes,
+until it rejoins (:meth:`EvmNetwork.rejoin`) and reorganises: its own blocks are dropped
+(``evm_revert`` to where it forked) and it replays the network's.
+
 All ganache processes start together with the same genesis (deterministic wallet, chain id
 and network id 1337, one genesis time) and are stopped by their PIDs.
 """
@@ -83,6 +88,12 @@ class EvmNode:
     never answered: the connection drops, as when a node dies right after taking it."""
     died: int = 0
     """Transactions it took and died on."""
+    fork_base: int | None = None
+    """While on a fork of its own: the events of the log it had when it forked."""
+    snapshot: str = ""
+    """ganache's snapshot of its chain where it forked (``evm_snapshot``)."""
+    fork_time: int = 0
+    """The timestamp of its latest block of its own."""
 
     @property
     def url(self) -> str:
@@ -206,10 +217,25 @@ class EvmNetwork:
             self.nodes[name].held = True
 
     def release(self, *names: str) -> None:
-        """Let held nodes catch up: they replay every block they missed."""
+        """Let held nodes catch up: they replay every block they missed (a forked node stays
+        on its fork until it rejoins)."""
         for name in names:
-            self.nodes[name].held = False
+            if self.nodes[name].fork_base is None:
+                self.nodes[name].held = False
         self._run(self._catch_up())
+
+    def fork(self, name: str) -> None:
+        """Cut a node off onto a chain of its own (it gets nothing from the network)."""
+        self._run(self._fork(self.nodes[name]))
+
+    def mine_fork(self, name: str) -> None:
+        """One block of a forked node's own chain: at the height the network would give it
+        next, with another timestamp, so another hash."""
+        self._run(self._mine_own(self.nodes[name]))
+
+    def rejoin(self, name: str) -> None:
+        """A forked node reorganises onto the network's chain and catches up."""
+        self._run(self._rejoin(self.nodes[name]))
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
@@ -246,6 +272,32 @@ class EvmNetwork:
             for node in self.nodes.values():
                 while not node.held and node.applied < len(self.log):
                     await self._apply(node, self.log[node.applied])
+
+    async def _fork(self, node: EvmNode) -> None:
+        assert self._lock is not None
+        async with self._lock:
+            while not node.held and node.applied < len(self.log):
+                await self._apply(node, self.log[node.applied])
+            node.held = True
+            node.fork_base = node.applied
+            node.snapshot = (await self._rpc(node, "evm_snapshot", []))["result"]
+            node.fork_time = self._timestamp() + 100_000  # never a timestamp of the network's
+
+    async def _mine_own(self, node: EvmNode) -> None:
+        assert self._lock is not None and node.fork_base is not None
+        async with self._lock:
+            node.fork_time += 1
+            await self._rpc(node, "evm_mine", [node.fork_time])
+
+    async def _rejoin(self, node: EvmNode) -> None:
+        assert self._lock is not None and node.fork_base is not None
+        async with self._lock:
+            reverted = await self._rpc(node, "evm_revert", [node.snapshot])
+            if reverted.get("result") is not True:
+                raise RuntimeError(f"{node.name} could not revert its fork: {reverted}")
+            node.applied, node.fork_base, node.held = node.fork_base, None, False
+            while node.applied < len(self.log):
+                await self._apply(node, self.log[node.applied])
 
     async def _send_raw(self, node: EvmNode, raw: str) -> Any:
         """The node's own answer to a signed transaction. Accepted, it goes into a new block

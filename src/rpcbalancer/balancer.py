@@ -139,7 +139,7 @@ class Balancer:
                 nodes.append(made)
                 urls.add(node.url)
                 index += 1
-            fleet = Fleet(nodes, health)
+            fleet = Fleet(nodes, health, fork_choice=config.consistency.fork_choice)
             params = spec.strategy or config.strategy
             policy = make_policy(params, self.rng)
             router = Router(

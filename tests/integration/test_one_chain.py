@@ -6,8 +6,9 @@ the lag rule), as apps that follow the chain use it.
   from four clients at once, with ``fastest``, ``round_robin`` and ``random``.
 - dsteem's and dhive's block streams (``blockchain.getBlocks``, polling the head and reading
   every block up to it) and nectar's (``Blockchain.blocks`` in head mode), and ethers' block
-  events through real ganache nodes held back and released, read every block exactly once,
-  in order, never a null, all at once for a minute; their head pollers never see the head go
+  events through real ganache nodes held back and released (one of them twice on a fork of
+  its own at the head, then reorganised), read every block exactly once, in order, never a
+  null, on one chain, all at once for a minute; their head pollers never see the head go
   back.
 """
 
@@ -17,6 +18,7 @@ import contextlib
 import itertools
 import json
 import random
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -115,14 +117,33 @@ def drifting_evm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield network
 
 
+FORKS = ((20, 44), (80, 104))
+"""Blocks (half-seconds) when g3 goes onto a fork of its own, and when it reorganises."""
+
+
 def _evm_drift(network: Any, stop: threading.Event) -> None:
     """Two blocks a second; now and then a node is held back (it gets no blocks), then
-    released after a few blocks (it catches up): never all at once, never more than 5 behind."""
+    released after a few blocks (it catches up): never all at once, never more than 5 behind.
+    Twice (:data:`FORKS`) g3 goes onto a fork of its own at the head for 12 s, a block of its
+    own beside each of the network's, and then reorganises onto the network's chain; no
+    node is held back meanwhile (its two peers are the majority)."""
     rng = random.Random(5)
     names = list(network.nodes)
     held: dict[str, int] = {}
+    tick = 0
     while not stop.wait(0.5):
+        tick += 1
         network.mine(1)
+        forking = any(start <= tick < end for start, end in FORKS)
+        if tick in (start for start, _ in FORKS):
+            network.release(*held)
+            held.clear()
+            network.fork("g3")
+        if forking:
+            network.mine_fork("g3")
+            continue
+        if tick in (end for _, end in FORKS):
+            network.rejoin("g3")
         for name in list(held):
             held[name] += 1
             if held[name] >= 5 or rng.random() < 0.3:
@@ -133,6 +154,8 @@ def _evm_drift(network: Any, stop: threading.Event) -> None:
             name = rng.choice(live)
             held[name] = 0
             network.hold(name)
+    if network["g3"].fork_base is not None:
+        network.rejoin("g3")
     network.release(*names)
 
 
@@ -145,8 +168,9 @@ def test_block_streams_read_every_block_once_in_order_for_a_minute(
 ) -> None:
     """dsteem's and dhive's ``blockchain.getBlocks`` and nectar's ``Blockchain.blocks``
     through drifting fleets, and ethers' block events through ganache nodes held back and
-    released, all at once for a minute: every block once, in order, never a null; the head
-    pollers beside them never see the head go back."""
+    released, one of them twice on a fork at the head and then reorganised, all at once for a
+    minute: every block once, in order, never a null, each block's parent the block read
+    before it; the head pollers beside them never see the head go back."""
     seconds = "60"
     configs = {
         "steem": {"nodes": drifting.urls, "strategy": "round_robin"},
@@ -185,6 +209,7 @@ def test_block_streams_read_every_block_once_in_order_for_a_minute(
         finally:
             stop.set()
             mover.join(30)
+        metrics = requests.get(lbs["evm"].url + "/metrics", timeout=10).text
     for name in ("dsteem", "dhive"):
         run = got[name]
         assert run["errors"] == [], (name, run["errors"])
@@ -212,3 +237,6 @@ def test_block_streams_read_every_block_once_in_order_for_a_minute(
         assert parent == hash_before  # one chain
     last, last_hash, _ = read[-1]
     assert drifting_evm.call("g1", "eth_getBlockByNumber", [hex(last), False])["hash"] == last_hash
+    # g3's two forks at the head were found (and it was back after each: one chain was read)
+    found = re.search(r"^rpcbalancer_forks_found_total (\S+)$", metrics, re.MULTILINE)
+    assert found is not None and float(found.group(1)) >= len(FORKS), metrics[-2000:]

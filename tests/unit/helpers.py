@@ -22,6 +22,8 @@ def probed(
     version: str | None = "0.23.1",
     head_age: float | None = 1.0,
     error: str | None = None,
+    hash: str | None = None,
+    parent: str | None = None,
 ) -> Node:
     node.apply_probe(
         ProbeResult(
@@ -32,6 +34,8 @@ def probed(
             head_block=head,
             head_age=head_age,
             version=version,
+            head_hash=hash,
+            parent_hash=parent,
         )
     )
     return node

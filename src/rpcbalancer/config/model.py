@@ -249,6 +249,10 @@ class ConsistencyConfig(_Model):
     read_your_writes_for: Seconds = Field(30.0, gt=0)
     """Seconds a client's reads follow its latest broadcast (the slowest usable node passes
     its block within ``max_block_lag`` blocks)."""
+    fork_choice: bool = True
+    """A node whose head block's hash (read by the probes) is not the one most of its
+    group's nodes have at that height is excluded (``forked``) until it is on their chain
+    again. ``false``: hashes are not compared."""
 
 
 class BroadcastConfig(_Model):

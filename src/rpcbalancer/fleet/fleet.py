@@ -1,12 +1,13 @@
 """The fleet: which nodes may serve now, and why the others may not (sans-IO).
 
 A node is *excluded* while an operator drains it (it finishes what it has, and gets nothing
-new), while it is down, lags the best head block by more than
-``max_block_lag``, has a head older than ``max_head_age``, runs a version under
-``min_version``, or was ejected (by the circuit breaker after consecutive failures, or as
-an outlier whose success rate is well below its peers'). Each exclusion has a bounded kind
-(for metric labels) and a sentence (for people). When no node is usable the fleet fails open:
-it offers every node, least bad first, because a possibly-wrong answer beats a certain error.
+new), while it is down, is on a fork (its head's hash is not the majority's: :mod:`.forks`),
+lags the best head block by more than ``max_block_lag``, has a head older than
+``max_head_age``, runs a version under ``min_version``, or was ejected (by the circuit
+breaker after consecutive failures, or as an outlier whose success rate is well below its
+peers'). Each exclusion has a bounded kind (for metric labels) and a sentence (for people).
+When no node is usable the fleet fails open: it offers every node, least bad first, because
+a possibly-wrong answer beats a certain error.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from .nodes import Health, Node, parse_version
+from .forks import ForkChoice
+from .nodes import Health, Node, ProbeResult, parse_version
 
 CANDIDATES_TTL = 0.05  # seconds the usable-node list is reused between changes
 
-ExclusionKind = Literal["drained", "ejected", "down", "lagging", "stale_head", "old_version"]
+ExclusionKind = Literal[
+    "drained", "ejected", "down", "forked", "lagging", "stale_head", "old_version"
+]
 EXCLUSION_KINDS: tuple[ExclusionKind, ...] = (
     "drained",
     "ejected",
     "down",
+    "forked",
     "lagging",
     "stale_head",
     "old_version",
@@ -44,15 +49,22 @@ class Exclusion:
 class Fleet:
     """The nodes of one balancer and the rules for which of them may serve."""
 
-    def __init__(self, nodes: list[Node], health: Health) -> None:
+    def __init__(self, nodes: list[Node], health: Health, *, fork_choice: bool = True) -> None:
         if not nodes:
             raise ValueError("a fleet needs at least one node")
         self.nodes = nodes
         self.health = health
         self._cached: tuple[float, list[Node], bool] | None = None
+        self.forks = ForkChoice()
+        self.fork_choice = fork_choice
+        """Whether probes' head hashes are compared (``consistency.fork_choice``)."""
         for node in nodes:
             node.on_change = self.invalidate
+            node.on_probe = self._probed if fork_choice else None
             node.breaker.slow_start = health.slow_start
+
+    def _probed(self, node: Node, result: ProbeResult) -> None:
+        self.forks.saw(node, result, self.nodes)
 
     def invalidate(self) -> None:
         """Forget the cached candidates: a probe or an ejection changed the picture."""
@@ -65,14 +77,21 @@ class Fleet:
             self.nodes = nodes
             for node in nodes:
                 node.on_change = self.invalidate
+                node.on_probe = self._probed if self.fork_choice else None
                 node.breaker.slow_start = self.health.slow_start
             self.invalidate()
 
     def __repr__(self) -> str:
         return f"<Fleet {self.nodes!r}>"
 
+    @property
+    def forks_found(self) -> int:
+        """Times a node was found on a fork (:mod:`.forks`)."""
+        return self.forks.forks
+
     def best_head(self) -> int | None:
-        heads = [head for n in self.nodes if (head := n.head()) is not None]
+        """The highest head of the nodes not on a fork."""
+        heads = [head for n in self.nodes if n.forked is None and (head := n.head()) is not None]
         return max(heads) if heads else None
 
     def lag(self, node: Node, best: int | None = None) -> int | None:
@@ -103,6 +122,8 @@ class Fleet:
             return None
         if not probe.ok:
             return Exclusion("down", f"down: {probe.error}")
+        if node.forked is not None:
+            return Exclusion("forked", node.forked)
         lag = self.lag(node, best)
         if lag is not None and lag > self.health.max_block_lag:
             return Exclusion(
@@ -154,6 +175,7 @@ class Fleet:
         return (
             1.0 if node.drained else 0.0,  # (failing open: a drained node last of all)
             down,
+            1.0 if node.forked is not None else 0.0,
             ejected,
             float(lag),
             float(node.breaker.consecutive_failures),
@@ -224,6 +246,11 @@ class FleetSet:
 
     def fleet_of(self, node: Node) -> Fleet:
         return self.fleets.get(node.group) or next(iter(self.fleets.values()))
+
+    @property
+    def forks_found(self) -> int:
+        """Times a node of any group was found on a fork."""
+        return sum(fleet.forks_found for fleet in self.fleets.values())
 
     def best_head(self) -> int | None:
         """None: heads are compared within a group only (pass None on to the methods)."""

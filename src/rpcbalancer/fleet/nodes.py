@@ -60,6 +60,10 @@ class ProbeResult:
     irreversible_block: int | None = None
     version: str | None = None
     version_doc: Any = None
+    head_hash: str | None = None
+    """The head block's hash (its id), where the chain reports it: fork choice compares it."""
+    parent_hash: str | None = None
+    """The hash of the block before the head, where the probe reads it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,7 @@ class Node:
         "breaker",
         "drained",
         "failures",
+        "forked",
         "group",
         "index",
         "inflight",
@@ -96,6 +101,7 @@ class Node:
         "last_error",
         "latencies",
         "on_change",
+        "on_probe",
         "passive_at",
         "passive_head",
         "probe",
@@ -139,6 +145,11 @@ class Node:
         self.probe: ProbeResult | None = None
         self.on_change: Callable[[], None] | None = None
         """Called when something that decides exclusion changed (set by the fleet)."""
+        self.on_probe: Callable[[Node, ProbeResult], None] | None = None
+        """Told of each probe after it is applied (set by the fleet: fork choice)."""
+        self.forked: str | None = None
+        """Why it is on another chain than the majority of its group, or None
+        (:mod:`.forks`)."""
         self.passive_head: int | None = None
         """The head block this node's latest answer to a client reported."""
         self.passive_at = 0.0
@@ -260,6 +271,17 @@ class Node:
         self._changed()
         return seconds
 
+    def mark_forked(self, why: str | None) -> None:
+        """Found on a fork (``why``), or back on the majority's chain (None). What it said
+        of finality on its fork is forgotten: its next probe says it again."""
+        if why == self.forked:
+            return
+        if why is not None and self.forked is None:
+            self.irreversible = None
+            self.passive_head = None
+        self.forked = why
+        self._changed()
+
     def drain(self, drained: bool = True) -> None:
         """Drain the node (no new requests; those in flight finish), or put it back."""
         self.drained = drained
@@ -281,6 +303,7 @@ class Node:
         self.passive_at = before.passive_at
         self.irreversible = before.irreversible
         self.drained = before.drained
+        self.forked = before.forked
         self.probes_down = before.probes_down
         self.probes_silent = before.probes_silent
         self.probes_behind = before.probes_behind
@@ -420,6 +443,8 @@ class Node:
         elif result.ok and self.breaker.answered_probe(result.at - result.latency, result.at):
             self.latencies.restart()  # reachable again after its ejection: the same
         self._changed()
+        if self.on_probe is not None:
+            self.on_probe(self, result)
         if result.ok:
             self.latencies.probed(result.at, result.latency)
         else:

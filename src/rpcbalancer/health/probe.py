@@ -134,6 +134,8 @@ async def probe_node(
         irreversible_block=reading.irreversible_block,
         version=reading.version,
         version_doc=reading.version_doc,
+        head_hash=reading.head_hash,
+        parent_hash=reading.parent_hash,
     )
 
 
@@ -195,9 +197,36 @@ class Prober:
                 len(done),
                 len(nodes),
             )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeout):
+                await self._ask_forks()
         self.rounds += 1
         self._log_changes()
         return [done[n.index] for n in nodes if n.index in done]
+
+    async def _ask_forks(self) -> None:
+        """Ask for the block hashes fork choice lacks to judge every node's head
+        (:meth:`~..fleet.forks.ForkChoice.wanted`): few or none in a steady fleet."""
+        fleets = self.fleet.fleets.values() if isinstance(self.fleet, FleetSet) else [self.fleet]
+        for fleet in fleets:
+            asks = fleet.forks.wanted(fleet.nodes)
+            if not asks:
+                continue
+
+            async def one(node: Node, height: int, fleet: Fleet = fleet) -> None:
+                preset = self.preset_of(node)
+                call = preset.block_call(height) if preset is not None else None
+                if call is None:
+                    return
+                async with self._limit:
+                    answer = await ask(
+                        self.transport, node, call, self.timeout, self.clock, self.headers
+                    )
+                digest = preset.block_hash(answer) if preset is not None else None
+                if digest is not None:
+                    fleet.forks.record(node, height, digest, fleet.nodes)
+
+            await asyncio.gather(*(one(node, height) for node, height in asks))
 
     def preset_of(self, node: Node) -> Chain | None:
         """What ``node`` is probed with: its group's probe, else the chain preset's; None for

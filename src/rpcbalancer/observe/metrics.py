@@ -178,7 +178,7 @@ class _Collector:
         yield ejections
         yield inflight
         yield from self._cache(CounterMetricFamily, GaugeMetricFamily)
-        yield from self._health(GaugeMetricFamily)
+        yield from self._health(GaugeMetricFamily, CounterMetricFamily)
 
     def _cache(self, counter: Any, gauge: Any) -> Iterator[Any]:
         """The answer cache: events by method, and its size in this process."""
@@ -211,7 +211,7 @@ class _Collector:
         )
         yield gauge("rpcbalancer_cache_items", "Answers cached in this process", value=len(memory))
 
-    def _health(self, gauge: Any) -> Iterator[Any]:
+    def _health(self, gauge: Any, counter: Any) -> Iterator[Any]:
         b = self.balancer
         now = b.clock()
         fleet = b.fleet
@@ -253,6 +253,12 @@ class _Collector:
             if behind is not None:
                 lag.add_metric([node.name], behind)
         yield from (state, up, probe_latency, probe_age, head, lag, group)
+        yield counter(
+            "rpcbalancer_forks_found",
+            "Times a node was found on a fork: its head block's hash not the majority's "
+            "(it is excluded, state forked, until it is on their chain again)",
+            value=fleet.forks_found,
+        )
         routes = gauge(
             "rpcbalancer_route",
             "1 for each configured route: its method prefix and the group it names",

@@ -55,5 +55,6 @@ class Group:
         if now - self.looked >= REFRESH:
             self.looked = now
             for node in self.fleet.nodes:
-                finality.saw(node.head(), node.irreversible)
+                if node.forked is None:  # a fork's head and finality are not the chain's
+                    finality.saw(node.head(), node.irreversible)
         return finality

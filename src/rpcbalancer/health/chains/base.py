@@ -45,6 +45,10 @@ class Reading:
     version: str | None = None
     version_doc: Any = None
     """The version call's whole answer (the original design's ``__version__``)."""
+    head_hash: str | None = None
+    """The head block's hash (its id), for fork choice."""
+    parent_hash: str | None = None
+    """The hash of the block before the head, when the head call shows it."""
 
 
 NEVER: Final = 0
@@ -73,6 +77,15 @@ class Chain(Protocol):
     def probe_calls(self) -> tuple[ProbeCall, ...]: ...
 
     def read(self, answers: dict[str, Answer]) -> Reading: ...
+
+    def block_call(self, number: int) -> ProbeCall | None:
+        """The call that reads the hash of block ``number`` (fork choice asks it when no
+        other node's hash is known at a node's head), or None where blocks have none."""
+        ...
+
+    def block_hash(self, answer: Answer) -> str | None:
+        """The block hash in an answer to :meth:`block_call`, or None."""
+        ...
 
     def is_broadcast(self, method: str) -> bool: ...
 

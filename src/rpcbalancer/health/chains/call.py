@@ -33,6 +33,12 @@ class CallProbe:
     def probe_calls(self) -> tuple[ProbeCall, ...]:
         return (ProbeCall("head", request_body(self.method, self.params)),)
 
+    def block_call(self, number: int) -> ProbeCall | None:
+        return None  # no blocks: no fork choice
+
+    def block_hash(self, answer: Answer) -> str | None:
+        return None
+
     def read(self, answers: dict[str, Answer]) -> Reading:
         answer = answers.get("head")
         doc = json_of(answer)

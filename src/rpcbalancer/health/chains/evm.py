@@ -155,7 +155,17 @@ class Evm:
             irreversible_block=min(finalized, number) if finalized is not None else None,
             version=version if isinstance(version, str) else None,
             version_doc=version_doc if isinstance(version, str) else None,
+            head_hash=_text(block.get("hash")),
+            parent_hash=_text(block.get("parentHash")),
         )
+
+    def block_call(self, number: int) -> ProbeCall | None:
+        return ProbeCall("block", request_body("eth_getBlockByNumber", [hex(number), False]))
+
+    def block_hash(self, answer: Answer) -> str | None:
+        doc = json_of(answer)
+        block = doc.get("result") if isinstance(doc, dict) else None
+        return _text(block.get("hash")) if isinstance(block, dict) else None
 
     def is_broadcast(self, method: str) -> bool:
         return method in _BROADCAST
@@ -352,6 +362,10 @@ def _block(tag: Any, head: int | None) -> int | None:
     if tag in ("latest", "pending", "safe", "finalized"):
         return head
     return _hex(tag)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _hex(value: Any) -> int | None:

@@ -139,6 +139,7 @@ class SteemLike:
             version = raw if isinstance(raw, str) else None
         if version is None:
             version_doc = None
+        head_id = props.get("head_block_id")
         return Reading(
             ok=True,
             head_block=props["head_block_number"],
@@ -146,7 +147,17 @@ class SteemLike:
             irreversible_block=irreversible if isinstance(irreversible, int) else None,
             version=version,
             version_doc=version_doc,
+            head_hash=head_id if isinstance(head_id, str) and head_id else None,
         )
+
+    def block_call(self, number: int) -> ProbeCall | None:
+        return ProbeCall("block", request_body("condenser_api.get_block", [number]))
+
+    def block_hash(self, answer: Answer) -> str | None:
+        doc = json_of(answer)
+        block = doc.get("result") if isinstance(doc, dict) else None
+        block_id = block.get("block_id") if isinstance(block, dict) else None
+        return block_id if isinstance(block_id, str) and block_id else None
 
     def is_broadcast(self, method: str) -> bool:
         return method.startswith(_BROADCAST_PREFIXES)

@@ -34,6 +34,8 @@ class ProbeRecord:
     irreversible_block: int | None = None
     version: str | None = None
     version_doc: Any = None
+    head_hash: str | None = None
+    parent_hash: str | None = None
     canary: str = ""
     """Who probed: host and process of the canary."""
 
