@@ -94,6 +94,8 @@ class EvmNode:
     """ganache's snapshot of its chain where it forked (``evm_snapshot``)."""
     fork_time: int = 0
     """The timestamp of its latest block of its own."""
+    forked: list[list[str]] = field(default_factory=list)
+    """The hashes of the blocks it mined on its own, a list per fork, in order."""
 
     @property
     def url(self) -> str:
@@ -282,12 +284,15 @@ class EvmNetwork:
             node.fork_base = node.applied
             node.snapshot = (await self._rpc(node, "evm_snapshot", []))["result"]
             node.fork_time = self._timestamp() + 100_000  # never a timestamp of the network's
+            node.forked.append([])
 
     async def _mine_own(self, node: EvmNode) -> None:
         assert self._lock is not None and node.fork_base is not None
         async with self._lock:
             node.fork_time += 1
             await self._rpc(node, "evm_mine", [node.fork_time])
+            block = await self._rpc(node, "eth_getBlockByNumber", ["latest", False])
+            node.forked[-1].append(block["result"]["hash"])
 
     async def _rejoin(self, node: EvmNode) -> None:
         assert self._lock is not None and node.fork_base is not None

@@ -89,3 +89,33 @@ def test_chains_without_hashes_are_not_judged() -> None:
         probed(node, head=7)
     assert kinds(f) == [None, None, None]
     assert f.forks.hashes == {}
+
+
+def test_a_node_ahead_of_all_is_asked_for_its_block_where_the_others_stand() -> None:
+    f = fleet(3)
+    probe_all(f, {0: (100, ""), 1: (100, "")})
+    # node 2 is two blocks ahead, on a fork that began at block 100
+    probed(f.nodes[2], head=102, hash=chain(102, "f"), parent=chain(101, "f"))
+    assert kinds(f)[2] is None and f.best_head() == 102  # nothing to compare with yet
+    wanted = f.forks.wanted(f.nodes)
+    assert [(n.index, h) for n, h in wanted] == [(2, 100)]
+    f.forks.record(f.nodes[2], 100, chain(100, "f"), f.nodes)
+    assert kinds(f)[2] == "forked"
+    assert f.best_head() == 100  # its head does not count
+    assert f.forks.wanted(f.nodes) == []
+
+
+def test_a_node_ahead_on_the_chain_stays_in() -> None:
+    f = fleet(3)
+    probe_all(f, {0: (100, ""), 1: (100, ""), 2: (102, "")})
+    ((node, height),) = f.forks.wanted(f.nodes)
+    f.forks.record(node, height, chain(height), f.nodes)
+    assert kinds(f) == [None, None, None] and f.best_head() == 102
+    # a fork that began above where the others stand cannot be told from a fast node
+    g = fleet(3)
+    probe_all(g, {0: (100, ""), 1: (100, ""), 2: (103, "f")})
+    ((node, height),) = g.forks.wanted(g.nodes)
+    g.forks.record(node, height, chain(height), g.nodes)  # its block 100 is the chain's
+    assert kinds(g)[2] is None
+    probe_all(g, {0: (102, ""), 1: (102, "")})  # once they reach its fork, it is out
+    assert kinds(g)[2] == "forked"  # (its parent, 102, read with its head, is outvoted)
