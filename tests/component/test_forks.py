@@ -66,3 +66,23 @@ async def test_fork_choice_turned_off_compares_nothing(harness: Any) -> None:
     await h.balancer.prober.round()
     assert [n.forked for n in h.balancer.fleet.nodes] == [None, None, None]
     assert h.balancer.fleet.forks_found == 0
+
+
+async def test_a_node_behind_on_a_fork_is_judged_by_the_blocks_asked_of_the_others(
+    harness: Any,
+) -> None:
+    """Two blocks behind (within the lag rule), its head is a block nobody else reported: the
+    round asks the nodes past it for that block (the next header's ``previous``)."""
+    h = await harness(
+        {"a": Behaviour(), "b": Behaviour(), "f": Behaviour(lag=2, fork=1)},
+        hedge={"enabled": False},
+    )
+    await h.balancer.prober.round()
+    forked = node_of(h, "f")
+    assert forked.forked is not None and "on a fork" in forked.forked
+    asked = h.nodes["a"].counts.get("condenser_api.get_block_header", 0)
+    asked += h.nodes["b"].counts.get("condenser_api.get_block_header", 0)
+    assert asked >= 2
+    h.nodes["f"].set(fork=0)
+    await h.balancer.prober.round()
+    assert forked.forked is None  # on the chain again: back

@@ -141,6 +141,25 @@ def test_evm_reading() -> None:
     assert evm.is_node_fault({"code": -32005, "message": "limit exceeded"})
 
 
+def test_block_hashes_for_fork_choice() -> None:
+    """The head's hash comes with the probe; another block's is asked of a node past it."""
+    props = {"head_block_number": 500, "head_block_id": "000001f4ab", "time": "2026-01-01T00:00:00"}
+    assert STEEM.read(steem_answers(head=rpc(props))).head_hash == "000001f4ab"
+    call = STEEM.block_call(499)
+    assert call is not None and orjson.loads(call.body or b"")["params"] == [500]
+    assert b"get_block_header" in (call.body or b"")  # the next header: small, names it
+    assert STEEM.block_hash(rpc({"previous": "000001f3cd", "witness": "w"})) == "000001f3cd"
+    assert STEEM.block_hash(rpc(None)) is None  # a node without that block says nothing
+    evm = CHAINS["evm"]
+    head = {"number": "0x10", "timestamp": "0x5", "hash": "0xaa", "parentHash": "0xbb"}
+    reading = evm.read({"head": rpc(head)})
+    assert (reading.head_hash, reading.parent_hash) == ("0xaa", "0xbb")
+    asked = evm.block_call(15)
+    assert asked is not None and orjson.loads(asked.body or b"")["params"] == ["0xf", False]
+    assert evm.block_hash(rpc({"number": "0xf", "hash": "0xbb"})) == "0xbb"
+    assert evm.block_hash(ok({"jsonrpc": "2.0", "id": 1, "error": {"code": -1}})) is None
+
+
 def response(status: int, body: bytes) -> UpstreamResponse:
     return UpstreamResponse(status, (), body)
 

@@ -79,8 +79,9 @@ class Chain(Protocol):
     def read(self, answers: dict[str, Answer]) -> Reading: ...
 
     def block_call(self, number: int) -> ProbeCall | None:
-        """The call that reads the hash of block ``number`` (fork choice asks it when no
-        other node's hash is known at a node's head), or None where blocks have none."""
+        """The call that reads the hash of block ``number`` from a node past it (fork choice
+        asks it when no other node's hash is known at a node's head), or None where blocks
+        have none."""
         ...
 
     def block_hash(self, answer: Answer) -> str | None:

@@ -151,13 +151,15 @@ class SteemLike:
         )
 
     def block_call(self, number: int) -> ProbeCall | None:
-        return ProbeCall("block", request_body("condenser_api.get_block", [number]))
+        # The next block's header names this one's id as its ``previous``: a header is small
+        # where a whole block is not, and fork choice asks only nodes past ``number``.
+        return ProbeCall("block", request_body("condenser_api.get_block_header", [number + 1]))
 
     def block_hash(self, answer: Answer) -> str | None:
         doc = json_of(answer)
-        block = doc.get("result") if isinstance(doc, dict) else None
-        block_id = block.get("block_id") if isinstance(block, dict) else None
-        return block_id if isinstance(block_id, str) and block_id else None
+        header = doc.get("result") if isinstance(doc, dict) else None
+        previous = header.get("previous") if isinstance(header, dict) else None
+        return previous if isinstance(previous, str) and previous else None
 
     def is_broadcast(self, method: str) -> bool:
         return method.startswith(_BROADCAST_PREFIXES)
