@@ -424,6 +424,7 @@ class Balancer:
                 Periodic("dns", self.config.dns_refresh, self.dns.refresh)
             )
         interval = self.config.probe.interval
+        stack.push_async_callback(self.prober.close)
         if self.store is not None and self.view is not None:
             stack.push_async_callback(self.store.close)
             await self.view.refresh()  # opens the store; takes what a canary already saw
@@ -502,7 +503,8 @@ class Balancer:
     async def _fallback(self) -> None:
         """External canary: probe for ourselves while the store brings nothing fresh."""
         if self.view is None or self.view.stale():
-            await self.prober.round(self.config.probe.round_deadline)
+            probe = self.config.probe
+            await self.prober.round(probe.round_deadline, wait=probe.interval)
 
     async def __aexit__(
         self,

@@ -195,7 +195,9 @@ class ProbeConfig(_Model):
     concurrency: int = Field(16, ge=1)
     """Probe calls in flight at once during a round."""
     round_deadline: Seconds = Field(20.0, gt=0)
-    """Seconds a whole round may take; nodes not answered by then are left for the next."""
+    """Seconds a whole round may take; nodes not answered by then are left for the next. (A
+    periodic round stops waiting after ``interval``: the probes still out go on and are
+    applied when they end.)"""
 
 
 class CircuitBreaker(_Model):

@@ -90,9 +90,11 @@ class Canary:
         self.owner = owner or canary_id()
         self.rounds = 0
 
-    async def round(self) -> list[ProbeRecord]:
-        """Probe every node now, apply, and record (no lease: callers hold it)."""
-        results = await self.prober.round(self.round_deadline)
+    async def round(self, wait: float | None = None) -> list[ProbeRecord]:
+        """Probe every node now, apply, and record (no lease: callers hold it). ``wait``: see
+        :meth:`Prober.round` (a probe still out then is applied here when it ends, and
+        recorded by a later round)."""
+        results = await self.prober.round(self.round_deadline, wait=wait)
         mono, wall = self.clock(), self.wall()
         records = [
             ProbeRecord.from_result(
@@ -115,7 +117,7 @@ class Canary:
         """One periodic turn: run a round unless another canary just did or is doing one.
         Returns whether this canary probed."""
         if self.store is None or self.health is None:
-            await self.round()
+            await self.round(wait=self.interval)
             return True
         try:
             async with asyncio.timeout(5.0):
@@ -132,10 +134,12 @@ class Canary:
             self.health.ok()
         except Exception as exc:
             self.health.failed("lease", exc)
-            await self.round()  # the store is down: probe for ourselves, keep serving
+            await self.round(
+                wait=self.interval
+            )  # the store is down: probe for ourselves, keep serving
             return True
         try:
-            await self.round()
+            await self.round(wait=self.interval)
         finally:
             await self._release()
         return True

@@ -164,39 +164,78 @@ class Prober:
         self.clock = clock
         self._limit = asyncio.Semaphore(concurrency)
         self._usable: dict[int, bool] = {}
+        self._out: dict[int, asyncio.Task[None]] = {}
+        """The probes still out, by node (``id``): left to finish after a round's ``wait``."""
         self.rounds = 0
 
-    async def round(self, deadline: float | None = None) -> list[tuple[Node, ProbeResult]]:
+    def _ended(self, key: int) -> Callable[[asyncio.Task[None]], None]:
+        def ended(_: asyncio.Task[None]) -> None:
+            self._out.pop(key, None)
+
+        return ended
+
+    async def close(self) -> None:
+        """Stop the probes still out (the balancer is closing)."""
+        for task in list(self._out.values()):
+            task.cancel()
+        for task in list(self._out.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def round(
+        self, deadline: float | None = None, wait: float | None = None
+    ) -> list[tuple[Node, ProbeResult]]:
         """Probe every node once and apply each result as it comes. Returns what finished,
-        in fleet order; nodes still unanswered after ``deadline`` seconds are left out."""
+        in fleet order; nodes still unanswered after ``deadline`` seconds are left out.
+
+        ``wait``: the round returns after that many seconds at most, and the probes still out
+        go on and are applied when they end; the next round does not probe their nodes again
+        meanwhile. The periodic rounds pass their interval: a node that swallows its probe
+        (a blackhole answers nothing until the probe's timeout) does not hold back the
+        others' next probes, nor its own after it heals, past about two intervals."""
         done: dict[int, tuple[Node, ProbeResult]] = {}
 
         async def one(node: Node) -> None:
             preset = self.preset_of(node)
             assert preset is not None
-            async with self._limit:
-                result = await probe_node(
-                    self.transport,
-                    preset,
-                    node,
-                    self.timeout,
-                    clock=self.clock,
-                    headers=self.headers,
-                )
+            try:
+                async with self._limit:
+                    result = await probe_node(
+                        self.transport,
+                        preset,
+                        node,
+                        self.timeout,
+                        clock=self.clock,
+                        headers=self.headers,
+                    )
+            except Exception:
+                log.exception("probe of %s failed", node.name)
+                return
             node.apply_probe(result)
             done[node.index] = (node, result)
 
-        nodes = [n for n in self.fleet.nodes if self.preset_of(n) is not None]
-        try:
-            async with asyncio.timeout(deadline):
-                await asyncio.gather(*(one(n) for n in nodes))
-        except TimeoutError:
-            log.warning(
-                "probe round cut at its %.1fs deadline: %d of %d nodes answered",
-                deadline or 0.0,
-                len(done),
-                len(nodes),
-            )
+        nodes = [
+            n for n in self.fleet.nodes if self.preset_of(n) is not None and id(n) not in self._out
+        ]
+        tasks = []
+        for node in nodes:
+            task = asyncio.create_task(one(node), name=f"rpcbalancer-probe-{node.name}")
+            self._out[id(node)] = task
+            task.add_done_callback(self._ended(id(node)))
+            tasks.append(task)
+        limit = deadline if wait is None else wait if deadline is None else min(wait, deadline)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=limit)
+            if pending and (wait is None or (deadline is not None and deadline <= wait)):
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+                log.warning(
+                    "probe round cut at its %.1fs deadline: %d of %d nodes answered",
+                    deadline or 0.0,
+                    len(done),
+                    len(nodes),
+                )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.timeout):
                 await self._ask_forks()
