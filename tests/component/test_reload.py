@@ -90,3 +90,25 @@ async def test_a_reload_keeps_what_stays_and_refuses_what_cannot_be(nodes: list[
         wanted.append(config(urls, cache={"enabled": True, "max_bytes": 1 << 20}))
         await live.reload()
         assert live.balancer is not None and live.balancer.answer_cache is not new.answer_cache
+
+
+async def test_a_reload_that_comes_while_a_worker_starts_is_applied_by_it(
+    nodes: list[Any], tmp_path: Any
+) -> None:
+    """A worker read its configuration at generation 0 of the workers' shared state; the
+    supervisor bumped it (a SIGHUP) before the worker served: its first watch reloads."""
+    from rpcbalancer.hosts.live import update_state
+
+    urls = [node.url for node in nodes]
+    update_state(tmp_path, lambda s: {**s, "generation": 1})
+    loads = [config(urls)]
+    live = Live(config(urls[:1]), lambda: loads.pop(0), weakref.WeakSet(), str(tmp_path), 0)
+    async with live:
+        assert live.generation == 0
+        await live._watch()
+        assert live.generation == 1 and loads == []
+        assert live.balancer is not None
+        assert len(live.balancer.fleet.nodes) == 3
+    read_later = Live(config(urls[:1]), lambda: config(urls), weakref.WeakSet(), str(tmp_path))
+    async with read_later:  # no generation given: the one there is taken as applied
+        assert read_later.generation == 1

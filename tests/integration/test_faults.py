@@ -124,9 +124,18 @@ def _until(check: Any, seconds: float) -> float:
     return time.monotonic() - started
 
 
-def _taken(link: Link) -> int:
-    stats = requests.get(f"http://{link.address}:{PORT}/__stats__", timeout=2).json()
-    return int(sum(v for k, v in stats["counts"].items() if not k.startswith("GET")))
+def _taken(link: Link, tries: int = 5) -> int:
+    """The JSON-RPC calls a node got. Asked again when it goes unanswered: over a lossy link
+    the test's own request may lose its packets too (a SYN lost twice waits 3 s)."""
+    for attempt in range(tries):
+        try:
+            stats = requests.get(f"http://{link.address}:{PORT}/__stats__", timeout=3).json()
+        except requests.RequestException:
+            if attempt == tries - 1:
+                raise
+            continue
+        return int(sum(v for k, v in stats["counts"].items() if not k.startswith("GET")))
+    raise AssertionError("unreachable")
 
 
 @pytest.mark.timeout(120)

@@ -59,9 +59,12 @@ class Live:
         loader: Callable[[], Config] | None,
         connections: weakref.WeakSet[H1Server],
         folder: str | None = None,
+        generation: int | None = None,
     ) -> None:
         """``loader``: reads the configuration again (None: this server cannot reload);
-        ``folder``: the state shared with the other workers of a supervisor, if any."""
+        ``folder``: the state shared with the other workers of a supervisor, if any;
+        ``generation``: the shared state's generation ``config`` was read at (None: the one
+        there when it starts serving)."""
         self.config = config
         self.loader = loader
         self.connections = connections
@@ -71,6 +74,7 @@ class Live:
         self.guard: Guard | None = None
         """This worker's admission by load, kept across reloads (:mod:`..proxy.overload`)."""
         self.generation = 0
+        self._read_at = generation
         self.reloads = 0
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
@@ -88,7 +92,10 @@ class Live:
         self.guard.start(asyncio.get_running_loop())
         if self.folder is not None:
             state = self._read()
-            self.generation = int(state.get("generation", 0))
+            known = int(state.get("generation", 0))
+            # A reload that came while this worker started (after its configuration was read)
+            # is applied by the first watch: it is not taken as done.
+            self.generation = known if self._read_at is None else min(known, self._read_at)
             self._apply_drained(state)
             await self._stack.enter_async_context(Periodic("operator", WATCH, self._watch))
         return self

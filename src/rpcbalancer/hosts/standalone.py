@@ -47,9 +47,11 @@ async def serve_async(
     reuse_port: bool = False,
     stop: asyncio.Event | None = None,
     loader: Callable[[], Config] | None = None,
+    generation: int | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain for ``GRACE`` seconds.
-    ``SIGHUP`` reloads the configuration with ``loader`` (:mod:`.live`)."""
+    ``SIGHUP`` reloads the configuration with ``loader`` (:mod:`.live`); ``generation``: the
+    workers' shared state's generation ``config`` was read at."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -60,7 +62,7 @@ async def serve_async(
     # million over a server's life).
     connections: weakref.WeakSet[H1Server] = weakref.WeakSet()
     folder = os.environ.get("RPCBALANCER_METRICS_DIR") if reuse_port else None
-    async with Live(config, loader, connections, folder) as live:
+    async with Live(config, loader, connections, folder, generation) as live:
         loop.add_signal_handler(signal.SIGHUP, lambda: _hangup(live))
 
         def factory() -> H1Server:
@@ -150,12 +152,15 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 def _worker(config: Config, index: int, loader: Callable[[], Config] | None = None) -> None:
     configure(config.log_level, config.log_format, worker=f"worker{index}")
     folder = os.environ.get("RPCBALANCER_METRICS_DIR")
-    if loader is not None and folder and Live.state_of(folder).get("generation"):
+    generation = int(Live.state_of(folder).get("generation", 0)) if folder else 0
+    if loader is not None and generation:
         try:  # a worker (re)started after a reload serves what the others serve
             config = loader()
         except ConfigError as exc:
             log.error("the configuration reloaded is refused here too: %s", exc)
-    run_loop(serve_async(config, reuse_port=True, loader=loader))
+    # The generation its configuration was read at: a reload that comes while it starts is
+    # applied once it serves (read later, it would be taken as already applied).
+    run_loop(serve_async(config, reuse_port=True, loader=loader, generation=generation))
 
 
 def serve(config: Config, workers: int = 1, loader: Callable[[], Config] | None = None) -> None:
