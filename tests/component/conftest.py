@@ -13,6 +13,7 @@ import pytest
 
 from rpcbalancer.balancer import Balancer
 from rpcbalancer.config import from_mapping
+from rpcbalancer.fleet.nodes import Node
 from rpcbalancer.proxy.gateway import Gateway, HttpRequest, HttpResponse
 from rpcbalancer.sim import Behaviour, FakeNode, Mempool
 
@@ -66,6 +67,12 @@ class Harness:
         self.balancer = await self.stack.enter_async_context(balancer)
         self.gateway = Gateway(balancer)
         return self
+
+    def node(self, name: str) -> Node:
+        """The balancer's node for the fake node ``name``."""
+        assert self.balancer is not None
+        url = self.nodes[name].url
+        return next(n for n in self.balancer.fleet.nodes if n.name == url)
 
     def name_of(self, response: HttpResponse) -> str:
         served = dict(response.headers)["x-rpc-node"]

@@ -15,17 +15,13 @@ from rpcbalancer.sim import Behaviour, chain_head
 GET_BLOCK = "condenser_api.get_block"
 
 
-def node_of(h: Any, name: str) -> Any:
-    return next(n for n in h.balancer.fleet.nodes if n.name == h.nodes[name].url)
-
-
 async def test_a_node_on_a_fork_is_excluded_until_it_converges(harness: Any) -> None:
     h = await harness(
         {"a": Behaviour(latency=0.002), "b": Behaviour(latency=0.002), "f": Behaviour()},
         strategy="round_robin",
         hedge={"enabled": False},
     )
-    forked = node_of(h, "f")
+    forked = h.node("f")
     await h.balancer.prober.round()
     assert forked.forked is None
     h.nodes["f"].set(fork=3)  # its latest 3 blocks are other blocks than the chain's
@@ -78,7 +74,7 @@ async def test_a_node_behind_on_a_fork_is_judged_by_the_blocks_asked_of_the_othe
         hedge={"enabled": False},
     )
     await h.balancer.prober.round()
-    forked = node_of(h, "f")
+    forked = h.node("f")
     assert forked.forked is not None and "on a fork" in forked.forked
     asked = h.nodes["a"].counts.get("condenser_api.get_block_header", 0)
     asked += h.nodes["b"].counts.get("condenser_api.get_block_header", 0)

@@ -8,14 +8,10 @@ from typing import Any
 from rpcbalancer.sim import Behaviour
 
 
-def node_of(h: Any, name: str) -> Any:
-    return next(n for n in h.balancer.fleet.nodes if n.name == h.nodes[name].url)
-
-
 async def test_a_probe_left_unanswered_goes_on_without_holding_the_rounds(harness: Any) -> None:
     h = await harness({"a": Behaviour(), "s": Behaviour()}, probe={"timeout": 1.0})
     prober = h.balancer.prober
-    answering, silent = node_of(h, "a"), node_of(h, "s")
+    answering, silent = h.node("a"), h.node("s")
     h.nodes["s"].set(hang_rate=1.0)  # it swallows every request: its probe waits its timeout
     first = await prober.round(20.0, wait=0.2)
     assert [node for node, _ in first] == [answering]  # the round did not wait for it
@@ -36,8 +32,8 @@ async def test_a_probe_left_unanswered_goes_on_without_holding_the_rounds(harnes
 async def test_a_round_without_wait_is_cut_at_its_deadline(harness: Any) -> None:
     h = await harness({"a": Behaviour(), "s": Behaviour()}, probe={"timeout": 5.0})
     prober = h.balancer.prober
-    silent = node_of(h, "s")
+    silent = h.node("s")
     h.nodes["s"].set(hang_rate=1.0)
     results = await prober.round(0.3)
-    assert [node for node, _ in results] == [node_of(h, "a")]
+    assert [node for node, _ in results] == [h.node("a")]
     assert id(silent) not in prober._out  # cut: nothing left going on

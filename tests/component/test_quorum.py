@@ -17,10 +17,6 @@ GET_BLOCK = "condenser_api.get_block"
 ROUTE = {"appbase.condenser_api.get_block": {"quorum": {"ask": 3, "agree": 2}}}
 
 
-def node_of(h: Any, name: str) -> Any:
-    return next(n for n in h.balancer.fleet.nodes if n.name == h.nodes[name].url)
-
-
 async def test_the_answer_two_of_three_agree_on_wins_and_the_liar_is_ejected(
     harness: Any,
 ) -> None:
@@ -36,10 +32,10 @@ async def test_the_answer_two_of_three_agree_on_wins_and_the_liar_is_ejected(
         assert doc["id"] == i
         assert not doc["result"]["previous"].endswith("deadbeef")  # the liar's never wins
         assert h.name_of(resp) in ("a", "b")
-    assert node_of(h, "liar").breaker.ejected_by == {"quorum": 1}  # then out of rotation
+    assert h.node("liar").breaker.ejected_by == {"quorum": 1}  # then out of rotation
     assert h.nodes["liar"].counts[GET_BLOCK] == 1
     assert h.nodes["a"].counts[GET_BLOCK] >= 4 and h.nodes["b"].counts[GET_BLOCK] >= 4
-    assert node_of(h, "a").breaker.ejected_by == {}
+    assert h.node("a").breaker.ejected_by == {}
 
 
 async def test_without_agreement_the_client_is_told_the_nodes_disagree(harness: Any) -> None:

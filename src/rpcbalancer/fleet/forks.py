@@ -25,6 +25,7 @@ others stand at; until they reach its fork it is a fast node like any other.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 from .nodes import Node, ProbeResult
@@ -123,10 +124,8 @@ class ForkChoice:
                 mine = by.get(key)
                 if mine is None:
                     continue
-                votes: dict[str, int] = {}
-                for digest in by.values():
-                    votes[digest] = votes.get(digest, 0) + 1
-                best, most = max(votes.items(), key=lambda item: item[1])
+                votes = Counter(by.values())
+                best, most = votes.most_common(1)[0]
                 if votes[mine] < most:
                     if node.forked is None:
                         self.forks += 1
