@@ -18,6 +18,9 @@ After 5 seconds one node's link breaks for ``--seconds``, then heals, and the lo
   retransmission, 200 ms or more);
 * ``flap``: the node's link down and up every 5 seconds (a route that comes and goes);
 * ``slowlink``: the link to the node limited to 256 kbit/s (a congested path);
+* ``delay``: every packet to the node held 200 ms +- 100 (uniform, each packet its own draw,
+  so they reorder), as ``tc netem delay 200ms 100ms`` would; the kernels here have no netem,
+  so the packets wait in a queue that ``rpcbalancer.sim.delay`` lets go (NFQUEUE);
 * ``dark``: the node's port closed by a firewall that drops (it stays up for pings);
 * ``resolver``: the nodes are named (``n1.rpcbt.test``), answered by dnsmasq in a namespace
   of its own, which each balancer asks (a resolv.conf of its own, bind-mounted in a mount
@@ -35,8 +38,7 @@ keeps it once (its id is its hash): it is the price of a broadcast re-sent when 
 node's answer was lost. Writes
 bench/results/faults.md and faults.json (``--out NAME``: NAME.md and NAME.json).
 
-Needs root, iproute2 and nftables. ``tc netem`` (delay, jitter, reordering) is missing from
-the kernels here: delay faults wait for a machine that has it.
+Needs root, iproute2, nftables and iptables (the delay's queue).
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ def fault(
         net.loss(link, 3)
     elif kind == "slowlink":
         net.bandwidth(link, "256kbit")
+    elif kind == "delay":
+        net.delay(link, 0.2, 0.1)
     elif kind == "dark":
         net.close_port(link, PORT)
     elif kind == "flap":
@@ -258,7 +262,7 @@ def wait_listening(link: Link) -> None:
     raise RuntimeError(f"node {link.name} did not listen")
 
 
-FAULTS = ("blackhole", "loss", "flap", "slowlink", "dark", "resolver")
+FAULTS = ("blackhole", "loss", "flap", "slowlink", "delay", "dark", "resolver")
 
 
 def table(rows: list[dict[str, Any]], seconds: float, rate: float) -> str:

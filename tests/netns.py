@@ -1,7 +1,7 @@
 """The fault tests' network: :class:`rpcbalancer.sim.links.FaultNetwork` (namespaces, veth
 links, nftables), and the check that this machine can make one.
 
-Needs root and ``ip``/``nft``/``tc`` (iproute2, nftables): :func:`require_netns` skips with
+Needs root and ``ip``/``nft``/``tc``/``iptables`` (iproute2, nftables, iptables: the delay): :func:`require_netns` skips with
 the reason where they are missing, and fails when ``RPCBALANCER_REQUIRE_SERVICES`` is set.
 """
 
@@ -24,9 +24,9 @@ def require_netns() -> None:
     if os.geteuid() != 0:
         why = "network namespaces need root"
     else:
-        for tool in ("ip", "nft", "tc"):
+        for tool in ("ip", "nft", "tc", "iptables"):
             if shutil.which(tool) is None:
-                why = f"{tool} is not installed (iproute2, nftables)"
+                why = f"{tool} is not installed (iproute2, nftables, iptables)"
                 break
     if why is None:
         name = f"rpcbt-probe-{os.getpid()}"

@@ -1,7 +1,7 @@
 """Faults on real links: simulated nodes in network namespaces of their own, joined to the
 balancer by veth links (tests/netns.py), the links broken with nftables while a client reads
-through the balancer at a steady pace. Root and iproute2/nftables, or skipped with the reason
-(CI runs them)."""
+through the balancer at a steady pace (a delay: a queue held in user space, NFQUEUE). Root
+and iproute2/nftables/iptables, or skipped with the reason (CI runs them)."""
 
 from __future__ import annotations
 
@@ -187,6 +187,50 @@ def test_a_lossy_node_costs_no_errors_and_loses_traffic(
         assert load.errors() == 0, [r for r in load.results if not r[1]][:5]
         assert load.p99() < 0.25, load.p99()  # retransmissions hidden by hedges
         assert taken["a"] < sum(taken.values()) / 3, taken  # (sound, it serves most)
+    finally:
+        lb.stop()
+
+
+def _asked(link: Link) -> float:
+    """Seconds one request straight to the node takes, on a new connection."""
+    began = time.monotonic()
+    requests.get(f"http://{link.address}:{PORT}/__stats__", timeout=5)
+    return time.monotonic() - began
+
+
+@pytest.mark.timeout(120)
+def test_a_delayed_node_with_jitter_costs_no_errors_and_is_left_until_it_heals(
+    fleet: tuple[FaultNetwork, dict[str, Link]], tmp_path: Path
+) -> None:
+    """Every packet to node ``a``, the fastest, held 200 ms +- 100 (each its own draw, so
+    they reorder) under 100 reads a second: no client error, the tail within a hedge, ``a``
+    serves less than a tenth while delayed (a node a hundred times slower than it was is
+    ejected as an outlier), and is back in rotation within two probe intervals of the
+    heal, serving again."""
+    net, links = fleet
+    lb = _balancer(links, tmp_path)
+    try:
+        with Load(lb.url, rate=100, seconds=16) as load:
+            time.sleep(2)
+            net.delay(links["a"], 0.2, 0.1)
+            direct = _asked(links["a"])  # the SYN and the request, each held 0.1-0.3 s
+            time.sleep(2)  # (what it learns in the first seconds is not counted)
+            before = {name: _taken(link) for name, link in links.items()}
+            time.sleep(6)
+            delayed = {name: _taken(link) - before[name] for name, link in links.items()}
+            net.heal(links["a"])
+            healed = _asked(links["a"])
+            start = _taken(links["a"])
+            back = _until(lambda: _usable(lb, "a"), 5)
+            _until(lambda: _taken(links["a"]) > start + 10, 5)  # it serves again
+        print(json.dumps({"direct_s": direct, "healed_s": healed, "delayed": delayed,
+                          "back_s": back, "p99_s": load.p99(), "errors": load.errors()}))  # fmt: skip
+        assert direct >= 0.2 and healed < 0.1, (direct, healed)  # the link was delayed, then not
+        assert load.errors() == 0, [r for r in load.results if not r[1]][:5]
+        assert len(load.results) >= 1500
+        assert delayed["a"] < sum(delayed.values()) / 10, delayed
+        assert back <= 2 * 1.0 + 0.75, back  # two probe intervals (and a probe's own time)
+        assert load.p99() < 0.25, load.p99()  # what the delay held, a hedge answered
     finally:
         lb.stop()
 

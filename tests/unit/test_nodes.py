@@ -210,6 +210,41 @@ def test_a_probe_answered_after_a_breaker_ejection_ends_it_but_not_an_outliers()
     assert outlier.breaker.is_open(12.0)
 
 
+def test_an_outlier_ejected_for_its_slowness_is_back_when_its_probes_read_fast_again() -> None:
+    """Behind a link that held every packet 200 ms, a node answered (and read its probes) in
+    200 ms and was ejected as an outlier at t=10 for 10 s. The link heals: two probes in a
+    row read 2 ms, the first sent after the ejection began, and the ejection ends through a
+    slow start. One fast probe is not enough. A node ejected for its errors, whose probes
+    read as its answers did (as does one that swallows some requests and answers the rest
+    at its usual speed), stays out."""
+    f = fleet(2, slow_start=10.0)
+    slowed, failing = f.nodes
+    for k in range(30):
+        slowed.record(k * 0.3, 0.200, True, health=f.health)
+        failing.record(k * 0.3, 0.005, k % 3 != 0, error="503", health=f.health)
+    probed(slowed, at=9.0, latency=0.200)
+    probed(failing, at=9.0, latency=0.005)
+    for node in (slowed, failing):
+        node.eject(10.0, 10.0, 60.0, "outlier")
+    probed(slowed, at=11.0, latency=0.002)
+    assert slowed.breaker.is_open(11.0)
+    probed(slowed, at=12.0, latency=0.002)
+    assert not slowed.breaker.is_open(12.0)
+    assert slowed.ramp(12.0) == pytest.approx(0.1)
+    assert slowed.model.level == pytest.approx(0.002, rel=0.01)
+    for at in (11.0, 12.0, 13.0):
+        probed(failing, at=at, latency=0.005)
+    assert failing.breaker.is_open(13.0)
+
+    stale = fleet(1, slow_start=10.0).nodes[0]  # fast probes sent before the ejection
+    for k in range(30):
+        stale.record(k * 0.3, 0.200, True, health=f.health)
+    probed(stale, at=9.5, latency=0.002)
+    stale.eject(10.0, 10.0, 60.0, "outlier")
+    probed(stale, at=10.005, latency=0.01)  # sent before the ejection began
+    assert stale.breaker.is_open(10.1)
+
+
 def test_latency_quantiles_for_hedging_need_enough_samples() -> None:
     (node,) = make_nodes(1)
     for i in range(10):

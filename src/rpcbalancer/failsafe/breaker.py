@@ -5,7 +5,9 @@
 node last stayed clean for :data:`CLEAN_AFTER` seconds doubles it (up to eight times the
 cooldown for the breaker, up to the rule's cap for an outlier ejection). After a breaker
 ejection the node gets one trial try: one more failure ejects it again; a probe answered
-after the ejection began ends it early (the node is reachable again). A node coming back
+after the ejection began ends it early (the node is reachable again). An outlier ejection
+runs its course, unless the node's probes show that the slowness that made it an outlier is
+gone (:meth:`Breaker.sped_up`). A node coming back
 (from an ejection, or from down) takes a share of its traffic that ramps from 10% to all of it
 over ``slow_start`` seconds, so that a cold cache or a node still catching up is not flooded.
 """
@@ -97,8 +99,23 @@ class Breaker:
         whose link flapped is back at the next probe, not when a doubled cooldown ends;
         one that fails requests but answers probes costs a failed try per probe. An
         outlier ejection (a success rate below its peers') runs its course: one good
-        answer says nothing of a rate."""
-        if self.cause != "breaker" or now >= self.ejected_until or started <= self.ejected_at:
+        answer says nothing of a rate (but see :meth:`sped_up`)."""
+        return self._end_early("breaker", started, now)
+
+    def sped_up(self, since: float, now: float) -> bool:
+        """The node's probes read far faster than its level, twice in a row, the first sent
+        at ``since`` (:meth:`~..fleet.estimators.Latencies.probed`): when that was after an
+        outlier ejection began, what made it an outlier was its slowness (tries it had not
+        answered when another node had, counted as swallowed), and it is gone: a slow link
+        healed. The ejection ends, with a slow start. True when it ended one. A node ejected
+        for its errors, or one that swallows some requests and answers the rest as fast as
+        ever, reads as its answers did: its ejection runs its course."""
+        return self._end_early("outlier", since, now)
+
+    def _end_early(self, cause: str, seen: float, now: float) -> bool:
+        """End an ejection for ``cause`` now, through a slow start, when what shows the node
+        well again was seen (sent) after it began."""
+        if self.cause != cause or now >= self.ejected_until or seen <= self.ejected_at:
             return False
         self.ejected_until = now
         self.ramp_from = now

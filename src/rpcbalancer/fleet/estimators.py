@@ -38,6 +38,7 @@ class Latencies:
         "_ewma",
         "_ewma_at",
         "_fast_probe",
+        "_fast_since",
         "_quantile",
         "_quantile_at",
         "_quantile_seen",
@@ -70,6 +71,8 @@ class Latencies:
         self._seen_at_probe = 0
         self._fast_probe: float | None = None
         """The last probe of an idle node, when it read :data:`SHIFT` times below the level."""
+        self._fast_since = 0.0
+        """When that probe was sent."""
 
     def __repr__(self) -> str:
         ewma = f"{self._ewma * 1000:.1f}ms" if self._ewma is not None else "?"
@@ -96,7 +99,7 @@ class Latencies:
             self._ewma = ewma * weight + sample * (1.0 - weight)
         self._ewma_at = now
 
-    def probed(self, now: float, latency: float) -> None:
+    def probed(self, now: float, latency: float) -> float | None:
         """A probe answered in ``latency`` seconds. A probe does not read as a request does
         (another call, on a connection idle since the last one): measured here, ~15% slower.
         An idle node is known only by its probes, so judged by them raw it looks slower than
@@ -106,7 +109,8 @@ class Latencies:
         for. And an idle node whose level was set by a fault (a slow link, since healed)
         would take a probe after probe to come down, each moving it a third of the way:
         two probes in a row :data:`SHIFT` times below it, with no request between, start
-        the level again from them."""
+        the level again from them. Returns when the first of the two was sent, when they
+        did (the node is another now), else None."""
         level = self.model.level
         tries = self.seen - self._seen_at_probe
         if level is not None and tries >= SKEW_TRIES:
@@ -115,15 +119,19 @@ class Latencies:
             self.probe_skew += SKEW_ALPHA * (skew - self.probe_skew)
         self._seen_at_probe = self.seen
         sample = latency * math.exp(-self.probe_skew)
+        changed = None
         if tries or level is None or sample * SHIFT > level:
             self._fast_probe = None
         elif self._fast_probe is None:
             self._fast_probe = sample
+            self._fast_since = now - latency
         else:  # twice in a row, and no request between: it is another node now
             self.model.start_over(now, math.sqrt(sample * self._fast_probe))
             self._fast_probe = None
             self._ewma = None
+            changed = self._fast_since
         self.observe(now, sample)
+        return changed
 
     def restart(self) -> None:
         """Forget the level (a node back from down), keep how load slows it (and how its

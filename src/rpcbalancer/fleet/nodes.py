@@ -446,7 +446,9 @@ class Node:
         if self.on_probe is not None:
             self.on_probe(self, result)
         if result.ok:
-            self.latencies.probed(result.at, result.latency)
+            since = self.latencies.probed(result.at, result.latency)
+            if since is not None and self.breaker.sped_up(since, result.at):
+                self._changed()  # a slow link healed: back from its outlier ejection
         else:
             self.last_error = result.error
             error = result.error or ""

@@ -10,11 +10,13 @@ to break those links.
         net.heal(link)                     # the rules gone
 
 The faults are nftables rules in the namespace (a blackhole, random loss, a closed port, a
-cut to one address), a token bucket on the link (bandwidth) and the link set down and up (a
-flapping route). The kernels of the machines here have no ``sch_netem``, so ``tc netem``
-(delay with jitter, reordering) is not used: delay is the simulated nodes' own. Everything
-made is taken down at exit, whatever happened: the processes started here (by their PIDs),
-the namespaces, their links and their resolver files. Needs root, iproute2 and nftables.
+cut to one address), a token bucket on the link (bandwidth), the link set down and up (a
+flapping route), and delay with jitter. The kernels of the machines here have no
+``sch_netem``, so the delay is held in user space: an iptables rule hands the namespace's
+packets to a queue (NFQUEUE) that :mod:`rpcbalancer.sim.delay` lets go late, each by its
+own draw (so the jitter reorders them, as netem's does). Everything made is taken down at
+exit, whatever happened: the processes started here (by their PIDs), the namespaces, their
+links and their resolver files. Needs root, iproute2, nftables and (for delay) iptables.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,8 @@ class FaultNetwork:
         self.subnet = 10 + (os.getpid() % 200)
         """The second byte of every address here (two test runs at once use two)."""
         self.procs: list[subprocess.Popen[Any]] = []
+        self.delays: dict[str, subprocess.Popen[str]] = {}
+        """Per namespace, the program holding its delayed packets."""
 
     def __enter__(self) -> FaultNetwork:
         return self
@@ -172,6 +177,24 @@ class FaultNetwork:
         """``percent`` % of the packets into the namespace dropped, at random."""
         self._nft(link, f"add rule inet rpcbt input numgen random mod 100 < {percent} drop")
 
+    def delay(self, link: Link, seconds: float, jitter: float = 0.0) -> None:
+        """Every packet into the namespace held ``seconds``, plus or minus up to ``jitter``
+        (uniform, each packet its own draw: a later packet may overtake an earlier one), as
+        ``tc netem delay`` would on the link toward it. One delay per link at a time."""
+        if link.name in self.delays:
+            raise ValueError(f"link {link.name} is delayed already")
+        queue = self.links.index(link) + 1
+        proc = self.run(link, [sys.executable, "-m", "rpcbalancer.sim.delay", "--queue",
+                               str(queue), "--delay", str(seconds), "--jitter", str(jitter)],
+                        stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.delays[link.name] = proc
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the delay for {link.name} did not start (see its stderr)")
+        # --queue-bypass: were the program gone, the packets would pass, not be dropped.
+        _run(["ip", "netns", "exec", link.namespace, "iptables", "-A", "INPUT", "-j",
+              "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"])  # fmt: skip
+
     def bandwidth(self, link: Link, rate: str) -> None:
         """The link toward the namespace limited to ``rate`` (``1mbit``)."""
         _run(["tc", "qdisc", "replace", "dev", link.device, "root", "tbf", "rate", rate,
@@ -185,9 +208,13 @@ class FaultNetwork:
         _run(["ip", "link", "set", link.device, "up"])
 
     def heal(self, link: Link) -> None:
-        """Every fault of the link gone."""
+        """Every fault of the link gone (held packets let go at once)."""
         for hook in ("input", "output"):
             self._nft(link, f"flush chain inet rpcbt {hook}")
+        delay = self.delays.pop(link.name, None)
+        if delay is not None:
+            _run(["ip", "netns", "exec", link.namespace, "iptables", "-F", "INPUT"])
+            stop_process(delay)
         with contextlib.suppress(subprocess.CalledProcessError):
             _run(["tc", "qdisc", "del", "dev", link.device, "root"])
 
