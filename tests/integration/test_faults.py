@@ -5,8 +5,10 @@ and iproute2/nftables/iptables, or skipped with the reason (CI runs them)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -189,6 +191,61 @@ def test_a_lossy_node_costs_no_errors_and_loses_traffic(
         assert taken["a"] < sum(taken.values()) / 3, taken  # (sound, it serves most)
     finally:
         lb.stop()
+
+
+RECEIVER = """
+import json, socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 9999))
+sock.settimeout(5)
+print("ready", flush=True)
+got = []
+try:
+    while len(got) < int(sys.argv[2]):
+        data = sock.recv(64)
+        got.append([int(data), time.monotonic()])
+except socket.timeout:
+    pass
+print(json.dumps(got), flush=True)
+"""
+
+
+def _datagrams(net: FaultNetwork, link: Link, count: int) -> tuple[list[float], list[int]]:
+    """Send ``count`` numbered datagrams into the namespace, 2 ms apart: the seconds each
+    took and their numbers, in the order they arrived."""
+    receiver = net.run(link, [sys.executable, "-c", RECEIVER, link.address, str(count)],
+                       stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+    sent = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for n in range(count):
+            sent.append(time.monotonic())
+            sock.sendto(str(n).encode(), (link.address, 9999))
+            time.sleep(0.002)
+    got = json.loads(receiver.stdout.readline())
+    receiver.wait(10)
+    assert [n for n, _ in sorted(got)] == list(range(count))  # none lost
+    return [at - sent[n] for n, at in got], [n for n, _ in got]
+
+
+def test_the_delay_holds_each_packet_its_own_draw_and_reorders() -> None:
+    """The link delay (tests/netns.py, rpcbalancer/sim/delay.py) as ``netem delay 200ms
+    100ms`` would be: every packet 0.1-0.3 s late, spread over that range, so that later
+    ones overtake earlier ones; none lost; nothing held after the heal."""
+    require_netns()
+    with FaultNetwork() as net:
+        link = net.namespace("d")
+        net.delay(link, 0.2, 0.1)
+        late, order = _datagrams(net, link, 200)
+        net.heal(link)
+        after, _ = _datagrams(net, link, 20)
+    print(json.dumps({"min": min(late), "mean": statistics.mean(late), "max": max(late)}))
+    assert min(late) >= 0.095 and max(late) <= 0.35, (min(late), max(late))
+    assert 0.17 <= statistics.mean(late) <= 0.23
+    assert max(late) - min(late) >= 0.15  # spread over the range, not one delay
+    overtaken = sum(1 for a, b in itertools.pairwise(order) if b < a)
+    assert overtaken >= 20, order  # reordered
+    assert max(after) < 0.05, after
 
 
 def _asked(link: Link) -> float:
