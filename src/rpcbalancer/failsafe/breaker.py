@@ -7,9 +7,9 @@ cooldown for the breaker, up to the rule's cap for an outlier ejection). After a
 ejection the node gets one trial try: one more failure ejects it again; a probe answered
 after the ejection began ends it early (the node is reachable again). An outlier ejection
 runs its course, unless the node's probes show that the slowness that made it an outlier is
-gone (:meth:`Breaker.sped_up`). A node coming back
-(from an ejection, or from down) takes a share of its traffic that ramps from 10% to all of it
-over ``slow_start`` seconds, so that a cold cache or a node still catching up is not flooded.
+gone (:meth:`Breaker.sped_up`). A node coming back (from an ejection, or from down) takes a
+share of its traffic that ramps from 10% to all of it over ``slow_start`` seconds, so that a
+cold cache or a node still catching up is not flooded.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ after ``delay`` seconds plus or minus up to ``jitter``, drawn uniformly for each
 it: the jitter reorders, as it does on a real path (and as netem's does).
 
 The packets stay in the kernel; only their verdicts come from here (their metadata is all
-that is copied). It prints ``ready`` once bound. On SIGTERM or SIGINT every packet still held
-is let go at once, so that stopping it loses nothing. Linux only, as root in the namespace.
+that is copied). It prints ``ready`` once bound and listening for signals. On SIGTERM or
+SIGINT every packet still held is let go at once, so that stopping it loses nothing. Linux
+only, as root in the namespace.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
@@ -120,14 +122,16 @@ class Delay:
             verdict = _attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, packet))
             self.sock.send(_message(NFQNL_MSG_VERDICT, self.queue, verdict))
 
-    def serve(self) -> None:
-        """Hold and let go until SIGTERM or SIGINT, then let every held packet go."""
+    def serve(self, started: Callable[[], None] = lambda: None) -> None:
+        """Hold and let go until SIGTERM or SIGINT, then let every held packet go;
+        ``started`` is called once either signal would be handled so."""
         stopping: list[int] = []
         wake, woken = socket.socketpair()
         wake.setblocking(False)
         signal.set_wakeup_fd(wake.fileno())  # a signal wakes the select at once
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda number, _: stopping.append(number))
+        started()
         while not stopping:
             timeout = max(0.0, self.held[0][0] - time.monotonic()) if self.held else None
             ready, _, _ = select.select([self.sock, woken], [], [], timeout)
@@ -149,8 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.delay < 0 or args.jitter < 0:
         parser.error("--delay and --jitter must not be negative")
     delay = Delay(args.queue, args.delay, args.jitter, args.seed)
-    print("ready", flush=True)
-    delay.serve()
+    delay.serve(started=lambda: print("ready", flush=True))
 
 
 if __name__ == "__main__":
