@@ -134,9 +134,8 @@ class Canary:
             self.health.ok()
         except Exception as exc:
             self.health.failed("lease", exc)
-            await self.round(
-                wait=self.interval
-            )  # the store is down: probe for ourselves, keep serving
+            # The store is down: probe for ourselves, keep serving.
+            await self.round(wait=self.interval)
             return True
         try:
             await self.round(wait=self.interval)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -168,11 +169,8 @@ class Prober:
         """The probes still out, by node (``id``): left to finish after a round's ``wait``."""
         self.rounds = 0
 
-    def _ended(self, key: int) -> Callable[[asyncio.Task[None]], None]:
-        def ended(_: asyncio.Task[None]) -> None:
-            self._out.pop(key, None)
-
-        return ended
+    def _forget(self, key: int, _: asyncio.Task[None]) -> None:
+        self._out.pop(key, None)
 
     async def close(self) -> None:
         """Stop the probes still out (the balancer is closing)."""
@@ -220,8 +218,9 @@ class Prober:
         tasks = []
         for node in nodes:
             task = asyncio.create_task(one(node), name=f"rpcbalancer-probe-{node.name}")
-            self._out[id(node)] = task
-            task.add_done_callback(self._ended(id(node)))
+            key = id(node)
+            self._out[key] = task
+            task.add_done_callback(functools.partial(self._forget, key))
             tasks.append(task)
         limit = deadline if wait is None else wait if deadline is None else min(wait, deadline)
         if tasks:
