@@ -54,6 +54,7 @@ COMPILED = [
     "observe/counters.py",
     "observe/accesslog.py",
     "proxy/server.py",
+    "proxy/h1wire.py",
     "proxy/overload.py",
     "proxy/context.py",
     "proxy/gateway.py",

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/overload.py [--seconds 10] [--balancers rpcbalancer,nginx,haproxy]
         [--capacity RPS] [--set JSON] [--out NAME] [--src DIR]
+        [--refusals] [--cost-rates R,R] [--costs-only]
 
 The nodes are throughput.py's: three nginx server blocks answering fixed JSON from memory,
 so the balancer is what runs out. Each balancer (one process, pinned to CPU 1 and held to
@@ -18,9 +19,19 @@ paired run against another build):
 
 Per phase: the rate offered, the goodput (answers 200 a second, and as a share of the
 capacity), the refusals (503: how many, p50/p99/max of their latency, and whether each had
-``Retry-After``), the answered requests' p50/p99/max, and the other failures (timeouts,
-resets: what a client cannot tell from a dead server). Writes bench/results/NAME.md and
-.json.
+``Retry-After``), the answered requests' p50/p99/max, the other failures (timeouts,
+resets: what a client cannot tell from a dead server), and the balancer's CPU time per
+request sent (its processes, from /proc).
+
+Then, with ``--refusals`` (rpcbalancer's builds only), **what a refusal costs** beside an
+answer, in CPU time per request, each with room to spare (a whole core, no cap; open loop at
+1x for ``--seconds``): the balancer answering every request (admission off), then refusing
+all but one (``max_inflight: 1`` in front of nodes that take connections and never answer);
+beside them, the least any server on this loop can spend per request: a uvloop protocol that
+writes a fixed 503 for each read (``bare``, no parsing at all). ``--cost-rates`` runs them at
+given rates instead of 1x (the cost per request depends on how many come per wake-up);
+``--costs-only`` skips everything else. Writes
+bench/results/NAME.md and .json.
 
 Needs nginx, HAProxy and vegeta 12.13.0 (``go install github.com/tsenart/vegeta/v12@v12.13.0``,
 on ``PATH`` or in ``$GOBIN``): an open-loop load generator at rates a Python one cannot send.
@@ -31,10 +42,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -104,6 +117,30 @@ def attack(
     return rows
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) of process ``pid`` and its children so far: nginx
+    answers in a worker it forks."""
+    total = 0.0
+    for each in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def measured(
+    pid: int, tmp: Path, port: int, rate: float, seconds: float, capacity: float | None, **kw: Any
+) -> dict[str, Any]:
+    """One phase of load against ``port``: its summary, with the CPU the balancer
+    (``pid``) spent on it per request sent, in microseconds."""
+    before = cpu_seconds(pid)
+    rows = attack(tmp, port, rate, seconds, **kw)
+    spent = cpu_seconds(pid) - before
+    result = summary(rows, seconds, capacity)
+    result["cpu_us"] = round(spent * 1e6 / len(rows), 1) if rows else None
+    return result
+
+
 def summary(rows: list[Any], seconds: float, capacity: float | None) -> dict[str, Any]:
     def pct(values: list[float], q: float) -> float | None:
         if not values:
@@ -137,18 +174,46 @@ CGROUP = Path("/sys/fs/cgroup/cpu/rpcbalancer-overload")
 
 
 def cap(pid: int, quota: float) -> None:
-    """Hold process ``pid`` to ``quota`` of one core, in 10 ms periods (short enough that
-    the throttle is not itself a stall of the loop: 5 ms on, 5 ms off at 0.5)."""
+    """Hold process ``pid`` and its children (nginx answers in a worker it forks) to
+    ``quota`` of one core, in 10 ms periods (short enough that the throttle is not itself a
+    stall of the loop: 5 ms on, 5 ms off at 0.5)."""
     CGROUP.mkdir(exist_ok=True)
     (CGROUP / "cpu.cfs_period_us").write_text("10000")
     (CGROUP / "cpu.cfs_quota_us").write_text(str(int(10000 * quota)))
-    (CGROUP / "cgroup.procs").write_text(str(pid))
+    for each in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError):  # (gone meanwhile)
+            (CGROUP / "cgroup.procs").write_text(str(each))
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found += [int(child), *descendants(int(child))]
+    return found
 
 
 def uncap() -> None:
     if CGROUP.exists():
         CGROUP.rmdir()  # (empty once its process has ended)
 
+
+BARE = """
+import asyncio, sys, uvloop
+BODY = b'{"jsonrpc":"2.0","error":{"code":-32000,"message":"Overloaded"},"id":null}'
+ANSWER = (b"HTTP/1.1 503 Service Unavailable\\r\\ncontent-type: application/json\\r\\n"
+          b"retry-after: 1\\r\\ncontent-length: %d\\r\\n\\r\\n%s" % (len(BODY), BODY))
+class Refuse(asyncio.Protocol):
+    def connection_made(self, transport): self.transport = transport
+    def data_received(self, data): self.transport.write(ANSWER)
+async def main():
+    await asyncio.get_running_loop().create_server(Refuse, "127.0.0.1", int(sys.argv[1]))
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+"""The least a server on uvloop can do per request (``--refusals``): a fixed 503 written for
+each read, nothing parsed (one request per read, as the load sends them)."""
 
 SOURCE: Path | None = None
 """Another checkout whose ``src`` runs as ``rpcbalancer@old`` (``--src``)."""
@@ -180,8 +245,8 @@ def table(rows: list[dict[str, Any]], capacity: float, seconds: float) -> str:
         "",
         "| balancer | phase | offered/s | goodput/s | of capacity | ok p50 ms | ok p99 ms "
         "| ok max ms | refused | with Retry-After | refused p50 ms | refused p99 ms "
-        "| refused max ms | other failures |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| refused max ms | other failures | CPU µs per request |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         share = "-" if r["goodput_share"] is None else f"{r['goodput_share']:.0%}"
@@ -189,9 +254,64 @@ def table(rows: list[dict[str, Any]], capacity: float, seconds: float) -> str:
             f"| {r['balancer']} | {r['phase']} | {r['offered_rps']} | {r['goodput_rps']} "
             f"| {share} | {ms(r['ok_p50'])} | {ms(r['ok_p99'])} | {ms(r['ok_max'])} "
             f"| {r['refused']} | {r['refused_with_retry_after']} | {ms(r['refused_p50'])} "
-            f"| {ms(r['refused_p99'])} | {ms(r['refused_max'])} | {r['failed']} |"
+            f"| {ms(r['refused_p99'])} | {ms(r['refused_max'])} | {r['failed']} "
+            f"| {ms(r.get('cpu_us'))} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def refusal_costs(
+    args: argparse.Namespace,
+    tmp: Path,
+    config: Path,
+    rate: float,
+    launch: Any,
+    ports: dict[str, int],
+    procs: list[subprocess.Popen[bytes]],
+) -> list[dict[str, Any]]:
+    """CPU per request with room to spare (a whole core, not capped; open loop at 1x):
+    rpcbalancer's builds answering every request, then refusing all but one, then the bare
+    uvloop server refusing all; at ``rate`` a second."""
+    sinks = []
+    for _ in range(3):  # nodes that take a connection and never answer
+        sink = socket.socket()
+        sink.bind(("127.0.0.1", 0))
+        sink.listen(4096)
+        sinks.append(sink)
+    rows = []
+    try:
+        settings = json.loads(config.read_text())
+        settings["nodes"] = [f"http://127.0.0.1:{k.getsockname()[1]}" for k in sinks]
+        settings["overload"] = {"max_inflight": 1, "max_queue_time": 0}
+        refusing = tmp / "refusing.json"
+        refusing.write_text(json.dumps(settings))
+        unguarded = tmp / "unguarded.json"
+        names = [n for n in args.balancers.split(",") if n.startswith("rpcbalancer")]
+        runs = [(n, "answers only") for n in names] + [(n, "refusals only") for n in names]
+        for name, phase in [*runs, ("bare", "refusals only")]:
+            if name == "bare":
+                port = free_port()
+                proc = subprocess.Popen(
+                    ["taskset", "-c", "1", sys.executable, "-c", BARE, str(port)],
+                    env=checkout_env(None),
+                )  # fmt: skip
+                procs.append(proc)
+                wait_port(port)
+            else:
+                proc = launch(name, refusing if phase == "refusals only" else unguarded, False)
+                port = ports[name]
+            attack(tmp, port, rate / 4, 2)  # warm-up
+            result = measured(proc.pid, tmp, port, rate, args.seconds, None)
+            rows.append(
+                {"balancer": name, "phase": f"{phase}, a whole core, {rate:.0f}/s", **result}
+            )
+            print(json.dumps(rows[-1]), flush=True)
+            stop_all([proc])
+            procs.remove(proc)
+    finally:
+        for sink in sinks:
+            sink.close()
+    return rows
 
 
 def main() -> None:
@@ -210,6 +330,17 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=CONNECTIONS)
     parser.add_argument("--src", type=Path, help="the checkout that rpcbalancer@old runs")
+    parser.add_argument(
+        "--refusals",
+        action="store_true",
+        help="then measure what a refusal costs rpcbalancer's builds, beside a bare uvloop one",
+    )
+    parser.add_argument(
+        "--cost-rates", help="the rates (a second, comma-separated) of --refusals (1x: capacity)"
+    )
+    parser.add_argument(
+        "--costs-only", action="store_true", help="only --refusals' phases, at --cost-rates"
+    )
     args = parser.parse_args()
     global SOURCE
     SOURCE = args.src.resolve() if args.src else None
@@ -231,7 +362,7 @@ def main() -> None:
 
     procs: list[subprocess.Popen[bytes]] = []
     rows: list[dict[str, Any]] = []
-    capacity = args.capacity
+    capacity: float | None = args.capacity
     try:
         nodes = ["taskset", "-c", "0", "nginx", "-c", str(tmp / "nodes.conf"), "-p", str(tmp)]
         procs.append(subprocess.Popen(nodes))
@@ -241,25 +372,25 @@ def main() -> None:
         # of many connections is a standing queue, which it would (rightly) refuse.
         unguarded = tmp / "unguarded.json"
 
-        def launch(name: str, configuration: Path) -> subprocess.Popen[bytes]:
+        def launch(name: str, configuration: Path, capped: bool = True) -> subprocess.Popen[bytes]:
             """Start balancer ``name`` on a port free now, capped, and wait for it."""
             port_for(name)
             proc = start(name, tmp, ports[name], configuration)
             procs.append(proc)
-            if args.quota < 1:
+            if capped and args.quota < 1:
                 cap(proc.pid, args.quota)
             wait_port(ports[name])
             time.sleep(1.0)
+            if capped and args.quota < 1:
+                cap(proc.pid, args.quota)  # and what it forked meanwhile
             return proc
 
-        for name in args.balancers.split(","):
-            off = {"overload": {"max_queue_time": 0, "max_inflight": 0}}
-            unguarded.write_text(json.dumps({**json.loads(config.read_text()), **off}))
+        off = {"overload": {"max_queue_time": 0, "max_inflight": 0}}
+        unguarded.write_text(json.dumps({**json.loads(config.read_text()), **off}))
+        for name in [] if args.costs_only else args.balancers.split(","):
             proc = launch(name, unguarded)
             attack(tmp, ports[name], 0, 2, closed=True)  # warm-up
-            own = summary(
-                attack(tmp, ports[name], 0, args.seconds, closed=True), args.seconds, None
-            )
+            own = measured(proc.pid, tmp, ports[name], 0, args.seconds, None, closed=True)
             print(f"{name}: capacity {own['goodput_rps']} answers/s", flush=True)
             if capacity is None:
                 capacity = float(own["goodput_rps"])
@@ -271,18 +402,23 @@ def main() -> None:
                 proc = launch(name, config)
             for phase, factor in PHASES:
                 seconds = 5.0 if factor < 1 else args.seconds
-                result = summary(
-                    attack(
-                        tmp, ports[name], capacity * factor, seconds, connections=args.connections
-                    ),
-                    seconds,
-                    capacity,
-                )
+                result = measured(
+                    proc.pid, tmp, ports[name], capacity * factor, seconds, capacity,
+                    connections=args.connections,
+                )  # fmt: skip
                 rows.append({"balancer": name, "phase": phase, **result})
                 print(json.dumps(rows[-1]), flush=True)
             stop_all([proc])
             procs.remove(proc)
             uncap()
+        if args.refusals or args.costs_only:
+            rates = [float(r) for r in args.cost_rates.split(",")] if args.cost_rates else []
+            if not rates:
+                assert capacity is not None, "--costs-only needs --cost-rates"
+                rates = [capacity]
+            capacity = capacity or rates[0]
+            for rate in rates:
+                rows += refusal_costs(args, tmp, config, rate, launch, ports, procs)
     finally:
         stop_all(procs)
         uncap()

@@ -19,10 +19,12 @@ of this process:
 
 Only ``POST`` requests (the JSON-RPC calls) are subject to it: health checks, ``/status`` and
 ``/metrics`` are answered however busy the worker is, so that it can be seen. A refusal is
-made before the request is read as JSON-RPC (that is what makes it cheap: the
-server writes one answer built at start): HTTP 503 with ``Retry-After`` and a JSON-RPC error
-whose ``id`` is null (the request was not parsed). Requests already admitted are answered as
-usual. The counts are in ``/status.json`` (``balancer.overload``) and ``/metrics``
+made before the request is read as JSON-RPC, with an answer built once: HTTP 503 with
+``Retry-After`` and a JSON-RPC error whose ``id`` is null (the request was not parsed). That
+is what makes it cheap; cheaper still, a request that will be refused and came whole in one
+read (one ``POST`` with its body, as clients send it) is not parsed as HTTP either, only
+framed (:meth:`.H1Server.refuse_unread`). Requests already admitted are answered as usual.
+The counts are in ``/status.json`` (``balancer.overload``) and ``/metrics``
 (``rpcbalancer_overload_*``).
 """
 
@@ -100,6 +102,13 @@ class Guard:
             return self.refusal
         self.inflight += 1
         return None
+
+    def refuses_next(self) -> bool:
+        """Whether :meth:`admit` would refuse the next request (it changes nothing: the
+        server asks before it parses a request, to refuse it unparsed)."""
+        if self.shedding and self._credit + self.share < 1.0:
+            return True
+        return self.inflight >= self.max_inflight
 
     def done(self) -> None:
         """An admitted request is answered, or abandoned."""

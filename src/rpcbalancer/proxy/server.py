@@ -32,20 +32,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import email.utils
 import logging
 import socket
-import time
 from collections.abc import Callable
 from enum import Enum
-from http import HTTPStatus
 from typing import Protocol, cast
 
 import httptools
 
 from ..callbacks import Cancellable
 from ..config import ServerLimits
-from ..messages import CORS, JSON, HttpRequest, HttpResponse, Reply, error_response, internal_error
+from ..messages import HttpRequest, HttpResponse, Reply, error_response, internal_error
+from .h1wire import HEADER_CACHE_SIZE, encode, refusal_bytes, whole_post
 from .overload import Guard
 
 log = logging.getLogger(__name__)
@@ -110,35 +108,8 @@ class _Reject(Exception):
         self.message = message
 
 
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-# Response header lines repeat (content type, CORS, the node names): encode each once.
-_HEADER_CACHE_SIZE = 4096
-_header_lines: dict[tuple[str, str], bytes] = {}
-_status_lines: dict[int, bytes] = {}
 _names: dict[bytes, str] = {}
 """Request header names as they come, lower-cased (clients send the same few names)."""
-_BASE = (JSON, *CORS)
-_BASE_LINES = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in _BASE)
-"""The headers every JSON answer starts with (``JSON`` and ``CORS``), encoded once."""
-_date_cache: tuple[int, bytes] = (0, b"")
-
-
-def _starts_as_usual(headers: list[tuple[str, str]]) -> bool:
-    """Whether the headers open with ``JSON`` and ``CORS`` themselves (not copies)."""
-    return (
-        len(headers) >= 3
-        and headers[0] is _BASE[0]
-        and headers[1] is _BASE[1]
-        and headers[2] is _BASE[2]
-    )
-
-
-def _date() -> bytes:
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode())
-    return _date_cache[1]
 
 
 class H1Server(asyncio.Protocol):
@@ -257,6 +228,9 @@ class H1Server(asyncio.Protocol):
             return
         if self.phase is CLOSED:
             return
+        guard = self.guard
+        if guard is not None and guard.refuses_next() and self.refuse_unread(data, guard):
+            return
         try:
             self.parser.feed_data(data)
         except _Reject as reject:
@@ -274,14 +248,41 @@ class H1Server(asyncio.Protocol):
             else:
                 self._refuse("parse", f"Malformed HTTP request ({error})")
 
+    def refuse_unread(self, data: bytes, guard: Guard) -> bool:
+        """Refuse the request in ``data`` without parsing it, when the guard will refuse it
+        and ``data`` is exactly one whole request that begins where the last one ended
+        (``POST``, HTTP/1.1 kept alive, its body as long as its ``Content-Length`` says):
+        what a client sends in one write. Only its framing is read, which is all a refusal
+        needs. Anything else (a part of a request, pipelined ones, a chunked body,
+        ``Connection`` other than ``keep-alive``, ``Expect``, ``Upgrade``) goes to the parser
+        (False), which has the guard refuse it all the same."""
+        if (
+            self.request_started is not None  # the parser is midway through one
+            or self.phase is not IDLE
+            or self.queue
+            or self.eof
+            or self.retiring
+            or not whole_post(data, self._max_header_bytes)
+        ):
+            return False
+        assert self.transport is not None and self.flow is not None
+        if self.flow.writing_paused:
+            return False
+        refusal = guard.admit()
+        assert refusal is not None  # (it said it would refuse)
+        self.transport.write(refusal_bytes(refusal))
+        self.last_active = self.loop.time()
+        return True
+
     # -- parser callbacks ----------------------------------------------------------------
 
-    # No on_message_begin: every callback costs a call into Python, so a request's state
-    # is reset when the previous one completes, and its clock starts with its first bytes.
+    # A request's state is reset when the previous one completes; its clock starts with its
+    # first bytes (and while it runs, the parser is midway through a request).
+
+    def on_message_begin(self) -> None:
+        self.request_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
-        if self.request_started is None:
-            self.request_started = self.loop.time()
         self._url += url
         self._header_bytes += len(url)
         if self._header_bytes > self.limits.max_header_bytes:
@@ -298,7 +299,7 @@ class H1Server(asyncio.Protocol):
         key = _names.get(name)
         if key is None:
             key = name.decode("latin-1").lower()
-            if len(_names) < _HEADER_CACHE_SIZE:
+            if len(_names) < HEADER_CACHE_SIZE:
                 _names[name] = key
         text = value.decode("latin-1")
         previous = headers.get(key)
@@ -477,32 +478,7 @@ class H1Server(asyncio.Protocol):
     def _write(self, response: HttpResponse, head: bool, keep_alive: bool) -> None:
         if self.transport is None or self.phase is CLOSED:
             return
-        status = response.status
-        start = _status_lines.get(status)
-        if start is None:
-            start = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))
-            _status_lines[status] = start
-        parts = [start]
-        headers = response.headers
-        first = 0
-        if _starts_as_usual(headers):  # the usual start, encoded once
-            parts.append(_BASE_LINES)
-            first = 3
-        lines = _header_lines
-        for pair in headers[first:] if first else headers:
-            line = lines.get(pair)
-            if line is None:
-                line = f"{pair[0]}: {pair[1]}\r\n".encode("latin-1")
-                if len(lines) < _HEADER_CACHE_SIZE:
-                    lines[pair] = line
-            parts.append(line)
-        parts.append(b"content-length: %d\r\ndate: %s\r\n" % (len(response.body), _date()))
-        if not keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        if not head:
-            parts.append(response.body)
-        self.transport.write(b"".join(parts))
+        self.transport.write(encode(response, head, keep_alive))
 
     def _refuse(self, kind: str, message: str) -> None:
         """Answer a request that cannot be parsed or is over a limit, then close."""
