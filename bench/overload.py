@@ -30,8 +30,7 @@ all but one (``max_inflight: 1`` in front of nodes that take connections and nev
 beside them, the least any server on this loop can spend per request: a uvloop protocol that
 writes a fixed 503 for each read (``bare``, no parsing at all). ``--cost-rates`` runs them at
 given rates instead of 1x (the cost per request depends on how many come per wake-up);
-``--costs-only`` skips everything else. Writes
-bench/results/NAME.md and .json.
+``--costs-only`` skips everything else. Writes bench/results/NAME.md and .json.
 
 Needs nginx, HAProxy and vegeta 12.13.0 (``go install github.com/tsenart/vegeta/v12@v12.13.0``,
 on ``PATH`` or in ``$GOBIN``): an open-loop load generator at rates a Python one cannot send.
@@ -238,10 +237,19 @@ def table(rows: list[dict[str, Any]], capacity: float, seconds: float) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
 
-    lines = [
+    title = (
         f"Overload: one worker, offered multiples of rpcbalancer's capacity ({capacity:.0f} "
         f"answers/s, closed loop) open loop for {seconds:g} s each (the recovery: 5 s at "
-        "0.5x right after 3x); nodes answer from memory; `bench/overload.py`.",
+        "0.5x right after 3x); nodes answer from memory; `bench/overload.py`."
+    )
+    if all(", a whole core, " in r["phase"] for r in rows):
+        title = (
+            f"What a request costs one worker with room to spare (a whole core), open loop "
+            f"for {seconds:g} s at each rate: answers (nodes answer from memory), refusals, "
+            "and a bare uvloop server's fixed 503; `bench/overload.py --costs-only`."
+        )
+    lines = [
+        title,
         "",
         "| balancer | phase | offered/s | goodput/s | of capacity | ok p50 ms | ok p99 ms "
         "| ok max ms | refused | with Retry-After | refused p50 ms | refused p99 ms "
@@ -269,9 +277,9 @@ def refusal_costs(
     ports: dict[str, int],
     procs: list[subprocess.Popen[bytes]],
 ) -> list[dict[str, Any]]:
-    """CPU per request with room to spare (a whole core, not capped; open loop at 1x):
-    rpcbalancer's builds answering every request, then refusing all but one, then the bare
-    uvloop server refusing all; at ``rate`` a second."""
+    """CPU per request with room to spare (a whole core, not capped), open loop at ``rate``
+    a second: rpcbalancer's builds answering every request, then refusing all but one, then
+    the bare uvloop server refusing all."""
     sinks = []
     for _ in range(3):  # nodes that take a connection and never answer
         sink = socket.socket()
