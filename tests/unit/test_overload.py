@@ -31,15 +31,17 @@ def test_a_burst_passes_a_standing_queue_sheds_a_share_steered_by_the_lag() -> N
     assert abs(len(refused) - 100 * (1 - BACK_OFF)) < 1.5
     assert all(b - a >= int(1 / (1 - BACK_OFF)) - 1 for a, b in itertools.pairwise(refused))
     assert g.counts["refused_queue"] == len(refused)
-    g.observe(1.07, 0.04)  # still late: admit less
+    g.observe(1.07, 0.02)  # still late: admit less
     assert g.share == pytest.approx(BACK_OFF**2) and g.counts["sheds"] == 1
     more = sum(g.admit() is not None for _ in range(1000))
     assert abs(more - 1000 * (1 - BACK_OFF**2)) < 1.5
+    g.observe(1.15, 0.06)  # three times the aim late: backs off three times over
+    assert g.share == pytest.approx(BACK_OFF**5)
     ticks = 0
     while g.shedding:  # on time: a little more each reading, until all are admitted
-        g.observe(1.08 + ticks * 0.01, 0.001)
+        g.observe(1.16 + ticks * 0.01, 0.001)
         ticks += 1
-    assert ticks == math.ceil((1 - BACK_OFF**2) / STEP - 1e-9) and g.share == 1.0
+    assert ticks == math.ceil((1 - BACK_OFF**5) / STEP - 1e-9) and g.share == 1.0
     assert all(g.admit() is None for _ in range(100))
     g.observe(2.0, 0.05)  # late again: a new queue must stand a whole interval
     assert not g.shedding

@@ -13,7 +13,10 @@ of this process:
   decrease by :data:`BACK_OFF` while late: the rule TCP steers its window by), so it settles
   where the admitted requests are what the worker can serve without a queue; when it is
   back to all of them and the loop is on time, the shed is over. Refusing all until the
-  loop is on time again would swing between an empty queue and a full one.
+  loop is on time again would swing between an empty queue and a full one. A late reading
+  backs off once for each ``max_queue_time`` of lag it shows: readings come once a turn of
+  the loop, so a late loop reads less often than one on time, and a back-off per reading
+  would let the share rise faster than it falls.
 * **Concurrency.** Requests read and not yet answered (waiting for a node, mostly): at
   ``max_inflight`` the next is refused. It bounds the memory a stalled fleet can pin.
 
@@ -153,7 +156,7 @@ class Guard:
                     self.shedding = False
             return
         if self.shedding:
-            self.share = max(FLOOR, self.share * BACK_OFF)
+            self.share = max(FLOOR, self.share * BACK_OFF ** (lag / limit))
             return
         if self._above_since is None:
             self._above_since = now - lag  # it has been late since the tick was due
