@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +274,7 @@ def refusal_costs(
     tmp: Path,
     config: Path,
     rate: float,
-    launch: Any,
+    launch: Callable[[str, Path, bool], subprocess.Popen[bytes]],
     ports: dict[str, int],
     procs: list[subprocess.Popen[bytes]],
 ) -> list[dict[str, Any]]:

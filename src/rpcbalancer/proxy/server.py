@@ -249,15 +249,16 @@ class H1Server(asyncio.Protocol):
                 self._refuse("parse", f"Malformed HTTP request ({error})")
 
     def refuse_unread(self, data: bytes, guard: Guard) -> bool:
-        """Refuse the request in ``data`` without parsing it, when the guard will refuse it
-        and ``data`` is exactly one whole request that begins where the last one ended
-        (``POST``, HTTP/1.1 kept alive, its body as long as its ``Content-Length`` says):
-        what a client sends in one write. Only its framing is read, which is all a refusal
-        needs. Anything else (a part of a request, pipelined ones, a chunked body,
-        ``Connection`` other than ``keep-alive``, ``Expect``, ``Upgrade``) goes to the parser
-        (False), which has the guard refuse it all the same."""
+        """Refuse the request in ``data`` without parsing it, when the guard will refuse it,
+        the connection is between requests, and ``data`` is exactly one whole request as a
+        client sends it in one write (:func:`.h1wire.whole_post`: only its framing is read,
+        which is all a refusal needs). Anything else goes to the parser (False), which has
+        the guard refuse it all the same."""
+        flow = self.flow
         if (
-            self.request_started is not None  # the parser is midway through one
+            flow is None
+            or flow.writing_paused
+            or self.request_started is not None  # the parser is midway through one
             or self.phase is not IDLE
             or self.queue
             or self.eof
@@ -265,9 +266,7 @@ class H1Server(asyncio.Protocol):
             or not whole_post(data, self._max_header_bytes)
         ):
             return False
-        assert self.transport is not None and self.flow is not None
-        if self.flow.writing_paused:
-            return False
+        assert self.transport is not None
         refusal = guard.admit()
         assert refusal is not None  # (it said it would refuse)
         self.transport.write(refusal_bytes(refusal))
