@@ -396,7 +396,7 @@ class OverloadConfig(_Model):
     max_inflight: int = Field(4096, ge=0)
     """Requests one worker answers at once (read, not yet answered); the next is refused.
     0: no limit."""
-    max_queue_time: Seconds = Field(0.02, ge=0)
+    max_queue_time: Seconds = Field(0.005, ge=0)
     """Seconds a request may wait for the worker to read it: when the worker's event loop
     has run this late for ``interval``, it admits only a share of the new requests,
     steered by how late it runs, until it serves them all on time again. 0: off."""
