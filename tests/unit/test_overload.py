@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from rpcbalancer.config import OverloadConfig
-from rpcbalancer.proxy.overload import BACK_OFF, STEP, Guard
+from rpcbalancer.proxy.overload import BACK_OFF, STEP, TICK, Guard
 
 
 def guard(**config: float) -> Guard:
@@ -45,6 +45,19 @@ def test_a_burst_passes_a_standing_queue_sheds_a_share_steered_by_the_lag() -> N
     assert all(g.admit() is None for _ in range(100))
     g.observe(2.0, 0.05)  # late again: a new queue must stand a whole interval
     assert not g.shedding
+
+
+def test_the_default_aim_is_codels_5_ms_held_for_100_ms() -> None:
+    def sheds(lags: list[float]) -> bool:
+        g, now = guard(), 1.0  # the defaults
+        for lag in lags:  # a reading each tick, as late as given
+            now += TICK + lag
+            g.observe(now, lag)
+        return g.shedding
+
+    assert sheds([0.006] * 12)  # 6 ms late for over 100 ms: a standing queue
+    assert not sheds([0.004] * 50)  # 4 ms late is within the aim, however long
+    assert not sheds([0.006] * 6 + [0.001] + [0.006] * 6)  # one reading on time: a burst
 
 
 def test_the_share_never_falls_to_nothing() -> None:
