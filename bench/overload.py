@@ -238,16 +238,17 @@ def table(rows: list[dict[str, Any]], capacity: float, seconds: float) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
 
-    title = (
-        f"Overload: one worker, offered multiples of rpcbalancer's capacity ({capacity:.0f} "
-        f"answers/s, closed loop) open loop for {seconds:g} s each (the recovery: 5 s at "
-        "0.5x right after 3x); nodes answer from memory; `bench/overload.py`."
-    )
-    if all(", a whole core, " in r["phase"] for r in rows):
+    if all(", a whole core, " in r["phase"] for r in rows):  # --costs-only
         title = (
             f"What a request costs one worker with room to spare (a whole core), open loop "
             f"for {seconds:g} s at each rate: answers (nodes answer from memory), refusals, "
             "and a bare uvloop server's fixed 503; `bench/overload.py --costs-only`."
+        )
+    else:
+        title = (
+            f"Overload: one worker, offered multiples of rpcbalancer's capacity ({capacity:.0f} "
+            f"answers/s, closed loop) open loop for {seconds:g} s each (the recovery: 5 s at "
+            "0.5x right after 3x); nodes answer from memory; `bench/overload.py`."
         )
     lines = [
         title,
